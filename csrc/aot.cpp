@@ -1,0 +1,218 @@
+// Entry points for mindspore.ops.Custom(func_type="aot").
+//
+// MindSpore calls f(nparam, params, ndims, shapes, dtypes, stream, extra) with the inputs
+// followed by the outputs. Every op here has one placeholder output of shape (1,) that is set
+// to 0: the real results are written in place into the input buffers (Parameters), and the
+// caller keeps the op alive with ops.depend. Layouts (n = number of tensors):
+//   MsAccumAccumulate:  scale(1), acc x n, grad x n, out
+//   MsAccumFlush:       hyper(4), weight_decay(n), param x n, moment x n, acc x n, grad x n, out
+//   MsAccumFlushAcc:    hyper(4), weight_decay(n), param x n, moment x n, acc x n, out
+//   MsAccumFlushGrad:   hyper(4), weight_decay(n), param x n, moment x n, grad x n, out
+// hyper = {lr, momentum, grad_scale, nesterov (0/1)}. Names ending in Cuda take device memory
+// and run on the given stream. A bad call logs why on stderr and returns non-zero.
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu/cpu_kernels.h"
+#ifdef MSACCUM_WITH_CUDA
+#include "cuda/cuda_kernels.h"
+#endif
+
+#define MSACCUM_EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+using msaccum::AccumulateTensor;
+using msaccum::FlushScalars;
+using msaccum::FlushTensor;
+using msaccum::GradType;
+
+struct Call {
+  const char* op;
+  int nparam;
+  void** params;
+  int* ndims;
+  int64_t** shapes;
+  const char** dtypes;
+
+  int64_t numel(int i) const {
+    int64_t n = 1;
+    for (int d = 0; d < ndims[i]; ++d) n *= shapes[i][d];
+    return n;
+  }
+  bool same_shape(int a, int b) const {
+    if (ndims[a] != ndims[b]) return false;
+    for (int d = 0; d < ndims[a]; ++d)
+      if (shapes[a][d] != shapes[b][d]) return false;
+    return true;
+  }
+  bool is(int i, const char* dtype) const { return dtypes[i] && std::strcmp(dtypes[i], dtype) == 0; }
+  int fail(const std::string& why) const {
+    std::fprintf(stderr, "[mindspore_accum] %s: %s\n", op, why.c_str());
+    return 1;
+  }
+  std::string arg(int i) const { return "argument " + std::to_string(i) + " (" + (dtypes[i] ? dtypes[i] : "?") + ")"; }
+};
+
+bool grad_type(const Call& c, int i, GradType* out) {
+  if (c.is(i, "float32")) *out = GradType::kFloat32;
+  else if (c.is(i, "float16")) *out = GradType::kFloat16;
+  else if (c.is(i, "bfloat16")) *out = GradType::kBFloat16;
+  else return false;
+  return true;
+}
+
+// Checks the layout of an accumulate call and fills `tensors`; returns non-zero on bad input.
+int parse_accumulate(const Call& c, std::vector<AccumulateTensor>* tensors) {
+  if (c.nparam < 2 || (c.nparam - 2) % 2 != 0)
+    return c.fail("expected scale, n accumulators, n gradients and one output; got " + std::to_string(c.nparam) +
+                  " tensors");
+  const int n = (c.nparam - 2) / 2;
+  if (!c.is(0, "float32") || c.numel(0) != 1) return c.fail("scale (argument 0) must be one float32 value");
+  tensors->resize(n);
+  for (int i = 0; i < n; ++i) {
+    const int a = 1 + i, g = 1 + n + i;
+    if (!c.is(a, "float32")) return c.fail("accumulator " + c.arg(a) + " must be float32");
+    if (!c.same_shape(a, g)) return c.fail("gradient " + c.arg(g) + " has a different shape than its accumulator");
+    AccumulateTensor& t = (*tensors)[i];
+    if (!grad_type(c, g, &t.grad_type)) return c.fail("gradient " + c.arg(g) + " must be float32, float16 or bfloat16");
+    t.acc = static_cast<float*>(c.params[a]);
+    t.grad = c.params[g];
+    t.numel = c.numel(a);
+  }
+  const int out = c.nparam - 1;
+  if (!c.is(out, "float32") || c.numel(out) != 1) return c.fail("the output must be one float32 value");
+  return 0;
+}
+
+int parse_flush(const Call& c, bool has_acc, bool has_grad, std::vector<FlushTensor>* tensors) {
+  const int per_tensor = 2 + (has_acc ? 1 : 0) + (has_grad ? 1 : 0);
+  if (c.nparam < 3 || c.ndims[1] != 1)
+    return c.fail("expected hyper(4), weight_decay(n), the tensor lists and one output");
+  const int n = static_cast<int>(c.shapes[1][0]);
+  if (c.nparam != 3 + per_tensor * n)
+    return c.fail("weight_decay has " + std::to_string(n) + " values, so " + std::to_string(3 + per_tensor * n) +
+                  " tensors were expected; got " + std::to_string(c.nparam));
+  if (!c.is(0, "float32") || c.numel(0) != 4) return c.fail("hyper (argument 0) must be 4 float32 values");
+  if (!c.is(1, "float32")) return c.fail("weight_decay (argument 1) must be float32");
+  tensors->resize(n);
+  for (int i = 0; i < n; ++i) {
+    const int p = 2 + i, m = 2 + n + i;
+    const int a = has_acc ? 2 + 2 * n + i : -1;
+    const int g = has_grad ? 2 + (has_acc ? 3 : 2) * n + i : -1;
+    FlushTensor& t = (*tensors)[i];
+    for (int k : {p, m, a}) {
+      if (k < 0) continue;
+      if (!c.is(k, "float32")) return c.fail(c.arg(k) + " must be float32");
+      if (!c.same_shape(p, k)) return c.fail(c.arg(k) + " has a different shape than parameter " + std::to_string(i));
+    }
+    t.grad_type = GradType::kFloat32;
+    if (g >= 0) {
+      if (!c.same_shape(p, g)) return c.fail("gradient " + c.arg(g) + " has a different shape than its parameter");
+      if (!grad_type(c, g, &t.grad_type)) return c.fail("gradient " + c.arg(g) + " must be float32, float16 or bfloat16");
+    }
+    t.param = static_cast<float*>(c.params[p]);
+    t.moment = static_cast<float*>(c.params[m]);
+    t.acc = a >= 0 ? static_cast<float*>(c.params[a]) : nullptr;
+    t.grad = g >= 0 ? c.params[g] : nullptr;
+    t.numel = c.numel(p);
+    t.weight_decay = 0.0f;
+  }
+  const int out = c.nparam - 1;
+  if (!c.is(out, "float32") || c.numel(out) != 1) return c.fail("the output must be one float32 value");
+  return 0;
+}
+
+int accumulate_cpu(const Call& c) {
+  std::vector<AccumulateTensor> tensors;
+  if (int rc = parse_accumulate(c, &tensors)) return rc;
+  msaccum::cpu::accumulate(tensors, *static_cast<const float*>(c.params[0]));
+  *static_cast<float*>(c.params[c.nparam - 1]) = 0.0f;
+  return 0;
+}
+
+int flush_cpu(const Call& c, bool has_acc, bool has_grad) {
+  std::vector<FlushTensor> tensors;
+  if (int rc = parse_flush(c, has_acc, has_grad, &tensors)) return rc;
+  const float* hyper = static_cast<const float*>(c.params[0]);
+  const float* weight_decay = static_cast<const float*>(c.params[1]);
+  for (size_t i = 0; i < tensors.size(); ++i) tensors[i].weight_decay = weight_decay[i];
+  msaccum::cpu::momentum_flush(tensors, FlushScalars{hyper[0], hyper[1], hyper[2], hyper[3] != 0.0f});
+  *static_cast<float*>(c.params[c.nparam - 1]) = 0.0f;
+  return 0;
+}
+
+#ifdef MSACCUM_WITH_CUDA
+int cuda_result(const Call& c, int code) {
+  return code == 0 ? 0 : c.fail(std::string("CUDA error: ") + msaccum::cuda::error_string(code));
+}
+
+int accumulate_cuda(const Call& c, void* stream) {
+  std::vector<AccumulateTensor> tensors;
+  if (int rc = parse_accumulate(c, &tensors)) return rc;
+  int code = msaccum::cuda::accumulate(tensors.data(), static_cast<int>(tensors.size()),
+                                       static_cast<const float*>(c.params[0]), stream);
+  if (code == 0) code = msaccum::cuda::zero_fill(static_cast<float*>(c.params[c.nparam - 1]), 1, stream);
+  return cuda_result(c, code);
+}
+
+int flush_cuda(const Call& c, bool has_acc, bool has_grad, void* stream) {
+  std::vector<FlushTensor> tensors;
+  if (int rc = parse_flush(c, has_acc, has_grad, &tensors)) return rc;
+  int code = msaccum::cuda::momentum_flush(tensors.data(), static_cast<int>(tensors.size()),
+                                           static_cast<const float*>(c.params[0]),
+                                           static_cast<const float*>(c.params[1]), stream);
+  if (code == 0) code = msaccum::cuda::zero_fill(static_cast<float*>(c.params[c.nparam - 1]), 1, stream);
+  return cuda_result(c, code);
+}
+#endif
+
+}  // namespace
+
+#define MSACCUM_AOT_ARGS int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream, void *extra
+#define MSACCUM_CALL(name) \
+  (void)extra;             \
+  const Call call{name, nparam, params, ndims, shapes, dtypes}
+
+MSACCUM_EXPORT int MsAccumAccumulate(MSACCUM_AOT_ARGS) {
+  (void)stream;
+  MSACCUM_CALL("MsAccumAccumulate");
+  return accumulate_cpu(call);
+}
+MSACCUM_EXPORT int MsAccumFlush(MSACCUM_AOT_ARGS) {
+  (void)stream;
+  MSACCUM_CALL("MsAccumFlush");
+  return flush_cpu(call, true, true);
+}
+MSACCUM_EXPORT int MsAccumFlushAcc(MSACCUM_AOT_ARGS) {
+  (void)stream;
+  MSACCUM_CALL("MsAccumFlushAcc");
+  return flush_cpu(call, true, false);
+}
+MSACCUM_EXPORT int MsAccumFlushGrad(MSACCUM_AOT_ARGS) {
+  (void)stream;
+  MSACCUM_CALL("MsAccumFlushGrad");
+  return flush_cpu(call, false, true);
+}
+
+#ifdef MSACCUM_WITH_CUDA
+MSACCUM_EXPORT int MsAccumAccumulateCuda(MSACCUM_AOT_ARGS) {
+  MSACCUM_CALL("MsAccumAccumulateCuda");
+  return accumulate_cuda(call, stream);
+}
+MSACCUM_EXPORT int MsAccumFlushCuda(MSACCUM_AOT_ARGS) {
+  MSACCUM_CALL("MsAccumFlushCuda");
+  return flush_cuda(call, true, true, stream);
+}
+MSACCUM_EXPORT int MsAccumFlushAccCuda(MSACCUM_AOT_ARGS) {
+  MSACCUM_CALL("MsAccumFlushAccCuda");
+  return flush_cuda(call, true, false, stream);
+}
+MSACCUM_EXPORT int MsAccumFlushGradCuda(MSACCUM_AOT_ARGS) {
+  MSACCUM_CALL("MsAccumFlushGradCuda");
+  return flush_cuda(call, false, true, stream);
+}
+#endif

@@ -1,0 +1,111 @@
+#include "cpu_kernels.h"
+
+#include <algorithm>
+#include <atomic>
+
+#include "thread_pool.h"
+
+namespace msaccum {
+namespace cpu {
+namespace {
+
+// Below this many elements in a whole call, waking another thread costs more than it saves.
+constexpr int64_t kMinElementsPerThread = 1 << 15;
+// Thread ranges start on multiples of this many elements (64 B of float32): no two threads
+// write the same cache line, and vector loops start aligned where the tensor is.
+constexpr int64_t kAlign = 16;
+
+std::atomic<int> g_threads{0};
+
+const SpanKernels& select_kernels() {
+  static const SpanKernels& chosen = [&]() -> const SpanKernels& {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+      return span_kernels_avx512();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+      return span_kernels_avx2();
+    return span_kernels_baseline();
+  }();
+  return chosen;
+}
+
+// Splits the concatenation of `numel` over threads in equal, aligned ranges and calls
+// fn(tensor_index, begin, end) for every piece of every tensor in the calling thread's range.
+// Many small tensors land in one thread's range together; a large tensor is split.
+template <typename Fn>
+void for_each_balanced(const std::vector<int64_t>& numel, Fn&& fn) {
+  std::vector<int64_t> offsets(numel.size() + 1, 0);
+  for (size_t i = 0; i < numel.size(); ++i) offsets[i + 1] = offsets[i] + numel[i];
+  const int64_t total = offsets.back();
+  if (total == 0) return;
+  const int64_t by_size = std::max<int64_t>(1, total / kMinElementsPerThread);
+  const int nthreads = static_cast<int>(std::min<int64_t>(num_threads(), by_size));
+  auto range_start = [&](int t) -> int64_t {
+    if (t >= nthreads) return total;
+    const int64_t raw = total / nthreads * t + std::min<int64_t>(t, total % nthreads);
+    return std::min(total, raw / kAlign * kAlign);
+  };
+  parallel_for(nthreads, [&](int t) {
+    const int64_t begin = range_start(t), end = range_start(t + 1);
+    if (begin >= end) return;
+    size_t i = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
+    for (; i < numel.size() && offsets[i] < end; ++i) {
+      const int64_t lo = std::max(begin, offsets[i]) - offsets[i];
+      const int64_t hi = std::min(end, offsets[i + 1]) - offsets[i];
+      if (hi > lo) fn(i, lo, hi);
+    }
+  });
+}
+
+inline const void* offset_grad(const void* grad, GradType type, int64_t start) {
+  if (grad == nullptr) return nullptr;
+  const size_t item = type == GradType::kFloat32 ? 4 : 2;
+  return static_cast<const char*>(grad) + item * start;
+}
+
+}  // namespace
+
+int num_threads() {
+  const int n = g_threads.load(std::memory_order_relaxed);
+  return n > 0 ? n : default_thread_count();
+}
+
+void set_num_threads(int n) { g_threads.store(n > 0 ? n : 0, std::memory_order_relaxed); }
+
+const char* vector_isa() {
+  const SpanKernels* k = &select_kernels();
+  if (k == &span_kernels_avx512()) return "avx512";
+  if (k == &span_kernels_avx2()) return "avx2";
+  return "baseline";
+}
+
+void accumulate(const std::vector<AccumulateTensor>& tensors, float scale) {
+  const SpanKernels& k = select_kernels();
+  std::vector<int64_t> numel(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) numel[i] = tensors[i].numel;
+  for_each_balanced(numel, [&](size_t i, int64_t lo, int64_t hi) {
+    const AccumulateTensor& t = tensors[i];
+    k.accumulate(t.acc + lo, offset_grad(t.grad, t.grad_type, lo), t.grad_type, hi - lo, scale);
+  });
+}
+
+void momentum_flush(const std::vector<FlushTensor>& tensors, const FlushScalars& scalars) {
+  const SpanKernels& k = select_kernels();
+  std::vector<int64_t> numel(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) numel[i] = tensors[i].numel;
+  for_each_balanced(numel, [&](size_t i, int64_t lo, int64_t hi) {
+    const FlushTensor& t = tensors[i];
+    k.flush(t.param + lo, t.moment + lo, t.acc ? t.acc + lo : nullptr, offset_grad(t.grad, t.grad_type, lo),
+            t.grad_type, hi - lo, t.weight_decay, scalars);
+  });
+}
+
+void axpy_ceiling(const std::vector<float*>& a, const std::vector<const float*>& b,
+                  const std::vector<int64_t>& numel, float s) {
+  const SpanKernels& k = select_kernels();
+  for_each_balanced(numel, [&](size_t i, int64_t lo, int64_t hi) { k.axpy(a[i] + lo, b[i] + lo, hi - lo, s); });
+}
+
+}  // namespace cpu
+}  // namespace msaccum

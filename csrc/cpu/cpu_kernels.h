@@ -1,0 +1,63 @@
+// CPU kernels over lists of tensors: one call covers every tensor, split across threads in
+// balanced, cache-line aligned ranges of the concatenated element space.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace msaccum {
+
+enum class GradType : uint8_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+struct AccumulateTensor {
+  float* acc;
+  const void* grad;
+  GradType grad_type;
+  int64_t numel;
+};
+
+struct FlushTensor {
+  float* param;
+  float* moment;
+  float* acc;        // may be null
+  const void* grad;  // may be null
+  GradType grad_type;
+  int64_t numel;
+  float weight_decay;
+};
+
+struct FlushScalars {
+  float lr;
+  float momentum;
+  float grad_scale;
+  bool nesterov;
+};
+
+namespace cpu {
+
+// Spans a kernel works on: one contiguous piece of one tensor. Pointers are already offset.
+void accumulate(const std::vector<AccumulateTensor>& tensors, float scale);
+void momentum_flush(const std::vector<FlushTensor>& tensors, const FlushScalars& scalars);
+
+// In-place a += s * b over float32 lists with the same threading: the bandwidth ceiling that
+// benchmarks compare against (12 B/element, no widening, no extra logic).
+void axpy_ceiling(const std::vector<float*>& a, const std::vector<const float*>& b,
+                  const std::vector<int64_t>& numel, float s);
+
+int num_threads();
+void set_num_threads(int n);  // n <= 0: back to the default
+const char* vector_isa();     // "avx512", "avx2" or "baseline"
+
+// Per-ISA span kernels (defined once in cpu_kernels_impl.h, compiled per ISA).
+struct SpanKernels {
+  void (*accumulate)(float* acc, const void* grad, GradType type, int64_t n, float scale);
+  void (*flush)(float* param, float* moment, float* acc, const void* grad, GradType type, int64_t n,
+                float weight_decay, const FlushScalars& s);
+  void (*axpy)(float* a, const float* b, int64_t n, float s);
+};
+const SpanKernels& span_kernels_baseline();
+const SpanKernels& span_kernels_avx2();
+const SpanKernels& span_kernels_avx512();
+
+}  // namespace cpu
+}  // namespace msaccum

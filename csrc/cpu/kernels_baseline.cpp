@@ -1,0 +1,12 @@
+// The span kernels compiled for the baseline instruction set (flags set in CMakeLists.txt).
+#define MSACCUM_ISA_NS isa_baseline
+#include "cpu_kernels_impl.h"
+
+namespace msaccum {
+namespace cpu {
+const SpanKernels& span_kernels_baseline() {
+  static const SpanKernels kernels{isa_baseline::accumulate_span, isa_baseline::flush_span, isa_baseline::axpy_span};
+  return kernels;
+}
+}  // namespace cpu
+}  // namespace msaccum

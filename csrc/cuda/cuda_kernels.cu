@@ -1,0 +1,2 @@
+// placeholder: replaced by the CUDA kernels
+#include "cuda_kernels.h"
