@@ -8,6 +8,7 @@
 //   MsAccumFlush:       hyper(4), weight_decay(n), param x n, moment x n, acc x n, grad x n, out
 //   MsAccumFlushAcc:    hyper(4), weight_decay(n), param x n, moment x n, acc x n, out
 //   MsAccumFlushGrad:   hyper(4), weight_decay(n), param x n, moment x n, grad x n, out
+//   MsAccumZero:        acc x n, out                                  (acc = 0)
 // hyper = {lr, momentum, grad_scale, nesterov (0/1)}. Names ending in Cuda take device memory
 // and run on the given stream. A bad call logs why on stderr and returns non-zero.
 #include <cstdint>
@@ -145,6 +146,21 @@ int flush_cpu(const Call& c, bool has_acc, bool has_grad) {
   return 0;
 }
 
+// Zeroes every input: the reset of a window whose update was skipped (overflow) or done by
+// another optimizer.
+int zero_cpu(const Call& c) {
+  std::vector<float*> acc;
+  std::vector<int64_t> numel;
+  for (int i = 0; i + 1 < c.nparam; ++i) {
+    if (!c.is(i, "float32")) return c.fail(c.arg(i) + " must be float32");
+    acc.push_back(static_cast<float*>(c.params[i]));
+    numel.push_back(c.numel(i));
+  }
+  msaccum::cpu::zero(acc, numel);
+  *static_cast<float*>(c.params[c.nparam - 1]) = 0.0f;
+  return 0;
+}
+
 #ifdef MSACCUM_WITH_CUDA
 int cuda_result(const Call& c, int code) {
   return code == 0 ? 0 : c.fail(std::string("CUDA error: ") + msaccum::cuda::error_string(code));
@@ -166,6 +182,15 @@ int flush_cuda(const Call& c, bool has_acc, bool has_grad, void* stream) {
                                            static_cast<const float*>(c.params[0]),
                                            static_cast<const float*>(c.params[1]), stream);
   if (code == 0) code = msaccum::cuda::zero_fill(static_cast<float*>(c.params[c.nparam - 1]), 1, stream);
+  return cuda_result(c, code);
+}
+
+int zero_cuda(const Call& c, void* stream) {
+  for (int i = 0; i + 1 < c.nparam; ++i)
+    if (!c.is(i, "float32")) return c.fail(c.arg(i) + " must be float32");
+  int code = 0;
+  for (int i = 0; i < c.nparam && code == 0; ++i)
+    code = msaccum::cuda::zero_fill(static_cast<float*>(c.params[i]), c.numel(i), stream);
   return cuda_result(c, code);
 }
 #endif
@@ -198,6 +223,12 @@ MSACCUM_EXPORT int MsAccumFlushGrad(MSACCUM_AOT_ARGS) {
   return flush_cpu(call, false, true);
 }
 
+MSACCUM_EXPORT int MsAccumZero(MSACCUM_AOT_ARGS) {
+  (void)stream;
+  MSACCUM_CALL("MsAccumZero");
+  return zero_cpu(call);
+}
+
 #ifdef MSACCUM_WITH_CUDA
 MSACCUM_EXPORT int MsAccumAccumulateCuda(MSACCUM_AOT_ARGS) {
   MSACCUM_CALL("MsAccumAccumulateCuda");
@@ -214,5 +245,9 @@ MSACCUM_EXPORT int MsAccumFlushAccCuda(MSACCUM_AOT_ARGS) {
 MSACCUM_EXPORT int MsAccumFlushGradCuda(MSACCUM_AOT_ARGS) {
   MSACCUM_CALL("MsAccumFlushGradCuda");
   return flush_cuda(call, false, true, stream);
+}
+MSACCUM_EXPORT int MsAccumZeroCuda(MSACCUM_AOT_ARGS) {
+  MSACCUM_CALL("MsAccumZeroCuda");
+  return zero_cuda(call, stream);
 }
 #endif

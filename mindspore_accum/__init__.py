@@ -1,6 +1,22 @@
-"""mindspore_accum: fused gradient accumulation for MindSpore 2.x."""
+"""mindspore_accum: fused gradient accumulation for MindSpore 2.x.
+
+The kernels (``mindspore_accum.kernels`` / ``_C``) need only NumPy; ``GradAccumCell``,
+``FusedMomentum`` and ``FlushAtEpochEnd`` import MindSpore when first used.
+"""
 from . import _C
-from ._C import build_info
+from .kernels import accumulate, build_info, momentum_flush
 
 __version__ = _C.build_info()["version"]
-__all__ = ["build_info", "__version__"]
+__all__ = ["GradAccumCell", "FusedMomentum", "FlushAtEpochEnd", "accumulate", "momentum_flush", "build_info",
+           "__version__"]
+
+_LAZY = {"GradAccumCell": "cell", "FlushAtEpochEnd": "cell", "FusedMomentum": "optim"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 
 #include "thread_pool.h"
 
@@ -105,6 +106,12 @@ void axpy_ceiling(const std::vector<float*>& a, const std::vector<const float*>&
                   const std::vector<int64_t>& numel, float s) {
   const SpanKernels& k = select_kernels();
   for_each_balanced(numel, [&](size_t i, int64_t lo, int64_t hi) { k.axpy(a[i] + lo, b[i] + lo, hi - lo, s); });
+}
+
+void zero(const std::vector<float*>& tensors, const std::vector<int64_t>& numel) {
+  for_each_balanced(numel, [&](size_t i, int64_t lo, int64_t hi) {
+    std::memset(tensors[i] + lo, 0, sizeof(float) * static_cast<size_t>(hi - lo));
+  });
 }
 
 }  // namespace cpu

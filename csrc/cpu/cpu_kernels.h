@@ -44,6 +44,9 @@ void momentum_flush(const std::vector<FlushTensor>& tensors, const FlushScalars&
 void axpy_ceiling(const std::vector<float*>& a, const std::vector<const float*>& b,
                   const std::vector<int64_t>& numel, float s);
 
+// Sets every element of the listed float32 tensors to zero (the reset of a skipped window).
+void zero(const std::vector<float*>& tensors, const std::vector<int64_t>& numel);
+
 int num_threads();
 void set_num_threads(int n);  // n <= 0: back to the default
 const char* vector_isa();     // "avx512", "avx2" or "baseline"

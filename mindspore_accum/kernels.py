@@ -1,0 +1,112 @@
+"""Typed wrappers over the `_C` extension, and the `ops.Custom` operators over its AOT library.
+
+The NumPy-level functions update C-contiguous arrays in place; they are what the PyNative CPU
+path of :class:`GradAccumCell` calls on zero-copy views of MindSpore tensors. The operator
+factories build ``mindspore.ops.Custom(func_type="aot")`` primitives over the same kernels for
+GRAPH mode and for GPU (see ``csrc/aot.cpp`` for the argument layouts).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from . import _C
+
+ArrayList = Sequence[np.ndarray]
+
+__all__ = ["accumulate", "momentum_flush", "aot_library_path", "build_info"]
+
+
+def build_info() -> dict:
+    """How the extension was built: version, CUDA (and architectures), CPU vector ISA, threads."""
+    return _C.build_info()
+
+
+def accumulate(acc: ArrayList, grad: ArrayList, scale: float = 1.0) -> None:
+    """``acc[i] += scale * grad[i]`` for every i, in place, in one multi-threaded call.
+
+    ``acc`` arrays are float32; ``grad`` arrays float32, float16 or bfloat16 (widened exactly).
+    Raises ``TypeError``/``ValueError`` naming the offending argument before anything is written.
+    """
+    _C.accumulate(acc, grad, scale)
+
+
+def momentum_flush(
+    param: ArrayList,
+    moment: ArrayList,
+    acc: Optional[ArrayList],
+    grad: Optional[ArrayList],
+    *,
+    lr: float,
+    momentum: float,
+    grad_scale: float,
+    weight_decay: Union[float, Sequence[float]] = 0.0,
+    nesterov: bool = False,
+) -> None:
+    """The fused end of an accumulation window, per element::
+
+        g = (acc + grad) * grad_scale + weight_decay * param
+        v = momentum * v + g
+        param -= lr * (g + momentum * v) if nesterov else lr * v
+        acc = 0
+
+    ``acc`` and ``grad`` may each be None; ``weight_decay`` is one float or one per tensor.
+    """
+    _C.momentum_flush(param, moment, acc, grad, lr=lr, momentum=momentum, grad_scale=grad_scale,
+                      weight_decay=weight_decay, nesterov=nesterov)
+
+
+def aot_library_path() -> str:
+    """Absolute path of ``libmsaccum_aot.so`` (installed next to the ``_C`` extension)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(_C.__file__)), "libmsaccum_aot.so")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"mindspore_accum's AOT kernel library is missing at {path}; reinstall the package")
+    return path
+
+
+def _one_float(*_args):
+    return (1,)
+
+
+def _float32(*_args):
+    import mindspore as ms
+
+    return ms.float32
+
+
+def custom_op(entry: str):
+    """A ``mindspore.ops.Custom`` AOT primitive over ``entry`` (e.g. ``"MsAccumFlush"``).
+
+    The ``Cuda`` variant of the entry point is used when the device target is GPU. Every op has
+    one placeholder output of shape (1,): keep it alive with ``ops.depend``. The op is declared
+    a memory side effect, so GRAPH mode orders it with the reads and writes of its Parameters.
+    """
+    import mindspore as ms
+    from mindspore import ops
+
+    target = ms.get_context("device_target")
+    if target == "GPU":
+        if not _C.build_info()["cuda"]:
+            raise RuntimeError("the device target is GPU but mindspore_accum was built without CUDA; "
+                               "reinstall it on a machine with nvcc (MSACCUM_CUDA=ON)")
+        entry += "Cuda"
+    elif target != "CPU":
+        raise RuntimeError(f"mindspore_accum has kernels for CPU and GPU, not for device target {target!r}")
+    library = aot_library_path()
+    try:
+        op = ops.Custom(f"{library}:{entry}", out_shape=_one_float, out_dtype=_float32, func_type="aot")
+    except TypeError as err:
+        whitelist = os.environ.get("MS_CUSTOM_AOT_WHITE_LIST")
+        if whitelist:
+            raise TypeError(
+                f"MindSpore refused mindspore_accum's kernel library {library} because MS_CUSTOM_AOT_WHITE_LIST="
+                f"{whitelist!r} does not contain it. Add {os.path.dirname(library)!r} to that variable (or unset "
+                f"it) before starting Python.") from err
+        raise
+    # The kernels write their inputs in place. Declared as memory side effects, the ops are kept
+    # in order with every other read and write of those Parameters (auto-monad) and are never
+    # pruned; without it GRAPH mode reuses a load of a Parameter taken before the op wrote it.
+    op.add_prim_attr("side_effect_mem", True)
+    return op
