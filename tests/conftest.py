@@ -1,0 +1,113 @@
+"""Shared test setup and the float64 NumPy reference of the kernel contract.
+
+The reference here is written from the contract (docs: "The kernel contract"), independently of
+the code under test: nothing in it calls `mindspore_accum`.
+"""
+import os
+import zlib
+
+# Must happen before anything imports mindspore (see DESIGN "CPU speed trap"); conftest.py is
+# imported by pytest before any test module.
+os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+# MindSpore logs every WARNING to stderr; keep test output readable (3 = ERROR).
+os.environ.setdefault("GLOG_v", "3")
+# A white list set by the user's shell would make ops.Custom refuse our library; the AOT tests
+# set it explicitly where they test it (in a subprocess).
+os.environ.pop("MS_CUSTOM_AOT_WHITE_LIST", None)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+try:
+    import ml_dtypes  # noqa: E402
+
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - the test extra installs it
+    BFLOAT16 = None
+
+GRAD_DTYPES = ["float32", "float16", "bfloat16"]
+
+
+def np_dtype(name):
+    if name == "bfloat16":
+        if BFLOAT16 is None:
+            pytest.skip("ml_dtypes is not installed")
+        return BFLOAT16
+    return np.dtype(name)
+
+
+def f64(x):
+    """Exact widening to float64 (float16/bfloat16/float32 are all exactly representable)."""
+    return np.asarray(x).astype(np.float64)
+
+
+# ---- the reference (float64, element-wise, straight from the contract) ----
+
+
+def ref_accumulate(acc, grad, scale):
+    """acc + scale * grad, in float64."""
+    return f64(acc) + float(scale) * f64(grad)
+
+
+def ref_momentum_flush(param, moment, acc, grad, *, lr, momentum, grad_scale, weight_decay, nesterov):
+    """One tensor of momentum_flush in float64. Returns (param, moment, acc) after the step.
+
+        g = (acc + grad) * grad_scale + weight_decay * param
+        v = momentum * v + g
+        param -= lr * (g + momentum * v)  if nesterov  else  lr * v
+        acc = 0
+    """
+    p = f64(param)
+    summed = np.zeros_like(p)
+    if acc is not None:
+        summed = summed + f64(acc)
+    if grad is not None:
+        summed = summed + f64(grad)
+    g = summed * grad_scale + weight_decay * p
+    v = momentum * f64(moment) + g
+    p = p - lr * (g + momentum * v) if nesterov else p - lr * v
+    new_acc = None if acc is None else np.zeros_like(p)
+    return p, v, new_acc
+
+
+# ---- comparison ----
+
+# Tolerance for float32 kernels against the float64 reference, normwise per tensor:
+#     max|kernel - ref| <= RTOL * max(max|ref|, 1)
+# How the bound is taken: float32 has unit roundoff u = 2**-24 ~ 6e-8. Every output element is a
+# short chain of float32 operations (flush: at most ~9 roundings, of which at most ~4 lie on any
+# one dependency path; FMA contraction only removes roundings; widening fp16/bf16 is exact, and
+# the reference uses the very same widened inputs). The tests draw inputs O(1) (standard normal)
+# and use hyper-parameters <= 1, so every intermediate is within a small factor (~2) of the
+# largest output, giving an error of at most ~8u * max|ref| ~ 5e-7 * max|ref|. 1e-6 (~17 ulp of
+# the largest value) keeps a 2x margin, yet is far below what any wrong term in the formula would
+# cause (>= 1e-3 with these inputs). The floor of 1 keeps the bound meaningful for tensors whose
+# reference values are all tiny or zero (absolute error then <= 1e-6). Scalars are passed to the
+# kernel as Python floats and rounded to float32 there; that rounding (<= u relative) is covered.
+RTOL_F32 = 1e-6
+
+
+def assert_close_f32(actual, expected, what=""):
+    actual = np.asarray(actual)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.dtype == np.float32, f"{what}: dtype {actual.dtype}"
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    if expected.size == 0:
+        return
+    scale = max(float(np.max(np.abs(expected))), 1.0)
+    err = float(np.max(np.abs(actual.astype(np.float64) - expected)))
+    assert err <= RTOL_F32 * scale, f"{what}: max abs error {err:.3g} > {RTOL_F32:g} * {scale:.3g}"
+
+
+def random_array(rng, shape, dtype, scale=1.0):
+    """Standard-normal values of `shape` in `dtype` (name or numpy dtype)."""
+    dtype = np_dtype(dtype) if isinstance(dtype, str) else dtype
+    # np.array keeps 0-d results arrays (arithmetic on them would give numpy scalars)
+    return np.array(rng.standard_normal(shape) * scale, dtype=np.float32).astype(dtype)
+
+
+@pytest.fixture
+def rng(request):
+    # Seeded per test (by its node id) so every test is reproducible on its own.
+    seed = zlib.crc32(request.node.nodeid.encode())
+    return np.random.default_rng(seed)

@@ -1,0 +1,381 @@
+"""Parity of the `_C` CPU kernels with the float64 NumPy reference in conftest.py."""
+import os
+
+import numpy as np
+import pytest
+from conftest import (
+    GRAD_DTYPES,
+    assert_close_f32,
+    f64,
+    np_dtype,
+    random_array,
+    ref_accumulate,
+    ref_momentum_flush,
+)
+
+from mindspore_accum import _C
+
+SIZES = [0, 1, 3, 4097, 1_000_003]
+# Shapes of one mixed list: 3-D, 0-d, empty (two ways), a vector tail, a single element.
+MIXED_SHAPES = [(3, 5, 7), (), (0,), (2, 0, 3), (4097,), (1,), (33, 31)]
+
+
+def default_thread_count():
+    env = int(os.environ.get("MSACCUM_NUM_THREADS", "0") or 0)
+    return env if env > 0 else len(os.sched_getaffinity(0))
+
+
+@pytest.fixture
+def threads():
+    """Lets a test change the thread count; restores the previous count afterwards (as "the
+    default" when it was the default count, so a later MSACCUM_NUM_THREADS change still applies)."""
+    before = _C.num_threads()
+    yield _C.set_num_threads
+    _C.set_num_threads(0 if before == default_thread_count() else before)
+    assert _C.num_threads() == before
+
+
+def flush_kwargs(nesterov, weight_decay=0.0, lr=0.1, momentum=0.9, grad_scale=0.25):
+    return dict(lr=lr, momentum=momentum, grad_scale=grad_scale, weight_decay=weight_decay, nesterov=nesterov)
+
+
+def run_flush_and_check(rng, shapes, grad_dtypes, *, with_acc, with_grad, weight_decay, nesterov, **hyper):
+    """Builds random tensors, runs momentum_flush, checks every output against the reference."""
+    n = len(shapes)
+    params = [random_array(rng, s, np.float32) for s in shapes]
+    moments = [random_array(rng, s, np.float32) for s in shapes]
+    accs = [random_array(rng, s, np.float32) for s in shapes] if with_acc else None
+    grads = [random_array(rng, s, dt) for s, dt in zip(shapes, grad_dtypes)] if with_grad else None
+    kwargs = flush_kwargs(nesterov, weight_decay, **hyper)
+    wd = np.broadcast_to(np.asarray(weight_decay, dtype=np.float64), (n,))
+    expected = [
+        ref_momentum_flush(
+            params[i],
+            moments[i],
+            None if accs is None else accs[i],
+            None if grads is None else grads[i],
+            **{**kwargs, "weight_decay": float(wd[i])},
+        )
+        for i in range(n)
+    ]
+    grads_before = None if grads is None else [g.copy() for g in grads]
+    _C.momentum_flush(params, moments, accs, grads, **kwargs)
+    for i, (p, v, a) in enumerate(expected):
+        assert_close_f32(params[i], p, f"param[{i}]")
+        assert_close_f32(moments[i], v, f"moment[{i}]")
+        if accs is not None:
+            assert accs[i].dtype == np.float32 and not np.any(accs[i]) and not np.any(np.signbit(accs[i])), (
+                f"acc[{i}] must be +0 after the flush"
+            )
+        if grads is not None:
+            assert grads[i].tobytes() == grads_before[i].tobytes(), f"grad[{i}] was written"
+
+
+# ---------------------------------------------------------------- accumulate
+
+
+@pytest.mark.parametrize("grad_dtype", GRAD_DTYPES)
+@pytest.mark.parametrize("size", SIZES)
+def test_accumulate_sizes(rng, size, grad_dtype):
+    acc = random_array(rng, size, np.float32)
+    grad = random_array(rng, size, grad_dtype)
+    grad_before = grad.copy()
+    expected = ref_accumulate(acc, grad, 0.37)
+    _C.accumulate([acc], [grad], 0.37)
+    assert_close_f32(acc, expected, "acc[0]")
+    assert grad.tobytes() == grad_before.tobytes()
+
+
+def test_accumulate_mixed_list(rng):
+    dtypes = [GRAD_DTYPES[i % 3] for i in range(len(MIXED_SHAPES))]
+    accs = [random_array(rng, s, np.float32) for s in MIXED_SHAPES]
+    grads = [random_array(rng, s, dt) for s, dt in zip(MIXED_SHAPES, dtypes)]
+    expected = [ref_accumulate(a, g, -1.5) for a, g in zip(accs, grads)]
+    _C.accumulate(accs, tuple(grads), -1.5)  # tuples are accepted as well as lists
+    for i, e in enumerate(expected):
+        assert accs[i].shape == MIXED_SHAPES[i]
+        assert_close_f32(accs[i], e, f"acc[{i}] {MIXED_SHAPES[i]} {dtypes[i]}")
+
+
+def test_accumulate_empty_list():
+    _C.accumulate([], [], 1.0)
+    _C.momentum_flush([], [], [], [], lr=0.1, momentum=0.9, grad_scale=1.0)
+    _C.momentum_flush([], [], None, None, lr=0.1, momentum=0.9, grad_scale=1.0, weight_decay=[])
+
+
+@pytest.mark.parametrize("grad_dtype", ["float16", "bfloat16"])
+def test_accumulate_widening_is_exact_for_every_bit_pattern(grad_dtype):
+    """acc = 0 + 1 * grad must reproduce every fp16/bf16 value exactly (subnormals, inf, nan).
+
+    The 65536 patterns go through once as one long tensor (vector conversion) and once as
+    tensors of 15 elements (shorter than any vector width: the scalar tail conversion).
+    """
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    grad = bits.view(np_dtype(grad_dtype))
+    exact = grad.astype(np.float32)  # numpy / ml_dtypes widening, independent of our code
+    long_acc = np.zeros(grad.shape, np.float32)
+    pieces = [grad[i : i + 15] for i in range(0, grad.size, 15)]
+    piece_accs = [np.zeros(p.shape, np.float32) for p in pieces]
+    _C.accumulate([long_acc] + piece_accs, [grad] + pieces, 1.0)
+    for got in (long_acc, np.concatenate(piece_accs)):
+        nan = np.isnan(exact)
+        assert np.array_equal(np.isnan(got), nan)
+        assert np.array_equal(got[~nan], exact[~nan])
+
+
+def test_accumulate_repeated_calls(rng):
+    """k successive accumulations with different scales, then compare with the reference sum."""
+    shapes = [(1000,), (3, 5, 7), ()]
+    accs = [np.zeros(s, np.float32) for s in shapes]
+    expected = [np.zeros(s) for s in shapes]
+    for k, scale in enumerate([1.0, 0.5, -2.0, 0.125]):
+        grads = [random_array(rng, s, GRAD_DTYPES[(k + i) % 3]) for i, s in enumerate(shapes)]
+        _C.accumulate(accs, grads, scale)
+        expected = [ref_accumulate(e, g, scale) for e, g in zip(expected, grads)]
+    for i, e in enumerate(expected):
+        assert_close_f32(accs[i], e, f"acc[{i}]")
+
+
+def test_accumulate_read_only_and_repeated_grad_is_fine(rng):
+    """Gradients are only read: a read-only gradient, used for two accumulators, is accepted."""
+    grad = random_array(rng, (64,), np.float32)
+    grad.flags.writeable = False
+    a0, a1 = np.zeros(64, np.float32), np.ones(64, np.float32)
+    _C.accumulate([a0, a1], [grad, grad], 2.0)
+    assert_close_f32(a0, 2.0 * f64(grad))
+    assert_close_f32(a1, 1.0 + 2.0 * f64(grad))
+
+
+# ---------------------------------------------------------------- momentum_flush
+
+
+@pytest.mark.parametrize("nesterov", [False, True], ids=["plain", "nesterov"])
+@pytest.mark.parametrize(
+    "with_acc,with_grad", [(True, True), (True, False), (False, True), (False, False)],
+    ids=["acc+grad", "acc-only", "grad-only", "neither"],
+)
+@pytest.mark.parametrize("size", SIZES)
+def test_flush_sizes(rng, size, with_acc, with_grad, nesterov):
+    run_flush_and_check(
+        rng, [(size,)], ["float32"], with_acc=with_acc, with_grad=with_grad, weight_decay=1e-2, nesterov=nesterov
+    )
+
+
+@pytest.mark.parametrize("nesterov", [False, True], ids=["plain", "nesterov"])
+@pytest.mark.parametrize("grad_dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("with_acc", [True, False], ids=["acc+grad", "grad-only"])
+def test_flush_large_reduced_precision(rng, grad_dtype, nesterov, with_acc):
+    """Half-precision gradients are widened block by block (1024 at a time): a large odd size
+    crosses many blocks, thread ranges and a partial last block."""
+    run_flush_and_check(
+        rng, [(5,), (1_000_003,)], [grad_dtype] * 2, with_acc=with_acc, with_grad=True, weight_decay=1e-3,
+        nesterov=nesterov,
+    )
+
+
+@pytest.mark.parametrize("nesterov", [False, True], ids=["plain", "nesterov"])
+@pytest.mark.parametrize("grad_dtype", GRAD_DTYPES + ["mixed"])
+def test_flush_grad_dtypes_mixed_shapes(rng, grad_dtype, nesterov):
+    dtypes = [GRAD_DTYPES[i % 3] if grad_dtype == "mixed" else grad_dtype for i in range(len(MIXED_SHAPES))]
+    run_flush_and_check(
+        rng, MIXED_SHAPES, dtypes, with_acc=True, with_grad=True, weight_decay=3e-3, nesterov=nesterov
+    )
+
+
+@pytest.mark.parametrize(
+    "weight_decay",
+    [
+        0.0,
+        0.05,
+        [0.0, 0.1, 0.02, 0.5, 0.0, 1e-4, 0.3],
+        (0.0, 0.1, 0.02, 0.5, 0.0, 1e-4, 0.3),
+        np.array([0.2, 0.0, 0.01, 0.5, 0.3, 1e-4, 0.05], np.float32),
+        np.array([0.2, 0.0, 0.01, 0.5, 0.3, 1e-4, 0.05], np.float64),
+    ],
+    ids=["zero", "scalar", "list", "tuple", "ndarray-f32", "ndarray-f64"],
+)
+@pytest.mark.parametrize("nesterov", [False, True], ids=["plain", "nesterov"])
+def test_flush_weight_decay(rng, weight_decay, nesterov):
+    assert len(MIXED_SHAPES) == 7
+    run_flush_and_check(
+        rng, MIXED_SHAPES, ["float32"] * 7, with_acc=True, with_grad=True, weight_decay=weight_decay, nesterov=nesterov
+    )
+
+
+def test_flush_numpy_scalar_hyper_parameters(rng):
+    run_flush_and_check(
+        rng, [(100,)], ["float16"], with_acc=True, with_grad=True, weight_decay=np.float32(0.01), nesterov=True,
+        lr=np.float64(0.05), momentum=np.float32(0.8), grad_scale=np.float16(0.5),
+    )
+
+
+# ---------------------------------------------------------------- whole windows
+
+
+@pytest.mark.parametrize("grad_dtype", GRAD_DTYPES)
+@pytest.mark.parametrize("fused_last", [False, True], ids=["flush-acc", "fused-last-grad"])
+def test_exact_average_optax_style(grad_dtype, fused_last):
+    """Gradients 1, 2, 3, 4 accumulated with scale 1 and flushed with grad_scale 1/4, lr 1 and
+    momentum 0 move the parameter by exactly their mean, 2.5 (all values are exact in float32).
+    Then a second window (5, 6, flushed with 1/2) moves it by exactly 5.5 more."""
+    dt = np_dtype(grad_dtype)
+    shape = (4099,)
+    param = np.full(shape, 10.0, np.float32)
+    moment = np.zeros(shape, np.float32)
+    acc = np.zeros(shape, np.float32)
+    hyper = dict(lr=1.0, momentum=0.0, weight_decay=0.0, nesterov=False)
+
+    def window(values):
+        grads = [np.full(shape, v, np.float32).astype(dt) for v in values]
+        for g in grads[:-1] if fused_last else grads:
+            _C.accumulate([acc], [g], 1.0)
+        last = [grads[-1]] if fused_last else None
+        _C.momentum_flush([param], [moment], [acc], last, grad_scale=1.0 / len(values), **hyper)
+
+    window([1, 2, 3, 4])
+    assert np.array_equal(param, np.full(shape, 7.5, np.float32))
+    assert np.array_equal(moment, np.full(shape, 2.5, np.float32))
+    assert np.array_equal(acc, np.zeros(shape, np.float32))
+    window([5, 6])
+    assert np.array_equal(param, np.full(shape, 2.0, np.float32))
+    assert np.array_equal(moment, np.full(shape, 5.5, np.float32))
+
+
+@pytest.mark.parametrize("nesterov", [False, True], ids=["plain", "nesterov"])
+def test_several_windows_against_reference(rng, nesterov):
+    """Three windows of k = 3, 1, 2 micro-batches (the last one fused into the flush) with
+    momentum carried across windows, compared with the same sequence in float64."""
+    shapes = [(5000,), (3, 5, 7), (), (17,)]
+    wd = [0.01, 0.0, 0.1, 0.02]
+    params = [random_array(rng, s, np.float32) for s in shapes]
+    moments = [np.zeros(s, np.float32) for s in shapes]
+    accs = [np.zeros(s, np.float32) for s in shapes]
+    ref_p = [f64(p) for p in params]
+    ref_v = [np.zeros(s) for s in shapes]
+    ref_a = [np.zeros(s) for s in shapes]
+    loss_scale = 8.0
+    for step, k in enumerate([3, 1, 2]):
+        for micro in range(k):
+            grads = [random_array(rng, s, GRAD_DTYPES[(micro + i) % 3], scale=loss_scale) for i, s in enumerate(shapes)]
+            if micro < k - 1:
+                _C.accumulate(accs, grads, 1.0)
+                ref_a = [ref_accumulate(a, g, 1.0) for a, g in zip(ref_a, grads)]
+            else:
+                kwargs = flush_kwargs(nesterov, wd, lr=0.05, momentum=0.9, grad_scale=1.0 / (k * loss_scale))
+                _C.momentum_flush(params, moments, accs, grads, **kwargs)
+                for i in range(len(shapes)):
+                    ref_p[i], ref_v[i], ref_a[i] = ref_momentum_flush(
+                        ref_p[i], ref_v[i], ref_a[i], grads[i], **{**kwargs, "weight_decay": wd[i]}
+                    )
+        for i in range(len(shapes)):
+            # Errors compound over windows (each step's inputs carry the previous step's
+            # rounding): allow the per-step bound once per window.
+            scale_p = max(float(np.max(np.abs(ref_p[i]))), 1.0)
+            scale_v = max(float(np.max(np.abs(ref_v[i]))), 1.0)
+            assert np.max(np.abs(f64(params[i]) - ref_p[i])) <= (step + 1) * 1e-6 * scale_p, f"param[{i}] step {step}"
+            assert np.max(np.abs(f64(moments[i]) - ref_v[i])) <= (step + 1) * 1e-6 * scale_v, f"moment[{i}] step {step}"
+            assert not np.any(accs[i])
+
+
+# ---------------------------------------------------------------- threading
+
+
+def test_set_num_threads_default(threads):
+    threads(3)
+    assert _C.num_threads() == 3
+    threads(0)  # back to the default: MSACCUM_NUM_THREADS or the CPU affinity
+    assert _C.num_threads() == default_thread_count()
+    threads(-5)
+    assert _C.num_threads() == default_thread_count()
+
+
+# Big enough to be split across threads (the kernels use one thread per 2**15 elements). The
+# 3-element tensor first puts the split points (multiples of 16 in the concatenated element
+# space) at odd offsets inside the big tensor, whose gradient dtype is the parameter.
+THREAD_SHAPES = [(3,), (1_000_003,), (4097,), (70_001,), (3, 5, 7), (), (0,), (65_537,)]
+
+
+@pytest.mark.parametrize("big_dtype", GRAD_DTYPES)
+@pytest.mark.parametrize("op", ["accumulate", "flush-nesterov", "flush-plain"])
+def test_thread_counts_give_identical_results(rng, threads, op, big_dtype):
+    dtypes = [GRAD_DTYPES[i % 3] for i in range(len(THREAD_SHAPES))]
+    dtypes[1] = big_dtype
+    base = dict(
+        p=[random_array(rng, s, np.float32) for s in THREAD_SHAPES],
+        v=[random_array(rng, s, np.float32) for s in THREAD_SHAPES],
+        a=[random_array(rng, s, np.float32) for s in THREAD_SHAPES],
+        g=[random_array(rng, s, dt) for s, dt in zip(THREAD_SHAPES, dtypes)],
+    )
+    wd = list(np.linspace(0.0, 0.1, len(THREAD_SHAPES)))
+    results = {}
+    for n in (1, 2, 3):
+        threads(n)
+        assert _C.num_threads() == n
+        t = {k: [x.copy() for x in v] for k, v in base.items()}
+        if op == "accumulate":
+            _C.accumulate(t["a"], t["g"], 0.75)
+        else:
+            _C.momentum_flush(t["p"], t["v"], t["a"], t["g"], **flush_kwargs(op == "flush-nesterov", wd))
+        results[n] = t
+    for n in (2, 3):
+        for key in "pva":
+            for i, (x, y) in enumerate(zip(results[1][key], results[n][key])):
+                assert x.tobytes() == y.tobytes(), f"{op}: {key}[{i}] differs between 1 and {n} threads"
+    # and the single-thread result is right
+    if op == "accumulate":
+        for i in range(len(THREAD_SHAPES)):
+            assert_close_f32(results[1]["a"][i], ref_accumulate(base["a"][i], base["g"][i], 0.75), f"acc[{i}]")
+    else:
+        for i in range(len(THREAD_SHAPES)):
+            p, v, _ = ref_momentum_flush(
+                base["p"][i], base["v"][i], base["a"][i], base["g"][i],
+                **{**flush_kwargs(op == "flush-nesterov"), "weight_decay": wd[i]},
+            )
+            assert_close_f32(results[1]["p"][i], p, f"param[{i}]")
+            assert_close_f32(results[1]["v"][i], v, f"moment[{i}]")
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_many_small_tensors(rng, threads, nthreads):
+    """200 small tensors (total > 2 * 2**15 elements, so several tensors share a thread's range
+    and ranges start inside tensors), with sizes 0..1200 and all gradient dtypes."""
+    threads(nthreads)
+    sizes = rng.integers(0, 1200, size=200)
+    sizes[::37] = 0
+    sizes[5] = 1
+    assert sizes.sum() > 2 * 2**15
+    dtypes = [GRAD_DTYPES[i % 3] for i in range(200)]
+    accs = [random_array(rng, int(n), np.float32) for n in sizes]
+    grads = [random_array(rng, int(n), dt) for n, dt in zip(sizes, dtypes)]
+    expected = [ref_accumulate(a, g, 0.5) for a, g in zip(accs, grads)]
+    _C.accumulate(accs, grads, 0.5)
+    for i, e in enumerate(expected):
+        assert_close_f32(accs[i], e, f"acc[{i}]")
+    run_flush_and_check(
+        rng, [(int(n),) for n in sizes], dtypes, with_acc=True, with_grad=True,
+        weight_decay=list(rng.uniform(0, 0.1, 200)), nesterov=True,
+    )
+
+
+def test_kernels_work_in_a_forked_child(threads):
+    """The thread pool is rebuilt after fork(): a child (e.g. a DataLoader worker) that calls the
+    kernels after the parent used several threads must neither deadlock nor miscompute."""
+    threads(2)
+    grad = np.ones(200_003, np.float32)
+    acc = np.zeros_like(grad)
+    _C.accumulate([acc], [grad], 1.0)  # the parent's pool now has a worker
+    pid = os.fork()
+    if pid == 0:  # child: exit code 0 only if the result is right; killed by alarm if it hangs
+        try:
+            import signal
+
+            signal.alarm(20)
+            child = np.zeros_like(grad)
+            _C.accumulate([child], [grad], 3.0)
+            os._exit(0 if np.array_equal(child, 3.0 * grad) else 3)
+        finally:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    _C.accumulate([acc], [grad], 1.0)  # and the parent's pool still works
+    np.testing.assert_array_equal(acc, 2.0 * grad)
