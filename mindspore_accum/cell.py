@@ -116,44 +116,108 @@ class GradAccumCell(nn.Cell):
         return int(self.micro_step.asnumpy())
 
     def __call__(self, *inputs):
+        # Calls from Python are dispatched here, one straight-line graph (or host kernel call)
+        # per phase. `construct` below is the in-graph equivalent, used only when MindSpore
+        # inlines this cell into a bigger graph (e.g. dataset sink mode).
         if self._host_path():
             return self._host_micro_step(*inputs)
-        return super().__call__(*inputs)
+        count = self.pending + 1
+        if count < self.accumulation_steps:
+            return self._graph_accumulate_step(*inputs)
+        loss, grads = self._graph_backward(*inputs)
+        self._finish_window(count, grads)
+        return loss
 
     def flush(self) -> bool:
         """Applies the pending partial window (mean over the micro-batches it holds).
 
-        A no-op on an empty window. Returns True when an update was applied.
+        A no-op on an empty window. Returns True when an update was applied, False when the
+        window was empty or skipped for non-finite gradients.
         """
         count = self.pending
         if count == 0:
             return False
         if self._host_path():
             return self._host_finish(count, None)
-        if not hasattr(self, "_flush_graph"):
-            self._flush_graph = ms.jit(self._finish_window_graph_acc_only)
-        finite = bool(self._flush_graph().asnumpy())
-        return finite
+        return self._finish_window(count, None)
 
-    # ------------------------------------------------------------------ GRAPH / GPU path
-    def construct(self, *inputs):
-        loss = self.network(*inputs)
-        scale = self.loss_scale
-        sens = ops.cast(ops.fill(loss.dtype, loss.shape, 1.0), loss.dtype) * ops.cast(scale, loss.dtype)
-        grads = self.grad(self.network, self.weights)(*inputs, sens)
-        count = self.micro_step + 1
-        if count >= self.accumulation_steps:
-            if self.fused and self.clip_global_norm is None:
-                done = self._finish_window_fused(grads, count)
-            else:
-                out = self._accumulate_op(self._one, *self.accumulators, *grads)
-                done = self._finish_window_acc(count, out)
-            loss = ops.depend(loss, done)
+    # ------------------------------------------------------------------ GRAPH mode and GPU
+    def _finish_window(self, count: int, grads) -> bool:
+        """End of a window; ``grads`` is the last micro-batch's gradient, not yet accumulated."""
+        if grads is not None and not (self.fused and self.clip_global_norm is None):
+            self._graph_accumulate(grads)
+            grads = None
+        squares = self._graph_squares() if grads is None else self._graph_squares_with(grads)
+        proceed = bool(self._overflow_update(ops.isfinite(squares)).asnumpy())
+        if not proceed:
+            self._graph_discard()
+            return False
+        grad_scale = self._grad_scale(count, float(squares.asnumpy()))
+        if not self.fused:
+            self._graph_optimizer_update(grad_scale)
+        elif grads is None:
+            self._graph_fused_update_acc(grad_scale)
         else:
-            out = self._accumulate_op(self._one, *self.accumulators, *grads)
-            loss = ops.depend(loss, out)
-            loss = ops.depend(loss, ops.assign(self.micro_step, count))
-        return loss
+            self._graph_fused_update(grads, grad_scale)
+        return True
+
+    def _grad_scale(self, count: int, squares: float) -> Tensor:
+        """1 / (micro-batches * loss scale), times the clip factor of the window's mean gradient."""
+        grad_scale = 1.0 / (count * float(self.loss_scale.asnumpy()))
+        if self.clip_global_norm is not None:
+            norm = float(np.sqrt(squares)) * grad_scale
+            grad_scale *= min(1.0, self.clip_global_norm / max(norm, 1e-30))
+        return Tensor(grad_scale, ms.float32)
+
+    def _backward(self, inputs):
+        loss = self.network(*inputs)
+        sens = ops.fill(loss.dtype, loss.shape, 1.0) * ops.cast(self.loss_scale, loss.dtype)
+        return loss, self.grad(self.network, self.weights)(*inputs, sens)
+
+    @ms.jit
+    def _graph_accumulate_step(self, *inputs):
+        loss, grads = self._backward(inputs)
+        out = self._accumulate_op(self._one, *self.accumulators, *grads)
+        out = ops.depend(out, ops.assign_add(self.micro_step, Tensor(1, ms.int32)))
+        return ops.depend(loss, out)
+
+    @ms.jit
+    def _graph_backward(self, *inputs):
+        return self._backward(inputs)
+
+    @ms.jit
+    def _graph_accumulate(self, grads):
+        return self._accumulate_op(self._one, *self.accumulators, *grads)
+
+    @ms.jit
+    def _graph_squares(self):
+        return _sum_of_squares(self.accumulators)
+
+    @ms.jit
+    def _graph_squares_with(self, grads):
+        return _sum_of_squares(self.accumulators) + _sum_of_squares(grads)
+
+    @ms.jit
+    def _graph_fused_update(self, grads, grad_scale):
+        out = self.optimizer.fused_update(self.accumulators, grads, grad_scale)
+        return ops.depend(out, ops.assign(self.micro_step, Tensor(0, ms.int32)))
+
+    @ms.jit
+    def _graph_fused_update_acc(self, grad_scale):
+        out = self.optimizer.fused_update(self.accumulators, None, grad_scale)
+        return ops.depend(out, ops.assign(self.micro_step, Tensor(0, ms.int32)))
+
+    @ms.jit
+    def _graph_optimizer_update(self, grad_scale):
+        mean_grads = tuple(ops.cast(a * grad_scale, w.dtype) for a, w in zip(self.accumulators, self.weights))
+        out = self._zero_op(*ops.depend(self.accumulators, self.optimizer(mean_grads)))
+        return ops.depend(out, ops.assign(self.micro_step, Tensor(0, ms.int32)))
+
+    @ms.jit
+    def _graph_discard(self):
+        out = self._zero_op(*self.accumulators)
+        out = ops.depend(out, ops.assign_add(self.skipped_updates, Tensor(1, ms.int32)))
+        return ops.depend(out, ops.assign(self.micro_step, Tensor(0, ms.int32)))
 
     def _overflow_update(self, finite):
         """Feeds the loss-scale cell; returns whether the window's update may proceed."""
@@ -162,55 +226,51 @@ class GradAccumCell(nn.Cell):
             overflow = self.scale_update_cell(self.loss_scale, overflow)
         return ops.logical_not(overflow)
 
-    def _finish_window_fused(self, grads, count):
-        """Last micro-batch with FusedMomentum: check, then add + average + momentum + reset in one pass."""
-        accumulators = self.accumulators
-        finite = ops.isfinite(_sum_of_squares(accumulators) + _sum_of_squares(grads))
-        proceed = self._overflow_update(finite)
-        grad_scale = 1.0 / (ops.cast(count, ms.float32) * self.loss_scale)
-        if proceed:
-            out = self.optimizer.fused_update(accumulators, grads, grad_scale)
-        else:
-            out = self._zero_op(*accumulators)
-            out = ops.depend(out, ops.assign_add(self.skipped_updates, Tensor(1, ms.int32)))
-        out = ops.depend(out, ops.assign(self.micro_step, Tensor(0, ms.int32)))
-        return ops.depend(proceed, out)
-
-    def _finish_window_acc(self, count, after_accumulate):
-        """The window's whole sum is in the accumulators: check, clip, update, reset."""
-        accumulators = ops.depend(self.accumulators, after_accumulate)
-        squares = _sum_of_squares(accumulators)
-        proceed = self._overflow_update(ops.isfinite(squares))
-        grad_scale = 1.0 / (ops.cast(count, ms.float32) * self.loss_scale)
-        if self.clip_global_norm is not None:
-            norm = ops.sqrt(squares) * grad_scale
-            grad_scale = grad_scale * ops.minimum(Tensor(1.0, ms.float32),
-                                                  self.clip_global_norm / ops.maximum(norm, Tensor(1e-30, ms.float32)))
-        if proceed:
-            if self.fused:
-                out = self.optimizer.fused_update(accumulators, None, grad_scale)
+    # ------------------------------------------------------------------ inlined into a graph
+    def construct(self, *inputs):
+        """The same semantics as a call from Python, as one graph with control flow (used when
+        MindSpore inlines the cell, e.g. dataset sink mode; MindSpore 2.10 then keeps far more
+        memory alive than the straight-line graphs used otherwise)."""
+        loss, grads = self._backward(inputs)
+        count = self.micro_step + 1
+        if count >= self.accumulation_steps:
+            fuse_last = self.fused and self.clip_global_norm is None
+            if fuse_last:
+                squares = _sum_of_squares(self.accumulators) + _sum_of_squares(grads)
+                after = self._one
             else:
-                mean_grads = tuple(ops.cast(a * grad_scale, w.dtype) for a, w in zip(accumulators, self.weights))
-                out = self.optimizer(mean_grads)
-                out = self._zero_op(*ops.depend(accumulators, out))
+                after = self._accumulate_op(self._one, *self.accumulators, *grads)
+                squares = _sum_of_squares(ops.depend(self.accumulators, after))
+            proceed = self._overflow_update(ops.isfinite(squares))
+            grad_scale = 1.0 / (ops.cast(count, ms.float32) * self.loss_scale)
+            if self.clip_global_norm is not None:
+                norm = ops.sqrt(squares) * grad_scale
+                grad_scale = grad_scale * ops.minimum(
+                    Tensor(1.0, ms.float32), self.clip_global_norm / ops.maximum(norm, Tensor(1e-30, ms.float32)))
+            if proceed:
+                if fuse_last:
+                    out = self.optimizer.fused_update(self.accumulators, grads, grad_scale)
+                elif self.fused:
+                    out = self.optimizer.fused_update(ops.depend(self.accumulators, after), None, grad_scale)
+                else:
+                    accumulators = ops.depend(self.accumulators, after)
+                    mean_grads = tuple(ops.cast(a * grad_scale, w.dtype) for a, w in zip(accumulators, self.weights))
+                    out = self._zero_op(*ops.depend(accumulators, self.optimizer(mean_grads)))
+            else:
+                out = self._zero_op(*ops.depend(self.accumulators, after))
+                out = ops.depend(out, ops.assign_add(self.skipped_updates, Tensor(1, ms.int32)))
+            out = ops.depend(out, ops.assign(self.micro_step, Tensor(0, ms.int32)))
         else:
-            out = self._zero_op(*accumulators)
-            out = ops.depend(out, ops.assign_add(self.skipped_updates, Tensor(1, ms.int32)))
-        out = ops.depend(out, ops.assign(self.micro_step, Tensor(0, ms.int32)))
-        return ops.depend(proceed, out)
-
-    def _finish_window_graph_acc_only(self):
-        return self._finish_window_acc(self.micro_step, self._one)
+            out = self._accumulate_op(self._one, *self.accumulators, *grads)
+            out = ops.depend(out, ops.assign(self.micro_step, count))
+        return ops.depend(loss, out)
 
     # ------------------------------------------------------------------ PyNative CPU path
     def _host_path(self) -> bool:
         return ms.get_context("mode") == ms.PYNATIVE_MODE and ms.get_context("device_target") == "CPU"
 
     def _host_micro_step(self, *inputs):
-        loss = self.network(*inputs)
-        scale = float(self.loss_scale.asnumpy())
-        sens = ops.fill(loss.dtype, loss.shape, scale)
-        grads = self.grad(self.network, self.weights)(*inputs, sens)
+        loss, grads = self._backward(inputs)
         # asnumpy() waits for each gradient's producer: the kernel never reads a gradient early.
         grad_views = [g.asnumpy() for g in grads]
         count = self.pending + 1
@@ -224,28 +284,24 @@ class GradAccumCell(nn.Cell):
     def _host_finish(self, count: int, grad_views) -> bool:
         """End of a window on the host. ``grad_views``: the last micro-batch, not yet accumulated."""
         acc_views = [a.asnumpy() for a in self.accumulators]
-        fuse_last = grad_views is not None and self.fused and self.clip_global_norm is None
-        if grad_views is not None and not fuse_last:
+        if grad_views is not None and not (self.fused and self.clip_global_norm is None):
             kernels.accumulate(acc_views, grad_views, 1.0)
             grad_views = None
         squares = _host_sum_of_squares(acc_views) + (_host_sum_of_squares(grad_views) if grad_views else 0.0)
         proceed = bool(self._overflow_update(Tensor(np.isfinite(squares))).asnumpy())
-        grad_scale = 1.0 / (count * float(self.loss_scale.asnumpy()))
-        if proceed and self.clip_global_norm is not None:
-            norm = float(np.sqrt(squares)) * grad_scale
-            grad_scale *= min(1.0, self.clip_global_norm / max(norm, 1e-30))
-        if proceed and self.fused:
-            self.optimizer.host_update(acc_views, grad_views, grad_scale)
-        elif proceed:
-            mean_grads = tuple(ops.cast(a * grad_scale, w.dtype) for a, w in zip(self.accumulators, self.weights))
-            self.optimizer(mean_grads)
-            _ = self.weights[0].asnumpy()  # the optimizer has run before the accumulators are reset
-            for view in acc_views:
-                view[...] = 0.0
-        else:
-            for view in acc_views:
-                view[...] = 0.0
+        if proceed:
+            grad_scale = float(self._grad_scale(count, squares).asnumpy())
+            if self.fused:
+                self.optimizer.host_update(acc_views, grad_views, grad_scale)
+            else:
+                mean_grads = tuple(ops.cast(a * grad_scale, w.dtype) for a, w in zip(self.accumulators, self.weights))
+                self.optimizer(mean_grads)
+                _ = self.weights[0].asnumpy()  # the optimizer has run before the accumulators are reset
+        if not proceed:
             self.skipped_updates.asnumpy()[...] += 1
+        if not (proceed and self.fused):  # the fused kernel has already reset them
+            for view in acc_views:
+                view[...] = 0.0
         self.micro_step.asnumpy()[...] = 0
         return proceed
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs mindspore_accum with its test dependencies into ./.venv (created if missing) and runs
+# the whole test suite. Needs only Python 3.11, g++ and cmake (nvcc optional: the CUDA kernels
+# are then compiled in and checked too). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "== creating virtual environment $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+echo "== installing mindspore_accum[test] (builds the C++/CUDA extension)"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet ".[test]"
+"$VENV/bin/python" -c "import mindspore_accum._C as C; print('build_info:', C.build_info())"
+echo "== running tests"
+exec "$VENV/bin/python" -m pytest -q "$@"
