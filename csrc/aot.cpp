@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cpu/cpu_kernels.h"
+#include "overlap.h"
 #ifdef MSACCUM_WITH_CUDA
 #include "cuda/cuda_kernels.h"
 #endif
@@ -49,6 +50,21 @@ struct Call {
     for (int d = 0; d < ndims[a]; ++d)
       if (shapes[a][d] != shapes[b][d]) return false;
     return true;
+  }
+  int64_t nbytes(int i) const {
+    const int64_t item = is(i, "float16") || is(i, "bfloat16") ? 2 : 4;
+    return numel(i) * item;
+  }
+  // Tensors [first, first + count) are written when `written`; returns non-zero if a written
+  // tensor shares memory with any other tensor of the call (e.g. one Parameter passed twice).
+  int check_overlap(const std::vector<std::pair<int, bool>>& tensors) const {
+    std::vector<msaccum::ByteRange> ranges;
+    for (const auto& [i, written] : tensors) {
+      const auto begin = reinterpret_cast<uintptr_t>(params[i]);
+      ranges.push_back({begin, begin + static_cast<uintptr_t>(nbytes(i)), written, i});
+    }
+    const auto [a, b] = msaccum::find_overlap(std::move(ranges));
+    return a < 0 ? 0 : fail(arg(a) + " shares memory with " + arg(b) + "; in-place tensors must not overlap");
   }
   bool is(int i, const char* dtype) const { return dtypes[i] && std::strcmp(dtypes[i], dtype) == 0; }
   int fail(const std::string& why) const {
@@ -86,14 +102,20 @@ int parse_accumulate(const Call& c, std::vector<AccumulateTensor>* tensors) {
   }
   const int out = c.nparam - 1;
   if (!c.is(out, "float32") || c.numel(out) != 1) return c.fail("the output must be one float32 value");
-  return 0;
+  std::vector<std::pair<int, bool>> buffers;
+  for (int i = 1; i < out; ++i) buffers.push_back({i, i <= n});
+  return c.check_overlap(buffers);
 }
 
 int parse_flush(const Call& c, bool has_acc, bool has_grad, std::vector<FlushTensor>* tensors) {
   const int per_tensor = 2 + (has_acc ? 1 : 0) + (has_grad ? 1 : 0);
   if (c.nparam < 3 || c.ndims[1] != 1)
     return c.fail("expected hyper(4), weight_decay(n), the tensor lists and one output");
-  const int n = static_cast<int>(c.shapes[1][0]);
+  const int64_t n64 = c.shapes[1][0];
+  if (n64 < 0 || 3 + per_tensor * n64 != static_cast<int64_t>(c.nparam))
+    return c.fail("weight_decay has " + std::to_string(n64) + " values, which does not match " +
+                  std::to_string(c.nparam) + " tensors");
+  const int n = static_cast<int>(n64);
   if (c.nparam != 3 + per_tensor * n)
     return c.fail("weight_decay has " + std::to_string(n) + " values, so " + std::to_string(3 + per_tensor * n) +
                   " tensors were expected; got " + std::to_string(c.nparam));
@@ -124,7 +146,10 @@ int parse_flush(const Call& c, bool has_acc, bool has_grad, std::vector<FlushTen
   }
   const int out = c.nparam - 1;
   if (!c.is(out, "float32") || c.numel(out) != 1) return c.fail("the output must be one float32 value");
-  return 0;
+  std::vector<std::pair<int, bool>> buffers;  // param, moment, acc are written; grad is read
+  const int written_end = 2 + (has_acc ? 3 : 2) * n;
+  for (int i = 2; i < out; ++i) buffers.push_back({i, i < written_end});
+  return c.check_overlap(buffers);
 }
 
 int accumulate_cpu(const Call& c) {
@@ -149,6 +174,9 @@ int flush_cpu(const Call& c, bool has_acc, bool has_grad) {
 // Zeroes every input: the reset of a window whose update was skipped (overflow) or done by
 // another optimizer.
 int zero_cpu(const Call& c) {
+  std::vector<std::pair<int, bool>> written;
+  for (int i = 0; i + 1 < c.nparam; ++i) written.push_back({i, true});
+  if (int rc = c.check_overlap(written)) return rc;
   std::vector<float*> acc;
   std::vector<int64_t> numel;
   for (int i = 0; i + 1 < c.nparam; ++i) {

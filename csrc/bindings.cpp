@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu/cpu_kernels.h"
+#include "overlap.h"
 
 #ifdef MSACCUM_WITH_CUDA
 #include "cuda/cuda_kernels.h"
@@ -123,35 +124,21 @@ void check_matches(const ArrayList& ref, const ArrayList& other) {
 
 // No array that is written may share memory with any other array of the call: one tensor
 // updated twice, or a gradient read after part of it was overwritten, corrupts the result.
-struct Range {
-  uintptr_t begin, end;
-  bool written;
-  std::string what;
-};
-
 void check_no_overlap(const std::vector<std::pair<const ArrayList*, bool>>& lists) {
-  std::vector<Range> ranges;
+  std::vector<msaccum::ByteRange> ranges;
+  std::vector<std::string> labels;
   for (const auto& [list, written] : lists) {
     for (size_t i = 0; i < list->arrays.size(); ++i) {
       const py::array& a = list->arrays[i];
-      if (a.nbytes() == 0) continue;
       const auto begin = reinterpret_cast<uintptr_t>(a.data());
-      ranges.push_back({begin, begin + static_cast<uintptr_t>(a.nbytes()), written, label(*list, i)});
+      ranges.push_back({begin, begin + static_cast<uintptr_t>(a.nbytes()), written, static_cast<int>(labels.size())});
+      labels.push_back(label(*list, i));
     }
   }
-  std::sort(ranges.begin(), ranges.end(), [](const Range& x, const Range& y) { return x.begin < y.begin; });
-  const Range* furthest_any = nullptr;
-  const Range* furthest_written = nullptr;
-  for (const Range& r : ranges) {
-    const Range* clash = nullptr;
-    if (r.written && furthest_any && r.begin < furthest_any->end) clash = furthest_any;
-    else if (!r.written && furthest_written && r.begin < furthest_written->end) clash = furthest_written;
-    if (clash)
-      throw py::value_error(r.what + " shares memory with " + clash->what +
-                            "; arrays that are updated in place must not overlap any other argument");
-    if (!furthest_any || r.end > furthest_any->end) furthest_any = &r;
-    if (r.written && (!furthest_written || r.end > furthest_written->end)) furthest_written = &r;
-  }
+  const auto [first, second] = msaccum::find_overlap(std::move(ranges));
+  if (first >= 0)
+    throw py::value_error(labels[first] + " shares memory with " + labels[second] +
+                          "; arrays that are updated in place must not overlap any other argument");
 }
 
 float to_float(const py::handle& obj, const char* name) {
@@ -197,8 +184,9 @@ void momentum_flush(const py::object& param_obj, const py::object& moment_obj, c
                              to_float(grad_scale_obj, "grad_scale"), nesterov};
   const size_t n = param.arrays.size();
   std::vector<float> weight_decay(n);
-  if (py::isinstance<py::list>(weight_decay_obj) || py::isinstance<py::tuple>(weight_decay_obj) ||
-      py::isinstance<py::array>(weight_decay_obj)) {
+  const bool zero_d_array = py::isinstance<py::array>(weight_decay_obj) && weight_decay_obj.cast<py::array>().ndim() == 0;
+  if (!zero_d_array && (py::isinstance<py::list>(weight_decay_obj) || py::isinstance<py::tuple>(weight_decay_obj) ||
+                        py::isinstance<py::array>(weight_decay_obj))) {
     py::sequence seq = weight_decay_obj.cast<py::sequence>();
     if (py::isinstance<py::array>(weight_decay_obj) && weight_decay_obj.cast<py::array>().ndim() != 1)
       throw py::value_error("weight_decay must be a float or a 1-D sequence with one float per tensor");
@@ -207,7 +195,8 @@ void momentum_flush(const py::object& param_obj, const py::object& moment_obj, c
                             std::to_string(n) + " tensors");
     for (size_t i = 0; i < n; ++i) weight_decay[i] = to_float(seq[i], ("weight_decay[" + std::to_string(i) + "]").c_str());
   } else {
-    std::fill(weight_decay.begin(), weight_decay.end(), to_float(weight_decay_obj, "weight_decay"));
+    const py::object scalar = zero_d_array ? py::object(weight_decay_obj.attr("item")()) : weight_decay_obj;
+    std::fill(weight_decay.begin(), weight_decay.end(), to_float(scalar, "weight_decay"));
   }
 
   check_matches(param, moment);
@@ -284,6 +273,17 @@ PYBIND11_MODULE(_C, m) {
         "Fused end of an accumulation window: momentum update of param from (acc + grad) * grad_scale, then acc = 0.");
   m.def("axpy_ceiling", &axpy_ceiling, py::arg("a"), py::arg("b"), py::arg("s"),
         "a[i] += s * b[i] over float32 lists: the plain bandwidth ceiling used by the benchmarks.");
+  m.def(
+      "set_vector_isa",
+      [](const std::string& isa) {
+        if (isa != "avx512" && isa != "avx2" && isa != "baseline")
+          throw py::value_error("isa must be 'avx512', 'avx2' or 'baseline', got '" + isa + "'");
+        if (!msaccum::cpu::set_vector_isa(isa.c_str()))
+          throw py::value_error("isa '" + isa + "' is not supported by this CPU");
+      },
+      py::arg("isa"),
+      "Use the CPU kernels compiled for `isa` (for testing and benchmarking; the default is the best the CPU "
+      "supports, capped by the MSACCUM_CPU_ISA environment variable).");
   m.def("build_info", &build_info, "How this extension was built and what it runs with.");
   m.def("num_threads", &msaccum::cpu::num_threads, "Threads the CPU kernels use.");
   m.def("set_num_threads", &msaccum::cpu::set_num_threads, py::arg("n"),

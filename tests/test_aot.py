@@ -433,3 +433,29 @@ def test_custom_aot_white_list(tmp_path):
         assert so_real in message, message
     for label in ("package", "parent"):
         assert results[label] == ["ok", [1.0, 1.0, 1.0]], results[label]
+
+
+# ---------------------------------------------------------------- aliasing
+
+
+@pytest.mark.parametrize(
+    "func,lead_np,per_tensor",
+    [
+        ("MsAccumAccumulate", [[1.0]], 2),  # acc, acc | grad, grad
+        ("MsAccumFlushAcc", [[0.1, 0.9, 1.0, 0.0], [0.0, 0.0]], 3),  # param x2, moment x2, acc x2
+        ("MsAccumZero", [], 1),
+    ],
+)
+def test_same_parameter_twice_is_refused(pynative, func, lead_np, per_tensor, capfd):
+    """One Parameter passed as two in-place tensors would be updated twice: the entry point
+    refuses the call (non-zero return, reason on stderr) and writes nothing."""
+    shared = param(np.full(4, 3.0, np.float32))
+    others = [param(np.full(4, float(i), np.float32)) for i in range(2 * per_tensor)]
+    state = [shared, shared] + others[: 2 * per_tensor - 2]
+    before = [s.asnumpy().copy() for s in state]
+    capfd.readouterr()
+    with pytest.raises(RuntimeError, match=rf"function\({func}\) is 1"):
+        custom(func)(*[f32_tensor(x) for x in lead_np], *state).asnumpy()
+    assert "shares memory with" in capfd.readouterr().err
+    for s, b in zip(state, before):
+        assert s.asnumpy().tobytes() == b.tobytes()

@@ -35,6 +35,29 @@ def threads():
     assert _C.num_threads() == before
 
 
+def supported_isas():
+    """Every CPU kernel variant this CPU can run (the tests exercise all of them, not only the best)."""
+    best = _C.build_info()["vector_isa"]
+    isas = []
+    for isa in ("baseline", "avx2", "avx512"):
+        try:
+            _C.set_vector_isa(isa)
+            isas.append(isa)
+        except ValueError:
+            pass
+    _C.set_vector_isa(best)
+    return isas
+
+
+@pytest.fixture(params=supported_isas())
+def isa(request):
+    best = _C.build_info()["vector_isa"]
+    _C.set_vector_isa(request.param)
+    assert _C.build_info()["vector_isa"] == request.param
+    yield request.param
+    _C.set_vector_isa(best)
+
+
 def flush_kwargs(nesterov, weight_decay=0.0, lr=0.1, momentum=0.9, grad_scale=0.25):
     return dict(lr=lr, momentum=momentum, grad_scale=grad_scale, weight_decay=weight_decay, nesterov=nesterov)
 
@@ -76,7 +99,7 @@ def run_flush_and_check(rng, shapes, grad_dtypes, *, with_acc, with_grad, weight
 
 @pytest.mark.parametrize("grad_dtype", GRAD_DTYPES)
 @pytest.mark.parametrize("size", SIZES)
-def test_accumulate_sizes(rng, size, grad_dtype):
+def test_accumulate_sizes(rng, isa, size, grad_dtype):
     acc = random_array(rng, size, np.float32)
     grad = random_array(rng, size, grad_dtype)
     grad_before = grad.copy()
@@ -104,7 +127,7 @@ def test_accumulate_empty_list():
 
 
 @pytest.mark.parametrize("grad_dtype", ["float16", "bfloat16"])
-def test_accumulate_widening_is_exact_for_every_bit_pattern(grad_dtype):
+def test_accumulate_widening_is_exact_for_every_bit_pattern(isa, grad_dtype):
     """acc = 0 + 1 * grad must reproduce every fp16/bf16 value exactly (subnormals, inf, nan).
 
     The 65536 patterns go through once as one long tensor (vector conversion) and once as
@@ -155,7 +178,7 @@ def test_accumulate_read_only_and_repeated_grad_is_fine(rng):
     ids=["acc+grad", "acc-only", "grad-only", "neither"],
 )
 @pytest.mark.parametrize("size", SIZES)
-def test_flush_sizes(rng, size, with_acc, with_grad, nesterov):
+def test_flush_sizes(rng, isa, size, with_acc, with_grad, nesterov):
     run_flush_and_check(
         rng, [(size,)], ["float32"], with_acc=with_acc, with_grad=with_grad, weight_decay=1e-2, nesterov=nesterov
     )
@@ -164,7 +187,7 @@ def test_flush_sizes(rng, size, with_acc, with_grad, nesterov):
 @pytest.mark.parametrize("nesterov", [False, True], ids=["plain", "nesterov"])
 @pytest.mark.parametrize("grad_dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("with_acc", [True, False], ids=["acc+grad", "grad-only"])
-def test_flush_large_reduced_precision(rng, grad_dtype, nesterov, with_acc):
+def test_flush_large_reduced_precision(rng, isa, grad_dtype, nesterov, with_acc):
     """Half-precision gradients are widened block by block (1024 at a time): a large odd size
     crosses many blocks, thread ranges and a partial last block."""
     run_flush_and_check(
@@ -187,12 +210,13 @@ def test_flush_grad_dtypes_mixed_shapes(rng, grad_dtype, nesterov):
     [
         0.0,
         0.05,
+        np.array(0.05),
         [0.0, 0.1, 0.02, 0.5, 0.0, 1e-4, 0.3],
         (0.0, 0.1, 0.02, 0.5, 0.0, 1e-4, 0.3),
         np.array([0.2, 0.0, 0.01, 0.5, 0.3, 1e-4, 0.05], np.float32),
         np.array([0.2, 0.0, 0.01, 0.5, 0.3, 1e-4, 0.05], np.float64),
     ],
-    ids=["zero", "scalar", "list", "tuple", "ndarray-f32", "ndarray-f64"],
+    ids=["zero", "scalar", "0-d-array", "list", "tuple", "ndarray-f32", "ndarray-f64"],
 )
 @pytest.mark.parametrize("nesterov", [False, True], ids=["plain", "nesterov"])
 def test_flush_weight_decay(rng, weight_decay, nesterov):

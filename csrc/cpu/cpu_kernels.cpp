@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 
 #include "thread_pool.h"
@@ -18,17 +19,41 @@ constexpr int64_t kAlign = 16;
 
 std::atomic<int> g_threads{0};
 
+bool cpu_has(const char* isa) {
+  __builtin_cpu_init();
+  if (std::strcmp(isa, "avx512") == 0)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (std::strcmp(isa, "avx2") == 0)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return std::strcmp(isa, "baseline") == 0;
+}
+
+const SpanKernels* kernels_for(const char* isa) {
+  if (std::strcmp(isa, "avx512") == 0) return &span_kernels_avx512();
+  if (std::strcmp(isa, "avx2") == 0) return &span_kernels_avx2();
+  return &span_kernels_baseline();
+}
+
+const char* best_isa() {
+  // MSACCUM_CPU_ISA caps the choice (e.g. to compare ISAs); unknown or unsupported values are ignored.
+  const char* requested = std::getenv("MSACCUM_CPU_ISA");
+  if (requested && cpu_has(requested)) return std::strcmp(requested, "avx512") == 0 ? "avx512"
+                                             : std::strcmp(requested, "avx2") == 0 ? "avx2" : "baseline";
+  for (const char* isa : {"avx512", "avx2"})
+    if (cpu_has(isa)) return isa;
+  return "baseline";
+}
+
+std::atomic<const char*> g_isa{nullptr};
+
 const SpanKernels& select_kernels() {
-  static const SpanKernels& chosen = [&]() -> const SpanKernels& {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-      return span_kernels_avx512();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-      return span_kernels_avx2();
-    return span_kernels_baseline();
-  }();
-  return chosen;
+  const char* isa = g_isa.load(std::memory_order_acquire);
+  if (!isa) {
+    isa = best_isa();
+    g_isa.store(isa, std::memory_order_release);
+  }
+  return *kernels_for(isa);
 }
 
 // Splits the concatenation of `numel` over threads in equal, aligned ranges and calls
@@ -75,10 +100,15 @@ int num_threads() {
 void set_num_threads(int n) { g_threads.store(n > 0 ? n : 0, std::memory_order_relaxed); }
 
 const char* vector_isa() {
-  const SpanKernels* k = &select_kernels();
-  if (k == &span_kernels_avx512()) return "avx512";
-  if (k == &span_kernels_avx2()) return "avx2";
-  return "baseline";
+  select_kernels();
+  return g_isa.load(std::memory_order_acquire);
+}
+
+bool set_vector_isa(const char* isa) {
+  if (!cpu_has(isa)) return false;
+  g_isa.store(std::strcmp(isa, "avx512") == 0 ? "avx512" : std::strcmp(isa, "avx2") == 0 ? "avx2" : "baseline",
+              std::memory_order_release);
+  return true;
 }
 
 void accumulate(const std::vector<AccumulateTensor>& tensors, float scale) {

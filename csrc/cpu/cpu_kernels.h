@@ -50,6 +50,8 @@ void zero(const std::vector<float*>& tensors, const std::vector<int64_t>& numel)
 int num_threads();
 void set_num_threads(int n);  // n <= 0: back to the default
 const char* vector_isa();     // "avx512", "avx2" or "baseline"
+// Selects the span kernels of `isa` ("avx512", "avx2", "baseline"); false if this CPU lacks it.
+bool set_vector_isa(const char* isa);
 
 // Per-ISA span kernels (defined once in cpu_kernels_impl.h, compiled per ISA).
 struct SpanKernels {
