@@ -7,6 +7,9 @@ from typing import Optional, Union
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
+from mindspore.communication.management import GlobalComm
+from mindspore.context import ParallelMode
+from mindspore.parallel._utils import _get_device_num, _get_parallel_mode
 from mindspore.train.callback import Callback
 
 from . import kernels
@@ -48,6 +51,10 @@ class GradAccumCell(nn.Cell):
             once per window. In every case a non-finite value anywhere in the window skips that
             update (the accumulators are reset, weights and momenta untouched, and a dynamic scale
             is lowered); :attr:`skipped_updates` counts such windows.
+        nonfinite: what a skipped window does besides counting: ``"skip"`` (default) warns
+            (``RuntimeWarning``) unless a loss-scale cell is expected to overflow now and then;
+            ``"raise"`` raises ``FloatingPointError`` after resetting the window. (When MindSpore
+            inlines the cell into a bigger graph, e.g. dataset sink mode, it can only count.)
 
     State (accumulators, micro-step counter, loss scale, skip counter, and the optimizer's
     moments and step) lives in Parameters, so checkpoints capture it and resume mid-window.
@@ -58,7 +65,7 @@ class GradAccumCell(nn.Cell):
     """
 
     def __init__(self, network_with_loss: nn.Cell, optimizer: nn.Optimizer, accumulation_steps: int, *,
-                 clip_global_norm: Optional[float] = None, loss_scale=None):
+                 clip_global_norm: Optional[float] = None, loss_scale=None, nonfinite: str = "skip"):
         super().__init__(auto_prefix=False)
         if not isinstance(network_with_loss, nn.Cell):
             raise TypeError(f"network_with_loss must be an nn.Cell, got {type(network_with_loss).__name__}")
@@ -67,6 +74,8 @@ class GradAccumCell(nn.Cell):
         if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, (int, np.integer)) \
                 or accumulation_steps < 1:
             raise ValueError(f"accumulation_steps must be an integer >= 1, got {accumulation_steps!r}")
+        if nonfinite not in ("skip", "raise"):
+            raise ValueError(f"nonfinite must be 'skip' or 'raise', got {nonfinite!r}")
         if clip_global_norm is not None and not (float(clip_global_norm) > 0.0):
             raise ValueError(f"clip_global_norm must be a positive number or None, got {clip_global_norm!r}")
         self.network = network_with_loss
@@ -74,9 +83,17 @@ class GradAccumCell(nn.Cell):
         self.optimizer = optimizer
         self.weights = optimizer.parameters
         self.accumulation_steps = int(accumulation_steps)
+        self.nonfinite = nonfinite
         self.clip_global_norm = None if clip_global_norm is None else float(clip_global_norm)
         self.fused = isinstance(optimizer, FusedMomentum)
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        # Data parallelism: the window's sum is all-reduced once per update, as one flat buffer
+        # (one AllReduce launch) that also carries each worker's micro-batch count.
+        self.distributed = _get_parallel_mode() in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL)
+        if self.distributed:
+            self.world_size = _get_device_num()
+            self._allreduce = ops.AllReduce(ops.ReduceOp.SUM, GlobalComm.WORLD_COMM_GROUP)
+            self._sizes = tuple(int(np.prod(w.shape)) for w in self.weights)
 
         self.accumulators = ParameterTuple_zeros(self.weights, "accumulators")
         self.micro_step = Parameter(Tensor(0, ms.int32), name="accumulation.micro_step", requires_grad=False)
@@ -125,7 +142,9 @@ class GradAccumCell(nn.Cell):
         if count < self.accumulation_steps:
             return self._graph_accumulate_step(*inputs)
         loss, grads = self._graph_backward(*inputs)
-        self._finish_window(count, grads)
+        # mutable: a tuple of tensors passed to a jit function is otherwise a compile-time constant
+        # (one recompilation per window).
+        self._finish_window(count, ms.mutable(grads))
         return loss
 
     def flush(self) -> bool:
@@ -144,22 +163,44 @@ class GradAccumCell(nn.Cell):
     # ------------------------------------------------------------------ GRAPH mode and GPU
     def _finish_window(self, count: int, grads) -> bool:
         """End of a window; ``grads`` is the last micro-batch's gradient, not yet accumulated."""
-        if grads is not None and not (self.fused and self.clip_global_norm is None):
+        if grads is not None and (self.distributed or not self.fused or self.clip_global_norm is not None):
             self._graph_accumulate(grads)
             grads = None
-        squares = self._graph_squares() if grads is None else self._graph_squares_with(grads)
+        if self.distributed:
+            reduced, total = self._graph_reduce(Tensor(float(count), ms.float32))
+            reduced = ms.mutable(reduced)
+            count = float(total.asnumpy())  # micro-batches of all workers in this window
+            squares = self._graph_squares_of(reduced)
+        else:
+            squares = self._graph_squares() if grads is None else self._graph_squares_with(grads)
         proceed = bool(self._overflow_update(ops.isfinite(squares)).asnumpy())
         if not proceed:
             self._graph_discard()
+            self._report_skipped()
             return False
         grad_scale = self._grad_scale(count, float(squares.asnumpy()))
-        if not self.fused:
+        if self.distributed:
+            if self.fused:
+                self._graph_fused_update_reduced(reduced, grad_scale)
+            else:
+                self._graph_optimizer_update_reduced(reduced, grad_scale)
+        elif not self.fused:
             self._graph_optimizer_update(grad_scale)
         elif grads is None:
             self._graph_fused_update_acc(grad_scale)
         else:
             self._graph_fused_update(grads, grad_scale)
         return True
+
+    def _report_skipped(self) -> None:
+        """A window was skipped for non-finite gradients (state already reset): warn or raise."""
+        skipped = int(self.skipped_updates.asnumpy())
+        message = (f"GradAccumCell: non-finite gradient in the accumulation window; the update was skipped, "
+                   f"accumulators reset and weights left unchanged ({skipped} window(s) skipped so far)")
+        if self.nonfinite == "raise":
+            raise FloatingPointError(message)
+        if self.scale_update_cell is None:  # with a dynamic loss scale, overflows are routine
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def _grad_scale(self, count: int, squares: float) -> Tensor:
         """1 / (micro-batches * loss scale), times the clip factor of the window's mean gradient."""
@@ -196,6 +237,35 @@ class GradAccumCell(nn.Cell):
     @ms.jit
     def _graph_squares_with(self, grads):
         return _sum_of_squares(self.accumulators) + _sum_of_squares(grads)
+
+    def _reduce_window(self, count):
+        """One AllReduce of [all accumulators..., count]: the sum over workers, and the total
+        number of micro-batches (so uneven partial windows still average exactly)."""
+        flat = ops.concat([ops.reshape(a, (-1,)) for a in self.accumulators] + [ops.reshape(count, (1,))])
+        flat = self._allreduce(flat)
+        pieces = ops.split(flat, self._sizes + (1,))
+        reduced = tuple(ops.reshape(piece, w.shape) for piece, w in zip(pieces, self.weights))
+        return reduced, pieces[-1].reshape(())
+
+    @ms.jit
+    def _graph_reduce(self, count):
+        return self._reduce_window(count)
+
+    @ms.jit
+    def _graph_squares_of(self, tensors):
+        return _sum_of_squares(tensors)
+
+    @ms.jit
+    def _graph_fused_update_reduced(self, reduced, grad_scale):
+        out = self.optimizer.fused_update(None, reduced, grad_scale)
+        out = self._zero_op(*ops.depend(self.accumulators, out))
+        return ops.depend(out, ops.assign(self.micro_step, Tensor(0, ms.int32)))
+
+    @ms.jit
+    def _graph_optimizer_update_reduced(self, reduced, grad_scale):
+        mean_grads = tuple(ops.cast(g * grad_scale, w.dtype) for g, w in zip(reduced, self.weights))
+        out = self._zero_op(*ops.depend(self.accumulators, self.optimizer(mean_grads)))
+        return ops.depend(out, ops.assign(self.micro_step, Tensor(0, ms.int32)))
 
     @ms.jit
     def _graph_fused_update(self, grads, grad_scale):
@@ -284,25 +354,34 @@ class GradAccumCell(nn.Cell):
     def _host_finish(self, count: int, grad_views) -> bool:
         """End of a window on the host. ``grad_views``: the last micro-batch, not yet accumulated."""
         acc_views = [a.asnumpy() for a in self.accumulators]
-        if grad_views is not None and not (self.fused and self.clip_global_norm is None):
+        if grad_views is not None and (self.distributed or not self.fused or self.clip_global_norm is not None):
             kernels.accumulate(acc_views, grad_views, 1.0)
             grad_views = None
-        squares = _host_sum_of_squares(acc_views) + (_host_sum_of_squares(grad_views) if grad_views else 0.0)
+        update_views, fused_acc = acc_views, True  # what the update reads; whether it is the accumulators
+        if self.distributed:
+            reduced, total = self._reduce_window(Tensor(float(count), ms.float32))
+            count = float(total.asnumpy())
+            update_views, fused_acc = [r.asnumpy() for r in reduced], False
+        squares = _host_sum_of_squares(update_views) + (_host_sum_of_squares(grad_views) if grad_views else 0.0)
         proceed = bool(self._overflow_update(Tensor(np.isfinite(squares))).asnumpy())
         if proceed:
             grad_scale = float(self._grad_scale(count, squares).asnumpy())
             if self.fused:
-                self.optimizer.host_update(acc_views, grad_views, grad_scale)
+                self.optimizer.host_update(update_views if fused_acc else None,
+                                           grad_views if fused_acc else update_views, grad_scale)
             else:
-                mean_grads = tuple(ops.cast(a * grad_scale, w.dtype) for a, w in zip(self.accumulators, self.weights))
+                sources = self.accumulators if fused_acc else reduced
+                mean_grads = tuple(ops.cast(a * grad_scale, w.dtype) for a, w in zip(sources, self.weights))
                 self.optimizer(mean_grads)
                 _ = self.weights[0].asnumpy()  # the optimizer has run before the accumulators are reset
-        if not proceed:
+        else:
             self.skipped_updates.asnumpy()[...] += 1
-        if not (proceed and self.fused):  # the fused kernel has already reset them
+        if not (proceed and self.fused and fused_acc):  # else the fused kernel has already reset them
             for view in acc_views:
                 view[...] = 0.0
         self.micro_step.asnumpy()[...] = 0
+        if not proceed:
+            self._report_skipped()
         return proceed
 
 
