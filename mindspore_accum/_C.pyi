@@ -1,0 +1,32 @@
+"""Type stub of the compiled extension (csrc/bindings.cpp)."""
+from typing import Optional, Sequence, TypedDict, Union
+
+import numpy as np
+
+class BuildInfo(TypedDict):
+    version: str
+    cuda: bool
+    cuda_architectures: str
+    cuda_runtime: Optional[str]
+    vector_isa: str
+    num_threads: int
+    compiler: str
+
+def accumulate(acc: Sequence[np.ndarray], grad: Sequence[np.ndarray], scale: float) -> None: ...
+def momentum_flush(
+    param: Sequence[np.ndarray],
+    moment: Sequence[np.ndarray],
+    acc: Optional[Sequence[np.ndarray]],
+    grad: Optional[Sequence[np.ndarray]],
+    *,
+    lr: float,
+    momentum: float,
+    grad_scale: float,
+    weight_decay: Union[float, Sequence[float], np.ndarray] = 0.0,
+    nesterov: bool = False,
+) -> None: ...
+def axpy_ceiling(a: Sequence[np.ndarray], b: Sequence[np.ndarray], s: float) -> None: ...
+def build_info() -> BuildInfo: ...
+def num_threads() -> int: ...
+def set_num_threads(n: int) -> None: ...
+def set_vector_isa(isa: str) -> None: ...
