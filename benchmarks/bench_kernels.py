@@ -336,12 +336,15 @@ def main(argv=None) -> int:
     ap.add_argument("--align", type=int, default=64, help="byte alignment of every array (default 64)")
     ap.add_argument("--misalign", type=int, default=0,
                     help="extra byte offset past the alignment, e.g. 16 to mimic malloc (default 0)")
-    ap.add_argument("--settle", type=float, default=0.01,
+    ap.add_argument("--settle", type=float, default=0.005,
                     help="seconds to sleep before every timed call, so that threads left spinning by the previous "
-                         "implementation (MindSpore's pool) do not steal the 2 cores from the next (default 0.1)")
+                         "implementation (MindSpore's pool) do not steal the 2 cores from the next (default 0.005; "
+                         "longer idling, ~0.1 s, already slows the next call on this VM)")
     ap.add_argument("--order", choices=["interleaved", "grouped"], default="interleaved",
                     help="interleaved: every round runs every implementation once; grouped: all runs of one "
                          "implementation back to back (default interleaved)")
+    ap.add_argument("--no-hugepages", action="store_true",
+                    help="allocate the arrays without NumPy's madvise(MADV_HUGEPAGE) (4 KiB pages: more TLB misses)")
     ap.add_argument("--skip", default="", help="comma list of implementations to leave out: numpy,mindspore")
     ap.add_argument("--no-verify", action="store_true", help="skip the correctness check against float64")
     args = ap.parse_args(argv)
@@ -386,9 +389,12 @@ def main(argv=None) -> int:
           f"tensors, {n_values:,} values ({n_values * 4 / 2**20:.1f} MiB per list)"
           + ("" if args.quick else f" [full set: {NUM_TENSORS} / {NUM_VALUES:,}]"))
     print(f"median of {repeats} timed runs after {warmup} warm-up runs, order {args.order}, {args.settle} s settle "
-          f"before each call; arrays {args.align}-byte aligned + {args.misalign}")
+          f"before each call; arrays {args.align}-byte aligned + {args.misalign}"
+          f"{', no huge pages' if args.no_hugepages else ''}")
     sys.stdout.flush()
 
+    if args.no_hugepages:
+        np.core.multiarray._set_madvise_hugepage(False)
     init = make_init(shapes)
     wds = weight_decays(shapes)
     ours = State(init, args.align, args.misalign)
@@ -548,7 +554,7 @@ def main(argv=None) -> int:
         out = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
                "machine": facts, "quick": args.quick, "tensors": len(shapes), "values": n_values,
                "repeats": repeats, "warmup": warmup, "align": args.align, "misalign": args.misalign,
-               "numpy_block": args.numpy_block, "settle_s": args.settle, "order": args.order, "values_finite": bool(finite),
+               "numpy_block": args.numpy_block, "hugepages": not args.no_hugepages, "settle_s": args.settle, "order": args.order, "values_finite": bool(finite),
                "hyperparameters": {"scale": SCALE, "lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY,
                                    "grad_scale": GRAD_SCALE, "nesterov": False},
                "ceiling_gbps": ceil_gbps, "results": rows, "targets": targets}
