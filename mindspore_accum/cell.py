@@ -173,12 +173,14 @@ class GradAccumCell(nn.Cell):
             squares = self._graph_squares_of(reduced)
         else:
             squares = self._graph_squares() if grads is None else self._graph_squares_with(grads)
+        # The window's gradients carry the scale in force now; the update cell may change it.
+        loss_scale = float(self.loss_scale.asnumpy())
         proceed = bool(self._overflow_update(ops.isfinite(squares)).asnumpy())
         if not proceed:
             self._graph_discard()
             self._report_skipped()
             return False
-        grad_scale = self._grad_scale(count, float(squares.asnumpy()))
+        grad_scale = self._grad_scale(count, float(squares.asnumpy()), loss_scale)
         if self.distributed:
             if self.fused:
                 self._graph_fused_update_reduced(reduced, grad_scale)
@@ -202,9 +204,12 @@ class GradAccumCell(nn.Cell):
         if self.scale_update_cell is None:  # with a dynamic loss scale, overflows are routine
             warnings.warn(message, RuntimeWarning, stacklevel=3)
 
-    def _grad_scale(self, count: int, squares: float) -> Tensor:
-        """1 / (micro-batches * loss scale), times the clip factor of the window's mean gradient."""
-        grad_scale = 1.0 / (count * float(self.loss_scale.asnumpy()))
+    def _grad_scale(self, count: int, squares: float, loss_scale: float) -> Tensor:
+        """1 / (micro-batches * loss scale), times the clip factor of the window's mean gradient.
+
+        ``loss_scale`` is the scale the window's gradients were computed with, read before the
+        loss-scale update cell runs (it raises the scale after ``scale_window`` good windows)."""
+        grad_scale = 1.0 / (count * loss_scale)
         if self.clip_global_norm is not None:
             norm = float(np.sqrt(squares)) * grad_scale
             grad_scale *= min(1.0, self.clip_global_norm / max(norm, 1e-30))
@@ -311,8 +316,9 @@ class GradAccumCell(nn.Cell):
             else:
                 after = self._accumulate_op(self._one, *self.accumulators, *grads)
                 squares = _sum_of_squares(ops.depend(self.accumulators, after))
-            proceed = self._overflow_update(ops.isfinite(squares))
+            # before the loss-scale cell updates the scale: the window was computed with this one
             grad_scale = 1.0 / (ops.cast(count, ms.float32) * self.loss_scale)
+            proceed = self._overflow_update(ops.isfinite(squares))
             if self.clip_global_norm is not None:
                 norm = ops.sqrt(squares) * grad_scale
                 grad_scale = grad_scale * ops.minimum(
@@ -363,9 +369,10 @@ class GradAccumCell(nn.Cell):
             count = float(total.asnumpy())
             update_views, fused_acc = [r.asnumpy() for r in reduced], False
         squares = _host_sum_of_squares(update_views) + (_host_sum_of_squares(grad_views) if grad_views else 0.0)
+        loss_scale = float(self.loss_scale.asnumpy())  # before the update cell may change it
         proceed = bool(self._overflow_update(Tensor(np.isfinite(squares))).asnumpy())
         if proceed:
-            grad_scale = float(self._grad_scale(count, squares).asnumpy())
+            grad_scale = float(self._grad_scale(count, squares, loss_scale).asnumpy())
             if self.fused:
                 self.optimizer.host_update(update_views if fused_acc else None,
                                            grad_views if fused_acc else update_views, grad_scale)
