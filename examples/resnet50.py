@@ -1,0 +1,118 @@
+"""ResNet50 for CIFAR-10, defined here because MindSpore has no ``nn.ResNet50``.
+
+Bottleneck blocks [3, 4, 6, 3] with expansion 4 (ResNet v1.5: the stride sits on the 3x3
+convolution of a block, as in torchvision), BatchNorm after every convolution, a 1x1
+projection shortcut where shape changes, global average pooling and one Dense layer.
+
+Two stems:
+
+* ``"cifar"`` (default): one 3x3 stride-1 convolution and no max-pool. CIFAR images are
+  32x32; the ImageNet stem (7x7 stride 2 + 3x3 max-pool stride 2) would shrink them to 8x8
+  before the first residual stage and to 1x1 at the last stage, throwing away most spatial
+  information and costing several points of accuracy. With the 3x3 stem the four stages see
+  32x32, 16x16, 8x8 and 4x4 feature maps.
+* ``"imagenet"``: the original 7x7/2 convolution + 3x3/2 max-pool, for comparison.
+
+Initialisation matches torchvision: He-normal (fan_out, ReLU) convolution weights, BatchNorm
+gamma 1 / beta 0, and MindSpore's default Dense init (which is PyTorch's Linear init).
+
+Parameter counts for 10 classes: 23,520,842 (cifar stem), 23,528,522 (imagenet stem).
+This module only imports MindSpore when it is imported itself: import it after the
+ONEDNN_MAX_CPU_ISA fix has been applied.
+"""
+from mindspore import nn, ops
+from mindspore.common.initializer import HeNormal
+
+STAGES = (3, 4, 6, 3)
+WIDTHS = (64, 128, 256, 512)
+EXPANSION = 4
+
+# Trainable parameters of everything except the final Dense layer, per stem; the Dense layer
+# adds 2048 * num_classes + num_classes. Checked by expected_param_count() at start-up.
+_TRUNK_PARAMS = {"cifar": 23_500_352, "imagenet": 23_508_032}
+
+
+def expected_param_count(num_classes=10, stem="cifar"):
+    return _TRUNK_PARAMS[stem] + (WIDTHS[-1] * EXPANSION + 1) * num_classes
+
+
+def count_params(net):
+    """Number of trainable scalars (BatchNorm moving statistics are not trainable)."""
+    total = 0
+    for p in net.trainable_params():
+        n = 1
+        for d in p.shape:
+            n *= d
+        total += n
+    return total
+
+
+def _conv(cin, cout, k, stride=1):
+    pad = k // 2
+    return nn.Conv2d(cin, cout, k, stride=stride,
+                     pad_mode="pad" if pad else "valid", padding=pad, has_bias=False,
+                     weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+
+
+def _bn(c):
+    # MindSpore momentum 0.9 == PyTorch momentum 0.1 (running = 0.9 * running + 0.1 * batch).
+    return nn.BatchNorm2d(c, eps=1e-5, momentum=0.9)
+
+
+class Bottleneck(nn.Cell):
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        cout = width * EXPANSION
+        self.conv1 = _conv(cin, width, 1)
+        self.bn1 = _bn(width)
+        self.conv2 = _conv(width, width, 3, stride)
+        self.bn2 = _bn(width)
+        self.conv3 = _conv(width, cout, 1)
+        self.bn3 = _bn(cout)
+        self.relu = nn.ReLU()
+        self.project = stride != 1 or cin != cout
+        if self.project:
+            self.down_conv = _conv(cin, cout, 1, stride)
+            self.down_bn = _bn(cout)
+
+    def construct(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x
+        if self.project:
+            identity = self.down_bn(self.down_conv(x))
+        return self.relu(out + identity)
+
+
+class ResNet50(nn.Cell):
+    def __init__(self, num_classes=10, stem="cifar"):
+        super().__init__()
+        if stem not in _TRUNK_PARAMS:
+            raise ValueError(f"stem must be 'cifar' or 'imagenet', not {stem!r}")
+        self.stem_kind = stem
+        if stem == "cifar":
+            self.conv1 = _conv(3, 64, 3, 1)
+        else:
+            self.conv1 = _conv(3, 64, 7, 2)
+        self.bn1 = _bn(64)
+        self.relu = nn.ReLU()
+        self.use_maxpool = stem == "imagenet"
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
+        layers = []
+        cin = 64
+        for i, (blocks, width) in enumerate(zip(STAGES, WIDTHS)):
+            for b in range(blocks):
+                stride = 2 if (i > 0 and b == 0) else 1
+                layers.append(Bottleneck(cin, width, stride))
+                cin = width * EXPANSION
+        self.layers = nn.SequentialCell(layers)
+        self.fc = nn.Dense(cin, num_classes)
+
+    def construct(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        if self.use_maxpool:
+            x = self.maxpool(x)
+        x = self.layers(x)
+        x = ops.mean(x, (2, 3))
+        return self.fc(x)
