@@ -94,6 +94,7 @@ class GradAccumCell(nn.Cell):
             self.world_size = _get_device_num()
             self._allreduce = ops.AllReduce(ops.ReduceOp.SUM, GlobalComm.WORLD_COMM_GROUP)
             self._sizes = tuple(int(np.prod(w.shape)) for w in self.weights)
+            self._offsets = tuple(int(o) for o in np.cumsum((0,) + self._sizes)[:-1])
 
         self.accumulators = ParameterTuple_zeros(self.weights, "accumulators")
         self.micro_step = Parameter(Tensor(0, ms.int32), name="accumulation.micro_step", requires_grad=False)
@@ -248,9 +249,12 @@ class GradAccumCell(nn.Cell):
         number of micro-batches (so uneven partial windows still average exactly)."""
         flat = ops.concat([ops.reshape(a, (-1,)) for a in self.accumulators] + [ops.reshape(count, (1,))])
         flat = self._allreduce(flat)
-        pieces = ops.split(flat, self._sizes + (1,))
-        reduced = tuple(ops.reshape(piece, w.shape) for piece, w in zip(pieces, self.weights))
-        return reduced, pieces[-1].reshape(())
+        # Slices, not ops.split: in GRAPH mode ops.split unrolls a Python loop over the sections
+        # and exceeds MindSpore's function call depth limit (1000) from ~100 tensors (ResNet50: 161).
+        reduced = tuple(ops.reshape(flat[o:o + n], w.shape)
+                        for o, n, w in zip(self._offsets, self._sizes, self.weights))
+        total = sum(self._sizes)
+        return reduced, flat[total:total + 1].reshape(())
 
     @ms.jit
     def _graph_reduce(self, count):
