@@ -8,19 +8,15 @@ launches (tensor slots / block table filling up) and how many elements took the 
 the scalar path (alignment dispatch and tails).
 """
 import json
-import os
-import shutil
 import struct
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 import pytest
+from sanitizer_build import ASAN_FLAGS, CSRC, REPO, WARNINGS, compile_or_fail, compiler, run_checked
 
-REPO = Path(__file__).resolve().parents[1]
-CSRC = REPO / "csrc"
 RUNNER_SRC = REPO / "tests" / "cpp" / "cuda_host_runner.cpp"
 
 GRAD_TYPES = {"f32": 0, "f16": 1, "bf16": 2}
@@ -32,34 +28,20 @@ RTOL = 1e-6  # max |kernel - reference| relative to the magnitude of the terms, 
 
 @pytest.fixture(scope="session")
 def runner(tmp_path_factory):
-    cxx = shutil.which(os.environ.get("CXX", "g++"))
-    if cxx is None:
-        pytest.skip("no C++ compiler (g++ or $CXX) to build the host-shim runner")
+    cxx = compiler()
     exe = tmp_path_factory.mktemp("cuda_host") / "cuda_host_runner"
     cmd = [
-        cxx, "-std=c++17", "-O1", "-g", "-fno-omit-frame-pointer",
-        "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-strict-aliasing",
-        "-Wall", "-Wextra", "-Werror",
+        cxx, "-std=c++17", "-O1", "-g", *ASAN_FLAGS, "-fno-strict-aliasing", *WARNINGS,
         "-DMSACCUM_HOST_SHIM", "-include", str(CSRC / "cuda" / "host_shim.h"), f"-I{CSRC}",
         "-x", "c++", str(CSRC / "cuda" / "cuda_kernels.cu"), "-x", "none", str(RUNNER_SRC),
         "-o", str(exe),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, "building the host-shim runner failed:\n" + " ".join(cmd) + "\n" + proc.stderr
+    compile_or_fail(cmd, "the host-shim runner")
     return exe
 
 
-SANITIZER_ENV = {
-    "ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1:abort_on_error=0",
-    "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
-}
-
-
 def run_runner(exe, args):
-    env = dict(os.environ, **SANITIZER_ENV)
-    proc = subprocess.run([str(exe), *args], capture_output=True, env=env)
-    assert proc.returncode == 0, f"runner failed ({proc.returncode}):\n{proc.stderr.decode(errors='replace')}"
-    return proc
+    return run_checked(exe, args)
 
 
 @pytest.fixture(scope="session")

@@ -103,7 +103,6 @@ values_plan = st.fixed_dictionaries({
 })
 
 
-
 def fill_values(n, dtype, plan):
     rng = np.random.default_rng(plan["seed"])
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
