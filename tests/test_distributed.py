@@ -82,7 +82,7 @@ def dist(tmp_path_factory):
         pytest.skip("msrun (installed with MindSpore) not found next to the Python interpreter")
     tmp = tmp_path_factory.mktemp("dist")
     out, logs = tmp / "out", tmp / "logs"
-    cmd = [msrun, f"--worker_num={WORLD}", f"--local_worker_num={WORLD}", f"--master_addr=127.0.0.1",
+    cmd = [msrun, f"--worker_num={WORLD}", f"--local_worker_num={WORLD}", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "--join=True", f"--log_dir={logs}",
            WORKER, "--out", str(out)]
     t0 = time.time()
