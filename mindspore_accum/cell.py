@@ -159,7 +159,9 @@ class GradAccumCell(nn.Cell):
         window was empty or skipped for non-finite gradients.
         """
         count = self.pending
-        if count == 0:
+        # Data parallel: every worker joins the window's all-reduce, even with nothing pending
+        # (otherwise one worker's flush would pair with another worker's next reduction).
+        if count == 0 and not self.distributed:
             return False
         if self._host_path():
             return self._host_finish(count, None)
@@ -175,6 +177,8 @@ class GradAccumCell(nn.Cell):
             reduced, total = self._graph_reduce(Tensor(float(count), ms.float32))
             reduced = ms.mutable(reduced)
             count = float(total.asnumpy())  # micro-batches of all workers in this window
+            if count == 0:  # a flush with every worker's window empty
+                return False
             squares = self._graph_squares_of(reduced)
         else:
             squares = self._graph_squares() if grads is None else self._graph_squares_with(grads)
@@ -315,15 +319,20 @@ class GradAccumCell(nn.Cell):
         loss, grads = self._backward(inputs)
         count = self.micro_step + 1
         if count >= self.accumulation_steps:
-            fuse_last = self.fused and self.clip_global_norm is None
+            fuse_last = self.fused and self.clip_global_norm is None and not self.distributed
+            total = ops.cast(count, ms.float32)
             if fuse_last:
                 squares = _sum_of_squares(self.accumulators) + _sum_of_squares(grads)
                 after = self._one
             else:
                 after = self._accumulate_op(self._one, *self.accumulators, *grads)
                 squares = _sum_of_squares(ops.depend(self.accumulators, after))
+            sources = self.accumulators
+            if self.distributed:  # one all-reduce of the whole window, as in the dispatched path
+                sources, total = self._reduce_window(ops.depend(total, after))
+                squares = _sum_of_squares(sources)
             # before the loss-scale cell updates the scale: the window was computed with this one
-            grad_scale = 1.0 / (ops.cast(count, ms.float32) * self.loss_scale)
+            grad_scale = 1.0 / (total * self.loss_scale)
             proceed = self._overflow_update(ops.isfinite(squares))
             if self.clip_global_norm is not None:
                 norm = ops.sqrt(squares) * grad_scale
@@ -332,12 +341,15 @@ class GradAccumCell(nn.Cell):
             if proceed:
                 if fuse_last:
                     out = self.optimizer.fused_update(self.accumulators, grads, grad_scale)
-                elif self.fused:
+                elif self.fused and not self.distributed:
                     out = self.optimizer.fused_update(ops.depend(self.accumulators, after), None, grad_scale)
+                elif self.fused:
+                    out = self.optimizer.fused_update(None, sources, grad_scale)
+                    out = self._zero_op(*ops.depend(self.accumulators, out))
                 else:
-                    accumulators = ops.depend(self.accumulators, after)
-                    mean_grads = tuple(ops.cast(a * grad_scale, w.dtype) for a, w in zip(accumulators, self.weights))
-                    out = self._zero_op(*ops.depend(accumulators, self.optimizer(mean_grads)))
+                    sources = ops.depend(sources, after)
+                    mean_grads = tuple(ops.cast(a * grad_scale, w.dtype) for a, w in zip(sources, self.weights))
+                    out = self._zero_op(*ops.depend(self.accumulators, self.optimizer(mean_grads)))
             else:
                 out = self._zero_op(*ops.depend(self.accumulators, after))
                 out = ops.depend(out, ops.assign_add(self.skipped_updates, Tensor(1, ms.int32)))
@@ -373,6 +385,8 @@ class GradAccumCell(nn.Cell):
         if self.distributed:
             reduced, total = self._reduce_window(Tensor(float(count), ms.float32))
             count = float(total.asnumpy())
+            if count == 0:  # a flush with every worker's window empty
+                return False
             update_views, fused_acc = [r.asnumpy() for r in reduced], False
         squares = _host_sum_of_squares(update_views) + (_host_sum_of_squares(grad_views) if grad_views else 0.0)
         loss_scale = float(self.loss_scale.asnumpy())  # before the update cell may change it
