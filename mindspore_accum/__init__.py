@@ -10,7 +10,8 @@ __version__ = _C.build_info()["version"]
 __all__ = ["GradAccumCell", "FusedMomentum", "FlushAtEpochEnd", "accumulate", "momentum_flush", "build_info",
            "__version__"]
 
-_LAZY = {"GradAccumCell": "cell", "FlushAtEpochEnd": "cell", "FusedMomentum": "optim"}
+_LAZY = {"GradAccumCell": "cell", "FlushAtEpochEnd": "cell", "FusedMomentum": "optim",
+         "save_checkpoint_atomic": "checkpoint", "load_checkpoint_verified": "checkpoint"}
 
 
 def __getattr__(name):
