@@ -1,14 +1,14 @@
 """mindspore_accum: fused gradient accumulation for MindSpore 2.x.
 
 The kernels (``mindspore_accum.kernels`` / ``_C``) need only NumPy; ``GradAccumCell``,
-``FusedMomentum`` and ``FlushAtEpochEnd`` import MindSpore when first used.
+``FusedMomentum``, ``FlushAtEpochEnd`` and the checkpoint helpers import MindSpore when first used.
 """
 from . import _C
 from .kernels import accumulate, build_info, momentum_flush
 
 __version__ = _C.build_info()["version"]
-__all__ = ["GradAccumCell", "FusedMomentum", "FlushAtEpochEnd", "accumulate", "momentum_flush", "build_info",
-           "__version__"]
+__all__ = ["GradAccumCell", "FusedMomentum", "FlushAtEpochEnd", "save_checkpoint_atomic", "load_checkpoint_verified",
+           "accumulate", "momentum_flush", "build_info", "__version__"]
 
 _LAZY = {"GradAccumCell": "cell", "FlushAtEpochEnd": "cell", "FusedMomentum": "optim",
          "save_checkpoint_atomic": "checkpoint", "load_checkpoint_verified": "checkpoint"}
