@@ -287,5 +287,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info, "How this extension was built and what it runs with.");
   m.def("num_threads", &msaccum::cpu::num_threads, "Threads the CPU kernels use.");
   m.def("set_num_threads", &msaccum::cpu::set_num_threads, py::arg("n"),
-        "Set the CPU kernels' thread count (n <= 0 restores the default: MSACCUM_NUM_THREADS or the CPU affinity).");
+        "Set the CPU kernels' thread count, at most 256 (n <= 0 restores the default: MSACCUM_NUM_THREADS or the CPU affinity).");
 }

@@ -97,7 +97,10 @@ int num_threads() {
   return n > 0 ? n : default_thread_count();
 }
 
-void set_num_threads(int n) { g_threads.store(n > 0 ? n : 0, std::memory_order_relaxed); }
+// More threads than this only adds hand-off cost to memory-bound loops.
+constexpr int kMaxThreads = 256;
+
+void set_num_threads(int n) { g_threads.store(n > 0 ? std::min(n, kMaxThreads) : 0, std::memory_order_relaxed); }
 
 const char* vector_isa() {
   select_kernels();

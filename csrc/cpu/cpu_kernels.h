@@ -48,7 +48,7 @@ void axpy_ceiling(const std::vector<float*>& a, const std::vector<const float*>&
 void zero(const std::vector<float*>& tensors, const std::vector<int64_t>& numel);
 
 int num_threads();
-void set_num_threads(int n);  // n <= 0: back to the default
+void set_num_threads(int n);  // n <= 0: back to the default; at most 256
 const char* vector_isa();     // "avx512", "avx2" or "baseline"
 // Selects the span kernels of `isa` ("avx512", "avx2", "baseline"); false if this CPU lacks it.
 bool set_vector_isa(const char* isa);
