@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-pytest.importorskip("matplotlib")
+import matplotlib  # noqa: E402,F401  (a test dependency: the report writer draws with it)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import study_report  # noqa: E402
