@@ -8,9 +8,15 @@ material; examples/README.md lists that script's defects and how each is fixed h
     python examples/train_resnet50_cifar10.py --data-dir data --download \
         --batch-size 32 --accum-steps 4 --epochs 2
 
-Effective batch = --batch-size x --accum-steps. The learning rate is given for the
-effective batch (default 0.1 * effective / 256), warmed up linearly and decayed with a cosine,
-one step per optimizer update. The last line of stdout is a JSON summary.
+Effective batch = --batch-size x --accum-steps (x the number of workers with --distributed).
+The learning rate is given for the effective batch (default 0.1 * effective / 256), warmed up
+linearly and decayed with a cosine, one step per optimizer update. The last line of stdout is a
+JSON summary.
+
+Data parallelism (MindSpore, launched with msrun; see examples/README.md):
+
+    msrun --worker_num=2 --local_worker_num=2 --master_port=8118 --join=True --log_dir=msrun_logs \
+        examples/train_resnet50_cifar10.py --distributed --data-dir data --batch-size 32 --accum-steps 2
 """
 import argparse
 import json
@@ -77,6 +83,10 @@ def parse_args(argv=None):
     g.add_argument("--seed", type=int, default=1)
     g.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     g.add_argument("--device", choices=["CPU", "GPU", "Ascend"], default="CPU")
+    g.add_argument("--distributed", action="store_true",
+                   help="data parallelism across the workers started by msrun: mindspore.communication.init(), "
+                        "ParallelMode.DATA_PARALLEL, training set sharded per worker, gradients all-reduced "
+                        "once per accumulation window; rank 0 writes checkpoints, reports and evaluates")
     g.add_argument("--no-cpu-isa-fix", action="store_true",
                    help="do not set ONEDNN_MAX_CPU_ISA=AVX2 (see README: ~50x slower convs on AVX-512 CPUs)")
 
@@ -274,7 +284,7 @@ def build_train_cell(net_with_loss, groups, lr_schedule, args):
 # ============================================================================ checkpoints
 
 RUN_KEYS = ("batch_size", "accum_steps", "epochs", "seed", "stem", "amp", "lr", "warmup_frac",
-            "min_lr", "momentum", "weight_decay", "nesterov", "train_images", "data_source")
+            "min_lr", "momentum", "weight_decay", "nesterov", "train_images", "data_source", "world_size")
 
 
 def ckpt_name(updates, micro):
@@ -282,10 +292,15 @@ def ckpt_name(updates, micro):
     return f"{CKPT_PREFIX}-u{updates:06d}-mb{micro:07d}.ckpt"
 
 
-def save_checkpoint(train_cell, args, state, run_cfg, written):
+def save_checkpoint(train_cell, args, state, run_cfg, written, writer=True):
+    """Writes the checkpoint; returns its path. ``writer=False`` (ranks > 0 under --distributed)
+    only returns the path rank 0 writes: the weights, moments and step are identical on every
+    rank, and the script saves there only at window boundaries (empty accumulators)."""
     import mindspore as ms
-    os.makedirs(args.ckpt_dir, exist_ok=True)
     path = os.path.join(args.ckpt_dir, ckpt_name(state["updates"], state["micro_total"]))
+    if not writer:
+        return path
+    os.makedirs(args.ckpt_dir, exist_ok=True)
     tmp = os.path.join(args.ckpt_dir, f".partial-{os.getpid()}.ckpt")
     extra = {f"run.{k}": v for k, v in state.items()}
     extra["run.config"] = json.dumps(run_cfg, sort_keys=True)
@@ -380,29 +395,61 @@ def main(argv=None):
         return 2
 
 
+def init_distributed():
+    """mindspore.communication.init() + DATA_PARALLEL. Must run BEFORE the train cell is built:
+    GradAccumCell reads the parallel mode at construction (then all-reduces once per window)."""
+    import mindspore as ms
+    from mindspore.communication import get_group_size, get_rank, init
+    init()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+    return get_rank(), get_group_size()
+
+
+def shard_order(order, rank, world, count):
+    """Rank ``rank``'s part of an epoch's shuffled order: every ``world``-th sample starting at
+    ``rank``, cut to ``count`` samples, so every worker gets the same number of micro-batches (the
+    window all-reduces pair up) and the shards are disjoint. Global micro-batch i of the epoch is
+    micro-batch i of every worker, together the first ``world*count`` samples of ``order``."""
+    return order[rank::world][:count]
+
+
 def train(args, data, isa):
     import mindspore as ms
     from mindspore import Tensor
     from tqdm import tqdm
 
-    ms.set_seed(args.seed)
+    ms.set_seed(args.seed)  # the same seed on every rank: identical initial weights
     ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
     ms.set_device(args.device)
+    rank, world = 0, 1
+    if args.distributed:
+        rank, world = init_distributed()
+        log(f"[dist] rank {rank} of {world}: DATA_PARALLEL, gradients all-reduced once per accumulation window"
+            + ("" if rank == 0 else "; rank 0 writes checkpoints, reports and evaluates"))
+    lead = rank == 0
 
     xtr, ytr = data["train"]
     n_train = len(ytr)
     B, K = args.batch_size, args.accum_steps
-    micro_per_epoch = n_train // B
+    micro_per_epoch = n_train // (B * world)  # per worker
     if micro_per_epoch == 0:
-        raise cd.DataError(f"{n_train} training images are fewer than one micro-batch of {B}")
+        raise cd.DataError(f"{n_train} training images are fewer than one micro-batch of {B}"
+                           + (f" per worker ({world} workers)" if world > 1 else ""))
     updates_per_epoch = math.ceil(micro_per_epoch / K)
     total_updates = updates_per_epoch * args.epochs
-    eff = B * K
+    eff = B * K * world
     peak = args.lr if args.lr is not None else 0.1 * eff / 256
     warmup = max(1, round(args.warmup_frac * total_updates)) if args.warmup_frac > 0 else 0
-    log(f"[train] micro-batch {B} x {K} accumulation = effective batch {eff}; {micro_per_epoch} micro-batches "
-        f"({micro_per_epoch * B} images, the last {n_train - micro_per_epoch * B} of each shuffled epoch dropped) "
-        f"-> {updates_per_epoch} updates/epoch, {total_updates} in {args.epochs} epoch(s)")
+    used = micro_per_epoch * B * world
+    if args.distributed:
+        log(f"[train] {world} workers x micro-batch {B} x {K} accumulation = effective batch {eff}; "
+            f"{micro_per_epoch} micro-batches per worker and epoch (shard of {micro_per_epoch * B} images each; "
+            f"{used} images used, the last {n_train - used} of each shuffled epoch dropped) "
+            f"-> {updates_per_epoch} updates/epoch, {total_updates} in {args.epochs} epoch(s)")
+    else:
+        log(f"[train] micro-batch {B} x {K} accumulation = effective batch {eff}; {micro_per_epoch} micro-batches "
+            f"({micro_per_epoch * B} images, the last {n_train - micro_per_epoch * B} of each shuffled epoch dropped) "
+            f"-> {updates_per_epoch} updates/epoch, {total_updates} in {args.epochs} epoch(s)")
     log(f"[train] lr {peak:g} for the effective batch, linear warm-up over {warmup} updates then cosine to "
         f"{args.min_lr:g}; momentum {args.momentum}, weight decay {args.weight_decay:g} on conv/dense weights, "
         f"nesterov {args.nesterov}, amp {args.amp}, mode {args.mode}, {args.num_workers} data worker(s)")
@@ -419,6 +466,8 @@ def train(args, data, isa):
                "amp": args.amp, "lr": peak, "warmup_frac": args.warmup_frac, "min_lr": args.min_lr,
                "momentum": args.momentum, "weight_decay": args.weight_decay, "nesterov": args.nesterov,
                "train_images": n_train, "data_source": data["source"]}
+    if args.distributed:  # another world size shards the data differently: refused on resume
+        run_cfg["world_size"] = world
     state = {"epoch": 0, "mb_in_epoch": 0, "micro_total": 0, "updates": 0}
     resumed_from = None
     if args.resume:
@@ -438,8 +487,12 @@ def train(args, data, isa):
 
     def on_signal(signum, _frame):
         stop["signal"] = signal.Signals(signum).name
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    if not args.distributed:
+        # Under msrun the workers could see a signal at different micro-batches and would then
+        # wait for each other's all-reduce forever: there SIGINT/SIGTERM end the job (resume from
+        # the last checkpoint, see --ckpt-every) and --stop-after is the clean way to stop.
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
 
     written, last_ckpt = [], None
     run_micro, run_images = 0, 0
@@ -452,14 +505,18 @@ def train(args, data, isa):
         ep = state["epoch"]
         start = state["mb_in_epoch"]
         order = cd.epoch_order(n_train, args.seed, ep)
+        aug_seed = args.seed
+        if args.distributed:
+            order = shard_order(order, rank, world, micro_per_epoch * B)
+            aug_seed = args.seed + 1_000_003 * rank  # crops/flips drawn per (seed, epoch, position in the shard)
         batches = []  # a run stopped right after an epoch's last micro-batch resumes into its flush
         if start < micro_per_epoch:
             batches = cd.make_dataset(xtr, ytr, B, order=order, start=start * B, count=(micro_per_epoch - start) * B,
-                                      augment=True, seed=args.seed, epoch=ep, drop_remainder=True,
+                                      augment=True, seed=aug_seed, epoch=ep, drop_remainder=True,
                                       num_workers=args.num_workers).create_tuple_iterator(output_numpy=True,
                                                                                           num_epochs=1)
         pbar = tqdm(total=micro_per_epoch, initial=start, desc=f"epoch {ep + 1}/{args.epochs}", unit="mb",
-                    disable=args.no_progress, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+                    disable=args.no_progress or not lead, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
         ep_loss, ep_correct, ep_seen = 0.0, 0.0, 0
         t_ep = time.perf_counter()
         for xb, yb in batches:
@@ -488,8 +545,11 @@ def train(args, data, isa):
                              img_s=f"{ep_seen / max(elapsed, 1e-9):.1f}", upd=state["updates"], refresh=False)
             if (args.ckpt_every and state["mb_in_epoch"] % K == 0 and state["updates"] % args.ckpt_every == 0
                     and state["mb_in_epoch"] < micro_per_epoch):
-                last_ckpt = save_checkpoint(train_cell, args, state, run_cfg, written)
-            if stop["signal"] or (args.stop_after and run_micro >= args.stop_after):
+                last_ckpt = save_checkpoint(train_cell, args, state, run_cfg, written, writer=lead)
+            # --distributed: stop at a window boundary (accumulators empty, identical on all ranks),
+            # the same micro-batch on every rank since all run the same count.
+            if stop["signal"] or (args.stop_after and run_micro >= args.stop_after
+                                  and not (args.distributed and int(train_cell.pending))):
                 stopped = stop["signal"] or f"--stop-after {args.stop_after}"
                 break
         pbar.close()
@@ -505,7 +565,7 @@ def train(args, data, isa):
                 log(f"[train] end of epoch {ep + 1}: flushed a partial window of {k} micro-batch(es)")
             state["epoch"] += 1
             state["mb_in_epoch"] = 0
-        last_ckpt = save_checkpoint(train_cell, args, state, run_cfg, written)
+        last_ckpt = save_checkpoint(train_cell, args, state, run_cfg, written, writer=lead)
         if ep_seen:
             log(f"[epoch {ep + 1}] loss {ep_loss / ep_seen:.4f} train-acc {ep_correct / ep_seen:.4f} "
                 f"{ep_seen / (time.perf_counter() - t_ep):.1f} img/s, {state['updates']} updates -> {last_ckpt}")
@@ -524,24 +584,32 @@ def train(args, data, isa):
         "event": "summary", "model": "resnet50", "stem": args.stem, "params": n_params,
         "data": data["source"].split(":")[0], "mode": args.mode, "device": args.device, "cpu_isa_fix": isa,
         "amp": args.amp, "train_images": n_train, "epochs": args.epochs, "micro_batch": B, "accum_steps": K,
-        "effective_batch": eff, "peak_lr": peak, "warmup_updates": warmup, "total_updates": total_updates,
+        "effective_batch": eff, "world_size": world, "peak_lr": peak, "warmup_updates": warmup,
+        "total_updates": total_updates,
         "updates": state["updates"], "optimizer_global_step": global_step,
         "skipped_updates": (int(np.asarray(train_cell.skipped_updates.asnumpy()).reshape(-1)[0])
                             if hasattr(train_cell, "skipped_updates") else None), "micro_batches": state["micro_total"],
-        "micro_batches_this_run": run_micro, "images_this_run": run_images,
+        "micro_batches_this_run": run_micro, "images_this_run": run_images * world,
         "lr_last_update": lr_at(max(0, global_step - 1), peak, warmup, total_updates, args.min_lr),
         "train_loss_last": loss_hist[-1] if loss_hist else None,
         "train_loss_mean_last_epoch": None, "train_accuracy_this_run": (correct_sum / seen_sum) if seen_sum else None,
         "first_step_s": round(t_first, 2) if t_first is not None else None,
         "train_time_s": round(train_time, 2),
-        "train_images_per_s": round(run_images / train_time, 2) if run_images else None,
-        "train_images_per_s_after_first_step": (round((run_images - B) / (train_time - t_first), 2)
+        "train_images_per_s": round(run_images * world / train_time, 2) if run_images else None,
+        "train_images_per_s_after_first_step": (round((run_images - B) * world / (train_time - t_first), 2)
                                                 if run_micro > 1 else None),
         "checkpoint": last_ckpt, "resumed_from": resumed_from, "stopped_early": stopped,
         "test_accuracy": None, "test_loss": None, "test_images": 0, "eval_time_s": None,
     }
     tail = loss_hist[-min(len(loss_hist), micro_per_epoch):]
     summary["train_loss_mean_last_epoch"] = float(np.mean(tail)) if tail else None
+    if args.distributed:
+        # Evidence that the replicas agree (the same figure must appear in every worker's log).
+        wsum = sum(float(np.abs(p.asnumpy()).astype(np.float64).sum()) for p in net.trainable_params())
+        log(f"[dist] rank {rank}: {state['updates']} updates, {state['micro_total']} micro-batches, "
+            f"optimizer global_step {global_step}, sum|w| = {wsum:.10e}")
+        if not lead:
+            return 0 if stopped is None or stopped.startswith("--stop-after") else 130
     if not args.no_eval and stopped is None:
         log(f"[eval] evaluating {last_ckpt} on {len(data['test'][1]):,} test images")
         summary.update(evaluate_checkpoint(last_ckpt, args, data["test"]))
