@@ -111,3 +111,19 @@ def rng(request):
     # Seeded per test (by its node id) so every test is reproducible on its own.
     seed = zlib.crc32(request.node.nodeid.encode())
     return np.random.default_rng(seed)
+
+
+def supported_isas():
+    """Every CPU kernel variant this CPU can run (tests exercise all of them, not only the best)."""
+    from mindspore_accum import _C
+
+    best = _C.build_info()["vector_isa"]
+    isas = []
+    for isa in ("avx512", "avx2", "baseline"):
+        try:
+            _C.set_vector_isa(isa)
+            isas.append(isa)
+        except ValueError:
+            pass
+    _C.set_vector_isa(best)
+    return isas

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import (
     GRAD_DTYPES,
+    supported_isas,
     assert_close_f32,
     f64,
     np_dtype,
@@ -33,20 +34,6 @@ def threads():
     yield _C.set_num_threads
     _C.set_num_threads(0 if before == default_thread_count() else before)
     assert _C.num_threads() == before
-
-
-def supported_isas():
-    """Every CPU kernel variant this CPU can run (the tests exercise all of them, not only the best)."""
-    best = _C.build_info()["vector_isa"]
-    isas = []
-    for isa in ("baseline", "avx2", "avx512"):
-        try:
-            _C.set_vector_isa(isa)
-            isas.append(isa)
-        except ValueError:
-            pass
-    _C.set_vector_isa(best)
-    return isas
 
 
 @pytest.fixture(params=supported_isas())

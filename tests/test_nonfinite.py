@@ -21,15 +21,7 @@ from mindspore_accum import FusedMomentum, GradAccumCell
 STEPS = 3
 WINDOWS = 5
 POISON = {1: (1, np.nan), 3: (2, np.inf)}  # window: (micro-batch, value)
-MODES = {"GRAPH": ms.GRAPH_MODE, "PYNATIVE": ms.PYNATIVE_MODE}
-
-
-@pytest.fixture(params=list(MODES))
-def mode(request):
-    before = ms.get_context("mode")
-    ms.set_context(mode=MODES[request.param])
-    yield request.param
-    ms.set_context(mode=before)
+from accum_models import mode  # noqa: E402,F401  (the GRAPH/PYNATIVE fixture)
 
 
 class Mlp(nn.Cell):

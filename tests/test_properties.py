@@ -22,7 +22,7 @@ budget and `derandomize=True`, so CI runs the same >= 2,000 examples every time.
 """
 import numpy as np
 import pytest
-from conftest import BFLOAT16, ref_accumulate, ref_momentum_flush
+from conftest import BFLOAT16, ref_accumulate, ref_momentum_flush, supported_isas
 
 from mindspore_accum import _C
 
@@ -34,20 +34,7 @@ ISAS = ["avx512", "avx2", "baseline"]
 THREADS = [1, 2]
 
 
-def _supported_isas():
-    before = _C.build_info()["vector_isa"]
-    supported = []
-    for isa in ISAS:
-        try:
-            _C.set_vector_isa(isa)
-            supported.append(isa)
-        except ValueError:
-            pass
-    _C.set_vector_isa(before)
-    return supported
-
-
-SUPPORTED_ISAS = _supported_isas()
+SUPPORTED_ISAS = [isa for isa in ISAS if isa in supported_isas()]
 MIN_TOTAL_EXAMPLES = 2000
 # 2,160 examples in all, spread over the tests that run here: 180 per test with 3 ISAs x 2 thread
 # counts x 2 operations; fewer ISAs on this CPU -> more examples for each of the others.
