@@ -442,8 +442,10 @@ def render_markdown(results: dict, meta: dict) -> str:
           "- Each configuration runs in its own process; peak memory is that process's VmHWM. Time per update is "
           "the wall time of a whole window (k micro-batches including the update), median over the updates after "
           "the first; images/s = images / time over the same updates.",
-          "- The equivalence panel's GroupNorm ResNet50 is the example's network with every BatchNorm2d replaced "
-          "by GroupNorm(32 groups).",
+          "- The network is the example's `ResNet50` (`examples/resnet50.py`): He-normal convolutions, the last "
+          "normalisation scale of each bottleneck initialised to 0 (every block starts as the identity). The "
+          "equivalence panel's GroupNorm variant is the same network built with `norm=\"group\"` (GroupNorm, "
+          "32 groups, where every BatchNorm2d was).",
           "- With few updates (a short study on a CPU) the loss curves and test accuracy are early-training "
           "figures: they show the trend and the equivalence of the update rule, not converged accuracy.", ""]
     status = meta.get("status")

@@ -13,8 +13,15 @@ Two stems:
   32x32, 16x16, 8x8 and 4x4 feature maps.
 * ``"imagenet"``: the original 7x7/2 convolution + 3x3/2 max-pool, for comparison.
 
-Initialisation matches torchvision: He-normal (fan_out, ReLU) convolution weights, BatchNorm
-gamma 1 / beta 0, and MindSpore's default Dense init (which is PyTorch's Linear init).
+Two normalisations: ``norm="batch"`` (default, BatchNorm2d) and ``norm="group"`` (GroupNorm,
+32 groups or one per channel below 32 channels; statistics per sample, so a batch of 128 and
+4 accumulated micro-batches of 32 give the same gradient -- used by the batch-size study).
+Both have the same parameters (scale and shift per channel) and the same names.
+
+Initialisation matches torchvision with ``zero_init_residual=True``: He-normal (fan_out, ReLU)
+convolution weights, normalisation scale 1 / shift 0 except the last scale of each bottleneck
+(0, so every block starts as the identity), and MindSpore's default Dense init (which is
+PyTorch's Linear init).
 
 Parameter counts for 10 classes: 23,520,842 (cifar stem), 23,528,522 (imagenet stem).
 This module only imports MindSpore when it is imported itself: import it after the
@@ -54,30 +61,36 @@ def _conv(cin, cout, k, stride=1):
                      weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
 
 
-def _bn(c, gamma_init="ones"):
+NORMS = ("batch", "group")
+
+
+def _bn(c, gamma_init="ones", norm="batch"):
+    """The one normalisation factory (attribute names stay ``bn*`` whatever the kind)."""
+    if norm == "group":
+        return nn.GroupNorm(min(32, c), c, eps=1e-5, gamma_init=gamma_init)
     # MindSpore momentum 0.9 == PyTorch momentum 0.1 (running = 0.9 * running + 0.1 * batch).
     return nn.BatchNorm2d(c, eps=1e-5, momentum=0.9, gamma_init=gamma_init)
 
 
 class Bottleneck(nn.Cell):
-    def __init__(self, cin, width, stride):
+    def __init__(self, cin, width, stride, norm="batch"):
         super().__init__()
         cout = width * EXPANSION
         self.conv1 = _conv(cin, width, 1)
-        self.bn1 = _bn(width)
+        self.bn1 = _bn(width, norm=norm)
         self.conv2 = _conv(width, width, 3, stride)
-        self.bn2 = _bn(width)
+        self.bn2 = _bn(width, norm=norm)
         self.conv3 = _conv(width, cout, 1)
         # Zero-initialised last BatchNorm scale (Goyal et al. 2017, torchvision's
         # zero_init_residual): each block starts as the identity. With gamma = 1 this ResNet50
         # diverges at batch 128 and lr 0.05 -- in MindSpore and, from identical weights, in
         # PyTorch alike (examples/README.md, "Results").
-        self.bn3 = _bn(cout, gamma_init="zeros")
+        self.bn3 = _bn(cout, gamma_init="zeros", norm=norm)
         self.relu = nn.ReLU()
         self.project = stride != 1 or cin != cout
         if self.project:
             self.down_conv = _conv(cin, cout, 1, stride)
-            self.down_bn = _bn(cout)
+            self.down_bn = _bn(cout, norm=norm)
 
     def construct(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
@@ -90,16 +103,18 @@ class Bottleneck(nn.Cell):
 
 
 class ResNet50(nn.Cell):
-    def __init__(self, num_classes=10, stem="cifar"):
+    def __init__(self, num_classes=10, stem="cifar", norm="batch"):
         super().__init__()
         if stem not in _TRUNK_PARAMS:
             raise ValueError(f"stem must be 'cifar' or 'imagenet', not {stem!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be 'batch' or 'group', not {norm!r}")
         self.stem_kind = stem
         if stem == "cifar":
             self.conv1 = _conv(3, 64, 3, 1)
         else:
             self.conv1 = _conv(3, 64, 7, 2)
-        self.bn1 = _bn(64)
+        self.bn1 = _bn(64, norm=norm)
         self.relu = nn.ReLU()
         self.use_maxpool = stem == "imagenet"
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
@@ -108,7 +123,7 @@ class ResNet50(nn.Cell):
         for i, (blocks, width) in enumerate(zip(STAGES, WIDTHS)):
             for b in range(blocks):
                 stride = 2 if (i > 0 and b == 0) else 1
-                layers.append(Bottleneck(cin, width, stride))
+                layers.append(Bottleneck(cin, width, stride, norm))
                 cin = width * EXPANSION
         self.layers = nn.SequentialCell(layers)
         self.fc = nn.Dense(cin, num_classes)
