@@ -21,14 +21,14 @@ __all__ = ["GradAccumCell", "FlushAtEpochEnd"]
 def _sum_of_squares(tensors):
     """sum over all tensors of sum(x * x), in float32: finite iff every element is (and not huge).
 
-    One flat copy and one (1 x n) @ (n x 1) product: three ops per tensor (cast, square, sum)
-    cost 0.12 s per ResNet50 gradient set on CPU in kernel launches alone, against 0.04 s here.
+    Per tensor on purpose: one flat concat + matmul took 0.09 s instead of 0.29 s per ResNet50
+    window end on CPU, but raised the training process's peak RSS from 2.26 to 3.17 GiB.
     """
-    parts = [ops.reshape(ops.cast(x, ms.float32), (1, -1)) for x in tensors if x.size > 0]
-    if not parts:
-        return Tensor(0.0, ms.float32)
-    flat = ops.concat(parts, axis=1) if len(parts) > 1 else parts[0]
-    return ops.matmul(flat, flat.T).reshape(())
+    total = Tensor(0.0, ms.float32)
+    for x in tensors:
+        x32 = ops.cast(x, ms.float32)
+        total = total + (x32 * x32).sum()
+    return total
 
 
 class GradAccumCell(nn.Cell):
