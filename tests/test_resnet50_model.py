@@ -77,3 +77,36 @@ def test_only_group_norm_is_independent_of_the_rest_of_the_batch(norm, per_sampl
         assert diff <= 1e-4 * scale, (diff, scale)
     else:
         assert diff > 1e-2 * scale, (diff, scale)
+
+
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+def test_folded_batchnorm_gives_the_same_eval_logits(stem):
+    ms.set_seed(5)
+    rng = np.random.default_rng(1)
+    net = resnet50.ResNet50(stem=stem)
+    # non-trivial statistics and affine parameters everywhere (fresh ones are 0/1)
+    for p in net.get_parameters():
+        leaf = p.name.rsplit(".", 1)[-1]
+        if leaf in ("gamma", "beta", "moving_mean"):
+            p.set_data(ms.Tensor(rng.uniform(-1.0, 1.0, p.shape).astype(np.float32)))
+        elif leaf == "moving_variance":
+            p.set_data(ms.Tensor(rng.uniform(0.5, 2.0, p.shape).astype(np.float32)))
+    net.set_train(False)
+    x = ms.Tensor(rng.standard_normal((3, 3, 32, 32)).astype(np.float32))
+    # float64 reference of the unfolded network is out of reach; the unfolded float32 network
+    # is the reference, and the tolerance is float32 rounding over 50 layers
+    expected = net(x).asnumpy()
+    got = resnet50.fold_batchnorm(net)(x).asnumpy()
+    assert not any(isinstance(c, nn.BatchNorm2d) for _, c in net.cells_and_names())
+    scale = float(np.abs(expected).max())
+    assert scale > 0
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * scale)
+    assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_fold_batchnorm_refuses_what_it_cannot_fold():
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        resnet50.fold_batchnorm(resnet50.ResNet50(norm="group"))
+    net = resnet50.fold_batchnorm(resnet50.ResNet50())
+    with pytest.raises(ValueError, match="already folded"):
+        resnet50.fold_batchnorm(net)
