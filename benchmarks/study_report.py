@@ -170,7 +170,9 @@ def _plot_vs_batch(results, key, path, which, title, ylabel, fmt, secondary=None
         untimed = {p[0] for p in _series(results, "timed_updates").get(method, []) if p[1] == 0}
         for x, y in zip(xs, ys):
             text = fmt.format(y) + (" *" if key != "peak_rss_mib" and x in untimed else "")
-            ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, 6 if method != "plain" else -14),
+            # plain below right, ours above left, boost above right: no overlap where all three meet
+            offset, ha = {"plain": ((6, -14), "left"), "ours": ((-6, 8), "right")}.get(method, ((8, 10), "left"))
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, ha=ha,
                         fontsize=8, color=st["color"])
         if secondary:
             pts2 = [p for p in _series(results, secondary).get(method, [])]
