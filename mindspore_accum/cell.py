@@ -22,8 +22,7 @@ def _sum_of_squares(tensors):
     """sum over all tensors of sum(x * x), in float32: finite iff every element is (and not huge).
 
     Per tensor on purpose: one flat concat + matmul took 0.09 s instead of 0.29 s per ResNet50
-    window end, but raised the training process's peak RSS from 2.26 to 3.17 GiB. (On CPU the
-    dispatched path uses ``_host_sum_of_squares`` instead.)
+    window end on CPU, but raised the training process's peak RSS from 2.26 to 3.17 GiB.
     """
     total = Tensor(0.0, ms.float32)
     for x in tensors:
@@ -178,31 +177,23 @@ class GradAccumCell(nn.Cell):
         if grads is not None and (self.distributed or not self.fused or self.clip_global_norm is not None):
             self._graph_accumulate(grads)
             grads = None
-        # On CPU the tensors are host memory: NumPy reads them in place (asnumpy() waits for their
-        # producers) in 0.016 s per ResNet50 window end, against 0.29 s for the per-tensor graph
-        # (kernel launches) and +0.9 GiB peak RSS for a flat one.
-        on_host = ms.get_context("device_target") == "CPU"
         if self.distributed:
             reduced, total = self._graph_reduce(Tensor(float(count), ms.float32))
             reduced = ms.mutable(reduced)
             count = float(total.asnumpy())  # micro-batches of all workers in this window
             if count == 0:  # a flush with every worker's window empty
                 return False
-            squares = (_host_sum_of_squares([r.asnumpy() for r in reduced]) if on_host
-                       else float(self._graph_squares_of(reduced).asnumpy()))
-        elif on_host:
-            squares = _host_sum_of_squares([a.asnumpy() for a in self.accumulators]
-                                           + ([g.asnumpy() for g in grads] if grads is not None else []))
+            squares = self._graph_squares_of(reduced)
         else:
-            squares = float((self._graph_squares() if grads is None else self._graph_squares_with(grads)).asnumpy())
+            squares = self._graph_squares() if grads is None else self._graph_squares_with(grads)
         # The window's gradients carry the scale in force now; the update cell may change it.
         loss_scale = float(self.loss_scale.asnumpy())
-        proceed = bool(self._overflow_update(Tensor(np.isfinite(squares))).asnumpy())
+        proceed = bool(self._overflow_update(ops.isfinite(squares)).asnumpy())
         if not proceed:
             self._graph_discard()
             self._report_skipped()
             return False
-        grad_scale = self._grad_scale(count, squares, loss_scale)
+        grad_scale = self._grad_scale(count, float(squares.asnumpy()), loss_scale)
         if self.distributed:
             if self.fused:
                 self._graph_fused_update_reduced(reduced, grad_scale)
