@@ -18,7 +18,7 @@
 // with and without acc/grad, nesterov, per-tensor weight decay; zero() and axpy_ceiling(); calls
 // alternating thread counts (the pool grows and idles workers); two threads calling the kernels at
 // once; fork() after the pool has workers, the child using the pool again.
-// Prints one line "ok checks=N elements=M" and exits 0; any mismatch prints and exits 1.
+// Prints one line "ok checks=N elements=M isas=K" and exits 0; any mismatch prints and exits 1.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -54,6 +54,7 @@ namespace cpu = msaccum::cpu;
 namespace {
 
 std::atomic<long long> g_checks{0};
+int g_isas = 0;  // vector ISAs this CPU ran (the test scales its minimum counts by it)
 std::atomic<long long> g_elements{0};
 std::atomic<int> g_failures{0};
 
@@ -379,6 +380,7 @@ void scenario_isa_threads(bool quick, const std::string& only_isa) {
       std::fprintf(stderr, "note: this CPU has no %s; skipped\n", isa);
       continue;
     }
+    ++g_isas;
     for (int t : thread_counts) {
       if (quick && t != 2 && t != 7) continue;
       cpu::set_num_threads(t);
@@ -477,6 +479,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%d mismatch(es)\n", g_failures.load());
     return 1;
   }
-  std::printf("ok checks=%lld elements=%lld\n", g_checks.load(), g_elements.load());
+  std::printf("ok checks=%lld elements=%lld isas=%d\n", g_checks.load(), g_elements.load(), g_isas);
   return 0;
 }
