@@ -75,4 +75,13 @@ MSACCUM_HD void momentum_value(float& param, float& moment, float summed_grad, c
   param = kNesterov ? param - a.lr * (g + a.momentum * v) : param - a.lr * v;
 }
 
+// ---- sum of squares: the window-end check (non-finite values, global norm for clipping) ----
+
+// One element's contribution: its square in float32, like the rest of the math. NaN and inf
+// propagate to the sum, and so does overflow (|x| > ~1.8e19): such a window counts as non-finite.
+// Kernels add the squares in float32 over runs of at most a few hundred elements and add the
+// runs' sums in double, so the result's error stays near float32 rounding of the total
+// whatever the tensor sizes.
+MSACCUM_HD float square_value(float x) { return x * x; }
+
 }  // namespace msaccum

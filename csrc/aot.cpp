@@ -9,7 +9,11 @@
 //   MsAccumFlushAcc:    hyper(4), weight_decay(n), param x n, moment x n, acc x n, out
 //   MsAccumFlushGrad:   hyper(4), weight_decay(n), param x n, moment x n, grad x n, out
 //   MsAccumZero:        acc x n, out                                  (acc = 0)
-// hyper = {lr, momentum, grad_scale, nesterov (0/1)}. Names ending in Cuda take device memory
+//   MsAccumSumSquares:  x x n, out, workspace                         (out = sum of x*x)
+// hyper = {lr, momentum, grad_scale, nesterov (0/1)}. MsAccumSumSquares only reads its inputs
+// (float32, float16 or bfloat16, any mix); its `out` is a real result, one float32, and
+// `workspace` is float64 scratch of sum_of_squares_workspace() elements (the CUDA kernel's
+// partial sums; one element on CPU). Names ending in Cuda take device memory
 // and run on the given stream. A bad call logs why on stderr and returns non-zero.
 #include <cstdint>
 #include <cstdio>
@@ -31,6 +35,7 @@ using msaccum::AccumulateTensor;
 using msaccum::FlushScalars;
 using msaccum::FlushTensor;
 using msaccum::GradType;
+using msaccum::SquaresTensor;
 
 struct Call {
   const char* op;
@@ -152,6 +157,32 @@ int parse_flush(const Call& c, bool has_acc, bool has_grad, std::vector<FlushTen
   return c.check_overlap(buffers);
 }
 
+// Checks a sum-of-squares call (inputs, out, workspace) and fills `tensors`; returns non-zero on
+// bad input and stores the workspace's element count in `workspace_size`.
+int parse_squares(const Call& c, std::vector<SquaresTensor>* tensors, int64_t* workspace_size) {
+  if (c.nparam < 2) return c.fail("expected n tensors, the output and the workspace; got " + std::to_string(c.nparam));
+  const int n = c.nparam - 2, out = n, workspace = n + 1;
+  tensors->resize(n);
+  for (int i = 0; i < n; ++i) {
+    SquaresTensor& t = (*tensors)[i];
+    if (!grad_type(c, i, &t.type)) return c.fail("input " + c.arg(i) + " must be float32, float16 or bfloat16");
+    t.data = c.params[i];
+    t.numel = c.numel(i);
+  }
+  if (!c.is(out, "float32") || c.numel(out) != 1) return c.fail("the output must be one float32 value");
+  if (!c.is(workspace, "float64") || c.numel(workspace) < 1) return c.fail("the workspace must be float64");
+  *workspace_size = c.numel(workspace);
+  return 0;
+}
+
+int squares_cpu(const Call& c) {
+  std::vector<SquaresTensor> tensors;
+  int64_t workspace_size = 0;
+  if (int rc = parse_squares(c, &tensors, &workspace_size)) return rc;
+  *static_cast<float*>(c.params[c.nparam - 2]) = static_cast<float>(msaccum::cpu::sum_of_squares(tensors));
+  return 0;
+}
+
 int accumulate_cpu(const Call& c) {
   std::vector<AccumulateTensor> tensors;
   if (int rc = parse_accumulate(c, &tensors)) return rc;
@@ -213,6 +244,22 @@ int flush_cuda(const Call& c, bool has_acc, bool has_grad, void* stream) {
   return cuda_result(c, code);
 }
 
+int squares_cuda(const Call& c, void* stream) {
+  std::vector<SquaresTensor> tensors;
+  int64_t workspace_size = 0;
+  if (int rc = parse_squares(c, &tensors, &workspace_size)) return rc;
+  std::vector<int64_t> numel;
+  for (const SquaresTensor& t : tensors) numel.push_back(t.numel);
+  const long long needed = msaccum::cuda::sum_of_squares_workspace(numel.data(), static_cast<int>(numel.size()));
+  if (workspace_size < needed)
+    return c.fail("the workspace has " + std::to_string(workspace_size) + " elements; these tensors need " +
+                  std::to_string(needed) + " (size it with mindspore_accum._C.sum_of_squares_workspace)");
+  return cuda_result(c, msaccum::cuda::sum_of_squares(tensors.data(), static_cast<int>(tensors.size()),
+                                                      static_cast<float*>(c.params[c.nparam - 2]),
+                                                      static_cast<double*>(c.params[c.nparam - 1]), workspace_size,
+                                                      stream));
+}
+
 int zero_cuda(const Call& c, void* stream) {
   for (int i = 0; i + 1 < c.nparam; ++i)
     if (!c.is(i, "float32")) return c.fail(c.arg(i) + " must be float32");
@@ -257,6 +304,12 @@ MSACCUM_EXPORT int MsAccumZero(MSACCUM_AOT_ARGS) {
   return zero_cpu(call);
 }
 
+MSACCUM_EXPORT int MsAccumSumSquares(MSACCUM_AOT_ARGS) {
+  (void)stream;
+  MSACCUM_CALL("MsAccumSumSquares");
+  return squares_cpu(call);
+}
+
 #ifdef MSACCUM_WITH_CUDA
 MSACCUM_EXPORT int MsAccumAccumulateCuda(MSACCUM_AOT_ARGS) {
   MSACCUM_CALL("MsAccumAccumulateCuda");
@@ -277,5 +330,9 @@ MSACCUM_EXPORT int MsAccumFlushGradCuda(MSACCUM_AOT_ARGS) {
 MSACCUM_EXPORT int MsAccumZeroCuda(MSACCUM_AOT_ARGS) {
   MSACCUM_CALL("MsAccumZeroCuda");
   return zero_cuda(call, stream);
+}
+MSACCUM_EXPORT int MsAccumSumSquaresCuda(MSACCUM_AOT_ARGS) {
+  MSACCUM_CALL("MsAccumSumSquaresCuda");
+  return squares_cuda(call, stream);
 }
 #endif

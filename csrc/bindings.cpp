@@ -223,6 +223,31 @@ void momentum_flush(const py::object& param_obj, const py::object& moment_obj, c
   msaccum::cpu::momentum_flush(tensors, scalars);
 }
 
+double sum_of_squares(const py::object& tensors_obj) {
+  ArrayList tensors = take_list(tensors_obj, "tensors", false);
+  check_grad_list(tensors);
+  std::vector<msaccum::SquaresTensor> views(tensors.arrays.size());
+  for (size_t i = 0; i < views.size(); ++i)
+    views[i] = {tensors.arrays[i].data(), grad_type_of(tensors.arrays[i], label(tensors, i)),
+                static_cast<int64_t>(tensors.arrays[i].size())};
+  py::gil_scoped_release release;
+  return msaccum::cpu::sum_of_squares(views);
+}
+
+// Float64 workspace elements the MsAccumSumSquares AOT op needs for tensors of these sizes:
+// the CUDA kernel's partial sums, or 1 (unused) on CPU.
+long long sum_of_squares_workspace(const std::vector<int64_t>& numel, const std::string& device) {
+  for (size_t i = 0; i < numel.size(); ++i)
+    if (numel[i] < 0) throw py::value_error("numel[" + std::to_string(i) + "] is negative");
+  if (device == "CPU") return 1;
+  if (device != "GPU") throw py::value_error("device must be 'CPU' or 'GPU', got '" + device + "'");
+#ifdef MSACCUM_WITH_CUDA
+  return msaccum::cuda::sum_of_squares_workspace(numel.data(), static_cast<int>(numel.size()));
+#else
+  throw py::value_error("mindspore_accum was built without CUDA: no GPU kernels");
+#endif
+}
+
 void axpy_ceiling(const py::object& a_obj, const py::object& b_obj, const py::object& s_obj) {
   ArrayList a = take_list(a_obj, "a", false);
   ArrayList b = take_list(b_obj, "b", false);
@@ -271,6 +296,12 @@ PYBIND11_MODULE(_C, m) {
         py::kw_only(), py::arg("lr"), py::arg("momentum"), py::arg("grad_scale"), py::arg("weight_decay") = 0.0,
         py::arg("nesterov") = false,
         "Fused end of an accumulation window: momentum update of param from (acc + grad) * grad_scale, then acc = 0.");
+  m.def("sum_of_squares", &sum_of_squares, py::arg("tensors"),
+        "Sum over all elements of all tensors (float32, float16 or bfloat16) of x*x, squares in float32, "
+        "partial sums in double; one multi-threaded pass. NaN/inf (or overflow) make the result non-finite.");
+  m.def("sum_of_squares_workspace", &sum_of_squares_workspace, py::arg("numel"), py::arg("device"),
+        "Float64 workspace elements the MsAccumSumSquares AOT op needs for tensors of these sizes on device "
+        "'CPU' or 'GPU'.");
   m.def("axpy_ceiling", &axpy_ceiling, py::arg("a"), py::arg("b"), py::arg("s"),
         "a[i] += s * b[i] over float32 lists: the plain bandwidth ceiling used by the benchmarks.");
   m.def(

@@ -16,7 +16,7 @@ from . import _C
 
 ArrayList = Sequence[np.ndarray]
 
-__all__ = ["accumulate", "momentum_flush", "aot_library_path", "build_info"]
+__all__ = ["accumulate", "momentum_flush", "sum_of_squares", "aot_library_path", "build_info"]
 
 
 def build_info() -> dict:
@@ -58,6 +58,17 @@ def momentum_flush(
                       weight_decay=weight_decay, nesterov=nesterov)
 
 
+def sum_of_squares(tensors: ArrayList) -> float:
+    """``sum(x * x)`` over every element of every array, in one multi-threaded pass.
+
+    Arrays may be float32, float16 or bfloat16 (widened exactly); squares are float32, partial
+    sums double. The result is NaN or inf when an element is, or when a square overflows
+    float32 (|x| > ~1.8e19): the window-end check for non-finite gradients and the global norm
+    for clipping. Raises ``TypeError``/``ValueError`` naming the offending array.
+    """
+    return _C.sum_of_squares(tensors)
+
+
 def aot_library_path() -> str:
     """Absolute path of ``libmsaccum_aot.so`` (installed next to the ``_C`` extension)."""
     path = os.path.join(os.path.dirname(os.path.abspath(_C.__file__)), "libmsaccum_aot.so")
@@ -76,12 +87,13 @@ def _float32(*_args):
     return ms.float32
 
 
-def custom_op(entry: str):
+def custom_op(entry: str, out_shape=_one_float, out_dtype=_float32):
     """A ``mindspore.ops.Custom`` AOT primitive over ``entry`` (e.g. ``"MsAccumFlush"``).
 
-    The ``Cuda`` variant of the entry point is used when the device target is GPU. Every op has
-    one placeholder output of shape (1,): keep it alive with ``ops.depend``. The op is declared
-    a memory side effect, so GRAPH mode orders it with the reads and writes of its Parameters.
+    The ``Cuda`` variant of the entry point is used when the device target is GPU. The in-place
+    ops have one placeholder output of shape (1,) (the defaults): keep it alive with
+    ``ops.depend``. The op is declared a memory side effect, so GRAPH mode orders it with the
+    reads and writes of its Parameters.
     """
     import mindspore as ms
     from mindspore import ops
@@ -96,7 +108,7 @@ def custom_op(entry: str):
         raise RuntimeError(f"mindspore_accum has kernels for CPU and GPU, not for device target {target!r}")
     library = aot_library_path()
     try:
-        op = ops.Custom(f"{library}:{entry}", out_shape=_one_float, out_dtype=_float32, func_type="aot")
+        op = ops.Custom(f"{library}:{entry}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
     except TypeError as err:
         whitelist = os.environ.get("MS_CUSTOM_AOT_WHITE_LIST")
         if whitelist:
@@ -110,3 +122,18 @@ def custom_op(entry: str):
     # pruned; without it GRAPH mode reuses a load of a Parameter taken before the op wrote it.
     op.add_prim_attr("side_effect_mem", True)
     return op
+
+
+def sum_of_squares_op():
+    """A ``mindspore.ops.Custom`` AOT primitive: ``op(*tensors)`` returns ``(total, workspace)``,
+    ``total`` of shape (1,) float32 = the sum of squares of every element (as
+    :func:`sum_of_squares`), ``workspace`` float64 scratch of the GPU kernel (ignore it)."""
+    import mindspore as ms
+
+    target = ms.get_context("device_target")
+
+    def shapes(*input_shapes):
+        numel = [int(np.prod(shape, dtype=np.int64)) for shape in input_shapes]
+        return (1,), (_C.sum_of_squares_workspace(numel, "GPU" if target == "GPU" else "CPU"),)
+
+    return custom_op("MsAccumSumSquares", out_shape=shapes, out_dtype=lambda *_: (ms.float32, ms.float64))

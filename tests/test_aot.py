@@ -7,6 +7,7 @@ Input layouts (n tensors; each op has one float32 (1,) placeholder output, set t
   MsAccumFlushAcc:    hyper(4), weight_decay(n), param x n, moment x n, acc x n
   MsAccumFlushGrad:   hyper(4), weight_decay(n), param x n, moment x n, grad x n
   hyper = {lr, momentum, grad_scale, nesterov (0/1)}
+  MsAccumSumSquares:  x x n -> (sum of squares (1,) float32, float64 workspace): read-only inputs
 
 MindSpore facts these tests rely on / establish (MindSpore 2.10, CPU):
 - PyNative runs ops asynchronously. `Tensor.asnumpy()` (of any tensor, including the op's output
@@ -204,6 +205,91 @@ def test_window_exact_average(mode, grad_dtype):
     np.testing.assert_array_equal(p.asnumpy(), np.full(shape, 7.5, np.float32))
     np.testing.assert_array_equal(v.asnumpy(), np.full(shape, 2.5, np.float32))
     np.testing.assert_array_equal(acc.asnumpy(), np.zeros(shape, np.float32))
+
+
+# ---------------------------------------------------------------- sum of squares (a real output)
+
+
+def ref_squares(arrays):
+    return float(sum(np.sum(np.asarray(a).astype(np.float64) ** 2) for a in arrays))
+
+
+class SquaresCell(nn.Cell):
+    def __init__(self, state):
+        super().__init__()
+        self.state = ParameterTuple(state)
+        self.op = mindspore_accum.kernels.sum_of_squares_op()
+
+    def construct(self, tail):
+        return self.op(*self.state, *tail)
+
+
+def test_sum_of_squares_op(rng, mode):
+    """Parameters and plain tensors of every gradient dtype, empty and 0-d ones included; the
+    inputs are only read. Bound: 65 float32 ulps of the total (see test_kernels.RTOL_SQUARES)."""
+    state_np = [random_array(rng, s, np.float32) for s in SHAPES]
+    tail_np = mixed_grads(rng, SHAPES) + [random_array(rng, (70_001,), "bfloat16")]
+    state = [param(a) for a in state_np]
+    tail = [grad_tensor(g) for g in tail_np]
+    if mode == "pynative":
+        total, workspace = mindspore_accum.kernels.sum_of_squares_op()(*state, *tail)
+    else:
+        total, workspace = SquaresCell(state)(tuple(tail))
+    assert total.shape == (1,) and total.dtype == ms.float32
+    assert workspace.dtype == ms.float64 and workspace.shape == (1,)  # CPU: no scratch needed
+    expected = ref_squares(state_np + tail_np)
+    assert abs(float(total.asnumpy()[0]) - expected) <= 65 * 2.0**-24 * expected
+    for p, a in zip(state, state_np):
+        assert p.asnumpy().tobytes() == a.tobytes()
+
+
+def test_sum_of_squares_op_non_finite(mode):
+    x = np.ones(1000, np.float32)
+    x[999] = np.nan
+    y = np.full(3, 2e19, np.float32)  # finite, but its square is not
+    op = mindspore_accum.kernels.sum_of_squares_op()
+
+    def run(*tensors):
+        out = op(*tensors) if mode == "pynative" else SquaresCell([])(tensors)
+        return out[0].asnumpy()[0]
+
+    assert np.isnan(run(Tensor(x), Tensor(np.ones(4, np.float32))))
+    assert run(Tensor(y)) == np.inf
+    assert run(Tensor(np.full(4, 1.5e19, np.float32))) == np.inf  # squares finite, the float32 sum is not
+    assert run(Tensor(np.full(4, 2.0, np.float32))) == 16.0
+
+
+class AccumulateThenSquares(nn.Cell):
+    """The in-graph window end: accumulate, then the sum of squares of the updated accumulators,
+    ordered by ops.depend (as GradAccumCell.construct does)."""
+
+    def __init__(self, accs):
+        super().__init__()
+        self.accs = ParameterTuple(accs)
+        self.accumulate = custom("MsAccumAccumulate")
+        self.squares = mindspore_accum.kernels.sum_of_squares_op()
+
+    def construct(self, grads):
+        after = self.accumulate(ops.ones((1,), ms.float32), *self.accs, *grads)
+        return self.squares(*ops.depend(self.accs, after))[0]
+
+
+def test_sum_of_squares_sees_the_accumulated_values_in_one_graph(rng, graph):
+    accs_np = [random_array(rng, s, np.float32) for s in [(100,), (7, 3)]]
+    grads_np = [random_array(rng, s, np.float32) for s in [(100,), (7, 3)]]
+    cell = AccumulateThenSquares([param(a) for a in accs_np])
+    got = float(cell(tuple(Tensor(g) for g in grads_np)).asnumpy()[0])
+    expected = ref_squares([a.astype(np.float64) + g for a, g in zip(accs_np, grads_np)])
+    assert abs(got - expected) <= 65 * 2.0**-24 * expected
+
+
+def test_sum_of_squares_op_bad_input(pynative, capfd):
+    op = mindspore_accum.kernels.sum_of_squares_op()
+    capfd.readouterr()
+    with pytest.raises(RuntimeError, match=r"function\(MsAccumSumSquares\) is 1"):
+        op(f32_tensor(np.ones(3)), Tensor(np.ones(3, np.int32)))[0].asnumpy()
+    assert "[mindspore_accum] MsAccumSumSquares: input argument 1 (int32) must be float32, float16 or bfloat16" \
+        in capfd.readouterr().err
 
 
 # ---------------------------------------------------------------- keeping the op in the graph

@@ -51,6 +51,10 @@ def flush_args(param, moment, acc, grad, **overrides):
     return _C.momentum_flush, (param, moment, acc, grad), kwargs
 
 
+def squares_args(tensors):
+    return _C.sum_of_squares, (tensors,), {}
+
+
 def three(make=f32, **kw):
     return [make(**kw) for _ in range(3)]
 
@@ -205,6 +209,22 @@ def _cases():
         ("flush-grad-view-of-moment", grad_view_of_moment, ValueError, ["grad[2]", "moment[2]", "shares memory"]),
         ("flush-param-moment-partial-overlap", partial_overlap_param_moment, ValueError,
          ["param[1]", "moment[1]", "shares memory"]),
+        # --- sum_of_squares (read-only: nothing to write, but the same checks before it runs)
+        ("squares-not-a-list", lambda: squares_args(f32()), TypeError, ["tensors", "list", "ndarray"]),
+        ("squares-none", lambda: squares_args(None), TypeError, ["tensors", "None"]),
+        ("squares-item-not-array", lambda: squares_args([f32(), [1.0] * N]), TypeError, ["tensors[1]", "list"]),
+        ("squares-int32-last", lambda: squares_args([f32(), f32(), np.ones(N, np.int32)]), TypeError,
+         ["tensors[2]", "int32"]),
+        ("squares-float64", lambda: squares_args([np.ones(N), f32()]), TypeError, ["tensors[0]", "float64"]),
+        ("squares-big-endian", lambda: squares_args([f32(), np.ones(N, ">f4")]), TypeError, ["tensors[1]", ">f4"]),
+        ("squares-strided-last", lambda: squares_args([f32(), strided_f32()]), ValueError,
+         ["tensors[1]", "contiguous"]),
+        ("squares-misaligned", lambda: squares_args([misaligned_f32(), f32()]), ValueError,
+         ["tensors[0]", "aligned"]),
+        ("squares-workspace-negative", lambda: (_C.sum_of_squares_workspace, ([3, -1], "CPU"), {}), ValueError,
+         ["numel[1]", "negative"]),
+        ("squares-workspace-device", lambda: (_C.sum_of_squares_workspace, ([3], "Ascend"), {}), ValueError,
+         ["device", "Ascend"]),
     ]
 
 

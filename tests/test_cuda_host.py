@@ -98,7 +98,7 @@ ARRAY_ORDER = ("param", "moment", "acc", "grad")
 
 
 def write_case(path, op, tensors, chunk, scalars):
-    opcode = {"accumulate": 0, "flush": 1}[op]
+    opcode = {"accumulate": 0, "flush": 1, "squares": 3}[op]
     with open(path, "wb") as f:
         f.write(struct.pack("<iiiq4f", 0x4341534D, opcode, len(tensors), chunk, *scalars))
         for t in tensors:
@@ -110,7 +110,8 @@ def write_case(path, op, tensors, chunk, scalars):
                     f.write(np.ascontiguousarray(t.arrays[name]).tobytes())
 
 
-def read_result(path, tensors):
+def read_result(path, tensors, trailer=""):
+    """(rc, launches, vector elements, scalar elements, arrays per tensor[, trailer values])."""
     raw = Path(path).read_bytes()
     rc, launches, vec, scal = struct.unpack_from("<iqqq", raw, 0)
     pos = struct.calcsize("<iqqq")
@@ -123,15 +124,17 @@ def read_result(path, tensors):
                 out[name] = np.frombuffer(raw, dtype=a.dtype, count=a.size, offset=pos).copy()
                 pos += a.nbytes
         outs.append(out)
+    extra = struct.unpack_from("<" + trailer, raw, pos) if trailer else ()
+    pos += struct.calcsize("<" + trailer) if trailer else 0
     assert pos == len(raw), "runner output has an unexpected size"
-    return rc, launches, vec, scal, outs
+    return (rc, launches, vec, scal, outs, *extra)
 
 
 def run_case(exe, tmp_path, op, tensors, scalars, chunk=0):
     case, result = tmp_path / "case.bin", tmp_path / "result.bin"
     write_case(case, op, tensors, chunk, scalars)
     run_runner(exe, [str(case), str(result)])
-    return read_result(result, tensors)
+    return read_result(result, tensors, "fq" if op == "squares" else "")
 
 
 # ---------------------------------------------------------------- model of the launcher
@@ -145,7 +148,8 @@ def group_of(t, op):
 
 def expected_counters(tensors, op, chunk, limits):
     """Launches, vector elements and scalar elements the launcher must produce."""
-    max_tensors = limits["max_accumulate_tensors"] if op == "accumulate" else limits["max_flush_tensors"]
+    max_tensors = {"accumulate": limits["max_accumulate_tensors"], "flush": limits["max_flush_tensors"],
+                   "squares": limits["max_squares_tensors"]}[op]
     max_blocks = limits["max_blocks"]
     launches = vec = scal = 0
     for kind in ("f32", "f16", "bf16"):
@@ -384,3 +388,78 @@ def test_errors_and_info(limits):
     invalid = 1  # cudaErrorInvalidValue
     assert limits["bad_count"] == invalid and limits["bad_chunk"] == invalid and limits["bad_numel"] == invalid
     assert limits["empty"] == 0 and limits["zero_fill_null"] == invalid
+
+
+# ---------------------------------------------------------------- sum_of_squares
+
+# Against the exact sum: each thread adds at most chunk / 256 = 256 float32 squares (each rounded
+# at most once), so the relative error is <= 256 u (the runs and stages are added in double).
+RTOL_SQUARES = 257 * 2.0**-24
+
+
+def run_squares(runner, limits, tmp_path, tensors, chunk=0, seed=0, workspace_extra=0):
+    """Runs sum_of_squares; checks the result, that the inputs were not written, the counters
+    (pass-1 launches as the launcher model says, plus the two reduction launches) and the
+    workspace size. Returns (rc, launches, result)."""
+    make_data(tensors, np.random.default_rng(seed), "squares")
+    rc, launches, vec, scal, outs, result, needed = run_case(
+        runner, tmp_path, "squares", tensors, (float(workspace_extra), 0, 0, 0), chunk)
+    chunk = chunk or limits["chunk_elems"]
+    assert needed == (1 + sum(-(-t.numel // chunk) for t in tensors)) * limits["block_threads"]
+    for i, (t, out) in enumerate(zip(tensors, outs)):
+        assert np.array_equal(out["grad"], t.arrays["grad"]), f"tensor {i}: the input was written"
+    if rc != 0:
+        return rc, launches, result
+    exact = sum(float(np.sum(widen(t.arrays["grad"], t.grad) ** 2)) for t in tensors)
+    assert abs(result - exact) <= RTOL_SQUARES * exact, f"sum of squares {result!r}, exact {exact!r}"
+    exp_launches, exp_vec, exp_scal = expected_counters(tensors, "squares", chunk, limits)
+    assert (launches, vec, scal) == (exp_launches + 2, exp_vec, exp_scal), "counters differ from the model"
+    return rc, launches, result
+
+
+@pytest.mark.parametrize("grad", ["f32", "f16", "bf16"])
+def test_squares_sizes(runner, limits, tmp_path, grad):
+    tensors = [T(n, grad=grad, acc=False) for n in SIZES]
+    rc, launches, _ = run_squares(runner, limits, tmp_path, tensors, seed=20)
+    assert rc == 0 and launches == 3
+
+
+def test_squares_mixed_many_tensors(runner, limits, tmp_path):
+    rng = np.random.default_rng(21)
+    kinds = ["f32", "f16", "bf16"]
+    n = 3 * limits["max_squares_tensors"] + 40
+    tensors = [T(int(rng.integers(0, 3000)), grad=kinds[i % 3], acc=False) for i in range(n)]
+    tensors[9].numel = 0
+    tensors[71].numel = 1_000_003
+    rc, launches, _ = run_squares(runner, limits, tmp_path, tensors, seed=21)
+    assert rc == 0 and launches >= 6 + 2
+
+
+def test_squares_chunk_split_and_block_table_overflow(runner, limits, tmp_path):
+    tensors = [T(400_003, "f32", acc=False), T(5, "f16", acc=False), T(70_001, "bf16", acc=False)]
+    rc, launches, _ = run_squares(runner, limits, tmp_path, tensors, chunk=1024, seed=22)
+    assert rc == 0 and launches >= 2 + 2
+
+
+@pytest.mark.parametrize("chunk", [4, 1001])
+def test_squares_odd_chunks_and_misaligned(runner, limits, tmp_path, chunk):
+    tensors = [T(n, grad=["f32", "f16", "bf16"][n % 3], acc=False, offsets=(0, 0, 0, n % 4))
+               for n in (1, 3, 4, 5, 9, 17, 4096, 10_007)]
+    rc, _, _ = run_squares(runner, limits, tmp_path, tensors, chunk=chunk, seed=23)
+    assert rc == 0
+
+
+def test_squares_empty_and_workspace_too_small(runner, limits, tmp_path):
+    rc, launches, result = run_squares(runner, limits, tmp_path, [], seed=24)
+    assert (rc, launches, result) == (0, 2, 0.0)
+    rc, launches, result = run_squares(runner, limits, tmp_path, [T(70_000, "f32", acc=False)], workspace_extra=-1)
+    assert rc == 1 and launches == 0 and result == -1.0  # cudaErrorInvalidValue, before any launch
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, 3e19])
+def test_squares_non_finite(runner, limits, tmp_path, value):
+    tensors = [T(5, "f32", acc=False), T(100_003, "f32", acc=False)]
+    make_data(tensors, np.random.default_rng(25), "squares")
+    tensors[1].arrays["grad"][77_777] = value
+    rc, _, _, _, _, result, _ = run_case(runner, tmp_path, "squares", tensors, (0.0, 0, 0, 0))
+    assert rc == 0 and (np.isnan(result) if np.isnan(value) else result == np.inf)

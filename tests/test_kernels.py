@@ -390,3 +390,90 @@ def test_kernels_work_in_a_forked_child(threads):
     assert os.waitstatus_to_exitcode(status) == 0
     _C.accumulate([acc], [grad], 1.0)  # and the parent's pool still works
     np.testing.assert_array_equal(acc, 2.0 * grad)
+
+
+# ---------------------------------------------------------------- sum_of_squares
+
+# Bound of the CPU kernel against the exact (float64) sum of squares, relative: every square is
+# rounded once to float32 (or not at all, when contracted into an FMA) and added in float32 to one
+# of 16 lanes that each sum at most 64 terms of a 1024-element block; the lanes and blocks are
+# added in double. For n non-negative terms a float32 running sum has relative error <= (n-1)u,
+# so the whole is within ~64u = 64 * 2**-24 ~ 3.8e-6 of the exact value. A wrong or missing term
+# (one element skipped or counted twice, a lane dropped) moves the sum of O(1) values by >= 1e-3.
+RTOL_SQUARES = 65 * 2.0**-24
+
+
+def ref_sum_of_squares(arrays):
+    return float(sum(np.sum(f64(a) ** 2) for a in arrays))
+
+
+def assert_squares_close(got, arrays, rtol=RTOL_SQUARES):
+    expected = ref_sum_of_squares(arrays)
+    assert isinstance(got, float)
+    assert abs(got - expected) <= rtol * expected, f"sum of squares {got!r}, reference {expected!r}"
+
+
+@pytest.mark.parametrize("grad_dtype", GRAD_DTYPES)
+@pytest.mark.parametrize("size", SIZES)
+def test_sum_of_squares_sizes(rng, isa, size, grad_dtype):
+    x = random_array(rng, size, grad_dtype, scale=3.0)
+    before = x.copy()
+    got = _C.sum_of_squares([x])
+    if size == 0:
+        assert got == 0.0
+    else:
+        assert_squares_close(got, [x])
+    assert x.tobytes() == before.tobytes()
+
+
+def test_sum_of_squares_mixed_list(rng, threads):
+    for n in (1, 2, 3):
+        threads(n)
+        arrays = [random_array(rng, s, GRAD_DTYPES[i % 3]) for i, s in enumerate(THREAD_SHAPES + MIXED_SHAPES)]
+        assert_squares_close(_C.sum_of_squares(tuple(arrays)), arrays)
+    assert _C.sum_of_squares([]) == 0.0
+    assert _C.sum_of_squares([np.zeros((0, 3), np.float32), np.zeros(0, np.float16)]) == 0.0
+
+
+def test_sum_of_squares_exact_small_integers():
+    """Squares and sums of small integers are exact in float32: 1 + 4 + 9 + 16 = 30, and 1,024
+    elements of 3 (a whole block) plus 7 odd ones of -2 (a tail) = 9,216 + 28."""
+    assert _C.sum_of_squares([np.array([1, 2, 3, 4], np.float32)]) == 30.0
+    arrays = [np.full(1024, 3.0, np.float32), np.full(7, -2.0, np.float16), np.array(5.0, np_dtype("bfloat16"))]
+    assert _C.sum_of_squares(arrays) == 9216.0 + 28.0 + 25.0
+
+
+def test_sum_of_squares_is_deterministic(rng, threads):
+    arrays = [random_array(rng, s, GRAD_DTYPES[i % 3]) for i, s in enumerate(THREAD_SHAPES)]
+    for n in (1, 2, 3):
+        threads(n)
+        first = _C.sum_of_squares(arrays)
+        assert all(_C.sum_of_squares(arrays) == first for _ in range(3)), f"{n} threads"
+
+
+# float16's largest value (65504) squares to a finite float32: no overflow case for it.
+NON_FINITE_CASES = [(dt, bad) for dt in GRAD_DTYPES for bad in ("nan", "inf", "-inf", "square-overflows")
+                    if not (dt == "float16" and bad == "square-overflows")]
+
+
+@pytest.mark.parametrize("grad_dtype,bad", NON_FINITE_CASES)
+def test_sum_of_squares_non_finite(rng, isa, threads, grad_dtype, bad):
+    """A NaN or inf anywhere (first element, in a vector body, in the tail, of any tensor) makes the
+    sum non-finite, whatever thread sees it; so does a finite value whose float32 square overflows."""
+    value = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf, "square-overflows": 3e19}[bad]
+    threads(2)
+    dt = np_dtype(grad_dtype)
+    for where in (0, 17, 999_999, 1_000_002):
+        arrays = [random_array(rng, 5, dt), random_array(rng, 1_000_003, dt)]
+        arrays[1][where] = value
+        got = _C.sum_of_squares(arrays)
+        assert np.isnan(got) if bad == "nan" else got == np.inf, (where, got)
+
+
+def test_sum_of_squares_sum_beyond_float32_is_returned_in_double():
+    """Squares that are finite in float32 but sum beyond its range: the double result is kept
+    (the accumulation cell rounds it to float32 and treats that window as non-finite)."""
+    got = _C.sum_of_squares([np.full(4, 1.5e19, np.float32)])
+    expected = 4 * float(np.float32(1.5e19)) ** 2
+    assert np.isfinite(got) and abs(got - expected) <= RTOL_SQUARES * expected
+    assert expected > float(np.finfo(np.float32).max)

@@ -17,6 +17,9 @@ constexpr int64_t kMinElementsPerThread = 1 << 15;
 // write the same cache line, and vector loops start aligned where the tensor is.
 constexpr int64_t kAlign = 16;
 
+// More threads than this only adds hand-off cost to memory-bound loops.
+constexpr int kMaxThreads = 256;
+
 std::atomic<int> g_threads{0};
 
 bool cpu_has(const char* isa) {
@@ -57,10 +60,11 @@ const SpanKernels& select_kernels() {
 }
 
 // Splits the concatenation of `numel` over threads in equal, aligned ranges and calls
-// fn(tensor_index, begin, end) for every piece of every tensor in the calling thread's range.
-// Many small tensors land in one thread's range together; a large tensor is split.
+// fn(thread, tensor_index, begin, end) for every piece of every tensor in the calling thread's
+// range (thread < kMaxThreads). Many small tensors land in one thread's range together; a large
+// tensor is split.
 template <typename Fn>
-void for_each_balanced(const std::vector<int64_t>& numel, Fn&& fn) {
+void for_each_balanced_per_thread(const std::vector<int64_t>& numel, Fn&& fn) {
   std::vector<int64_t> offsets(numel.size() + 1, 0);
   for (size_t i = 0; i < numel.size(); ++i) offsets[i + 1] = offsets[i] + numel[i];
   const int64_t total = offsets.back();
@@ -79,9 +83,15 @@ void for_each_balanced(const std::vector<int64_t>& numel, Fn&& fn) {
     for (; i < numel.size() && offsets[i] < end; ++i) {
       const int64_t lo = std::max(begin, offsets[i]) - offsets[i];
       const int64_t hi = std::min(end, offsets[i + 1]) - offsets[i];
-      if (hi > lo) fn(i, lo, hi);
+      if (hi > lo) fn(t, i, lo, hi);
     }
   });
+}
+
+// As above, for kernels that do not care which thread runs a piece: fn(tensor_index, begin, end).
+template <typename Fn>
+void for_each_balanced(const std::vector<int64_t>& numel, Fn&& fn) {
+  for_each_balanced_per_thread(numel, [&](int, size_t i, int64_t lo, int64_t hi) { fn(i, lo, hi); });
 }
 
 inline const void* offset_grad(const void* grad, GradType type, int64_t start) {
@@ -94,11 +104,8 @@ inline const void* offset_grad(const void* grad, GradType type, int64_t start) {
 
 int num_threads() {
   const int n = g_threads.load(std::memory_order_relaxed);
-  return n > 0 ? n : default_thread_count();
+  return n > 0 ? n : std::min(default_thread_count(), kMaxThreads);  // MSACCUM_NUM_THREADS is capped too
 }
-
-// More threads than this only adds hand-off cost to memory-bound loops.
-constexpr int kMaxThreads = 256;
 
 void set_num_threads(int n) { g_threads.store(n > 0 ? std::min(n, kMaxThreads) : 0, std::memory_order_relaxed); }
 
@@ -133,6 +140,23 @@ void momentum_flush(const std::vector<FlushTensor>& tensors, const FlushScalars&
     k.flush(t.param + lo, t.moment + lo, t.acc ? t.acc + lo : nullptr, offset_grad(t.grad, t.grad_type, lo),
             t.grad_type, hi - lo, t.weight_decay, scalars);
   });
+}
+
+double sum_of_squares(const std::vector<SquaresTensor>& tensors) {
+  const SpanKernels& k = select_kernels();
+  std::vector<int64_t> numel(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) numel[i] = tensors[i].numel;
+  struct alignas(64) Partial {  // one cache line per thread
+    double sum = 0.0;
+  };
+  std::vector<Partial> partial(kMaxThreads);
+  for_each_balanced_per_thread(numel, [&](int t, size_t i, int64_t lo, int64_t hi) {
+    const SquaresTensor& x = tensors[i];
+    partial[t].sum += k.sum_squares(offset_grad(x.data, x.type, lo), x.type, hi - lo);
+  });
+  double total = 0.0;
+  for (const Partial& p : partial) total += p.sum;
+  return total;
 }
 
 void axpy_ceiling(const std::vector<float*>& a, const std::vector<const float*>& b,

@@ -26,6 +26,13 @@ struct FlushTensor {
   float weight_decay;
 };
 
+// A read-only tensor of float32, float16 or bfloat16 values (sum_of_squares).
+struct SquaresTensor {
+  const void* data;
+  GradType type;
+  int64_t numel;
+};
+
 struct FlushScalars {
   float lr;
   float momentum;
@@ -38,6 +45,11 @@ namespace cpu {
 // Spans a kernel works on: one contiguous piece of one tensor. Pointers are already offset.
 void accumulate(const std::vector<AccumulateTensor>& tensors, float scale);
 void momentum_flush(const std::vector<FlushTensor>& tensors, const FlushScalars& scalars);
+
+// Sum over every element of every tensor of its square (accum_math.h square_value), in one
+// multi-threaded pass. Deterministic for a given thread count (partial sums are added in
+// thread order).
+double sum_of_squares(const std::vector<SquaresTensor>& tensors);
 
 // In-place a += s * b over float32 lists with the same threading: the bandwidth ceiling that
 // benchmarks compare against (12 B/element, no widening, no extra logic).
@@ -59,6 +71,7 @@ struct SpanKernels {
   void (*flush)(float* param, float* moment, float* acc, const void* grad, GradType type, int64_t n,
                 float weight_decay, const FlushScalars& s);
   void (*axpy)(float* a, const float* b, int64_t n, float s);
+  double (*sum_squares)(const void* x, GradType type, int64_t n);
 };
 const SpanKernels& span_kernels_baseline();
 const SpanKernels& span_kernels_avx2();

@@ -103,6 +103,41 @@ void flush_span(float* param, float* moment, float* acc, const void* grad, GradT
   }
 }
 
+// Squares added in float32 over kLanes independent lanes (the compiler maps them onto vector
+// registers; a single running sum could not be vectorised without reassociation), each lane
+// summing at most kBlock / kLanes = 64 terms; the lanes of each block are added in double.
+constexpr int kLanes = 16;
+
+inline double sum_squares_f32(const float* __restrict x, int64_t n) {
+  double total = 0.0;
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t len = std::min(kBlock, n - start);
+    const float* block = x + start;
+    float lanes[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= len; i += kLanes)
+      for (int j = 0; j < kLanes; ++j) lanes[j] += square_value(block[i + j]);
+    for (int j = 0; i + j < len; ++j) lanes[j] += square_value(block[i + j]);
+    double block_sum = 0.0;
+    for (int j = 0; j < kLanes; ++j) block_sum += lanes[j];
+    total += block_sum;
+  }
+  return total;
+}
+
+double sum_squares_span(const void* x, GradType type, int64_t n) {
+  if (type == GradType::kFloat32) return sum_squares_f32(static_cast<const float*>(x), n);
+  alignas(64) float buffer[kBlock];
+  const uint16_t* bits = static_cast<const uint16_t*>(x);
+  double total = 0.0;
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t len = std::min(kBlock, n - start);
+    widen(bits + start, type, len, buffer);
+    total += sum_squares_f32(buffer, len);
+  }
+  return total;
+}
+
 void axpy_span(float* __restrict a, const float* __restrict b, int64_t n, float s) {
 #pragma GCC ivdep
   for (int64_t i = 0; i < n; ++i) a[i] += s * b[i];

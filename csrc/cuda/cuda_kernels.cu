@@ -1,5 +1,5 @@
-// CUDA kernels of mindspore_accum: `accumulate` and `momentum_flush` over lists of tensors,
-// launched in the style of apex / PyTorch multi_tensor_apply.
+// CUDA kernels of mindspore_accum: `accumulate`, `momentum_flush` and `sum_of_squares` over
+// lists of tensors, launched in the style of apex / PyTorch multi_tensor_apply.
 //
 // One launch covers many tensors: the kernel takes, by value, a struct with up to kMax*Tensors
 // tensor pointers and sizes plus a table that maps each block to (tensor, chunk). Every block
@@ -25,6 +25,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <vector>
 
 #include "../accum_math.h"
 #include "cuda_kernels.h"
@@ -46,6 +47,7 @@ using internal::kBlockThreads;
 using internal::kMaxAccumulateTensors;
 using internal::kMaxBlocksPerLaunch;
 using internal::kMaxFlushTensors;
+using internal::kMaxSquaresTensors;
 
 // ---- gradient element types ----
 
@@ -98,6 +100,18 @@ struct FlushArgs {
   int64_t chunk;
 };
 
+template <typename G>
+struct SquaresArgs {
+  const typename G::Scalar* x[kMaxSquaresTensors];
+  int64_t numel[kMaxSquaresTensors];
+  unsigned char block_tensor[kMaxBlocksPerLaunch];
+  int block_chunk[kMaxBlocksPerLaunch];
+  double* partials;  // blockDim.x slots per block of this launch
+  int64_t chunk;
+};
+
+static_assert(sizeof(SquaresArgs<GradF32>) <= 4000, "kernel arguments exceed the CUDA parameter space");
+static_assert(kMaxSquaresTensors <= 256, "block_tensor is an unsigned char");
 static_assert(sizeof(AccumulateArgs<GradF32>) <= 4000, "kernel arguments exceed the CUDA parameter space");
 static_assert(sizeof(AccumulateArgs<GradF16>) <= 4000, "kernel arguments exceed the CUDA parameter space");
 static_assert(sizeof(FlushArgs<GradF32>) <= 4000, "kernel arguments exceed the CUDA parameter space");
@@ -223,6 +237,51 @@ __global__ void __launch_bounds__(kBlockThreads) flush_kernel(FlushArgs<G> args)
   else flush_dispatch<G, false>(param, moment, acc, grad, c.len, h);
 }
 
+// ---- sum of squares ----
+
+// Pass 1: every thread adds the squares of its strided elements of the block's chunk in float32
+// (chunk / blockDim.x terms: 256 with the default geometry) and stores that run's sum in its own
+// slot of `partials`: no shared memory, no atomics, every slot written exactly once.
+template <typename G>
+__global__ void __launch_bounds__(kBlockThreads) squares_kernel(SquaresArgs<G> args) {
+  const BlockChunk c = block_chunk(args);
+  const typename G::Scalar* __restrict__ x = args.x[c.tensor] + c.start;
+  float run = 0.0f;
+  int64_t i = threadIdx.x;
+  if (aligned_for<typename G::Vec>(x)) {
+    const int64_t nvec = c.len / 4;
+    for (int64_t v = threadIdx.x; v < nvec; v += blockDim.x) {
+      const typename G::Vec g = reinterpret_cast<const typename G::Vec*>(x)[v];
+      run += square_value(G::widen(g.x));
+      run += square_value(G::widen(g.y));
+      run += square_value(G::widen(g.z));
+      run += square_value(G::widen(g.w));
+      MSACCUM_COUNT_PATH(vector, 4);
+    }
+    i += nvec * 4;
+  }
+  for (; i < c.len; i += blockDim.x) {
+    run += square_value(G::widen(x[i]));
+    MSACCUM_COUNT_PATH(scalar, 1);
+  }
+  args.partials[static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x] = run;
+}
+
+// Pass 2 (one block): thread t adds partials t, t + blockDim.x, ... in order, in double.
+__global__ void __launch_bounds__(kBlockThreads) reduce_partials_kernel(const double* partials, int64_t count,
+                                                                        double* stage) {
+  double sum = 0.0;
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) sum += partials[i];
+  stage[threadIdx.x] = sum;
+}
+
+// Pass 3 (one thread): the stage sums in order; the result as float32 (inf if it overflows).
+__global__ void finish_squares_kernel(const double* stage, int count, float* out) {
+  double sum = 0.0;
+  for (int i = 0; i < count; ++i) sum += stage[i];
+  *out = static_cast<float>(sum);
+}
+
 // ---- host side: pack tensors and chunks into launches ----
 
 // Walks the tensors selected by `take(i)` and calls `launch(args, blocks)` whenever the tensor
@@ -320,6 +379,32 @@ int flush_group(const FlushTensor* tensors, int count, GradType type, const floa
       });
 }
 
+// Launches pass 1 for the tensors of gradient type `type`; `blocks_done` counts the blocks of
+// all earlier launches, whose partial slots come first in `partials`.
+template <typename G>
+int squares_group(const SquaresTensor* tensors, int count, GradType type, double* partials, int64_t* blocks_done,
+                  cudaStream_t stream, int64_t chunk) {
+  SquaresArgs<G> args{};
+  args.chunk = chunk;
+  return pack_and_launch<kMaxSquaresTensors>(
+      tensors, args, count, chunk, [&](int i) { return tensors[i].type == type; },
+      [&](SquaresArgs<G>& a, int slot, int i) {
+        a.x[slot] = static_cast<const typename G::Scalar*>(tensors[i].data);
+        a.numel[slot] = tensors[i].numel;
+      },
+      [](SquaresArgs<G>& a, int to, int from) {
+        a.x[to] = a.x[from];
+        a.numel[to] = a.numel[from];
+      },
+      [&](const SquaresArgs<G>& a, int blocks) {
+        SquaresArgs<G> launch = a;
+        launch.partials = partials + *blocks_done * kBlockThreads;
+        *blocks_done += blocks;
+        MSACCUM_LAUNCH(squares_kernel<G>, dim3(blocks), dim3(kBlockThreads), stream, launch);
+        return check_launch();
+      });
+}
+
 // False if a size is negative or a tensor has more chunks than a block-table entry can name.
 template <typename T>
 bool valid_numel(const T& t, int64_t chunk) {
@@ -364,7 +449,53 @@ int momentum_flush_chunked(const FlushTensor* tensors, int count, const float* h
   return rc;
 }
 
+long long sum_of_squares_workspace_chunked(const int64_t* numel, int count, long long chunk_elems) {
+  if (count < 0 || chunk_elems <= 0 || (count > 0 && numel == nullptr)) return -1;
+  long long blocks = 0;
+  for (int i = 0; i < count; ++i) {
+    if (numel[i] < 0) return -1;
+    blocks += (numel[i] + chunk_elems - 1) / chunk_elems;
+  }
+  return (1 + blocks) * kBlockThreads;  // the stage of pass 2, then blockDim.x slots per block
+}
+
+int sum_of_squares_chunked(const SquaresTensor* tensors, int count, float* out, double* workspace,
+                           long long workspace_size, void* stream, long long chunk_elems) {
+  if (count < 0 || chunk_elems <= 0 || out == nullptr || workspace == nullptr || (count > 0 && tensors == nullptr))
+    return kInvalidValue;
+  std::vector<int64_t> numel(count);
+  for (int i = 0; i < count; ++i) {
+    const SquaresTensor& t = tensors[i];
+    if (!valid_numel(t, chunk_elems) || grad_type_index(t.type) > 2 || (t.numel > 0 && !t.data)) return kInvalidValue;
+    numel[i] = t.numel;
+  }
+  const long long needed = sum_of_squares_workspace_chunked(numel.data(), count, chunk_elems);
+  if (needed < 0 || workspace_size < needed) return kInvalidValue;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  double* stage = workspace;
+  double* partials = workspace + kBlockThreads;
+  int64_t blocks = 0;
+  int rc = squares_group<GradF32>(tensors, count, GradType::kFloat32, partials, &blocks, s, chunk_elems);
+  if (rc == 0) rc = squares_group<GradF16>(tensors, count, GradType::kFloat16, partials, &blocks, s, chunk_elems);
+  if (rc == 0) rc = squares_group<GradBF16>(tensors, count, GradType::kBFloat16, partials, &blocks, s, chunk_elems);
+  if (rc != 0) return rc;
+  MSACCUM_LAUNCH(reduce_partials_kernel, dim3(1), dim3(kBlockThreads), s, partials, blocks * kBlockThreads, stage);
+  if ((rc = check_launch()) != 0) return rc;
+  MSACCUM_LAUNCH(finish_squares_kernel, dim3(1), dim3(1), s, stage, kBlockThreads, out);
+  return check_launch();
+}
+
 }  // namespace internal
+
+int sum_of_squares(const SquaresTensor* tensors, int count, float* out, double* workspace, long long workspace_size,
+                   void* stream) {
+  return internal::sum_of_squares_chunked(tensors, count, out, workspace, workspace_size, stream,
+                                          internal::kChunkElems);
+}
+
+long long sum_of_squares_workspace(const int64_t* numel, int count) {
+  return internal::sum_of_squares_workspace_chunked(numel, count, internal::kChunkElems);
+}
 
 int accumulate(const AccumulateTensor* tensors, int count, const float* scale, void* stream) {
   return internal::accumulate_chunked(tensors, count, scale, stream, internal::kChunkElems);

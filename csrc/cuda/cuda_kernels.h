@@ -16,6 +16,14 @@ namespace cuda {
 int accumulate(const AccumulateTensor* tensors, int count, const float* scale, void* stream);
 int momentum_flush(const FlushTensor* tensors, int count, const float* hyper, const float* weight_decay,
                    void* stream);
+// Sum over every element of every tensor of its square (accum_math.h), as one float32 stored at
+// `out` (device memory). Every thread of the first pass stores its partial sum in `workspace`
+// (device memory, `workspace_size` doubles, at least sum_of_squares_workspace() of them); two
+// more launches add the partials in a fixed order, so the result is deterministic.
+int sum_of_squares(const SquaresTensor* tensors, int count, float* out, double* workspace,
+                   long long workspace_size, void* stream);
+// Doubles of workspace sum_of_squares needs for tensors of these sizes (host arithmetic only).
+long long sum_of_squares_workspace(const int64_t* numel, int count);
 // Sets `count` floats at `out` to zero on `stream` (the AOT ops' placeholder output).
 int zero_fill(float* out, long long count, void* stream);
 const char* error_string(int code);

@@ -16,11 +16,15 @@ constexpr long long kChunkElems = 65536;     // elements per block (a multiple o
 constexpr int kMaxBlocksPerLaunch = 320;     // block table entries per launch
 constexpr int kMaxAccumulateTensors = 64;    // tensor slots per accumulate launch
 constexpr int kMaxFlushTensors = 36;         // tensor slots per momentum_flush launch
+constexpr int kMaxSquaresTensors = 64;       // tensor slots per sum_of_squares launch
 
-// As accumulate / momentum_flush in cuda_kernels.h, with `chunk_elems` elements per block.
+// As accumulate / momentum_flush / sum_of_squares in cuda_kernels.h, with `chunk_elems` elements per block.
 // Any chunk_elems >= 1 is correct; chunks whose pointers are misaligned take the scalar path.
 int accumulate_chunked(const AccumulateTensor* tensors, int count, const float* scale, void* stream,
                        long long chunk_elems);
+int sum_of_squares_chunked(const SquaresTensor* tensors, int count, float* out, double* workspace,
+                           long long workspace_size, void* stream, long long chunk_elems);
+long long sum_of_squares_workspace_chunked(const int64_t* numel, int count, long long chunk_elems);
 int momentum_flush_chunked(const FlushTensor* tensors, int count, const float* hyper, const float* weight_decay,
                            void* stream, long long chunk_elems);
 

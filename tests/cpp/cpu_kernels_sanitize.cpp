@@ -15,7 +15,8 @@
 // cores included): single tensors of tail sizes around the vector width, the widening block
 // (1024) and the per-thread minimum (32768); thousands of small tensors in one call (thread ranges
 // cut across tensor boundaries); fp32/fp16/bf16 gradients with subnormals, inf and nan; flush
-// with and without acc/grad, nesterov, per-tensor weight decay; zero() and axpy_ceiling(); calls
+// with and without acc/grad, nesterov, per-tensor weight decay; zero(), axpy_ceiling() and
+// sum_of_squares() (with and without inf/nan, squares overflowing float32); calls
 // alternating thread counts (the pool grows and idles workers); two threads calling the kernels at
 // once; fork() after the pool has workers, the child using the pool again.
 // Prints one line "ok checks=N elements=M isas=K" and exits 0; any mismatch prints and exits 1.
@@ -213,7 +214,11 @@ void run_accumulate(Rng& r, const std::vector<int64_t>& sizes, int grad_type, fl
     for (int64_t i = 0; i < sizes[k]; ++i) {
       const double a = acc0[k][i], gv = grad_at(ts[k].grad_type, ts[k].grad, i);
       const double ref = a + s * gv;
-      if (!close(acc[k][i], ref, std::fabs(a) + std::fabs(s * gv), 1 + std::fabs(s)))
+      // Where scale * grad overflows float32, an unfused kernel adds +-inf instead (inf + -inf is
+      // NaN), a fused multiply-add does not: both are float32 arithmetic.
+      const double unfused = std::fabs(s * gv) > 3.4028234663852886e38 ? a + std::copysign(INFINITY, s * gv) : ref;
+      const double mag = std::fabs(a) + std::fabs(s * gv);
+      if (!close(acc[k][i], ref, mag, 1 + std::fabs(s)) && !close(acc[k][i], unfused, mag, 1 + std::fabs(s)))
         return fail(where("accumulate", k, i, acc[k][i], ref));
     }
     const bool same = ts[k].grad_type == GradType::kFloat32
@@ -325,6 +330,65 @@ void run_zero_axpy(Rng& r, const std::vector<int64_t>& sizes) {
   ++g_checks;
 }
 
+// ---------------------------------------------------------------- sum_of_squares()
+
+// Reference: each square in double, +inf where the float32 square overflows (the kernel squares in
+// float32); NaN if any element is NaN, else inf if any square is, else the sum, within 65 float32
+// ulps relative (16 lanes of <= 64 terms each, see accum_math.h) plus a floor for squares that
+// underflow float32.
+void run_squares(Rng& r, const std::vector<int64_t>& sizes, int grad_type) {
+  const size_t n = sizes.size();
+  std::vector<Buf<float>> g32(n);
+  std::vector<Buf<uint16_t>> g16(n);
+  std::vector<msaccum::SquaresTensor> ts(n);
+  for (size_t k = 0; k < n; ++k) {
+    const int64_t m = sizes[k];
+    const GradType t = pick_type(r, grad_type);
+    if (t == GradType::kFloat32) {
+      g32[k] = Buf<float>(m, static_cast<int>(r.uniform(0, 3)));
+      for (int64_t i = 0; i < m; ++i) g32[k][i] = r.value(r.uniform(0, 3) == 0 ? 10.0 : 1.0);
+      ts[k] = {g32[k].data(), t, m};
+    } else {
+      g16[k] = Buf<uint16_t>(m, static_cast<int>(r.uniform(0, 3)));
+      for (int64_t i = 0; i < m; ++i) g16[k][i] = t == GradType::kFloat16 ? r.half_bits() : r.bf16_bits();
+      ts[k] = {g16[k].data(), t, m};
+    }
+  }
+  // Half the cases without specials: their finite sums are the ones compared to a tolerance.
+  if (r.uniform(0, 1) == 0) {
+    for (size_t k = 0; k < n; ++k)
+      for (int64_t i = 0; i < sizes[k]; ++i) {
+        if (std::isfinite(grad_at(ts[k].type, ts[k].data, i))) continue;
+        if (ts[k].type == GradType::kFloat32) g32[k][i] = 1.5f;
+        else g16[k][i] = ts[k].type == GradType::kFloat16 ? 0x3e00 : 0x3fc0;  // 1.5 in both formats
+      }
+  }
+  const double got = cpu::sum_of_squares(ts);
+  bool any_nan = false, any_inf = false;
+  double ref = 0.0;
+  int64_t count = 0;
+  for (size_t k = 0; k < n; ++k)
+    for (int64_t i = 0; i < sizes[k]; ++i, ++count) {
+      const double x = grad_at(ts[k].type, ts[k].data, i);
+      const double sq = x * x;
+      any_nan |= std::isnan(sq);
+      any_inf |= !std::isnan(sq) && sq > 3.4028234663852886e38;
+      if (std::isfinite(sq)) ref += sq;
+    }
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "sum_of_squares of %lld elements: kernel %.17g, reference %.17g (nan %d, inf %d, "
+                "isa %s, threads %d)", static_cast<long long>(count), got, ref, any_nan, any_inf, cpu::vector_isa(),
+                cpu::num_threads());
+  bool ok;
+  if (any_nan) ok = std::isnan(got);
+  else if (any_inf) ok = std::isinf(got) && got > 0;
+  else if (ref >= 1e37 && std::isinf(got)) ok = true;  // a float32 lane may overflow first
+  else ok = std::isfinite(got) && std::fabs(got - ref) <= 65 * std::ldexp(1.0, -24) * ref + 1e-37 * (1 + count);
+  if (!ok) return fail(buf);
+  g_elements += count;
+  ++g_checks;
+}
+
 // ---------------------------------------------------------------- size plans
 
 constexpr int64_t kPerThread = 32768;  // cpu_kernels.cpp: kMinElementsPerThread
@@ -366,6 +430,7 @@ void run_all_sizes(Rng& r, bool quick) {
     run_accumulate(r, sizes, gt, index % 2 ? 0.37f : -1.5f);
     run_flush(r, sizes, gt, index % 2 == 0);
     if (index % 3 == 0) run_zero_axpy(r, sizes);
+    run_squares(r, sizes, gt);
     ++index;
   }
 }
@@ -401,6 +466,7 @@ void scenario_varying_threads(bool quick) {
     const int64_t big = (1 + i % 4) * kPerThread + r.uniform(0, 100);
     run_accumulate(r, {big, r.uniform(0, 50)}, i % 3, 0.5f);
     if (i % 5 == 0) run_flush(r, {r.uniform(0, 70000), 17}, i % 3, i % 2);
+    if (i % 5 == 1) run_squares(r, {big, r.uniform(0, 70000)}, i % 3);
   }
   cpu::set_num_threads(0);  // back to the default
 }
@@ -413,6 +479,7 @@ void scenario_concurrent_callers(bool quick) {
     for (int i = 0; i < (quick ? 6 : 20); ++i) {
       run_accumulate(r, {3 * kPerThread + r.uniform(0, 99), r.uniform(0, 9)}, -1, 2.0f);
       run_flush(r, {2 * kPerThread + r.uniform(0, 99)}, -1, true);
+      run_squares(r, {3 * kPerThread + r.uniform(0, 99), r.uniform(0, 9)}, -1);
     }
   };
   std::thread a(work, 5), b(work, 6);

@@ -15,14 +15,18 @@
 // the kernels read).
 //
 // Case file (little endian):
-//   int32 magic 'MSAC'; int32 op (0 accumulate, 1 momentum_flush, 2 zero_fill); int32 count;
+//   int32 magic 'MSAC'; int32 op (0 accumulate, 1 momentum_flush, 2 zero_fill, 3 sum_of_squares); int32 count;
 //   int64 chunk (0: the public launchers, else internal::*_chunked with this chunk size);
-//   float32[4] scalars (accumulate: scale, 0, 0, 0; momentum_flush: lr, momentum, grad_scale, nesterov);
-//   op 0/1: count x {int64 numel; int32 grad_type (0 f32, 1 f16, 2 bf16, -1 absent); int32 has_acc;
+//   float32[4] scalars (accumulate: scale, 0, 0, 0; momentum_flush: lr, momentum, grad_scale, nesterov;
+//                      sum_of_squares: workspace elements beyond the required count (-1: one short), 0, 0, 0);
+//   op 0/1/3: count x {int64 numel; int32 grad_type (0 f32, 1 f16, 2 bf16, -1 absent); int32 has_acc;
 //                    int32 offset[4] (elements before param, moment, acc, grad); float32 weight_decay}
 //           then per tensor the arrays in the order param, moment (flush only), acc, grad (present ones);
+//           (sum_of_squares reads the "grad" arrays: its tensors have no acc);
 //   op 2:   count float32 values (zero_fill fills them with zeros).
-// Output: int32 rc; int64 launches, vector_elements, scalar_elements; then the same arrays, after the call.
+// Output: int32 rc; int64 launches, vector_elements, scalar_elements; then the same arrays, after the call;
+// op 3 then appends float32 result and int64 required workspace elements. The workspace is an
+// exact-size heap allocation too.
 #include <sanitizer/asan_interface.h>
 
 #include <cstdint>
@@ -91,9 +95,10 @@ int info() {
   namespace in = msaccum::cuda::internal;
   std::printf(
       "{\"block_threads\": %d, \"chunk_elems\": %lld, \"max_blocks\": %d, \"max_accumulate_tensors\": %d, "
-      "\"max_flush_tensors\": %d, \"runtime_version\": \"%s\", \"error_string_1\": \"%s\", "
+      "\"max_flush_tensors\": %d, \"max_squares_tensors\": %d, \"runtime_version\": \"%s\", \"error_string_1\": \"%s\", "
       "\"bad_count\": %d, \"bad_chunk\": %d, \"bad_numel\": %d, \"empty\": %d, \"zero_fill_null\": %d}\n",
       in::kBlockThreads, in::kChunkElems, in::kMaxBlocksPerLaunch, in::kMaxAccumulateTensors, in::kMaxFlushTensors,
+      in::kMaxSquaresTensors,
       msaccum::cuda::runtime_version(), msaccum::cuda::error_string(1),
       msaccum::cuda::accumulate(nullptr, -1, nullptr, nullptr),
       [] {
@@ -162,6 +167,8 @@ int main(int argc, char** argv) {
 
   msaccum_shim::reset_counters();
   int rc = 0;
+  long long squares_needed = 0;
+  float* squares_result = nullptr;
   if (op == 0) {
     std::vector<msaccum::AccumulateTensor> list(count);
     for (int i = 0; i < count; ++i) {
@@ -188,6 +195,24 @@ int main(int argc, char** argv) {
              : msaccum::cuda::momentum_flush(list.data(), count, hyper, weight_decay, nullptr);
   } else if (op == 2) {
     rc = msaccum::cuda::zero_fill(static_cast<float*>(zeros.data()), count, nullptr);
+  } else if (op == 3) {
+    std::vector<msaccum::SquaresTensor> list(count);
+    std::vector<int64_t> numel(count);
+    for (int i = 0; i < count; ++i) {
+      const Tensor& t = tensors[i];
+      list[i] = {t.grad.data(), static_cast<msaccum::GradType>(t.grad_type < 0 ? 0 : t.grad_type), t.numel};
+      numel[i] = t.numel;
+    }
+    namespace in = msaccum::cuda::internal;
+    squares_needed = chunk > 0 ? in::sum_of_squares_workspace_chunked(numel.data(), count, chunk)
+                               : msaccum::cuda::sum_of_squares_workspace(numel.data(), count);
+    const long long size = squares_needed + static_cast<long long>(scalars[0]);
+    if (size < 1) die("workspace size < 1");
+    double* workspace = new double[size];
+    squares_result = new float[1]{-1.0f};
+    rc = chunk > 0 ? in::sum_of_squares_chunked(list.data(), count, squares_result, workspace, size, nullptr, chunk)
+                   : msaccum::cuda::sum_of_squares(list.data(), count, squares_result, workspace, size, nullptr);
+    delete[] workspace;
   } else {
     die("bad op");
   }
@@ -207,6 +232,11 @@ int main(int argc, char** argv) {
   if (op == 2) {
     std::fwrite(zeros.data(), 1, zeros.bytes, out);
     free_buffer(zeros);
+  }
+  if (op == 3) {
+    put<float>(out, *squares_result);
+    put<int64_t>(out, squares_needed);
+    delete[] squares_result;
   }
   if (std::fclose(out) != 0) die("write failed");
   delete[] scale;
