@@ -53,6 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--ours-only", action="store_true")
     p.add_argument("--torch-only", action="store_true")
     p.add_argument("--json", default=None, help="write every run's summary and the medians here")
+    p.add_argument("--log-dir", default=None, help="keep each run's stdout here")
     args = p.parse_args(argv)
     if args.data_dir is None:
         p.error("--data-dir is required (no shared CIFAR-10 copy next to the project)")
@@ -62,12 +63,17 @@ def parse_args(argv=None):
     return args
 
 
-def run_job(name, cmd, workdir):
-    """Runs one job; returns its JSON summary (the last line of its stdout) plus the elapsed time."""
+def run_job(name, cmd, workdir, log_dir=None):
+    """Runs one job; returns its JSON summary (the last line of its stdout) plus the elapsed time.
+    With ``log_dir`` its whole stdout is kept there as ``<name>.log``."""
     print(f"== {name}: {' '.join(cmd)}", flush=True)
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     elapsed = time.perf_counter() - t
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+        with open(os.path.join(log_dir, name.replace(" #", "_") + ".log"), "w") as f:
+            f.write(proc.stdout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         sys.stdout.write(proc.stdout[-3000:])
@@ -92,10 +98,12 @@ def main(argv=None):
         for r in range(args.repeats):
             if not args.torch_only:
                 runs["ours"].append(run_job(f"ours #{r + 1}", [sys.executable, OURS, *common, "--no-progress",
-                                                               "--ckpt-dir", os.path.join(work, f"ours{r}")], work))
+                                                               "--ckpt-dir", os.path.join(work, f"ours{r}")], work,
+                                            args.log_dir))
             if not args.ours_only:
                 runs["pytorch"].append(run_job(f"pytorch #{r + 1}", [args.torch_python, THEIRS, *common,
-                                                                     "--ckpt-dir", os.path.join(work, f"pt{r}")], work))
+                                                                     "--ckpt-dir", os.path.join(work, f"pt{r}")], work,
+                                               args.log_dir))
     med = {k: {key: statistics.median(s[key] for s in v) for key, _, _ in ROWS if v and v[0].get(key) is not None}
            for k, v in runs.items()}
     first = (runs["ours"] or runs["pytorch"])[0]
