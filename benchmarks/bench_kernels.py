@@ -20,6 +20,12 @@ ones), interleaved round by round so that every implementation sees the same mac
     ceiling*    axpy_ceiling over the flush footprint (a = param+moment, b = acc+grad: 4 arrays,
                 24 B/element): a diagnostic row, not the reference for ratios
 
+  squares      sum of x * x over acc and grad (the window-end check)    8 B/element
+    ours        mindspore_accum._C.sum_of_squares (one call for all 322 tensors)
+    numpy       one float32 np.dot(x, x) per tensor, summed in Python
+    mindspore   GRAPH_MODE Cell: per tensor cast, square, sum, added up (GradAccumCell's check
+                before it had the kernel)
+
 GB/s = bytes per element of the *operation* (12 or 28) x elements / median time, for every
 implementation (so for NumPy/MindSpore it is an effective figure; they move more bytes than that).
 "ratio vs ceiling" = GB/s / ceiling GB/s (the ceiling being the 12 B/element axpy of the same
@@ -55,6 +61,7 @@ from resnet50_cifar_shapes import NUM_TENSORS, NUM_VALUES, RESNET50_CIFAR_SHAPES
 
 ACC_BYTES = 12    # read acc, read grad, write acc
 FLUSH_BYTES = 28  # read param, moment, acc, grad; write param, moment, acc
+SQUARES_BYTES = 8  # read acc and grad
 CEIL_BYTES = 12
 
 # Hyper-parameters: small, so that repeated runs keep every value finite and normal.
@@ -261,18 +268,31 @@ def build_mindspore(ms, init, shapes, wds):
             zeroed = self.hyper_map(zero_op, self.accs)
             return ops.depend(zeroed[-1], (done, zeroed))
 
+    class MsSquares(nn.Cell):
+        def __init__(self, accs, grads):
+            super().__init__()
+            self.accs, self.grads = accs, grads
+
+        def construct(self):
+            total = Tensor(0.0, ms.float32)
+            for x in self.accs + self.grads:
+                x32 = ops.cast(x, ms.float32)
+                total = total + (x32 * x32).sum()
+            return total
+
     weights = params("param", init["param"])
     accs = params("acc", init["acc"])
     grads = params("grad", init["grad"])
     acc_cell, flush_cell = MsAccumulate(accs, grads), MsFlush(weights, accs, grads)
-    for cell in (acc_cell, flush_cell):
+    squares_cell = MsSquares(accs, grads)
+    for cell in (acc_cell, flush_cell, squares_cell):
         cell.set_train(False)
     # nn.Momentum's moments start at zero; start from the same moments as the others.
     for m, a in zip(flush_cell.optimizer.moments, init["moment"]):
         m.set_data(Tensor(a.copy()))
     # The filter must agree with the per-tensor list the fused kernel gets.
     assert list(flush_cell.optimizer.decay_flags) == [w > 0 for w in wds]
-    return acc_cell, flush_cell, weights, accs, flush_cell.optimizer.moments
+    return acc_cell, flush_cell, squares_cell, weights, accs, flush_cell.optimizer.moments
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,7 +428,7 @@ def main(argv=None) -> int:
     if "mindspore" not in skip:
         t0 = time.perf_counter()
         ms_objs = build_mindspore(ms, init, shapes, wds)
-        ms_acc_cell, ms_flush_cell, ms_weights, ms_accs, ms_moments = ms_objs
+        ms_acc_cell, ms_flush_cell, ms_squares_cell, ms_weights, ms_accs, ms_moments = ms_objs
 
     def ours_acc():
         C.accumulate(ours.acc, ours.grad, SCALE)
@@ -422,6 +442,15 @@ def main(argv=None) -> int:
 
     def ceiling4():
         C.axpy_ceiling(ceil4_a, ceil4_b, CEIL_S)
+
+    def ours_squares():
+        return C.sum_of_squares(ours.acc + ours.grad)
+
+    def np_squares():
+        return float(sum(np.dot(x.reshape(-1), x.reshape(-1)) for x in np_impl.s.acc + np_impl.s.grad))
+
+    def ms_squares():
+        return float(ms_squares_cell().asnumpy())
 
     def ms_acc():
         ms_acc_cell().asnumpy()  # GRAPH_MODE on CPU may return before the kernels finish: wait
@@ -439,12 +468,16 @@ def main(argv=None) -> int:
         checks["ours flush param"] = max_rel_err(ours.param, ref["param"])
         checks["ours flush moment"] = max_rel_err(ours.moment, ref["moment"])
         checks["ours flush acc==0"] = float(max(np.abs(a).max() for a in ours.acc))
+        exact = sum(float(np.sum(x.astype(np.float64) ** 2)) for x in ours.acc + ours.grad)
+        checks["ours squares"] = abs(ours_squares() - exact) / exact
         if np_impl:
             np_impl.accumulate()
             checks["numpy accumulate"] = max_rel_err(np_impl.s.acc, ref["acc_after_accumulate"])
             np_impl.flush()
             checks["numpy flush param"] = max_rel_err(np_impl.s.param, ref["param"])
             checks["numpy flush moment"] = max_rel_err(np_impl.s.moment, ref["moment"])
+            exact_np = sum(float(np.sum(x.astype(np.float64) ** 2)) for x in np_impl.s.acc + np_impl.s.grad)
+            checks["numpy squares"] = abs(np_squares() - exact_np) / exact_np
         if ms_objs:
             ms_acc()
             checks["mindspore accumulate"] = max_rel_err([p.asnumpy() for p in ms_accs], ref["acc_after_accumulate"])
@@ -452,6 +485,9 @@ def main(argv=None) -> int:
             checks["mindspore flush param"] = max_rel_err([p.asnumpy() for p in ms_weights], ref["param"])
             checks["mindspore flush moment"] = max_rel_err([p.asnumpy() for p in ms_moments], ref["moment"])
             checks["mindspore flush acc==0"] = float(max(np.abs(p.asnumpy()).max() for p in ms_accs))
+            exact_ms = sum(float(np.sum(p.asnumpy().astype(np.float64) ** 2)) for p in list(ms_accs) +
+                           list(ms_squares_cell.grads))
+            checks["mindspore squares"] = abs(ms_squares() - exact_ms) / exact_ms
             print(f"(MindSpore graphs built and compiled in {time.perf_counter() - t0:.1f} s)")
         del ref
         bad = {k: v for k, v in checks.items() if not v <= 1e-5}
@@ -476,6 +512,11 @@ def main(argv=None) -> int:
         cases.append(("flush", "numpy (in-place ufuncs)", np_impl.flush, FLUSH_BYTES, n_values))
     if ms_objs:
         cases.append(("flush", "mindspore (add,mul,nn.Momentum,zero)", ms_flush, FLUSH_BYTES, n_values))
+    cases.append(("squares", "ours: _C.sum_of_squares", ours_squares, SQUARES_BYTES, n_values))
+    if np_impl:
+        cases.append(("squares", "numpy (float32 dot per tensor)", np_squares, SQUARES_BYTES, n_values))
+    if ms_objs:
+        cases.append(("squares", "mindspore (cast,square,sum per tensor)", ms_squares, SQUARES_BYTES, n_values))
 
     times = {i: [] for i in range(len(cases))}
     gc.collect()
@@ -530,7 +571,7 @@ def main(argv=None) -> int:
     print()
     print(fmt_table(rows))
     print(f"\nceiling = {ceil_gbps:.1f} GB/s (axpy, 12 B/element, same arrays as ours-accumulate). "
-          f"GB/s counts the op's bytes (accumulate 12, flush 28 B/element) for every row; "
+          f"GB/s counts the op's bytes (accumulate 12, flush 28, squares 8 B/element) for every row; "
           f"ceiling* counts 24. loadavg at end: {' '.join(f'{x:.2f}' for x in facts['loadavg_end'])}"
           + ("" if finite else "  WARNING: non-finite values appeared"))
 

@@ -15,7 +15,6 @@ Needs PyTorch (CPU build), not a dependency of the project: ``pip install torch=
 ``benchmarks/bench_vs_pytorch.py`` runs this and the example side by side.
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -29,7 +28,7 @@ sys.path.insert(0, _EXAMPLES)
 import numpy as np  # noqa: E402
 
 import cifar10_data as cd  # noqa: E402  (NumPy only)
-from train_resnet50_cifar10 import lr_at  # noqa: E402  (no MindSpore at import)
+from train_resnet50_cifar10 import emit_summary, lr_at  # noqa: E402  (no MindSpore at import)
 
 PARAMS_CIFAR = 23_520_842  # examples/resnet50.py's count for 10 classes (= torchvision's)
 
@@ -227,11 +226,7 @@ def main(argv=None):
                        eval_time_s=round(time.perf_counter() - t_eval, 2))
         log(f"[eval] test accuracy {summary['test_accuracy']:.4f} on {len(yte):,} images")
     summary["wall_time_s"] = round(time.perf_counter() - _T0, 2)
-    line = json.dumps(summary)
-    if args.summary_json:
-        with open(args.summary_json, "w") as f:
-            f.write(line + "\n")
-    print(line, flush=True)
+    emit_summary(summary, args.summary_json)
     return 0
 
 

@@ -637,12 +637,17 @@ def train(args, data, isa):
         summary.update(evaluate_checkpoint(last_ckpt, args, data["test"]))
         log(f"[eval] test accuracy {summary['test_accuracy']:.4f}, loss {summary['test_loss']:.4f}")
     summary["wall_time_s"] = round(time.perf_counter() - _T0, 2)
+    emit_summary(summary, args.summary_json)
+    return 0 if stopped is None or stopped.startswith("--stop-after") else 130
+
+
+def emit_summary(summary, path=None):
+    """The JSON summary: the last line of stdout, and the content of ``path`` when given."""
     line = json.dumps(summary)
-    if args.summary_json:
-        with open(args.summary_json, "w") as f:
+    if path:
+        with open(path, "w") as f:
             f.write(line + "\n")
     print(line, flush=True)
-    return 0 if stopped is None or stopped.startswith("--stop-after") else 130
 
 
 if __name__ == "__main__":
