@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 KERNELS = REPO / "csrc" / "cuda" / "cuda_kernels.cu"
 REQUIRED_ELF = {"sm_80", "sm_90"}
 REQUIRED_PTX = {"sm_90"}  # cuobjdump names compute_90 PTX "<file>.sm_90.ptx"
-KERNEL_NAMES = ("accumulate_kernel", "flush_kernel")
+KERNEL_NAMES = ("accumulate_kernel", "flush_kernel", "adamw_kernel")
 GRAD_TYPES = ("GradF32", "GradF16", "GradBF16")
 
 
@@ -159,7 +159,8 @@ def test_installed_extension_when_built_with_cuda():
     if nm is None or not aot:
         pytest.skip("nm or libmsaccum_aot.so not found")
     symbols = subprocess.run([nm, "-D", "--defined-only", str(aot[0])], capture_output=True, text=True).stdout
-    for name in ("MsAccumAccumulateCuda", "MsAccumFlushCuda", "MsAccumFlushAccCuda", "MsAccumFlushGradCuda"):
+    for name in ("MsAccumAccumulateCuda", "MsAccumFlushCuda", "MsAccumFlushAccCuda", "MsAccumFlushGradCuda",
+                 "MsAccumAdamWCuda", "MsAccumAdamWAccCuda", "MsAccumAdamWGradCuda"):
         assert re.search(rf"\bT {name}$", symbols, re.M), f"{aot[0]} does not export {name}"
     # the kernel library's own symbols stay hidden (only the extern "C" entry points are the API)
     assert "msaccum4cuda" not in symbols, "libmsaccum_aot.so exports msaccum::cuda internals"
