@@ -49,6 +49,11 @@ const char* best_isa() {
 }
 
 std::atomic<const char*> g_isa{nullptr};
+std::atomic<long long> g_calls[3];  // kernel calls per ISA: avx512, avx2, baseline
+
+int isa_index(const char* isa) {
+  return std::strcmp(isa, "avx512") == 0 ? 0 : std::strcmp(isa, "avx2") == 0 ? 1 : 2;
+}
 
 const SpanKernels& select_kernels() {
   const char* isa = g_isa.load(std::memory_order_acquire);
@@ -56,6 +61,7 @@ const SpanKernels& select_kernels() {
     isa = best_isa();
     g_isa.store(isa, std::memory_order_release);
   }
+  g_calls[isa_index(isa)].fetch_add(1, std::memory_order_relaxed);
   return *kernels_for(isa);
 }
 
@@ -158,6 +164,10 @@ double sum_of_squares(const std::vector<SquaresTensor>& tensors) {
   for (const Partial& p : partial) total += p.sum;
   return total;
 }
+
+int pool_workers() { return pool_worker_count(); }
+
+long long kernel_calls(const char* isa) { return g_calls[isa_index(isa)].load(std::memory_order_relaxed); }
 
 void axpy_ceiling(const std::vector<float*>& a, const std::vector<const float*>& b,
                   const std::vector<int64_t>& numel, float s) {

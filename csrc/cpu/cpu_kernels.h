@@ -41,6 +41,9 @@ struct FlushScalars {
 };
 
 namespace cpu {
+// The API of libmsaccum_kernels.so (the one kernel library that _C and libmsaccum_aot.so both
+// link): exported; everything after the matching pop stays internal to the library.
+#pragma GCC visibility push(default)
 
 // Spans a kernel works on: one contiguous piece of one tensor. Pointers are already offset.
 void accumulate(const std::vector<AccumulateTensor>& tensors, float scale);
@@ -64,6 +67,13 @@ void set_num_threads(int n);  // n <= 0: back to the default; at most 256
 const char* vector_isa();     // "avx512", "avx2" or "baseline"
 // Selects the span kernels of `isa` ("avx512", "avx2", "baseline"); false if this CPU lacks it.
 bool set_vector_isa(const char* isa);
+
+// Introspection, for tests: worker threads the pool has started in this process (each named
+// "msaccum-pool"), and how many kernel calls have run with the span kernels of `isa`.
+int pool_workers();
+long long kernel_calls(const char* isa);
+
+#pragma GCC visibility pop
 
 // Per-ISA span kernels (defined once in cpu_kernels_impl.h, compiled per ISA).
 struct SpanKernels {
