@@ -443,6 +443,26 @@ def test_sum_of_squares_exact_small_integers():
     assert _C.sum_of_squares(arrays) == 9216.0 + 28.0 + 25.0
 
 
+@pytest.mark.parametrize("grad_dtype", GRAD_DTYPES + ["mixed"])
+def test_sum_of_squares_bit_identical_for_any_thread_count(rng, isa, threads, grad_dtype):
+    """The global norm must not depend on the machine's core count: for each vector ISA the sum
+    is bit-identical with 1, 2, 3 (and 7) threads, over tensors of sizes 0, 1, 3, 4097 and
+    1,000,003 (in two orders, and after a 3-element tensor that moves every thread split), and
+    the same as that ISA gives on every repeat. Each ISA's value is checked against float64."""
+    dtypes = [GRAD_DTYPES[i % 3] if grad_dtype == "mixed" else grad_dtype for i in range(len(SIZES))]
+    arrays = [random_array(rng, n, dt) for n, dt in zip(SIZES, dtypes)]
+    lists = {"sizes": arrays, "reversed": arrays[::-1], "shifted": [random_array(rng, 3, np.float32)] + arrays,
+             "big-alone": [arrays[-1]]}
+    for name, tensors in lists.items():
+        got = {}
+        for n in (1, 2, 3, 7):
+            threads(n)
+            got[n] = [_C.sum_of_squares(tensors) for _ in range(2)]
+        values = {v.hex() for results in got.values() for v in results}
+        assert len(values) == 1, f"{isa} {name}: {({n: [v.hex() for v in r] for n, r in got.items()})}"
+        assert_squares_close(got[1][0], tensors)
+
+
 def test_sum_of_squares_is_deterministic(rng, threads):
     arrays = [random_array(rng, s, GRAD_DTYPES[i % 3]) for i, s in enumerate(THREAD_SHAPES)]
     for n in (1, 2, 3):

@@ -50,8 +50,17 @@ void accumulate(const std::vector<AccumulateTensor>& tensors, float scale);
 void momentum_flush(const std::vector<FlushTensor>& tensors, const FlushScalars& scalars);
 
 // Sum over every element of every tensor of its square (accum_math.h square_value), in one
-// multi-threaded pass. Deterministic for a given thread count (partial sums are added in
-// thread order).
+// multi-threaded pass. The result depends on the vector ISA but not on the thread count:
+//   - every tensor is cut into chunks of kSquaresChunk elements from its first element (the
+//     last chunk of a tensor is shorter; an empty tensor has no chunk);
+//   - chunks are numbered tensor by tensor, in list order, then by position in the tensor;
+//   - a chunk is summed by the ISA's span kernel from the chunk's first element (float32 squares
+//     in 16 lanes over 1,024-element blocks, lanes and blocks added in double), whichever
+//     thread runs it, and its double sum is stored at its number;
+//   - the chunk sums are added in double in chunk-number order, by the calling thread.
+// Threads take contiguous runs of chunks balanced by elements; which thread runs a chunk never
+// changes its value or where it is added.
+constexpr int64_t kSquaresChunk = int64_t{1} << 16;  // 64 Ki elements
 double sum_of_squares(const std::vector<SquaresTensor>& tensors);
 
 // In-place a += s * b over float32 lists with the same threading: the bandwidth ceiling that
