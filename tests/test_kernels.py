@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 from conftest import (
     GRAD_DTYPES,
+    ISA_CPU_FLAGS,
+    cpu_flags,
+    extension_isas,
     supported_isas,
     assert_close_f32,
     f64,
@@ -34,6 +37,20 @@ def threads():
     yield _C.set_num_threads
     _C.set_num_threads(0 if before == default_thread_count() else before)
     assert _C.num_threads() == before
+
+
+def test_every_isa_of_this_cpu_is_tested():
+    """The `isa` fixtures (here, test_properties.py, test_cpu_sanitizers.py) take their list from
+    conftest.supported_isas(), read from /proc/cpuinfo: it must name every variant the CPU has
+    (AVX-512 included where present), and the extension must accept exactly those."""
+    isas = supported_isas()
+    flags = cpu_flags()
+    if flags is not None:
+        for name, needed in ISA_CPU_FLAGS.items():
+            assert (name in isas) == (needed <= flags), (name, sorted(needed - flags), isas)
+    assert "baseline" in isas
+    assert extension_isas() == isas, f"_C accepts {extension_isas()}, the CPU has {isas}"
+    assert _C.build_info()["vector_isa"] in isas
 
 
 @pytest.fixture(params=supported_isas())
