@@ -24,7 +24,8 @@ from conftest import supported_isas
 import mindspore_accum
 from mindspore_accum import _C
 
-PACKAGE = Path(mindspore_accum.__file__).resolve().parent
+# where the compiled files are (an editable install keeps them apart from the Python sources)
+PACKAGE = Path(mindspore_accum._C.__file__).resolve().parent
 KERNELS_SO = PACKAGE / "libmsaccum_kernels.so"
 AOT_SO = PACKAGE / "libmsaccum_aot.so"
 
