@@ -12,7 +12,7 @@ Input layouts (n tensors; each op has one float32 (1,) placeholder output, set t
 MindSpore facts these tests rely on / establish (MindSpore 2.10, CPU):
 - PyNative runs ops asynchronously. `Tensor.asnumpy()` (of any tensor, including the op's output
   or the Parameter) waits for the queue; so do `mindspore.hal.synchronize()` (deprecated,
-  warns) and `mindspore.common.api._pynative_executor.sync()` (private).
+  warns) and `mindspore.common.api._pynative_executor.sync()` (private; `mindspore_accum._compat.pynative_sync`).
   `mindspore.runtime.synchronize()` does NOT: on CPU it logs "CPU device is not supported" and
   returns without waiting (no exception).
 - A failing AOT function (non-zero return) raises RuntimeError; in PyNative only when the queue
@@ -38,6 +38,7 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 import mindspore_accum
+from mindspore_accum import _compat
 
 AOT_SO = Path(mindspore_accum._C.__file__).with_name("libmsaccum_aot.so")
 FUNCS = ["MsAccumAccumulate", "MsAccumFlush", "MsAccumFlushAcc", "MsAccumFlushGrad"]
@@ -383,8 +384,7 @@ SYNC_CALLS = {
     "param.asnumpy": lambda out, p: p.asnumpy(),
     "unrelated.asnumpy": lambda out, p: Tensor(np.ones(2, np.float32)).asnumpy(),
     "hal.synchronize": lambda out, p: ms.hal.synchronize(),
-    "_pynative_executor.sync": lambda out, p: __import__(
-        "mindspore.common.api", fromlist=["_pynative_executor"])._pynative_executor.sync(),
+    "_compat.pynative_sync": lambda out, p: _compat.pynative_sync(),
 }
 
 

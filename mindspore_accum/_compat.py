@@ -1,0 +1,250 @@
+"""Every private MindSpore API (and undocumented behaviour) the package relies on, behind one small
+function each, with a fallback where a release lacks it.
+
+The rest of the package calls only these functions, never ``mindspore.*._private`` names, so a
+MindSpore release that moves or drops one of them breaks one function here, and
+``tests/test_compat.py`` -- which checks each function against the installed MindSpore's real
+behaviour -- says which. Supported releases: see README, "Supported MindSpore versions".
+
+Importing this module does not import MindSpore; each function does, when called.
+"""
+from __future__ import annotations
+
+import binascii
+import functools
+import inspect
+import os
+import re
+from typing import Callable, Optional, Tuple
+
+__all__ = [
+    "mindspore_version", "parallel_mode", "is_data_parallel", "device_num", "opt_init_args_register",
+    "CKPT_CRC_MARKER", "CKPT_CRC_BYTES", "checkpoint_crc_trailer", "checkpoint_payload_crc", "host_view",
+    "host_view_shares_memory", "pynative_sync", "mark_side_effect_mem",
+]
+
+
+def mindspore_version() -> Optional[Tuple[int, ...]]:
+    """The installed MindSpore's release as a tuple, e.g. ``(2, 10, 0)``; None when it is not
+    installed. Reads the package metadata (does not import MindSpore)."""
+    from importlib import metadata
+
+    try:
+        text = metadata.version("mindspore")
+    except metadata.PackageNotFoundError:
+        return None
+    match = re.match(r"\d+(\.\d+)*", text)  # "2.10.0" -> (2, 10, 0); "2.8.0rc1" -> (2, 8, 0)
+    return tuple(int(part) for part in match.group(0).split(".")) if match else ()
+
+
+# ---- data parallelism: the parallel mode and the number of workers ----
+
+DATA_PARALLEL_MODES = ("data_parallel", "hybrid_parallel")
+
+
+def parallel_mode() -> str:
+    """The current parallel mode: ``"stand_alone"``, ``"data_parallel"``, ``"hybrid_parallel"``,
+    ``"semi_auto_parallel"`` or ``"auto_parallel"``.
+
+    2.7-2.10: ``mindspore.parallel._utils._get_parallel_mode`` (private). Fallback: the public
+    ``mindspore.get_auto_parallel_context("parallel_mode")``."""
+    try:
+        from mindspore.parallel._utils import _get_parallel_mode
+    except ImportError:
+        import mindspore as ms
+
+        return str(ms.get_auto_parallel_context("parallel_mode"))
+    return str(_get_parallel_mode())
+
+
+def is_data_parallel() -> bool:
+    """True under data (or hybrid) parallelism: gradients must be all-reduced across workers.
+    Replaces ``_get_parallel_mode() in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL)``."""
+    return parallel_mode() in DATA_PARALLEL_MODES
+
+
+def device_num() -> int:
+    """The number of workers gradients are reduced over: 1 stand-alone; else the ``device_num``
+    set in the auto-parallel context, or the size of the world communication group.
+
+    2.7-2.10: ``mindspore.parallel._utils._get_device_num`` (private). Fallback: the same rule
+    with public calls."""
+    try:
+        from mindspore.parallel._utils import _get_device_num
+    except ImportError:
+        return _device_num_public()
+    return int(_get_device_num())
+
+
+def _device_num_public() -> int:
+    import mindspore as ms
+
+    if parallel_mode() == "stand_alone":
+        return 1
+    # There is no public "was device_num set" query; get_auto_parallel_context returns 1 when unset.
+    number = int(ms.get_auto_parallel_context("device_num"))
+    if number > 1:
+        return number
+    from mindspore.communication import get_group_size
+
+    return int(get_group_size())
+
+
+# ---- optimizers: the decorator that records an optimizer's constructor arguments ----
+
+
+def _opt_init_args_register_fallback(fn: Callable) -> Callable:
+    """What ``mindspore.nn.optim.optimizer.opt_init_args_register`` does in 2.7-2.10: record the
+    constructor's arguments on the optimizer (``init_params``, ``init_learning_rate``,
+    ``init_args``), which e.g. ``mindspore.boost`` and optimizer cloning read."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def deco(self, *args, **kwargs):
+        from mindspore import Tensor, nn
+
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = bound.arguments
+        arguments.pop("self")
+        if "params" in arguments:
+            self.init_params = {"params": arguments.pop("params")}
+        if "optimizer" in arguments:
+            self.init_params = {"params": arguments.pop("optimizer").init_params["params"]}
+        if "learning_rate" in arguments:
+            learning_rate = arguments.pop("learning_rate")
+            if isinstance(learning_rate, Tensor):
+                learning_rate = learning_rate.asnumpy().tolist()
+            self.init_learning_rate = None if isinstance(learning_rate, nn.Cell) else learning_rate
+        self.init_args = arguments
+        fn(self, *args, **kwargs)
+
+    return deco
+
+
+def opt_init_args_register(fn: Callable) -> Callable:
+    """Decorator for an ``nn.Optimizer`` subclass's ``__init__``, as MindSpore's own optimizers use.
+
+    2.7-2.10: ``mindspore.nn.optim.optimizer.opt_init_args_register`` (not exported). Fallback:
+    the same recording, reimplemented."""
+    try:
+        from mindspore.nn.optim.optimizer import opt_init_args_register as register
+    except ImportError:
+        register = _opt_init_args_register_fallback
+    return register(fn)
+
+
+# ---- checkpoints: MindSpore's CRC-32 trailer ----
+
+# ``save_checkpoint(..., crc_check=True)`` (.ckpt format, unencrypted) appends
+# b"crc_num" + the CRC-32 of every byte before the marker as a 10-byte big-endian integer;
+# ``load_checkpoint(..., crc_check=True)`` checks it (2.7-2.10; tests/test_compat.py re-checks).
+CKPT_CRC_MARKER = b"crc_num"
+CKPT_CRC_BYTES = 10
+_TRAILER = len(CKPT_CRC_MARKER) + CKPT_CRC_BYTES
+
+
+def checkpoint_crc_trailer(path: str) -> Tuple[int, Optional[int]]:
+    """``(file size, stored CRC-32)`` of a .ckpt file; the CRC is None when the file has no
+    trailer (written without ``crc_check``, or truncated). Reads only the end of the file."""
+    with open(os.fspath(path), "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size < _TRAILER:
+            return size, None
+        f.seek(size - _TRAILER)
+        tail = f.read(_TRAILER)
+    if tail[:len(CKPT_CRC_MARKER)] != CKPT_CRC_MARKER:
+        return size, None
+    return size, int.from_bytes(tail[len(CKPT_CRC_MARKER):], byteorder="big")
+
+
+def checkpoint_payload_crc(path: str) -> int:
+    """CRC-32 of the bytes before the trailer, as ``load_checkpoint(crc_check=True)`` computes it."""
+    size, stored = checkpoint_crc_trailer(path)
+    end = size - _TRAILER if stored is not None else size
+    crc = 0
+    with open(os.fspath(path), "rb") as f:
+        left = end
+        while left:
+            chunk = f.read(min(left, 1 << 22))
+            if not chunk:
+                break
+            crc = binascii.crc32(chunk, crc)
+            left -= len(chunk)
+    return crc
+
+
+# ---- host memory of CPU tensors ----
+
+_shares_memory: Optional[bool] = None
+
+
+def host_view(tensor):
+    """A writable NumPy array over a CPU tensor's own memory (zero copy): what the PyNative CPU
+    path runs the kernels on. Reading it first waits for every queued operation on the tensor.
+
+    2.7-2.10: ``Tensor.asnumpy()`` returns exactly that on CPU (undocumented: the documentation
+    does not say it shares memory). Raises RuntimeError on a release where it copies
+    (:func:`host_view_shares_memory` is False): the caller must use the graph path there."""
+    if not host_view_shares_memory():
+        raise RuntimeError("this MindSpore release's Tensor.asnumpy() copies instead of sharing the CPU tensor's "
+                           "memory; mindspore_accum cannot update tensors in place through it")
+    return tensor.asnumpy()
+
+
+def host_view_shares_memory() -> bool:
+    """Whether ``Tensor.asnumpy()`` on CPU shares the tensor's memory (probed once: a write through
+    the array must be seen by a MindSpore operator that reads the tensor afterwards)."""
+    global _shares_memory
+    if _shares_memory is None:
+        import numpy as np
+        import mindspore as ms
+        from mindspore import ops
+
+        tensor = ms.Tensor(np.zeros(4, np.float32))
+        view = tensor.asnumpy()
+        view[...] = 1.0
+        seen = ops.add(tensor, 0.0).asnumpy()
+        again = tensor.asnumpy()
+        _shares_memory = bool(np.all(seen == 1.0) and np.shares_memory(view, again))
+    return _shares_memory
+
+
+# ---- PyNative: wait for queued operators ----
+
+
+def pynative_sync() -> None:
+    """Wait until every operator PyNative has queued has run. (``mindspore.runtime.synchronize()``
+    does not wait on CPU: it logs "CPU device is not supported" and returns.)
+
+    2.7-2.10: ``mindspore.common.api._pynative_executor.sync()`` (private). Fallback:
+    ``asnumpy()`` of the output of an operator queued last, which waits for it, so for every
+    operator before it. (``asnumpy()`` of a tensor made from NumPy does not wait in 2.7.)"""
+    try:
+        from mindspore.common.api import _pynative_executor
+
+        sync = _pynative_executor.sync
+    except (ImportError, AttributeError):
+        sync = _sync_by_reading
+    sync()
+
+
+def _sync_by_reading() -> None:
+    import numpy as np
+    import mindspore as ms
+
+    ms.ops.add(ms.Tensor(np.zeros(1, np.float32)), 0.0).asnumpy()
+
+
+# ---- primitives: declaring a memory side effect ----
+
+
+def mark_side_effect_mem(primitive):
+    """Declare that ``primitive`` (an ``ops.Custom`` that writes its inputs in place) has a memory
+    side effect, so GRAPH mode keeps it, in order, with every read and write of those Parameters.
+
+    2.7-2.10: the primitive attribute ``side_effect_mem`` (internal; MindSpore's own in-place
+    primitives set it). Returns the primitive."""
+    primitive.add_prim_attr("side_effect_mem", True)
+    return primitive
