@@ -146,7 +146,8 @@ def test_library_is_installed_next_to_the_extension():
 def test_accumulate(rng, mode):
     accs_np = [random_array(rng, s, np.float32) for s in SHAPES]
     accs = [param(a) for a in accs_np]
-    ptrs = [a.data_ptr() for a in accs]
+    # Read first: MindSpore 2.7 allocates a Parameter's memory lazily (data_ptr() is 0 until then).
+    ptrs = [(a.asnumpy(), a.data_ptr())[1] for a in accs]
     expected = [np.asarray(a, np.float64) for a in accs_np]
     for scale in (1.0, -0.5):  # two calls: the second must run again, not be cached
         grads = mixed_grads(rng, SHAPES)
