@@ -146,14 +146,15 @@ def test_library_is_installed_next_to_the_extension():
 def test_accumulate(rng, mode):
     accs_np = [random_array(rng, s, np.float32) for s in SHAPES]
     accs = [param(a) for a in accs_np]
-    # Read first: MindSpore 2.7 allocates a Parameter's memory lazily (data_ptr() is 0 until then).
-    ptrs = [(a.asnumpy(), a.data_ptr())[1] for a in accs]
     expected = [np.asarray(a, np.float64) for a in accs_np]
+    ptrs = None
     for scale in (1.0, -0.5):  # two calls: the second must run again, not be cached
         grads = mixed_grads(rng, SHAPES)
         out = run_aot(mode, "MsAccumAccumulate", [f32_tensor([scale])], accs, [grad_tensor(g) for g in grads])
         check_placeholder(out)
         expected = [ref_accumulate(e, g, scale) for e, g in zip(expected, grads)]
+        if ptrs is None:  # after the first call: MindSpore 2.7 allocates a Parameter's memory lazily
+            ptrs = [a.data_ptr() for a in accs]  # (data_ptr() is 0 until an operator has used it)
     for i, (a, e) in enumerate(zip(accs, expected)):
         assert_close_f32(a.asnumpy(), e, f"acc[{i}]")
         assert a.data_ptr() == ptrs[i], "the update must be in place"
