@@ -19,7 +19,8 @@ Counting AllReduce launches (class AllReduceCounter)
   counting callable that calls the real primitive; independently, ``AllReduce.__call__`` is
   patched at class level, so any AllReduce primitive launched from Python is counted as well.
 * In compiled graphs (GRAPH; and anything jitted in PYNATIVE): the JIT executor
-  (``mindspore.graph.api._JitExecutor``) is patched at class level. When a phase is compiled, its
+  (``mindspore.graph.api._JitExecutor``; ``mindspore.common.api`` before 2.9: found by
+  ``mindspore_accum._compat.jit_executor_class``) is patched at class level. When a phase is compiled, its
   compiled graph is read back from the executor (``get_func_graph_proto(phase, "anf_ir")``) and
   its AllReduce nodes are counted; every run of a compiled graph then adds that number. The
   cell's graphs are straight-line (no control flow), so each node runs exactly once per run.
@@ -146,7 +147,7 @@ class AllReduceCounter:
         """Installs the class-level patches (idempotent); :meth:`uninstall` removes them."""
         if self._restore is not None:
             return
-        from mindspore.graph import api
+        from mindspore_accum import _compat
         from mindspore.ops.operations.comm_ops import AllReduce
         counter = self
 
@@ -159,8 +160,9 @@ class AllReduceCounter:
 
         AllReduce.__call__ = counting_prim_call
 
-        orig_compile = api._JitExecutor.compile
-        orig_call = api._JitExecutor.__call__
+        executor_class = _compat.jit_executor_class()
+        orig_compile = executor_class.compile
+        orig_call = executor_class.__call__
 
         def compile_(executor, method_name, *args, **kwargs):
             phase = orig_compile(executor, method_name, *args, **kwargs)
@@ -183,16 +185,16 @@ class AllReduceCounter:
                 counter.graph_launches += n_allreduce
             return out
 
-        api._JitExecutor.compile = compile_
-        api._JitExecutor.__call__ = call_
+        executor_class.compile = compile_
+        executor_class.__call__ = call_
 
         def restore():
             if had_own_call:
                 AllReduce.__call__ = orig_prim_call
             else:
                 del AllReduce.__call__
-            api._JitExecutor.compile = orig_compile
-            api._JitExecutor.__call__ = orig_call
+            executor_class.compile = orig_compile
+            executor_class.__call__ = orig_call
 
         self._restore = restore
 

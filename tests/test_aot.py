@@ -390,7 +390,11 @@ SYNC_CALLS = {
 }
 
 
-@pytest.mark.parametrize("how", list(SYNC_CALLS))
+@pytest.mark.parametrize("how", [
+    pytest.param(how, marks=pytest.mark.xfail(
+        how == "unrelated.asnumpy" and _compat.mindspore_version() < (2, 7, 1), strict=False,
+        reason="MindSpore 2.7.0: asnumpy() of a tensor made from NumPy does not wait for the queue (2.7.1+ does)"))
+    for how in SYNC_CALLS])
 def test_pynative_sync_makes_numpy_view_current(pynative, how):
     """A numpy view of a Parameter (asnumpy shares memory on CPU) taken BEFORE the op shows the
     op's in-place result only after one of these calls."""
