@@ -18,7 +18,7 @@ import re
 from typing import Callable, Optional, Tuple
 
 __all__ = [
-    "mindspore_version", "parallel_mode", "is_data_parallel", "device_num", "opt_init_args_register",
+    "mindspore_version", "parallel_mode", "is_data_parallel", "device_num", "opt_init_args_register", "optimizer_parameters",
     "CKPT_CRC_MARKER", "CKPT_CRC_BYTES", "checkpoint_crc_trailer", "checkpoint_payload_crc", "host_view",
     "host_view_shares_memory", "pynative_sync", "jit_executor_class", "mark_side_effect_mem",
 ]
@@ -132,6 +132,18 @@ def opt_init_args_register(fn: Callable) -> Callable:
     except ImportError:
         register = _opt_init_args_register_fallback
     return register(fn)
+
+
+def optimizer_parameters(optimizer):
+    """The Parameters an ``nn.Optimizer`` updates, in the order its per-parameter tuples
+    (``decay_flags``, group learning rates and weight decays) follow.
+
+    2.7-2.10: ``optimizer._parameters`` (private; 2.7-2.8 may hold flattened parameters there while
+    ``optimizer.parameters`` keeps the originals). Fallback: the public ``optimizer.parameters``."""
+    parameters = getattr(optimizer, "_parameters", None)
+    if parameters is None:
+        parameters = optimizer.parameters
+    return parameters
 
 
 # ---- checkpoints: MindSpore's CRC-32 trailer ----

@@ -134,6 +134,27 @@ def test_opt_init_args_register_records_as_mindspore_does(hide, lr_kind):
         assert _Probe(params, lr, 0.9).init_args["momentum"] == 0.9
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_optimizer_parameters_align_with_the_per_parameter_tuples(grouped):
+    net = nn.SequentialCell(nn.Dense(3, 4), nn.BatchNorm1d(4), nn.Dense(4, 2))
+    params = net.trainable_params()
+    if grouped:
+        groups = [{"params": params[:2], "weight_decay": 0.1, "lr": 0.2}, {"params": params[2:]}]
+        opt = nn.Momentum(groups, learning_rate=0.1, momentum=0.9, weight_decay=0.01)
+    else:
+        opt = nn.Momentum(params, learning_rate=0.1, momentum=0.9, weight_decay=0.01)
+    ours = _compat.optimizer_parameters(opt)
+    assert [p.name for p in ours] == [p.name for p in params]
+    assert len(opt.decay_flags) == len(ours)
+    # ungrouped, nn.Optimizer exempts BatchNorm's gamma/beta from decay: the flags follow our order
+    if not grouped:
+        assert [flag for flag in opt.decay_flags] == [("gamma" not in p.name and "beta" not in p.name) for p in ours]
+    else:
+        assert len(opt.learning_rate) == len(ours)
+    # the fallback (the public attribute) holds the same parameters here
+    assert [p.name for p in opt.parameters] == [p.name for p in ours]
+
+
 # ---- the checkpoint CRC trailer ----
 
 
