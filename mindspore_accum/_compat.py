@@ -196,30 +196,36 @@ def host_view(tensor):
     """A writable NumPy array over a CPU tensor's own memory (zero copy): what the PyNative CPU
     path runs the kernels on. Reading it first waits for every queued operation on the tensor.
 
-    2.7-2.10: ``Tensor.asnumpy()`` returns exactly that on CPU (undocumented: the documentation
-    does not say it shares memory). Raises RuntimeError on a release where it copies
-    (:func:`host_view_shares_memory` is False): the caller must use the graph path there."""
+    2.7.1-2.10: ``Tensor.asnumpy()`` returns exactly that on CPU (undocumented: the documentation
+    does not say it shares memory). Raises RuntimeError on a release where it does not, or not
+    always (:func:`host_view_shares_memory` is False, e.g. 2.7.0): the caller must use the graph
+    path there."""
     if not host_view_shares_memory():
-        raise RuntimeError("this MindSpore release's Tensor.asnumpy() copies instead of sharing the CPU tensor's "
-                           "memory; mindspore_accum cannot update tensors in place through it")
+        raise RuntimeError("this MindSpore release's Tensor.asnumpy() does not always share the CPU tensor's memory "
+                           "(MindSpore 2.7.0: not after ops.reshape); mindspore_accum cannot update tensors in place "
+                           "through it: upgrade MindSpore to 2.7.1 or later")
     return tensor.asnumpy()
 
 
 def host_view_shares_memory() -> bool:
-    """Whether ``Tensor.asnumpy()`` on CPU shares the tensor's memory (probed once: a write through
-    the array must be seen by a MindSpore operator that reads the tensor afterwards)."""
+    """Whether ``Tensor.asnumpy()`` on CPU shares the tensor's memory, also after a view operator
+    (``ops.reshape``) has taken the tensor: probed once, a write through the array must be seen by
+    a MindSpore operator that reads the tensor afterwards. False on MindSpore 2.7.0, where after
+    ``ops.reshape(p)`` the array ``p.asnumpy()`` returns is no longer the memory operators read
+    (fixed in 2.7.1)."""
     global _shares_memory
     if _shares_memory is None:
         import numpy as np
         import mindspore as ms
         from mindspore import ops
 
-        tensor = ms.Tensor(np.zeros(4, np.float32))
-        view = tensor.asnumpy()
-        view[...] = 1.0
-        seen = ops.add(tensor, 0.0).asnumpy()
-        again = tensor.asnumpy()
-        _shares_memory = bool(np.all(seen == 1.0) and np.shares_memory(view, again))
+        probe = ms.Parameter(ms.Tensor(np.zeros(4, np.float32)), name="mindspore_accum_host_view_probe")
+        probe.asnumpy()[...] = 1.0
+        first = ops.add(probe, 0.0).asnumpy().copy()
+        ops.reshape(probe, (2, 2)).asnumpy()
+        probe.asnumpy()[...] += 1.0
+        second = ops.add(probe, 0.0).asnumpy()
+        _shares_memory = bool(np.all(first == 1.0) and np.all(second == 2.0))
     return _shares_memory
 
 
