@@ -18,7 +18,8 @@ Counting AllReduce launches (class AllReduceCounter)
 * From Python: ``AllReduce.__call__`` is patched at class level, so any AllReduce primitive
   launched from Python is counted (the cell launches none: its window end is compiled in both modes).
 * In compiled graphs (the window end, in GRAPH and PYNATIVE): the JIT executor
-  (``mindspore.graph.api._JitExecutor``) is patched at class level. When a phase is compiled, its
+  (``mindspore.graph.api._JitExecutor``; ``mindspore.common.api`` before 2.9: found by
+  ``mindspore_accum._compat.jit_executor_class``) is patched at class level. When a phase is compiled, its
   compiled graph is read back from the executor (``get_func_graph_proto(phase, "anf_ir")``) and
   its AllReduce nodes are counted; every run of a compiled graph then adds that number. The
   window end's AllReduce sits before its only branch, so it runs exactly once per run.
@@ -155,7 +156,7 @@ class AllReduceCounter:
         """Installs the class-level patches (idempotent); :meth:`uninstall` removes them."""
         if self._restore is not None:
             return
-        from mindspore.graph import api
+        from mindspore_accum import _compat
         from mindspore.ops.operations.comm_ops import AllReduce
         counter = self
 
@@ -168,8 +169,9 @@ class AllReduceCounter:
 
         AllReduce.__call__ = counting_prim_call
 
-        orig_compile = api._JitExecutor.compile
-        orig_call = api._JitExecutor.__call__
+        executor_class = _compat.jit_executor_class()
+        orig_compile = executor_class.compile
+        orig_call = executor_class.__call__
 
         def compile_(executor, method_name, *args, **kwargs):
             phase = orig_compile(executor, method_name, *args, **kwargs)
@@ -192,16 +194,16 @@ class AllReduceCounter:
                 counter.graph_launches += n_allreduce
             return out
 
-        api._JitExecutor.compile = compile_
-        api._JitExecutor.__call__ = call_
+        executor_class.compile = compile_
+        executor_class.__call__ = call_
 
         def restore():
             if had_own_call:
                 AllReduce.__call__ = orig_prim_call
             else:
                 del AllReduce.__call__
-            api._JitExecutor.compile = orig_compile
-            api._JitExecutor.__call__ = orig_call
+            executor_class.compile = orig_compile
+            executor_class.__call__ = orig_call
 
         self._restore = restore
 

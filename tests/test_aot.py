@@ -16,7 +16,7 @@ Input layouts (n tensors; each op has one float32 (1,) placeholder output, set t
 MindSpore facts these tests rely on / establish (MindSpore 2.10, CPU):
 - PyNative runs ops asynchronously. `Tensor.asnumpy()` (of any tensor, including the op's output
   or the Parameter) waits for the queue; so do `mindspore.hal.synchronize()` (deprecated,
-  warns) and `mindspore.common.api._pynative_executor.sync()` (private).
+  warns) and `mindspore.common.api._pynative_executor.sync()` (private; `mindspore_accum._compat.pynative_sync`).
   `mindspore.runtime.synchronize()` does NOT: on CPU it logs "CPU device is not supported" and
   returns without waiting (no exception).
 - A failing AOT function (non-zero return) raises RuntimeError; in PyNative only when the queue
@@ -51,6 +51,7 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 import mindspore_accum
+from mindspore_accum import _compat
 
 AOT_SO = Path(mindspore_accum._C.__file__).with_name("libmsaccum_aot.so")
 FUNCS = ["MsAccumAccumulate", "MsAccumFlush", "MsAccumFlushAcc", "MsAccumFlushGrad", "MsAccumAdamW",
@@ -160,13 +161,15 @@ def test_library_is_installed_next_to_the_extension():
 def test_accumulate(rng, mode):
     accs_np = [random_array(rng, s, np.float32) for s in SHAPES]
     accs = [param(a) for a in accs_np]
-    ptrs = [a.data_ptr() for a in accs]
     expected = [np.asarray(a, np.float64) for a in accs_np]
+    ptrs = None
     for scale in (1.0, -0.5):  # two calls: the second must run again, not be cached
         grads = mixed_grads(rng, SHAPES)
         out = run_aot(mode, "MsAccumAccumulate", [f32_tensor([scale])], accs, [grad_tensor(g) for g in grads])
         check_placeholder(out)
         expected = [ref_accumulate(e, g, scale) for e, g in zip(expected, grads)]
+        if ptrs is None:  # after the first call: MindSpore 2.7 allocates a Parameter's memory lazily
+            ptrs = [a.data_ptr() for a in accs]  # (data_ptr() is 0 until an operator has used it)
     for i, (a, e) in enumerate(zip(accs, expected)):
         assert_close_f32(a.asnumpy(), e, f"acc[{i}]")
         assert a.data_ptr() == ptrs[i], "the update must be in place"
@@ -496,12 +499,15 @@ SYNC_CALLS = {
     "param.asnumpy": lambda out, p: p.asnumpy(),
     "unrelated.asnumpy": lambda out, p: Tensor(np.ones(2, np.float32)).asnumpy(),
     "hal.synchronize": lambda out, p: ms.hal.synchronize(),
-    "_pynative_executor.sync": lambda out, p: __import__(
-        "mindspore.common.api", fromlist=["_pynative_executor"])._pynative_executor.sync(),
+    "_compat.pynative_sync": lambda out, p: _compat.pynative_sync(),
 }
 
 
-@pytest.mark.parametrize("how", list(SYNC_CALLS))
+@pytest.mark.parametrize("how", [
+    pytest.param(how, marks=pytest.mark.xfail(
+        how == "unrelated.asnumpy" and _compat.mindspore_version() < (2, 7, 1), strict=False,
+        reason="MindSpore 2.7.0: asnumpy() of a tensor made from NumPy does not wait for the queue (2.7.1+ does)"))
+    for how in SYNC_CALLS])
 def test_pynative_sync_makes_numpy_view_current(pynative, how):
     """A numpy view of a Parameter (asnumpy shares memory on CPU) taken BEFORE the op shows the
     op's in-place result only after one of these calls."""
