@@ -48,40 +48,6 @@ def graph():
     ms.set_context(mode=previous)
 
 
-# ---- PyNative: a backward that raised ----
-
-
-def test_reset_pynative_grad_lets_the_next_graph_compile():
-    """A network that raises inside PyNative's value_and_grad leaves the grad executor mid-graph;
-    without the reset, the next GRAPH-mode compilation of a gradient fails (MindSpore 2.10:
-    "For 'AddN', input shape must be same")."""
-    class Raising(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.w = Parameter(Tensor(np.ones(3, np.float32)), name="w")
-
-        def construct(self, x):
-            if x.shape[0] == 3:
-                raise TypeError("injected")
-            return (self.w * x).sum()
-
-    net = Raising()
-    grad_fn = ms.value_and_grad(net, None, net.trainable_params())
-    previous = ms.get_context("mode")
-    try:
-        ms.set_context(mode=ms.PYNATIVE_MODE)
-        with pytest.raises(TypeError, match="injected"):
-            grad_fn(Tensor(np.ones(3, np.float32)))
-        _compat.reset_pynative_grad()
-        ms.set_context(mode=ms.GRAPH_MODE)
-        dense = nn.Dense(4, 2)
-        loss, grads = ms.jit(ms.value_and_grad(lambda x: dense(x).sum(), None, dense.trainable_params()))(
-            Tensor(np.ones((5, 4), np.float32)))
-        np.testing.assert_allclose(grads[0].asnumpy(), np.full((2, 4), 5.0), rtol=1e-6)
-    finally:
-        ms.set_context(mode=previous)
-
-
 # ---- version ----
 
 

@@ -237,6 +237,31 @@ def test_a_wrong_network_output_names_the_contract(mode, kind, match):
     assert cell.pending == 0
 
 
+def test_a_wrong_output_in_pynative_does_not_break_later_graphs():
+    """The contract error raised inside PyNative's backward leaves MindSpore's grad executor
+    mid-graph unless the cell resets it; the next GRAPH-mode cell then failed to compile
+    ("For 'AddN', input shape must be same")."""
+    before = ms.get_context("mode")
+    try:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        bad = BadOutput("triple")
+        with pytest.raises(TypeError, match="tuple of 3"):
+            GradAccumCell(bad, nn.SGD(bad.trainable_params(), 0.1), 2)(Tensor(np.ones(3, np.float32)))
+        ms.set_context(mode=ms.GRAPH_MODE)
+        w, b, x, y = dense_problem(5, 2, sum(SIZES))
+        ref = DenseCE(w, b)
+        step = nn.TrainOneStepCell(ref, make_optimizer("Momentum", ref.trainable_params()))
+        net = DenseCE(w, b)
+        cell = GradAccumCell(net, make_optimizer("FusedMomentum", net.trainable_params()), 4)
+        for i in range(2):
+            step(Tensor(x[i]), Tensor(y[i]))
+            for xb, yb in split(x[i], y[i], SIZES):
+                cell(xb, yb)
+        assert_weights_close(weights(net), weights(ref), RTOL, "GRAPH after a PyNative contract error")
+    finally:
+        ms.set_context(mode=before)
+
+
 def test_mid_window_checkpoint_with_unequal_micro_batches_resumes_bit_identically(mode, backend, tmp_path):
     w, b, x, y = dense_problem(3, 2, sum(SIZES))
     micro = [mb for i in range(2) for mb in split(x[i], y[i], SIZES)]
