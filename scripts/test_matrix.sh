@@ -20,6 +20,8 @@ PYTHON="${PYTHON:-python3}"
 MATRIX_DIR="${MATRIX_DIR:-$ROOT_DIR/.matrix}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 mkdir -p "$MATRIX_DIR"
+# the commit tested, read now (the table is printed at the end, when HEAD may have moved)
+COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo '+dirty')"
 
 if [ -n "${MSACCUM_MATRIX_WHEEL:-}" ]; then
   WHEEL="$(realpath "$MSACCUM_MATRIX_WHEEL")"
@@ -86,7 +88,7 @@ PY
 done
 
 echo
-echo "MindSpore test matrix: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo '+dirty'), pytest args: ${*:-(whole suite)}"
+echo "MindSpore test matrix: commit $COMMIT, pytest args: ${*:-(whole suite)}"
 echo "| MindSpore | passed | failed | errors | skipped | install | tests | result |"
 echo "|---|--:|--:|--:|--:|--:|--:|---|"
 for row in "${rows[@]}"; do echo "$row"; done
