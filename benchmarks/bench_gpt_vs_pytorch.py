@@ -58,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--plot", default=None, help="write the loss-curve plot (PNG) here")
     p.add_argument("--json", default=None, help="write every run's summary and the medians here")
     p.add_argument("--log-dir", default=None, help="keep each run's stdout here")
+    p.add_argument("--from-json", nargs=2, default=None, metavar=("OURS", "PYTORCH"),
+                   help="run nothing: compare, plot and tabulate two summaries already written with --summary-json")
     p.add_argument("extra", nargs="*", help="more flags for both scripts (after --)")
     return p.parse_args(argv)
 
@@ -113,6 +115,18 @@ def main(argv=None):
               "--no-progress", *args.extra]
     runs = {"ours": [], "pytorch": []}
     t0 = time.perf_counter()
+    if args.from_json:
+        for key, path in zip(("ours", "pytorch"), args.from_json):
+            with open(path) as f:
+                runs[key].append(json.loads(f.read().strip().splitlines()[-1]))
+        args.repeats = 1
+    else:
+        run_rounds(args, common, runs)
+    report(args, runs, t0)
+    return 0
+
+
+def run_rounds(args, common, runs):
     with tempfile.TemporaryDirectory(prefix="bench_gpt_") as work:
         init = os.path.join(work, "init.npz")
         subprocess.run([sys.executable, OURS, *common, "--save-init", init], check=True, stdout=subprocess.DEVNULL)
@@ -123,6 +137,9 @@ def main(argv=None):
                                         args.log_dir))
             runs["pytorch"].append(run_job(f"pytorch #{r + 1}", [args.torch_python, THEIRS, *common], work,
                                            args.log_dir))
+
+
+def report(args, runs, t0):
     med = {k: {key: statistics.median(s[key] for s in v) for key, _, _ in ROWS if v[0].get(key) is not None}
            for k, v in runs.items()}
     ours, theirs = runs["ours"][0], runs["pytorch"][0]
@@ -131,11 +148,16 @@ def main(argv=None):
     rel_update = max_rel_diff(ours["update_losses"][:n], theirs["update_losses"][:n])
     rel_all = max_rel_diff(ours["update_losses"], theirs["update_losses"])
     print()
-    print(f"byte-level GPT {ours['params']:,} params ({args.layers} layers, d_model {args.d_model}), seq-len "
-          f"{args.seq_len}, micro-batch {args.batch_size} x {args.accum_steps}, {args.updates} updates, lr {args.lr:g}; "
-          f"median of {args.repeats} run(s) each ({time.perf_counter() - t0:.0f} s in all)")
+    print(f"byte-level GPT {ours['params']:,} params ({ours['layers']} layers, d_model {ours['d_model']}), seq-len "
+          f"{ours['seq_len']}, micro-batch {ours['micro_batch']} x {ours['accum_steps']}, {ours['updates']} updates, "
+          f"lr {ours['peak_lr']:g}; " + (f"from {' and '.join(args.from_json)}" if args.from_json else
+                                        f"median of {args.repeats} run(s) each ({time.perf_counter() - t0:.0f} s in all)"))
+    for key in ("layers", "d_model", "heads", "seq_len", "micro_batch", "accum_steps", "peak_lr", "warmup_updates",
+                "total_updates", "params"):
+        if ours.get(key) != theirs.get(key):
+            raise SystemExit(f"the two runs differ in {key}: {ours.get(key)} vs {theirs.get(key)}")
     print()
-    print(f"| | mindspore_accum ({args.mode.upper()}) | PyTorch | ours / PyTorch |")
+    print(f"| | mindspore_accum ({ours.get('mode', args.mode).upper()}) | PyTorch | ours / PyTorch |")
     print("|---|--:|--:|--:|")
     for key, label, fmt in ROWS:
         a, b = med["ours"].get(key), med["pytorch"].get(key)
@@ -163,7 +185,6 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"runs": runs, "median": med, **result, "args": vars(args)}, f, indent=1)
-    return 0
 
 
 if __name__ == "__main__":
