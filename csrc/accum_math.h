@@ -4,6 +4,7 @@
 // functions; nothing else in the project restates the formulas. All arithmetic is float32.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -49,10 +50,14 @@ MSACCUM_HD float half_bits_to_float(uint16_t bits) {
   return out;
 }
 
-// ---- the two operations ----
+// ---- the operations ----
 
 // accumulate: acc += scale * grad
 MSACCUM_HD float accumulate_value(float acc, float grad, float scale) { return acc + scale * grad; }
+
+// accumulate with overwrite (the first micro-batch of a window): acc = scale * grad. The previous
+// accumulator is never read, so whatever it held (NaN, inf, garbage) cannot reach the result.
+MSACCUM_HD float assign_value(float grad, float scale) { return scale * grad; }
 
 // Hyper-parameters of one momentum_flush call for one tensor.
 struct MomentumArgs {
@@ -73,6 +78,37 @@ MSACCUM_HD void momentum_value(float& param, float& moment, float summed_grad, c
   const float v = a.momentum * moment + g;
   moment = v;
   param = kNesterov ? param - a.lr * (g + a.momentum * v) : param - a.lr * v;
+}
+
+// Hyper-parameters of one adamw_flush call for one tensor. The bias corrections are
+// 1 - beta1^t and 1 - beta2^t (torch.optim.AdamW, mint.optim.AdamW), computed by the caller, or
+// exactly 1 without bias correction (nn.AdamWeightDecay).
+struct AdamWArgs {
+  float lr;
+  float beta1;
+  float beta2;
+  float eps;
+  float grad_scale;        // 1 / (micro-batches in the window * loss scale)
+  float bias_correction1;  // 1 - beta1^t, or 1
+  float bias_correction2;  // 1 - beta2^t, or 1
+  float weight_decay;      // decoupled: param -= lr * weight_decay * param (on the old param)
+};
+
+// adamw_flush for one element. `summed_grad` is acc + grad (or whichever of them exists).
+//   g = summed_grad * grad_scale
+//   m = beta1 * m + (1 - beta1) * g
+//   v = beta2 * v + (1 - beta2) * g * g
+//   u = (m / bias_correction1) / (sqrt(v) / sqrt(bias_correction2) + eps)
+//   param = param - lr * weight_decay * param - lr * u
+// The caller then stores 0 into the accumulator.
+MSACCUM_HD void adamw_value(float& param, float& exp_avg, float& exp_avg_sq, float summed_grad, const AdamWArgs& a) {
+  const float g = summed_grad * a.grad_scale;
+  const float m = a.beta1 * exp_avg + (1.0f - a.beta1) * g;
+  const float v = a.beta2 * exp_avg_sq + (1.0f - a.beta2) * g * g;
+  exp_avg = m;
+  exp_avg_sq = v;
+  const float u = (m / a.bias_correction1) / (sqrtf(v) / sqrtf(a.bias_correction2) + a.eps);
+  param = param - a.lr * a.weight_decay * param - a.lr * u;
 }
 
 // ---- sum of squares: the window-end check (non-finite values, global norm for clipping) ----

@@ -4,13 +4,22 @@
 // followed by the outputs. Every op here has one placeholder output of shape (1,) that is set
 // to 0: the real results are written in place into the input buffers (Parameters), and the
 // caller keeps the op alive with ops.depend. Layouts (n = number of tensors):
-//   MsAccumAccumulate:  scale(1), acc x n, grad x n, out
+//   MsAccumAccumulate:  scale(1) or hyper(2), acc x n, grad x n, out
 //   MsAccumFlush:       hyper(4), weight_decay(n), param x n, moment x n, acc x n, grad x n, out
 //   MsAccumFlushAcc:    hyper(4), weight_decay(n), param x n, moment x n, acc x n, out
 //   MsAccumFlushGrad:   hyper(4), weight_decay(n), param x n, moment x n, grad x n, out
+//   MsAccumAdamW:       hyper(7), weight_decay(n), param x n, exp_avg x n, exp_avg_sq x n, acc x n, grad x n, out
+//   MsAccumAdamWAcc:    hyper(7), weight_decay(n), param x n, exp_avg x n, exp_avg_sq x n, acc x n, out
+//   MsAccumAdamWGrad:   hyper(7), weight_decay(n), param x n, exp_avg x n, exp_avg_sq x n, grad x n, out
 //   MsAccumZero:        acc x n, out                                  (acc = 0)
 //   MsAccumSumSquares:  x x n, out, workspace                         (out = sum of x*x)
-// hyper = {lr, momentum, grad_scale, nesterov (0/1)}. MsAccumSumSquares only reads its inputs
+// MsAccumAccumulate: scale(1) adds (acc += scale * grad); hyper(2) = {scale, overwrite (0/1)}, with
+// overwrite 1: acc = scale * grad, the accumulator's old content never read (the first micro-batch
+// of a window). Momentum hyper(4) = {lr, momentum, grad_scale, nesterov (0/1)}. AdamW hyper(7) =
+// {lr, beta1, beta2, eps, grad_scale, bias_correction1, bias_correction2}, all float32, the bias
+// corrections precomputed by the caller (1 - beta^t, or 1 without bias correction); param,
+// exp_avg, exp_avg_sq and acc are float32, weight_decay one float32 per tensor (decoupled), and
+// the accumulators are zeroed. MsAccumSumSquares only reads its inputs
 // (float32, float16 or bfloat16, any mix); its `out` is a real result, one float32, and
 // `workspace` is float64 scratch of sum_of_squares_workspace() elements (the CUDA kernel's
 // partial sums; one element on CPU). Names ending in Cuda take device memory
@@ -32,6 +41,8 @@
 namespace {
 
 using msaccum::AccumulateTensor;
+using msaccum::AdamWScalars;
+using msaccum::AdamWTensor;
 using msaccum::FlushScalars;
 using msaccum::FlushTensor;
 using msaccum::GradType;
@@ -90,10 +101,11 @@ bool grad_type(const Call& c, int i, GradType* out) {
 // Checks the layout of an accumulate call and fills `tensors`; returns non-zero on bad input.
 int parse_accumulate(const Call& c, std::vector<AccumulateTensor>* tensors) {
   if (c.nparam < 2 || (c.nparam - 2) % 2 != 0)
-    return c.fail("expected scale, n accumulators, n gradients and one output; got " + std::to_string(c.nparam) +
-                  " tensors");
+    return c.fail("expected scale (or hyper(2)), n accumulators, n gradients and one output; got " +
+                  std::to_string(c.nparam) + " tensors");
   const int n = (c.nparam - 2) / 2;
-  if (!c.is(0, "float32") || c.numel(0) != 1) return c.fail("scale (argument 0) must be one float32 value");
+  if (!c.is(0, "float32") || (c.numel(0) != 1 && c.numel(0) != 2))
+    return c.fail("argument 0 must be scale (one float32 value) or hyper (two float32 values: scale, overwrite)");
   tensors->resize(n);
   for (int i = 0; i < n; ++i) {
     const int a = 1 + i, g = 1 + n + i;
@@ -157,6 +169,50 @@ int parse_flush(const Call& c, bool has_acc, bool has_grad, std::vector<FlushTen
   return c.check_overlap(buffers);
 }
 
+// AdamW: hyper(7), weight_decay(n), param, exp_avg, exp_avg_sq x n, [acc x n], [grad x n], out.
+int parse_adamw(const Call& c, bool has_acc, bool has_grad, std::vector<AdamWTensor>* tensors) {
+  const int lists = 3 + (has_acc ? 1 : 0) + (has_grad ? 1 : 0);
+  if (c.nparam < 3 || c.ndims[1] != 1)
+    return c.fail("expected hyper(7), weight_decay(n), the tensor lists and one output");
+  const int64_t n64 = c.shapes[1][0];
+  if (n64 < 0 || 3 + lists * n64 != static_cast<int64_t>(c.nparam))
+    return c.fail("weight_decay has " + std::to_string(n64) + " values, which does not match " +
+                  std::to_string(c.nparam) + " tensors");
+  const int n = static_cast<int>(n64);
+  if (!c.is(0, "float32") || c.numel(0) != 7) return c.fail("hyper (argument 0) must be 7 float32 values");
+  if (!c.is(1, "float32")) return c.fail("weight_decay (argument 1) must be float32");
+  tensors->resize(n);
+  for (int i = 0; i < n; ++i) {
+    const int p = 2 + i, m = 2 + n + i, v = 2 + 2 * n + i;
+    const int a = has_acc ? 2 + 3 * n + i : -1;
+    const int g = has_grad ? 2 + (has_acc ? 4 : 3) * n + i : -1;
+    AdamWTensor& t = (*tensors)[i];
+    for (int k : {p, m, v, a}) {
+      if (k < 0) continue;
+      if (!c.is(k, "float32")) return c.fail(c.arg(k) + " must be float32");
+      if (!c.same_shape(p, k)) return c.fail(c.arg(k) + " has a different shape than parameter " + std::to_string(i));
+    }
+    t.grad_type = GradType::kFloat32;
+    if (g >= 0) {
+      if (!c.same_shape(p, g)) return c.fail("gradient " + c.arg(g) + " has a different shape than its parameter");
+      if (!grad_type(c, g, &t.grad_type)) return c.fail("gradient " + c.arg(g) + " must be float32, float16 or bfloat16");
+    }
+    t.param = static_cast<float*>(c.params[p]);
+    t.exp_avg = static_cast<float*>(c.params[m]);
+    t.exp_avg_sq = static_cast<float*>(c.params[v]);
+    t.acc = a >= 0 ? static_cast<float*>(c.params[a]) : nullptr;
+    t.grad = g >= 0 ? c.params[g] : nullptr;
+    t.numel = c.numel(p);
+    t.weight_decay = 0.0f;
+  }
+  const int out = c.nparam - 1;
+  if (!c.is(out, "float32") || c.numel(out) != 1) return c.fail("the output must be one float32 value");
+  std::vector<std::pair<int, bool>> buffers;  // param, exp_avg, exp_avg_sq, acc are written; grad is read
+  const int written_end = 2 + (has_acc ? 4 : 3) * n;
+  for (int i = 2; i < out; ++i) buffers.push_back({i, i < written_end});
+  return c.check_overlap(buffers);
+}
+
 // Checks a sum-of-squares call (inputs, out, workspace) and fills `tensors`; returns non-zero on
 // bad input and stores the workspace's element count in `workspace_size`.
 int parse_squares(const Call& c, std::vector<SquaresTensor>* tensors, int64_t* workspace_size) {
@@ -186,7 +242,9 @@ int squares_cpu(const Call& c) {
 int accumulate_cpu(const Call& c) {
   std::vector<AccumulateTensor> tensors;
   if (int rc = parse_accumulate(c, &tensors)) return rc;
-  msaccum::cpu::accumulate(tensors, *static_cast<const float*>(c.params[0]));
+  const float* hyper = static_cast<const float*>(c.params[0]);
+  const bool overwrite = c.numel(0) == 2 && hyper[1] != 0.0f;
+  msaccum::cpu::accumulate(tensors, hyper[0], overwrite);
   *static_cast<float*>(c.params[c.nparam - 1]) = 0.0f;
   return 0;
 }
@@ -198,6 +256,17 @@ int flush_cpu(const Call& c, bool has_acc, bool has_grad) {
   const float* weight_decay = static_cast<const float*>(c.params[1]);
   for (size_t i = 0; i < tensors.size(); ++i) tensors[i].weight_decay = weight_decay[i];
   msaccum::cpu::momentum_flush(tensors, FlushScalars{hyper[0], hyper[1], hyper[2], hyper[3] != 0.0f});
+  *static_cast<float*>(c.params[c.nparam - 1]) = 0.0f;
+  return 0;
+}
+
+int adamw_cpu(const Call& c, bool has_acc, bool has_grad) {
+  std::vector<AdamWTensor> tensors;
+  if (int rc = parse_adamw(c, has_acc, has_grad, &tensors)) return rc;
+  const float* h = static_cast<const float*>(c.params[0]);
+  const float* weight_decay = static_cast<const float*>(c.params[1]);
+  for (size_t i = 0; i < tensors.size(); ++i) tensors[i].weight_decay = weight_decay[i];
+  msaccum::cpu::adamw_flush(tensors, AdamWScalars{h[0], h[1], h[2], h[3], h[4], h[5], h[6]});
   *static_cast<float*>(c.params[c.nparam - 1]) = 0.0f;
   return 0;
 }
@@ -228,8 +297,10 @@ int cuda_result(const Call& c, int code) {
 int accumulate_cuda(const Call& c, void* stream) {
   std::vector<AccumulateTensor> tensors;
   if (int rc = parse_accumulate(c, &tensors)) return rc;
-  int code = msaccum::cuda::accumulate(tensors.data(), static_cast<int>(tensors.size()),
-                                       static_cast<const float*>(c.params[0]), stream);
+  // hyper(2): the overwrite flag stays in device memory, read by the kernel (no host sync).
+  const float* hyper = static_cast<const float*>(c.params[0]);
+  int code = msaccum::cuda::accumulate(tensors.data(), static_cast<int>(tensors.size()), hyper, stream,
+                                       c.numel(0) == 2 ? hyper + 1 : nullptr);
   if (code == 0) code = msaccum::cuda::zero_fill(static_cast<float*>(c.params[c.nparam - 1]), 1, stream);
   return cuda_result(c, code);
 }
@@ -240,6 +311,16 @@ int flush_cuda(const Call& c, bool has_acc, bool has_grad, void* stream) {
   int code = msaccum::cuda::momentum_flush(tensors.data(), static_cast<int>(tensors.size()),
                                            static_cast<const float*>(c.params[0]),
                                            static_cast<const float*>(c.params[1]), stream);
+  if (code == 0) code = msaccum::cuda::zero_fill(static_cast<float*>(c.params[c.nparam - 1]), 1, stream);
+  return cuda_result(c, code);
+}
+
+int adamw_cuda(const Call& c, bool has_acc, bool has_grad, void* stream) {
+  std::vector<AdamWTensor> tensors;
+  if (int rc = parse_adamw(c, has_acc, has_grad, &tensors)) return rc;
+  int code = msaccum::cuda::adamw_flush(tensors.data(), static_cast<int>(tensors.size()),
+                                        static_cast<const float*>(c.params[0]),
+                                        static_cast<const float*>(c.params[1]), stream);
   if (code == 0) code = msaccum::cuda::zero_fill(static_cast<float*>(c.params[c.nparam - 1]), 1, stream);
   return cuda_result(c, code);
 }
@@ -298,6 +379,22 @@ MSACCUM_EXPORT int MsAccumFlushGrad(MSACCUM_AOT_ARGS) {
   return flush_cpu(call, false, true);
 }
 
+MSACCUM_EXPORT int MsAccumAdamW(MSACCUM_AOT_ARGS) {
+  (void)stream;
+  MSACCUM_CALL("MsAccumAdamW");
+  return adamw_cpu(call, true, true);
+}
+MSACCUM_EXPORT int MsAccumAdamWAcc(MSACCUM_AOT_ARGS) {
+  (void)stream;
+  MSACCUM_CALL("MsAccumAdamWAcc");
+  return adamw_cpu(call, true, false);
+}
+MSACCUM_EXPORT int MsAccumAdamWGrad(MSACCUM_AOT_ARGS) {
+  (void)stream;
+  MSACCUM_CALL("MsAccumAdamWGrad");
+  return adamw_cpu(call, false, true);
+}
+
 MSACCUM_EXPORT int MsAccumZero(MSACCUM_AOT_ARGS) {
   (void)stream;
   MSACCUM_CALL("MsAccumZero");
@@ -326,6 +423,18 @@ MSACCUM_EXPORT int MsAccumFlushAccCuda(MSACCUM_AOT_ARGS) {
 MSACCUM_EXPORT int MsAccumFlushGradCuda(MSACCUM_AOT_ARGS) {
   MSACCUM_CALL("MsAccumFlushGradCuda");
   return flush_cuda(call, false, true, stream);
+}
+MSACCUM_EXPORT int MsAccumAdamWCuda(MSACCUM_AOT_ARGS) {
+  MSACCUM_CALL("MsAccumAdamWCuda");
+  return adamw_cuda(call, true, true, stream);
+}
+MSACCUM_EXPORT int MsAccumAdamWAccCuda(MSACCUM_AOT_ARGS) {
+  MSACCUM_CALL("MsAccumAdamWAccCuda");
+  return adamw_cuda(call, true, false, stream);
+}
+MSACCUM_EXPORT int MsAccumAdamWGradCuda(MSACCUM_AOT_ARGS) {
+  MSACCUM_CALL("MsAccumAdamWGradCuda");
+  return adamw_cuda(call, false, true, stream);
 }
 MSACCUM_EXPORT int MsAccumZeroCuda(MSACCUM_AOT_ARGS) {
   MSACCUM_CALL("MsAccumZeroCuda");

@@ -22,6 +22,8 @@
 
 namespace py = pybind11;
 using msaccum::AccumulateTensor;
+using msaccum::AdamWScalars;
+using msaccum::AdamWTensor;
 using msaccum::FlushScalars;
 using msaccum::FlushTensor;
 using msaccum::GradType;
@@ -155,10 +157,20 @@ float to_float(const py::handle& obj, const char* name) {
   return static_cast<float>(v);
 }
 
-void accumulate(const py::object& acc_obj, const py::object& grad_obj, const py::object& scale_obj) {
+// A Python bool or numpy.bool_ (not an int: overwrite=1 is more likely a mistake than a flag).
+bool to_bool(const py::handle& obj, const char* name) {
+  if (py::isinstance<py::bool_>(obj)) return obj.cast<bool>();
+  const std::string type = py::str(py::type::of(obj).attr("__name__")).cast<std::string>();
+  if (type == "bool_" || type == "bool") return PyObject_IsTrue(obj.ptr()) == 1;
+  throw py::type_error(std::string(name) + " must be a bool, got " + type);
+}
+
+void accumulate(const py::object& acc_obj, const py::object& grad_obj, const py::object& scale_obj,
+                const py::object& overwrite_obj) {
   ArrayList acc = take_list(acc_obj, "acc", false);
   ArrayList grad = take_list(grad_obj, "grad", false);
   const float scale = to_float(scale_obj, "scale");
+  const bool overwrite = to_bool(overwrite_obj, "overwrite");
   check_matches(acc, grad);
   check_float32_list(acc, true);
   check_grad_list(grad);
@@ -170,7 +182,35 @@ void accumulate(const py::object& acc_obj, const py::object& grad_obj, const py:
                   grad_type_of(grad.arrays[i], label(grad, i)), static_cast<int64_t>(acc.arrays[i].size())};
   }
   py::gil_scoped_release release;
-  msaccum::cpu::accumulate(tensors, scale);
+  msaccum::cpu::accumulate(tensors, scale, overwrite);
+}
+
+// weight_decay: a real number, a 0-d array, or a 1-D list/tuple/array of one real number per tensor.
+// finite: also refuse nan/inf (ValueError naming weight_decay or weight_decay[i]).
+std::vector<float> weight_decay_list(const py::object& obj, size_t n, const char* tensors_name, bool finite) {
+  auto check = [finite](float v, const std::string& what) {
+    if (finite && !std::isfinite(v))
+      throw py::value_error(what + " must be finite, got " + py::str(py::float_(v)).cast<std::string>());
+    return v;
+  };
+  std::vector<float> weight_decay(n);
+  const bool zero_d_array = py::isinstance<py::array>(obj) && obj.cast<py::array>().ndim() == 0;
+  if (!zero_d_array && (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj) || py::isinstance<py::array>(obj))) {
+    py::sequence seq = obj.cast<py::sequence>();
+    if (py::isinstance<py::array>(obj) && obj.cast<py::array>().ndim() != 1)
+      throw py::value_error("weight_decay must be a float or a 1-D sequence with one float per tensor");
+    if (seq.size() != n)
+      throw py::value_error("weight_decay has " + std::to_string(seq.size()) + " values but " + tensors_name +
+                            " has " + std::to_string(n) + " tensors");
+    for (size_t i = 0; i < n; ++i) {
+      const std::string what = "weight_decay[" + std::to_string(i) + "]";
+      weight_decay[i] = check(to_float(seq[i], what.c_str()), what);
+    }
+  } else {
+    const py::object scalar = zero_d_array ? py::object(obj.attr("item")()) : obj;
+    std::fill(weight_decay.begin(), weight_decay.end(), check(to_float(scalar, "weight_decay"), "weight_decay"));
+  }
+  return weight_decay;
 }
 
 void momentum_flush(const py::object& param_obj, const py::object& moment_obj, const py::object& acc_obj,
@@ -183,21 +223,7 @@ void momentum_flush(const py::object& param_obj, const py::object& moment_obj, c
   const FlushScalars scalars{to_float(lr_obj, "lr"), to_float(momentum_obj, "momentum"),
                              to_float(grad_scale_obj, "grad_scale"), nesterov};
   const size_t n = param.arrays.size();
-  std::vector<float> weight_decay(n);
-  const bool zero_d_array = py::isinstance<py::array>(weight_decay_obj) && weight_decay_obj.cast<py::array>().ndim() == 0;
-  if (!zero_d_array && (py::isinstance<py::list>(weight_decay_obj) || py::isinstance<py::tuple>(weight_decay_obj) ||
-                        py::isinstance<py::array>(weight_decay_obj))) {
-    py::sequence seq = weight_decay_obj.cast<py::sequence>();
-    if (py::isinstance<py::array>(weight_decay_obj) && weight_decay_obj.cast<py::array>().ndim() != 1)
-      throw py::value_error("weight_decay must be a float or a 1-D sequence with one float per tensor");
-    if (seq.size() != n)
-      throw py::value_error("weight_decay has " + std::to_string(seq.size()) + " values but param has " +
-                            std::to_string(n) + " tensors");
-    for (size_t i = 0; i < n; ++i) weight_decay[i] = to_float(seq[i], ("weight_decay[" + std::to_string(i) + "]").c_str());
-  } else {
-    const py::object scalar = zero_d_array ? py::object(weight_decay_obj.attr("item")()) : weight_decay_obj;
-    std::fill(weight_decay.begin(), weight_decay.end(), to_float(scalar, "weight_decay"));
-  }
+  const std::vector<float> weight_decay = weight_decay_list(weight_decay_obj, n, "param", false);
 
   check_matches(param, moment);
   if (acc.present) check_matches(param, acc);
@@ -221,6 +247,101 @@ void momentum_flush(const py::object& param_obj, const py::object& moment_obj, c
   }
   py::gil_scoped_release release;
   msaccum::cpu::momentum_flush(tensors, scalars);
+}
+
+// A real number as a double, checked: finite, and within [lo, hi] (hi_open: hi excluded;
+// lo_open: lo excluded). The message names the argument and the rule it breaks.
+double checked_real(const py::handle& obj, const char* name, double lo, bool lo_open, double hi, bool hi_open) {
+  if (obj.is_none()) throw py::type_error(std::string(name) + " must be a real number, got None");
+  if (py::isinstance<py::str>(obj) || py::isinstance<py::bytes>(obj))
+    throw py::type_error(std::string(name) + " must be a real number, got " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  const double v = PyFloat_AsDouble(obj.ptr());
+  if (v == -1.0 && PyErr_Occurred()) {
+    PyErr_Clear();
+    throw py::type_error(std::string(name) + " must be a real number, got " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  }
+  const auto bound = [](double b) { return py::str(py::float_(b)).cast<std::string>(); };
+  if (!std::isfinite(v)) throw py::value_error(std::string(name) + " must be finite, got " + bound(v));
+  if (static_cast<float>(v) != 0.0f && !std::isfinite(static_cast<float>(v)))
+    throw py::value_error(std::string(name) + " = " + bound(v) + " does not fit in float32");
+  const bool low = lo_open ? !(v > lo) : !(v >= lo);
+  const bool high = hi_open ? !(v < hi) : !(v <= hi);
+  if (low || high)
+    throw py::value_error(std::string(name) + " must be in " + (lo_open ? "(" : "[") +
+                          (std::isinf(lo) ? "-inf" : bound(lo)) + ", " + (std::isinf(hi) ? "inf" : bound(hi)) +
+                          (hi_open ? ")" : "]") + ", got " + bound(v));
+  return v;
+}
+
+void adamw_flush(const py::object& param_obj, const py::object& exp_avg_obj, const py::object& exp_avg_sq_obj,
+                 const py::object& acc_obj, const py::object& grad_obj, const py::object& lr_obj,
+                 const py::object& beta1_obj, const py::object& beta2_obj, const py::object& eps_obj,
+                 const py::object& weight_decay_obj, const py::object& step_obj, const py::object& grad_scale_obj,
+                 const py::object& bias_correction_obj) {
+  ArrayList param = take_list(param_obj, "param", false);
+  ArrayList exp_avg = take_list(exp_avg_obj, "exp_avg", false);
+  ArrayList exp_avg_sq = take_list(exp_avg_sq_obj, "exp_avg_sq", false);
+  ArrayList acc = take_list(acc_obj, "acc", true);
+  ArrayList grad = take_list(grad_obj, "grad", true);
+  const double inf = INFINITY;
+  const double lr = checked_real(lr_obj, "lr", 0.0, false, inf, true);
+  const double beta1 = checked_real(beta1_obj, "beta1", 0.0, false, 1.0, true);
+  const double beta2 = checked_real(beta2_obj, "beta2", 0.0, false, 1.0, true);
+  const double eps = checked_real(eps_obj, "eps", 0.0, true, inf, true);
+  if (!(static_cast<float>(eps) > 0.0f))
+    throw py::value_error("eps must be > 0 in float32, got " + py::str(py::float_(eps)).cast<std::string>() +
+                          " (rounds to 0)");
+  const double grad_scale = checked_real(grad_scale_obj, "grad_scale", -inf, true, inf, true);
+  // step: an int >= 1 (Python int or NumPy integer; not a bool, not a float).
+  const std::string step_type = py::str(py::type::of(step_obj).attr("__name__")).cast<std::string>();
+  if (py::isinstance<py::bool_>(step_obj) || !PyIndex_Check(step_obj.ptr()))
+    throw py::type_error("step must be an int >= 1, got " + step_type);
+  const py::int_ step_int = py::reinterpret_steal<py::int_>(PyNumber_Index(step_obj.ptr()));
+  if (!step_int) throw py::error_already_set();
+  if (step_int < py::int_(1)) throw py::value_error("step must be an int >= 1, got " + py::str(step_int).cast<std::string>());
+  double step = PyLong_AsDouble(step_int.ptr());
+  if (step == -1.0 && PyErr_Occurred()) {  // beyond double: beta**step is 0 long before that
+    PyErr_Clear();
+    step = INFINITY;
+  }
+  const bool bias_correction = to_bool(bias_correction_obj, "bias_correction");
+  const size_t n = param.arrays.size();
+  const std::vector<float> weight_decay = weight_decay_list(weight_decay_obj, n, "param", true);
+
+  check_matches(param, exp_avg);
+  check_matches(param, exp_avg_sq);
+  if (acc.present) check_matches(param, acc);
+  if (grad.present) check_matches(param, grad);
+  check_float32_list(param, true);
+  check_float32_list(exp_avg, true);
+  check_float32_list(exp_avg_sq, true);
+  check_float32_list(acc, true);
+  check_grad_list(grad);
+  check_no_overlap({{&param, true}, {&exp_avg, true}, {&exp_avg_sq, true}, {&acc, true}, {&grad, false}});
+
+  // Bias corrections in double from the unrounded betas, then rounded to float32 once.
+  AdamWScalars scalars{static_cast<float>(lr), static_cast<float>(beta1), static_cast<float>(beta2),
+                       static_cast<float>(eps), static_cast<float>(grad_scale), 1.0f, 1.0f};
+  if (bias_correction) {
+    scalars.bias_correction1 = static_cast<float>(1.0 - std::pow(beta1, step));
+    scalars.bias_correction2 = static_cast<float>(1.0 - std::pow(beta2, step));
+  }
+  std::vector<AdamWTensor> tensors(n);
+  for (size_t i = 0; i < n; ++i) {
+    AdamWTensor& t = tensors[i];
+    t.param = static_cast<float*>(param.arrays[i].mutable_data());
+    t.exp_avg = static_cast<float*>(exp_avg.arrays[i].mutable_data());
+    t.exp_avg_sq = static_cast<float*>(exp_avg_sq.arrays[i].mutable_data());
+    t.acc = acc.present ? static_cast<float*>(acc.arrays[i].mutable_data()) : nullptr;
+    t.grad = grad.present ? grad.arrays[i].data() : nullptr;
+    t.grad_type = grad.present ? grad_type_of(grad.arrays[i], label(grad, i)) : GradType::kFloat32;
+    t.numel = static_cast<int64_t>(param.arrays[i].size());
+    t.weight_decay = weight_decay[i];
+  }
+  py::gil_scoped_release release;
+  msaccum::cpu::adamw_flush(tensors, scalars);
 }
 
 double sum_of_squares(const py::object& tensors_obj) {
@@ -290,12 +411,19 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "mindspore_accum kernels: fused gradient accumulation and momentum update over tensor lists";
-  m.def("accumulate", &accumulate, py::arg("acc"), py::arg("grad"), py::arg("scale"),
-        "acc[i] += scale * grad[i] for every i, in place, in one multi-threaded call.");
+  m.def("accumulate", &accumulate, py::arg("acc"), py::arg("grad"), py::arg("scale"), py::kw_only(),
+        py::arg("overwrite") = false,
+        "acc[i] += scale * grad[i] for every i, in place, in one multi-threaded call; with overwrite=True "
+        "acc[i] = scale * grad[i], the accumulators' previous content never read.");
   m.def("momentum_flush", &momentum_flush, py::arg("param"), py::arg("moment"), py::arg("acc"), py::arg("grad"),
         py::kw_only(), py::arg("lr"), py::arg("momentum"), py::arg("grad_scale"), py::arg("weight_decay") = 0.0,
         py::arg("nesterov") = false,
         "Fused end of an accumulation window: momentum update of param from (acc + grad) * grad_scale, then acc = 0.");
+  m.def("adamw_flush", &adamw_flush, py::arg("param"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("acc"),
+        py::arg("grad"), py::kw_only(), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+        py::arg("weight_decay"), py::arg("step"), py::arg("grad_scale"), py::arg("bias_correction"),
+        "Fused end of an accumulation window: AdamW update (decoupled weight decay) of param from "
+        "(acc + grad) * grad_scale, then acc = 0; bias corrections 1 - beta**step when bias_correction.");
   m.def("sum_of_squares", &sum_of_squares, py::arg("tensors"),
         "Sum over all elements of all tensors (float32, float16 or bfloat16) of x*x, squares in float32, "
         "partial sums in double; one multi-threaded pass. NaN/inf (or overflow) make the result non-finite.");

@@ -12,7 +12,9 @@ class BuildInfo(TypedDict):
     num_threads: int
     compiler: str
 
-def accumulate(acc: Sequence[np.ndarray], grad: Sequence[np.ndarray], scale: float) -> None: ...
+def accumulate(
+    acc: Sequence[np.ndarray], grad: Sequence[np.ndarray], scale: float, *, overwrite: bool = False
+) -> None: ...
 def momentum_flush(
     param: Sequence[np.ndarray],
     moment: Sequence[np.ndarray],
@@ -24,6 +26,22 @@ def momentum_flush(
     grad_scale: float,
     weight_decay: Union[float, Sequence[float], np.ndarray] = 0.0,
     nesterov: bool = False,
+) -> None: ...
+def adamw_flush(
+    param: Sequence[np.ndarray],
+    exp_avg: Sequence[np.ndarray],
+    exp_avg_sq: Sequence[np.ndarray],
+    acc: Optional[Sequence[np.ndarray]],
+    grad: Optional[Sequence[np.ndarray]],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: Union[float, Sequence[float], np.ndarray],
+    step: int,
+    grad_scale: float,
+    bias_correction: bool,
 ) -> None: ...
 def sum_of_squares(tensors: Sequence[np.ndarray]) -> float: ...
 def sum_of_squares_workspace(numel: Sequence[int], device: str) -> int: ...

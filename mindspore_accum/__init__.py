@@ -4,11 +4,11 @@ The kernels (``mindspore_accum.kernels`` / ``_C``) need only NumPy; ``GradAccumC
 ``FusedMomentum``, ``FlushAtEpochEnd`` and the checkpoint helpers import MindSpore when first used.
 """
 from . import _C
-from .kernels import accumulate, build_info, momentum_flush, sum_of_squares
+from .kernels import accumulate, adamw_flush, build_info, momentum_flush, sum_of_squares
 
 __version__ = _C.build_info()["version"]
 __all__ = ["GradAccumCell", "FusedMomentum", "FlushAtEpochEnd", "save_checkpoint_atomic", "load_checkpoint_verified",
-           "accumulate", "momentum_flush", "sum_of_squares", "build_info", "__version__"]
+           "accumulate", "momentum_flush", "adamw_flush", "sum_of_squares", "build_info", "__version__"]
 
 _LAZY = {"GradAccumCell": "cell", "FlushAtEpochEnd": "cell", "FusedMomentum": "optim",
          "save_checkpoint_atomic": "checkpoint", "load_checkpoint_verified": "checkpoint"}

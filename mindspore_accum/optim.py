@@ -1,41 +1,178 @@
-"""FusedMomentum: ``nn.Momentum`` on the fused kernel."""
+"""Fused optimizers: ``nn.Momentum`` and AdamW as one pass over memory per update.
+
+Each has two backends with the same math and state: ``kernels`` (our multi-tensor AOT kernels,
+one launch per learning-rate group) and ``native`` (MindSpore operators, one fused function per
+tensor; every device). Inside :class:`GradAccumCell` the window's sum is read directly as the
+gradient, scaled by ``grad_scale`` = 1 / (items * loss scale) times the clip factor.
+"""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+import math
+from typing import List, Optional, Tuple
 
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
-from mindspore.nn.optim.optimizer import opt_init_args_register
 
-from . import kernels
+from .backend import choose_backend
 
-__all__ = ["FusedMomentum"]
+try:  # records the constructor's arguments, as MindSpore's own optimizers do
+    from mindspore.nn.optim.optimizer import opt_init_args_register
+except ImportError:  # pragma: no cover - not every MindSpore release has it
+    def opt_init_args_register(fn):
+        return fn
+
+__all__ = ["FusedOptimizer", "FusedMomentum", "FusedAdamW", "zeros_like_params"]
 
 
-class FusedMomentum(nn.Optimizer):
-    """Momentum SGD with ``nn.Momentum``'s arguments and semantics, on one fused kernel pass.
+class FusedOptimizer(nn.Optimizer):
+    """Base of the fused optimizers: the update of a whole window is :meth:`window_update`.
+
+    Subclasses set ``self._states`` (tuples of Parameters updated in place, e.g. moments), give
+    their kernel entry point and the per-tensor native function, and the hyper-parameters that
+    follow the learning rate (:meth:`_hyper`)."""
+
+    _kernel_entry = ""
+
+    def _setup_fused(self, backend: str) -> None:
+        name = type(self).__name__
+        if self.is_group and any(self.grad_centralization_flags):
+            raise ValueError(f"{name} does not support grad_centralization in parameter groups")
+        for param in self._parameters:
+            if param.dtype != ms.float32:
+                raise TypeError(f"{name}: parameter {param.name!r} has dtype {param.dtype}; the fused update keeps "
+                                "float32 parameters (keep master weights in float32, e.g. amp level O2)")
+        self.params = self._parameters
+        self.backend, self.backend_reason = choose_backend(backend, owner=name)
+        self._lr_groups = _lr_groups(self)
+        self._static_decay = _static_weight_decay(self)
+        if self._static_decay is not None:
+            self._static_decay_vectors = tuple(
+                Tensor(np.asarray([self._static_decay[i] for i in indices], np.float32)) for indices, _ in self._lr_groups)
+            self._static_decay_scalars = tuple(Tensor(v, ms.float32) for v in self._static_decay)
+        self._map = ops.HyperMap()
+
+    def _set_states(self, *states) -> None:
+        """The optimizer's per-tensor state (tuples shaped like the parameters), in the order its
+        kernel takes them after the parameters."""
+        self._states = states
+        self._updated = tuple(self.params) + tuple(t for state in states for t in state)
+        count = len(self.params)
+        # per learning-rate group: indices into _updated of its params, then each state's tensors
+        self._group_updated = tuple(tuple(k * count + i for k in range(len(states) + 1) for i in indices)
+                                    for indices, _ in self._lr_groups)
+        if self.backend == "kernels":
+            from . import kernels
+
+            self._kernel = kernels.custom_op(self._kernel_entry)
+
+    # ---- the optimizer step on its own (gradients of one batch) ----
+    def construct(self, gradients):
+        gradients = self.flatten_gradients(gradients)
+        return ops.depend(True, self.window_update(gradients, Tensor(1.0 / self.loss_scale, ms.float32)))
+
+    # ---- shared by construct and GradAccumCell ----
+    def window_update(self, sources, grad_scale):
+        """Updates every parameter with the gradient ``sources * grad_scale`` in one pass and
+        advances ``global_step`` once. Returns a (1,) float32 tensor to keep alive with ``ops.depend``."""
+        lr = self.get_lr()
+        hyper = self._hyper(ops.cast(grad_scale, ms.float32).reshape(()))
+        if self.backend == "kernels":
+            out = self._kernel_update(lr, hyper, sources)
+        else:
+            out = self._native_update(lr, hyper, sources)
+        return ops.depend(out, ops.assign_add(self.global_step, self.global_step_increase_tensor))
+
+    def _kernel_update(self, lr, hyper, sources):
+        out = None
+        for group, (indices, lr_index) in enumerate(self._lr_groups):
+            group_lr = ops.cast(lr[lr_index] if self.is_group_lr else lr, ms.float32).reshape(())
+            values = ops.stack((group_lr,) + hyper)
+            decay = self._decay_vector(group, indices)
+            if len(self._lr_groups) == 1:
+                # Whole tuples, unpacked: building them element by element in the graph cost
+                # MindSpore 2.10 ~35 s and 2.2 GB of compile memory for ResNet50's 161 tensors.
+                tensors = self._updated + tuple(sources)
+            else:
+                tensors = tuple(self._updated[i] for i in self._group_updated[group]) \
+                    + tuple(sources[i] for i in indices)
+            group_out = self._kernel(values, decay, *tensors)
+            out = group_out if out is None else ops.depend(out, group_out)
+        return out
+
+    def _native_update(self, lr, hyper, sources):
+        # Arguments spelled out: star-unpacking inside the window end's branch trips MindSpore 2.10's
+        # graph compiler ("no manager for this func graph: UnpackCall").
+        decay = self._decay_scalars()
+        fn = self._native_fn
+        if self.is_group_lr:
+            if len(self._states) == 1:
+                written = self._map(ops.partial(fn, hyper), lr, decay, self.params, self._states[0], sources)
+            else:
+                written = self._map(ops.partial(fn, hyper), lr, decay, self.params, self._states[0],
+                                    self._states[1], sources)
+        elif len(self._states) == 1:
+            written = self._map(ops.partial(fn, hyper, lr), decay, self.params, self._states[0], sources)
+        else:
+            written = self._map(ops.partial(fn, hyper, lr), decay, self.params, self._states[0], self._states[1],
+                                sources)
+        return ops.depend(ops.zeros((1,), ms.float32), written)
+
+    # ---- weight decay as applied to the unscaled gradient (0 where it is off) ----
+    def _decay_scalars(self):
+        if self._static_decay is not None:
+            return self._static_decay_scalars
+        decay = self.get_weight_decay()
+        inverse_scale = 1.0 / self.loss_scale  # the base class multiplies by loss_scale
+        if self.is_group:
+            return tuple(ops.cast(decay[i], ms.float32).reshape(()) * (inverse_scale if flag else 0.0)
+                         for i, flag in enumerate(self.decay_flags))
+        return tuple(ops.cast(decay, ms.float32).reshape(()) * (inverse_scale if flag else 0.0)
+                     for flag in self.decay_flags)
+
+    def _decay_vector(self, group, indices):
+        if self._static_decay is not None:
+            return self._static_decay_vectors[group]
+        scalars = self._decay_scalars()
+        return ops.stack(tuple(scalars[i] for i in indices))
+
+
+# ====================================================================== momentum
+
+_momentum_native = ops.MultitypeFuncGraph("momentum_native")
+
+
+@_momentum_native.register("Tuple", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+def _momentum_one(hyper, lr, weight_decay, param, moment, source):
+    """csrc/accum_math.h momentum_value, with MindSpore operators."""
+    momentum, grad_scale, nesterov = hyper
+    g = ops.cast(source, ms.float32) * grad_scale + weight_decay * param
+    v = momentum * moment + g
+    step = g + momentum * v if nesterov else v
+    return ops.depend(ops.assign(param, param - lr * step), ops.assign(moment, v))
+
+
+class FusedMomentum(FusedOptimizer):
+    """Momentum SGD with ``nn.Momentum``'s arguments and semantics, as one fused pass.
 
     Per element: ``g = grad / loss_scale + weight_decay * param``; ``v = momentum * v + g``;
     ``param -= lr * (g + momentum * v)`` with ``nesterov`` else ``lr * v``. Learning rates may be a
-    float, a Tensor (scalar or one value per step), an iterable or a ``LearningRateSchedule``;
-    parameter groups may set their own ``lr`` and ``weight_decay``; ungrouped, weight decay skips
-    parameters whose name contains ``beta`` or ``gamma`` (BatchNorm), exactly as ``nn.Momentum``.
-    Moments start at zero. Unlike MindSpore's CPU ``ApplyMomentum``, ``nesterov=True`` really is
-    Nesterov momentum on every device.
+    float, a Tensor, an iterable or a ``LearningRateSchedule``; parameter groups may set their own
+    ``lr`` and ``weight_decay``; ungrouped, weight decay skips parameters whose name contains
+    ``beta`` or ``gamma``, exactly as ``nn.Momentum``. Moments start at zero. Unlike MindSpore's
+    CPU ``ApplyMomentum``, ``nesterov=True`` really is Nesterov momentum on every device.
 
-    Used on its own it is a drop-in, faster ``nn.Momentum``. Inside :class:`GradAccumCell` the
-    last micro-batch's gradient add, the average, weight decay, momentum and the accumulator
-    reset happen in one pass over memory.
-
-    Dynamic weight decay (a Cell) is supported; gradient centralization is not (a group asking
-    for it raises ``ValueError``).
+    ``backend``: ``"auto"`` (our kernels where they serve the device), ``"kernels"`` or
+    ``"native"`` (MindSpore operators). ``loss_scale`` divides the gradients of a standalone step
+    like ``nn.Momentum``'s; inside :class:`GradAccumCell` it must stay 1 (the cell unscales).
     """
+
+    _kernel_entry = "MsAccumFlushGrad"  # hyper {lr, momentum, grad_scale, nesterov}
 
     @opt_init_args_register
     def __init__(self, params, learning_rate, momentum: float, weight_decay=0.0, nesterov: bool = False,
-                 loss_scale: float = 1.0):
+                 loss_scale: float = 1.0, *, backend: str = "auto"):
         super().__init__(learning_rate, params, weight_decay, loss_scale)
         if isinstance(momentum, int) and not isinstance(momentum, bool):
             momentum = float(momentum)
@@ -45,122 +182,91 @@ class FusedMomentum(nn.Optimizer):
             raise ValueError(f"FusedMomentum: momentum must be at least 0.0, got {momentum}")
         if not isinstance(nesterov, bool):
             raise TypeError(f"FusedMomentum: nesterov must be a bool, got {type(nesterov).__name__}")
-        if self.is_group and any(self.grad_centralization_flags):
-            raise ValueError("FusedMomentum does not support grad_centralization in parameter groups")
-        for param in self._parameters:
-            if param.dtype != ms.float32:
-                raise TypeError(f"FusedMomentum: parameter {param.name!r} has dtype {param.dtype}; the fused kernel "
-                                "updates float32 parameters (keep master weights in float32, e.g. amp level O2)")
-        self.params = self._parameters
+        self._setup_fused(backend)
         self.momentum_value = float(momentum)
         self.nesterov = nesterov
-        self.moments = ParameterTuple_zeros(self._parameters, "moments")
-        # Groups of tensors that share one learning rate: one kernel call each (one call when
-        # the optimizer has a single learning rate).
-        self._lr_groups = _lr_groups(self)
-        self._static_weight_decay = _static_weight_decay(self)
-        self._flush_acc_grad = kernels.custom_op("MsAccumFlush")
-        self._flush_acc = kernels.custom_op("MsAccumFlushAcc")
-        self._flush_grad = kernels.custom_op("MsAccumFlushGrad")
+        self.moments = zeros_like_params(self._parameters, "moments")
+        self._set_states(self.moments)
+        self._native_fn = _momentum_native
+        self._momentum = Tensor(self.momentum_value, ms.float32)
+        # the kernel reads it from its hyper-parameter vector; the native function branches on it
+        self._nesterov = Tensor(1.0 if nesterov else 0.0, ms.float32) if self.backend == "kernels" else nesterov
 
-    # ---- the optimizer step (gradients of one batch) ----
-    def construct(self, gradients):
-        gradients = self.flatten_gradients(gradients)
-        out = self.fused_update(None, gradients, Tensor(1.0 / self.loss_scale, ms.float32))
-        return ops.depend(True, out)
+    def _hyper(self, grad_scale):
+        return self._momentum, grad_scale, self._nesterov
 
-    # ---- shared by construct and GradAccumCell (GRAPH mode and GPU) ----
-    def fused_update(self, accumulators, gradients, grad_scale):
-        """One fused update through the AOT kernel: ``(acc + grad) * grad_scale`` is the gradient.
 
-        ``accumulators`` or ``gradients`` may be None. Advances ``global_step`` once. Returns the
-        placeholder output to keep alive with ``ops.depend``.
-        """
-        lr = self.get_lr()
-        weight_decay = self._weight_decay_vector()
-        op = self._flush_op(accumulators is not None, gradients is not None)
-        nesterov = 1.0 if self.nesterov else 0.0
-        out = None
-        for indices, lr_index in self._lr_groups:
-            group_lr = lr[lr_index] if self.is_group_lr else lr
-            hyper = ops.stack([ops.cast(group_lr, ms.float32).reshape(()),
-                               Tensor(self.momentum_value, ms.float32),
-                               ops.cast(grad_scale, ms.float32).reshape(()),
-                               Tensor(nesterov, ms.float32)])
-            if len(self._lr_groups) == 1:
-                # Whole tuples, unpacked: building them element by element in the graph cost
-                # MindSpore 2.10 ~35 s and 2.2 GB of compile memory for ResNet50's 161 tensors.
-                group_out = _call_flush(op, hyper, weight_decay, self.params, self.moments, accumulators, gradients)
-            else:
-                group_out = _call_flush(
-                    op, hyper, ops.gather(weight_decay, Tensor(indices, ms.int32), 0),
-                    tuple(self.params[i] for i in indices), tuple(self.moments[i] for i in indices),
-                    None if accumulators is None else tuple(accumulators[i] for i in indices),
-                    None if gradients is None else tuple(gradients[i] for i in indices))
-            out = group_out if out is None else ops.depend(out, group_out)
-        step = ops.assign_add(self.global_step, self.global_step_increase_tensor)
-        return ops.depend(out, step)
+# ====================================================================== AdamW
 
-    # ---- PyNative on CPU: the same kernel on zero-copy NumPy views ----
-    def host_update(self, acc_views: Optional[List[np.ndarray]], grad_views: Optional[List[np.ndarray]],
-                    grad_scale: float) -> None:
-        """Runs the update with ``_C.momentum_flush`` on NumPy views of the tensors' memory.
+_adamw_native = ops.MultitypeFuncGraph("adamw_native")
 
-        The caller guarantees that every producer of these tensors has finished.
-        """
-        lr = self.get_lr()
-        lr_values = [float(x.asnumpy()) for x in lr] if self.is_group_lr else float(lr.asnumpy())
-        weight_decay = self._weight_decay_vector().asnumpy()
-        param_views = [p.asnumpy() for p in self.params]
-        moment_views = [m.asnumpy() for m in self.moments]
-        for indices, lr_index in self._lr_groups:
-            kernels.momentum_flush(
-                [param_views[i] for i in indices], [moment_views[i] for i in indices],
-                None if acc_views is None else [acc_views[i] for i in indices],
-                None if grad_views is None else [grad_views[i] for i in indices],
-                lr=lr_values[lr_index] if self.is_group_lr else lr_values, momentum=self.momentum_value,
-                grad_scale=grad_scale, weight_decay=weight_decay[indices], nesterov=self.nesterov)
-        step = self.global_step.asnumpy()
-        step += 1
 
-    def _flush_op(self, has_acc: bool, has_grad: bool):
-        if has_acc and has_grad:
-            return self._flush_acc_grad
-        if has_acc:
-            return self._flush_acc
-        if has_grad:
-            return self._flush_grad
-        raise ValueError("FusedMomentum: an update needs accumulators, gradients or both")
+@_adamw_native.register("Tuple", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+def _adamw_one(hyper, lr, weight_decay, param, m, v, source):
+    """csrc/accum_math.h adamw_value, with MindSpore operators."""
+    beta1, beta2, eps, grad_scale, bias_correction1, bias_correction2 = hyper
+    g = ops.cast(source, ms.float32) * grad_scale
+    m_new = beta1 * m + (1.0 - beta1) * g
+    v_new = beta2 * v + (1.0 - beta2) * g * g
+    u = (m_new / bias_correction1) / (ops.sqrt(v_new) / ops.sqrt(bias_correction2) + eps)
+    written = ops.assign(param, param - lr * weight_decay * param - lr * u)
+    return ops.depend(written, ops.depend(ops.assign(m, m_new), ops.assign(v, v_new)))
 
-    def _weight_decay_vector(self):
-        """Per-tensor weight decay as applied to the unscaled gradient (0 where it is off)."""
-        if self._static_weight_decay is not None:
-            return self._static_weight_decay
-        # Dynamic weight decay: the base class multiplies by loss_scale (it decays the scaled
-        # gradient); the kernel decays the unscaled one, so divide it back out.
-        decay = self.get_weight_decay()
-        inverse_scale = 1.0 / self.loss_scale
-        if self.is_group:
-            values = [ops.cast(decay[i], ms.float32).reshape(()) * (inverse_scale if flag else 0.0)
-                      for i, flag in enumerate(self.decay_flags)]
+
+class FusedAdamW(FusedOptimizer):
+    """AdamW with decoupled weight decay, as one fused pass (accumulator read, moments, param).
+
+    ``bias_correction=False`` (default): ``nn.AdamWeightDecay``'s semantics -- ``u = m / (sqrt(v) +
+    eps)``, ``param -= lr * (u + weight_decay * param)`` -- including its defaults (eps 1e-6),
+    schedules, parameter groups and decay filter (ungrouped, names containing ``beta``/``gamma``
+    get no decay). ``bias_correction=True``: ``torch.optim.AdamW`` / ``mindspore.mint.optim.AdamW``
+    -- ``u = (m / (1 - beta1^t)) / (sqrt(v) / sqrt(1 - beta2^t) + eps)`` with t the update count
+    from 1. Moments are float32, named ``adam_m.*`` and ``adam_v.*`` like ``nn.AdamWeightDecay``'s.
+    """
+
+    _kernel_entry = "MsAccumAdamWGrad"  # hyper {lr, beta1, beta2, eps, grad_scale, bias_correction1, 2}
+
+    @opt_init_args_register
+    def __init__(self, params, learning_rate=1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-6,
+                 weight_decay=0.0, bias_correction: bool = False, *, backend: str = "auto"):
+        super().__init__(learning_rate, params, weight_decay)
+        for name, value in (("beta1", beta1), ("beta2", beta2)):
+            if isinstance(value, bool) or not isinstance(value, (float, int)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"FusedAdamW: {name} must be a float in [0, 1), got {value!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (float, int)) or not eps > 0.0:
+            raise ValueError(f"FusedAdamW: eps must be a positive float, got {eps!r}")
+        if not isinstance(bias_correction, bool):
+            raise TypeError(f"FusedAdamW: bias_correction must be a bool, got {type(bias_correction).__name__}")
+        self._setup_fused(backend)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.bias_correction = bias_correction
+        self.moments1 = zeros_like_params(self._parameters, "adam_m")
+        self.moments2 = zeros_like_params(self._parameters, "adam_v")
+        self._set_states(self.moments1, self.moments2)
+        self._native_fn = _adamw_native
+        self._betas = (Tensor(self.beta1, ms.float32), Tensor(self.beta2, ms.float32), Tensor(self.eps, ms.float32))
+        # 1 - beta^t = -expm1(t * log(beta)): accurate in float32 where 1 - pow(beta, t) is not
+        # (1 - 0.999f has a relative error of 1.3e-5).
+        self._log_betas = (Tensor(math.log(self.beta1) if self.beta1 > 0 else -math.inf, ms.float32),
+                           Tensor(math.log(self.beta2) if self.beta2 > 0 else -math.inf, ms.float32))
+
+    def _hyper(self, grad_scale):
+        if self.bias_correction:
+            t = ops.cast(self.global_step + 1, ms.float32).reshape(())  # this update's number, from 1
+            corrections = tuple(-ops.expm1(t * log_beta) for log_beta in self._log_betas)
         else:
-            values = [ops.cast(decay, ms.float32).reshape(()) * (inverse_scale if flag else 0.0)
-                      for flag in self.decay_flags]
-        return ops.stack(values)
+            corrections = (Tensor(1.0, ms.float32), Tensor(1.0, ms.float32))
+        return self._betas + (grad_scale,) + corrections
 
 
-def _call_flush(op, hyper, weight_decay, params, moments, accumulators, gradients):
-    if accumulators is None:
-        return op(hyper, weight_decay, *params, *moments, *gradients)
-    if gradients is None:
-        return op(hyper, weight_decay, *params, *moments, *accumulators)
-    return op(hyper, weight_decay, *params, *moments, *accumulators, *gradients)
+# ====================================================================== helpers
 
 
-def ParameterTuple_zeros(params, prefix: str):
-    """float32 zero Parameters shaped like ``params``, named ``<prefix>.<param name>``."""
+def zeros_like_params(params, prefix: str):
+    """Non-trainable float32 zero Parameters shaped like ``params``, named ``<prefix>.<name>``."""
     return ms.ParameterTuple(
-        Parameter(initializer("zeros", p.shape, ms.float32), name=f"{prefix}.{p.name}") for p in params)
+        Parameter(initializer("zeros", p.shape, ms.float32), name=f"{prefix}.{p.name}", requires_grad=False)
+        for p in params)
 
 
 def _lr_groups(opt: nn.Optimizer) -> List[Tuple[List[int], int]]:
@@ -174,15 +280,13 @@ def _lr_groups(opt: nn.Optimizer) -> List[Tuple[List[int], int]]:
     return [(indices, indices[0]) for indices in groups.values()]
 
 
-def _static_weight_decay(opt: nn.Optimizer) -> Optional[Tensor]:
-    """The per-tensor weight decay vector when it does not change during training."""
+def _static_weight_decay(opt: nn.Optimizer) -> Optional[List[float]]:
+    """Per-tensor weight decay when it does not change during training (None if it does)."""
     if opt.dynamic_weight_decay:
         return None
     inverse_scale = 1.0 / opt.loss_scale  # nn.Optimizer stores weight_decay * loss_scale
     if opt.is_group:
-        values = [float(wd.asnumpy()) * inverse_scale if flag else 0.0
-                  for wd, flag in zip(opt.weight_decay, opt.decay_flags)]
-    else:
-        base = float(opt.weight_decay.asnumpy()) * inverse_scale
-        values = [base if flag else 0.0 for flag in opt.decay_flags]
-    return Tensor(np.asarray(values, dtype=np.float32))
+        return [float(wd.asnumpy()) * inverse_scale if flag else 0.0
+                for wd, flag in zip(opt.weight_decay, opt.decay_flags)]
+    base = float(opt.weight_decay.asnumpy()) * inverse_scale
+    return [base if flag else 0.0 for flag in opt.decay_flags]

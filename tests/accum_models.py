@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 from mindspore import Tensor, nn  # noqa: E402
 
 MODES = {"GRAPH": ms.GRAPH_MODE, "PYNATIVE": ms.PYNATIVE_MODE}
+BACKENDS = ["kernels", "native"]
 
 
 @pytest.fixture(params=list(MODES))
@@ -22,6 +23,12 @@ def mode(request):
     ms.set_context(mode=MODES[request.param])
     yield request.param
     ms.set_context(mode=before)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Runs the test with our fused kernels and with MindSpore's own operators."""
+    return request.param
 
 
 # ---------------------------------------------------------------- a tiny BatchNorm-free CNN

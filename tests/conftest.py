@@ -70,6 +70,52 @@ def ref_momentum_flush(param, moment, acc, grad, *, lr, momentum, grad_scale, we
     return p, v, new_acc
 
 
+def ref_assign(grad, scale):
+    """accumulate(overwrite=True): scale * grad, in float64 (the old accumulator plays no part)."""
+    return float(scale) * f64(grad)
+
+
+def to_f32(x):
+    """A Python float rounded to float32, as the kernels receive their scalars."""
+    return float(np.float32(x))
+
+
+def ref_adamw_flush(param, exp_avg, exp_avg_sq, acc, grad, *, lr, beta1, beta2, eps, weight_decay, step,
+                    grad_scale, bias_correction):
+    """One tensor of adamw_flush in float64. Returns (param, exp_avg, exp_avg_sq, acc) after the step.
+
+        g  = (acc + grad) * grad_scale
+        m  = beta1 * m + (1 - beta1) * g
+        v  = beta2 * v + (1 - beta2) * g * g
+        u  = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)
+        param = param - lr * weight_decay * param - lr * u
+        acc = 0
+    with bc1 = 1 - beta1**step and bc2 = 1 - beta2**step (computed in double from the given betas,
+    then rounded to float32) when bias_correction, else both exactly 1. The contract's
+    hyper-parameters are float32: they are rounded to float32 here first (1 - beta2 with beta2 =
+    0.999 differs by 1.3e-5 relative between the float32 and the float64 beta, which is the
+    contract, not kernel error).
+    """
+    lr, b1, b2, eps, wd, gs = (to_f32(x) for x in (lr, beta1, beta2, eps, weight_decay, grad_scale))
+    if bias_correction:
+        bc1, bc2 = to_f32(1.0 - float(beta1) ** step), to_f32(1.0 - float(beta2) ** step)
+    else:
+        bc1 = bc2 = 1.0
+    p = f64(param)
+    summed = np.zeros_like(p)
+    if acc is not None:
+        summed = summed + f64(acc)
+    if grad is not None:
+        summed = summed + f64(grad)
+    g = summed * gs
+    m = b1 * f64(exp_avg) + (1.0 - b1) * g
+    v = b2 * f64(exp_avg_sq) + (1.0 - b2) * g * g
+    u = (m / bc1) / (np.sqrt(v) / np.sqrt(bc2) + eps)
+    p = p - lr * wd * p - lr * u
+    new_acc = None if acc is None else np.zeros_like(p)
+    return p, m, v, new_acc
+
+
 # ---- comparison ----
 
 # Tolerance for float32 kernels against the float64 reference, normwise per tensor:

@@ -15,14 +15,13 @@ process without ``init()`` (the cell then has no AllReduce at all).
 
 Counting AllReduce launches (class AllReduceCounter)
 ---------------------------------------------------
-* From Python (PYNATIVE): the cell's ``_allreduce`` primitive is replaced on the instance by a
-  counting callable that calls the real primitive; independently, ``AllReduce.__call__`` is
-  patched at class level, so any AllReduce primitive launched from Python is counted as well.
-* In compiled graphs (GRAPH; and anything jitted in PYNATIVE): the JIT executor
+* From Python: ``AllReduce.__call__`` is patched at class level, so any AllReduce primitive
+  launched from Python is counted (the cell launches none: its window end is compiled in both modes).
+* In compiled graphs (the window end, in GRAPH and PYNATIVE): the JIT executor
   (``mindspore.graph.api._JitExecutor``) is patched at class level. When a phase is compiled, its
   compiled graph is read back from the executor (``get_func_graph_proto(phase, "anf_ir")``) and
   its AllReduce nodes are counted; every run of a compiled graph then adds that number. The
-  cell's graphs are straight-line (no control flow), so each node runs exactly once per run.
+  window end's AllReduce sits before its only branch, so it runs exactly once per run.
 Both are read before and after every micro-step / flush(): per event,
 launches = Python-level calls + sum over graph runs of AllReduce nodes in that graph.
 """
@@ -45,7 +44,9 @@ ACCUM = 2            # micro-batches per worker per update
 UPDATES = 3
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-3
 N_SAMPLES = 256
-CASES = ("fused", "momentum", "flush", "uneven", "overflow")
+CASES = ("fused", "momentum", "flush", "uneven", "overflow", "items", "native")
+# every parallel mode GradAccumCell refuses, checked in the same msrun job
+REFUSED_MODES = ("semi_auto_parallel", "auto_parallel", "hybrid_parallel")
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 
 
@@ -81,10 +82,20 @@ def schedule(case, rank, world):
     micro-batches [u*B + (r*ACCUM + m)*MICRO, ... + MICRO) for m < ACCUM (its own shard)."""
     B = world * ACCUM * MICRO
     micro = lambda u, m: ("micro", u * B + (rank * ACCUM + m) * MICRO)  # noqa: E731
-    if case in ("fused", "momentum"):
+    if case in ("fused", "momentum", "native"):
         events = [micro(u, m) for u in range(UPDATES) for m in range(ACCUM)]
         refs = [(u * B, (u + 1) * B) for u in range(UPDATES)]
-        return events, ACCUM, ("fused" if case == "fused" else "momentum"), refs
+        return events, ACCUM, case, refs
+    if case == "items":
+        # uneven shards: micro-batches of 8, 8 on worker 0 and 8, 3 on worker 1 (world 2); the
+        # update is the mean over all 27 samples, as one step on them.
+        sizes = [[8, 8], [8, 3]] if world == 2 else [[8, 8]]
+        start = sum(sum(s) for s in sizes[:rank])
+        events = []
+        for size in sizes[rank]:
+            events.append(("micro", start, size))
+            start += size
+        return events, ACCUM, "fused", [(0, sum(sum(s) for s in sizes))]
     if case == "flush":
         # one full update, then one micro-batch per worker and flush(): a window of world*MICRO.
         events = [micro(0, m) for m in range(ACCUM)] + [("micro", B + rank * MICRO), ("flush",)]
@@ -125,8 +136,6 @@ def reference_weights(case, world):
 class AllReduceCounter:
     """Counts AllReduce launches in this process, three ways (see the module docstring).
 
-    * ``cell_calls``: calls of the cell's own ``_allreduce`` primitive from Python (PyNative;
-      installed by :meth:`wrap_cell`, a counting callable in place of the primitive);
     * ``py_calls``: every AllReduce primitive called from Python (class-level patch);
     * ``graph_launches``: for every compiled graph run (``ms.jit`` phases, class-level patch of
       the JIT executor), the number of AllReduce nodes in that compiled graph, read from the
@@ -135,7 +144,6 @@ class AllReduceCounter:
     """
 
     def __init__(self):
-        self.cell_calls = 0
         self.py_calls = 0
         self.graph_launches = 0
         self.graph_runs = {}
@@ -201,20 +209,8 @@ class AllReduceCounter:
             self._restore()
             self._restore = None
 
-    def wrap_cell(self, cell):
-        """PyNative only: the cell's primitive is replaced on the instance by a counting callable
-        (a function in the instance's __dict__ would break graph compilation of the cell)."""
-        prim = cell._allreduce
-        counter = self
-
-        def counting_allreduce(*args):
-            counter.cell_calls += 1
-            return prim(*args)
-
-        object.__setattr__(cell, "_allreduce", counting_allreduce)
-
     def snapshot(self):
-        return self.cell_calls, self.py_calls, self.graph_launches, dict(self.graph_runs)
+        return self.py_calls, self.graph_launches, dict(self.graph_runs)
 
 
 COUNTER = AllReduceCounter()
@@ -233,15 +229,14 @@ def run_case(case, mode, rank, world):
     x, y = make_data()
     net, loss_net = build_loss_net()
     params = net.trainable_params()
-    if opt_name == "fused":
-        opt = FusedMomentum(params, LR, MOMENTUM, weight_decay=WEIGHT_DECAY)
+    backend = "native" if opt_name == "native" else "kernels"
+    if opt_name in ("fused", "native"):
+        opt = FusedMomentum(params, LR, MOMENTUM, weight_decay=WEIGHT_DECAY, backend=backend)
     else:
         opt = nn.Momentum(params, LR, MOMENTUM, weight_decay=WEIGHT_DECAY)
-    cell = GradAccumCell(loss_net, opt, accum)
+    cell = GradAccumCell(loss_net, opt, accum, backend=backend)
     cell.set_train()
     distributed = bool(getattr(cell, "distributed", False))
-    if mode == "pynative" and distributed:
-        COUNTER.wrap_cell(cell)
 
     record = {"events": [], "distributed": distributed}
     snapshots = []
@@ -254,7 +249,8 @@ def run_case(case, mode, rank, world):
         if ev[0] == "flush":
             result = bool(cell.flush())
         else:
-            xb, yb = x[ev[1]:ev[1] + MICRO].copy(), y[ev[1]:ev[1] + MICRO]
+            size = ev[2] if len(ev) > 2 else MICRO
+            xb, yb = x[ev[1]:ev[1] + size].copy(), y[ev[1]:ev[1] + size]
             if ev[0] == "inf":
                 xb[0, 0] = np.inf
             _ = cell(Tensor(xb), Tensor(yb)).asnumpy()
@@ -262,10 +258,9 @@ def run_case(case, mode, rank, world):
         after = COUNTER.snapshot()
         record["events"].append({
             "kind": ev[0],
-            "cell_allreduce": after[0] - before[0],
-            "py_allreduce": after[1] - before[1],
-            "graph_allreduce": after[2] - before[2],
-            "graph_runs": {k: v - before[3].get(k, 0) for k, v in after[3].items() if v != before[3].get(k, 0)},
+            "py_allreduce": after[0] - before[0],
+            "graph_allreduce": after[1] - before[1],
+            "graph_runs": {k: v - before[2].get(k, 0) for k, v in after[2].items() if v != before[2].get(k, 0)},
             "result": result,
             "pending_after": cell.pending,
         })
@@ -273,6 +268,24 @@ def run_case(case, mode, rank, world):
     record["phases"] = {ph: list(v) for ph, v in COUNTER.nodes_per_phase.items()}
     snapshots.append([p.asnumpy().copy() for p in params])
     return snapshots, record
+
+
+def refused_parallel_modes():
+    """{mode: the error GradAccumCell raised, or None} for every mode it must refuse."""
+    from mindspore_accum import FusedMomentum, GradAccumCell
+
+    out = {}
+    for mode in REFUSED_MODES:
+        ms.reset_auto_parallel_context()
+        ms.set_auto_parallel_context(parallel_mode=mode)
+        net, loss_net = build_loss_net()
+        try:
+            GradAccumCell(loss_net, FusedMomentum(net.trainable_params(), LR, MOMENTUM), ACCUM)
+            out[mode] = None
+        except ValueError as err:
+            out[mode] = str(err)
+    ms.reset_auto_parallel_context()
+    return out
 
 
 def main(argv=None):
@@ -295,6 +308,7 @@ def main(argv=None):
                 for i, w in enumerate(weights):
                     arrays[f"{mode}/{case}/{s}/{i}"] = w
             print(f"rank {rank}: {mode}/{case} done", flush=True)
+    records["refused_modes"] = refused_parallel_modes()
     os.makedirs(args.out, exist_ok=True)
     np.savez(os.path.join(args.out, f"rank{rank}.npz"), **arrays)
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:

@@ -51,6 +51,19 @@ def flush_args(param, moment, acc, grad, **overrides):
     return _C.momentum_flush, (param, moment, acc, grad), kwargs
 
 
+def adamw_args(param, exp_avg, exp_avg_sq, acc, grad, **overrides):
+    kwargs = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step=3, grad_scale=0.5,
+                  bias_correction=True)
+    kwargs.update(overrides)
+    return _C.adamw_flush, (param, exp_avg, exp_avg_sq, acc, grad), kwargs
+
+
+def adamw_ok(**overrides):
+    """A valid adamw_flush call of three tensors but for `overrides` (non-zero gradients)."""
+    return adamw_args(three(), three(f32, value=0.0), three(f32, value=0.0), three(f32, value=3.0),
+                      three(f32, value=2.0), **overrides)
+
+
 def squares_args(tensors):
     return _C.sum_of_squares, (tensors,), {}
 
@@ -150,6 +163,18 @@ def _cases():
         ("grad-view-of-its-acc", grad_view_of_acc, ValueError, ["grad[1]", "acc[1]", "shares memory"]),
         ("grad-view-of-other-acc", grad_view_of_other_acc, ValueError, ["grad[2]", "acc[0]", "shares memory"]),
         ("acc-partial-overlap", partial_overlap, ValueError, ["acc[1]", "acc[2]", "shares memory"]),
+        # --- accumulate(overwrite=...)
+        ("overwrite-int", lambda: (_C.accumulate, (three(), three(f32, value=2.0), 1.0), {"overwrite": 1}),
+         TypeError, ["overwrite", "bool", "int"]),
+        ("overwrite-string", lambda: (_C.accumulate, (three(), three(f32, value=2.0), 1.0), {"overwrite": "yes"}),
+         TypeError, ["overwrite", "bool", "str"]),
+        ("overwrite-none", lambda: (_C.accumulate, (three(), three(f32, value=2.0), 1.0), {"overwrite": None}),
+         TypeError, ["overwrite", "bool"]),
+        ("overwrite-grad-int-last", lambda: (_C.accumulate, (three(), [f32(2.0), f32(2.0), np.ones(N, np.int32)],
+                                                             1.0), {"overwrite": True}), TypeError, ["grad[2]", "int32"]),
+        ("overwrite-acc-readonly-last", lambda: (_C.accumulate, ([f32(), f32(), readonly_f32()],
+                                                                 three(f32, value=2.0), 1.0), {"overwrite": True}),
+         ValueError, ["acc[2]", "read-only"]),
         # --- momentum_flush
         ("flush-moment-length", lambda: flush_args(three(), [f32(), f32()], None, three(f32, value=2.0)),
          ValueError, ["moment", "2", "param", "3"]),
@@ -209,6 +234,73 @@ def _cases():
         ("flush-grad-view-of-moment", grad_view_of_moment, ValueError, ["grad[2]", "moment[2]", "shares memory"]),
         ("flush-param-moment-partial-overlap", partial_overlap_param_moment, ValueError,
          ["param[1]", "moment[1]", "shares memory"]),
+        # --- adamw_flush: lists
+        ("adamw-exp-avg-length", lambda: adamw_args(three(), [f32(), f32()], three(), None, three(f32, value=2.0)),
+         ValueError, ["exp_avg", "2", "param", "3"]),
+        ("adamw-exp-avg-sq-shape-last", lambda: adamw_args(three(), three(), [f32(), f32(), f32(0.0, (N + 1,))], None,
+                                                           three(f32, value=2.0)), ValueError,
+         ["exp_avg_sq[2]", "param[2]", f"({N + 1},)"]),
+        ("adamw-acc-length", lambda: adamw_args(three(), three(), three(), [f32(3.0)], three(f32, value=2.0)),
+         ValueError, ["acc", "1", "param", "3"]),
+        ("adamw-grad-shape-last", lambda: adamw_args(three(), three(), three(), None,
+                                                     [f32(2.0), f32(2.0), f32(2.0, (2, N // 2))]),
+         ValueError, ["grad[2]", "param[2]"]),
+        ("adamw-exp-avg-sq-none", lambda: adamw_args(three(), three(), None, None, three(f32, value=2.0)), TypeError,
+         ["exp_avg_sq", "None"]),
+        ("adamw-param-not-a-list", lambda: adamw_args(f32(), [f32()], [f32()], None, [f32(2.0)]), TypeError,
+         ["param", "ndarray"]),
+        ("adamw-exp-avg-float16-last", lambda: adamw_args(three(), [f32(), f32(), np.ones(N, np.float16)], three(),
+                                                          None, three(f32, value=2.0)), TypeError,
+         ["exp_avg[2]", "float16"]),
+        ("adamw-exp-avg-sq-float64-last", lambda: adamw_args(three(), three(), [f32(), f32(), np.ones(N)], None,
+                                                             three(f32, value=2.0)), TypeError,
+         ["exp_avg_sq[2]", "float64"]),
+        ("adamw-grad-int-last", lambda: adamw_args(three(), three(), three(), three(f32, value=3.0),
+                                                   [f32(2.0), f32(2.0), np.ones(N, np.int64)]), TypeError,
+         ["grad[2]", "int64"]),
+        ("adamw-exp-avg-sq-readonly-last", lambda: adamw_args(three(), three(), [f32(), f32(), readonly_f32()], None,
+                                                              three(f32, value=2.0)), ValueError,
+         ["exp_avg_sq[2]", "read-only"]),
+        ("adamw-param-misaligned-last", lambda: adamw_args([f32(), f32(), misaligned_f32()], three(), three(), None,
+                                                           three(f32, value=2.0)), ValueError, ["param[2]", "aligned"]),
+        ("adamw-exp-avg-strided-last", lambda: adamw_args(three(), [f32(), f32(), strided_f32()], three(), None,
+                                                          three(f32, value=2.0)), ValueError,
+         ["exp_avg[2]", "contiguous"]),
+        ("adamw-exp-avg-sq-is-exp-avg", lambda: (lambda m: adamw_args(three(), m, [f32(), f32(), m[1]], None,
+                                                                     three(f32, value=2.0)))(three()),
+         ValueError, ["exp_avg_sq[2]", "exp_avg[1]", "shares memory"]),
+        ("adamw-grad-view-of-exp-avg-sq", lambda: (lambda v: adamw_args(three(), three(), v, None,
+                                                                       [f32(2.0), v[0][:], f32(2.0)]))(three()),
+         ValueError, ["grad[1]", "exp_avg_sq[0]", "shares memory"]),
+        # --- adamw_flush: scalars
+        ("adamw-lr-negative", lambda: adamw_ok(lr=-1e-3), ValueError, ["lr", "-0.001"]),
+        ("adamw-lr-nan", lambda: adamw_ok(lr=float("nan")), ValueError, ["lr", "finite"]),
+        ("adamw-lr-string", lambda: adamw_ok(lr="0.1"), TypeError, ["lr", "str"]),
+        ("adamw-lr-beyond-float32", lambda: adamw_ok(lr=1e39), ValueError, ["lr", "float32"]),
+        ("adamw-beta1-one", lambda: adamw_ok(beta1=1.0), ValueError, ["beta1", "[0.0, 1.0)", "1.0"]),
+        ("adamw-beta1-negative", lambda: adamw_ok(beta1=-0.1), ValueError, ["beta1", "-0.1"]),
+        ("adamw-beta2-inf", lambda: adamw_ok(beta2=float("inf")), ValueError, ["beta2", "finite"]),
+        ("adamw-beta2-none", lambda: adamw_ok(beta2=None), TypeError, ["beta2", "None"]),
+        ("adamw-eps-zero", lambda: adamw_ok(eps=0.0), ValueError, ["eps", "(0.0, inf)"]),
+        ("adamw-eps-negative", lambda: adamw_ok(eps=-1e-8), ValueError, ["eps"]),
+        ("adamw-eps-underflows-float32", lambda: adamw_ok(eps=1e-50), ValueError, ["eps", "float32"]),
+        ("adamw-grad-scale-inf", lambda: adamw_ok(grad_scale=float("-inf")), ValueError, ["grad_scale", "finite"]),
+        ("adamw-grad-scale-object", lambda: adamw_ok(grad_scale=object()), TypeError, ["grad_scale", "object"]),
+        ("adamw-step-zero", lambda: adamw_ok(step=0), ValueError, ["step", ">= 1", "0"]),
+        ("adamw-step-negative-numpy", lambda: adamw_ok(step=np.int64(-3)), ValueError, ["step", "-3"]),
+        ("adamw-step-float", lambda: adamw_ok(step=2.0), TypeError, ["step", "int", "float"]),
+        ("adamw-step-bool", lambda: adamw_ok(step=True), TypeError, ["step", "bool"]),
+        ("adamw-step-none", lambda: adamw_ok(step=None), TypeError, ["step", "NoneType"]),
+        ("adamw-bias-correction-int", lambda: adamw_ok(bias_correction=1), TypeError, ["bias_correction", "bool"]),
+        ("adamw-weight-decay-short", lambda: adamw_ok(weight_decay=[0.1, 0.2]), ValueError,
+         ["weight_decay", "2", "3"]),
+        ("adamw-weight-decay-item-nan", lambda: adamw_ok(weight_decay=[0.1, 0.1, float("nan")]), ValueError,
+         ["weight_decay[2]", "finite"]),
+        ("adamw-weight-decay-inf", lambda: adamw_ok(weight_decay=float("inf")), ValueError,
+         ["weight_decay", "finite"]),
+        ("adamw-weight-decay-item-string", lambda: adamw_ok(weight_decay=[0.1, "x", 0.1]), TypeError,
+         ["weight_decay[1]"]),
+        ("adamw-weight-decay-2d", lambda: adamw_ok(weight_decay=np.zeros((3, 1))), ValueError, ["weight_decay"]),
         # --- sum_of_squares (read-only: nothing to write, but the same checks before it runs)
         ("squares-not-a-list", lambda: squares_args(f32()), TypeError, ["tensors", "list", "ndarray"]),
         ("squares-none", lambda: squares_args(None), TypeError, ["tensors", "None"]),

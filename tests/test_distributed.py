@@ -29,7 +29,7 @@ How AllReduce launches are counted (``dist_worker.AllReduceCounter``), per micro
     runs once per run).
 The test asserts exactly 1 launch for each micro-step / flush that ends a window and 0 for
 micro-steps that only accumulate, on every worker, in both modes; in GRAPH mode also that the
-one AllReduce sits in the ``_graph_reduce`` phase (1 node) and no other compiled phase has one.
+one AllReduce sits in the ``_graph_window_end`` phase (1 node) and no other compiled phase has one.
 """
 import functools
 import json
@@ -178,20 +178,14 @@ def test_one_allreduce_per_update(dist, mode):
             print(f"{mode}/{case} rank {r}: AllReduce launches per call {launches}")
             assert launches == expected, f"{mode}/{case} rank {r}: {launches} != {expected}"
             assert sum(expected) >= 1
-            if mode == "pynative":
-                # launched from Python, through the cell's own primitive; no graph has one
-                assert [e["cell_allreduce"] for e in events] == expected
-                assert [e["graph_allreduce"] for e in events] == [0] * len(events)
-            else:
-                # launched inside the compiled `_graph_reduce` phase, once per window end
-                assert [e["cell_allreduce"] for e in events] == [0] * len(events)
-                assert [e["graph_runs"].get("_graph_reduce", 0) for e in events] == expected
+            # launched inside the compiled window end (both modes), once per window end
+            assert [e["py_allreduce"] for e in events] == [0] * len(events)
+            assert [e["graph_runs"].get("_graph_window_end", 0) for e in events] == expected
         phases = record["cases"][f"{mode}/{dw.CASES[-1]}"]["phases"]  # cumulative over the run
-        if mode == "graph":
-            reduce_nodes = [n for name, n, _ in phases.values() if name == "_graph_reduce"]
-            other_nodes = [n for name, n, _ in phases.values() if name != "_graph_reduce"]
-            assert reduce_nodes and all(n == 1 for n in reduce_nodes), phases
-            assert all(n == 0 for n in other_nodes), phases
+        reduce_nodes = [n for name, n, _ in phases.values() if name == "_graph_window_end"]
+        other_nodes = [n for name, n, _ in phases.values() if name != "_graph_window_end"]
+        assert reduce_nodes and all(n == 1 for n in reduce_nodes), phases
+        assert all(n == 0 for n in other_nodes), phases
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -220,6 +214,17 @@ def test_flush_applies_on_every_worker(dist, mode):
             flushes = [e for e in events if e["kind"] == "flush"]
             assert [e["result"] for e in flushes] == [True], f"{case} rank {r}"
             assert events[-1]["pending_after"] == 0
+
+
+def test_other_parallel_modes_are_refused_with_a_clear_error(dist):
+    """Under msrun: (semi-)auto and hybrid parallel would leave the window unreduced or
+    wrongly reduced; the cell refuses them, naming the mode."""
+    for r in range(WORLD):
+        refused = dist[r][1]["refused_modes"]
+        assert set(refused) == set(dw.REFUSED_MODES)
+        for mode, message in refused.items():
+            assert message is not None, f"rank {r}: GradAccumCell accepted parallel_mode={mode}"
+            assert mode in message and "data_parallel" in message, message
 
 
 @pytest.mark.parametrize("mode", MODES)

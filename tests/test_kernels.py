@@ -11,6 +11,8 @@ from conftest import (
     np_dtype,
     random_array,
     ref_accumulate,
+    ref_adamw_flush,
+    ref_assign,
     ref_momentum_flush,
 )
 
@@ -477,3 +479,289 @@ def test_sum_of_squares_sum_beyond_float32_is_returned_in_double():
     expected = 4 * float(np.float32(1.5e19)) ** 2
     assert np.isfinite(got) and abs(got - expected) <= RTOL_SQUARES * expected
     assert expected > float(np.finfo(np.float32).max)
+
+
+# ---------------------------------------------------------------- accumulate(overwrite=True)
+
+
+def garbage_like(rng, shape):
+    """What an accumulator may hold before the first micro-batch of a window writes it: NaN, inf,
+    huge values and noise (the result must not depend on any of it)."""
+    a = random_array(rng, shape, np.float32, scale=1e30)
+    flat = a.reshape(-1)
+    flat[::3] = np.nan
+    flat[1::7] = np.inf
+    flat[2::11] = -np.inf
+    return a
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("grad_dtype", GRAD_DTYPES)
+@pytest.mark.parametrize("size", SIZES)
+def test_accumulate_overwrite_sizes(rng, isa, threads, nthreads, size, grad_dtype):
+    threads(nthreads)
+    acc = garbage_like(rng, size)
+    grad = random_array(rng, size, grad_dtype)
+    grad_before = grad.copy()
+    _C.accumulate([acc], [grad], 0.37, overwrite=True)
+    assert_close_f32(acc, ref_assign(grad, 0.37), "acc[0]")
+    assert grad.tobytes() == grad_before.tobytes()
+
+
+def test_accumulate_overwrite_mixed_list_then_add(rng, threads):
+    """A window: the first micro-batch overwrites garbage, the next ones add; the result is the
+    scaled sum of the window's gradients alone. Also through kernels.accumulate."""
+    from mindspore_accum import kernels
+
+    for n in (1, 2):
+        threads(n)
+        shapes = MIXED_SHAPES + THREAD_SHAPES
+        accs = [garbage_like(rng, s) for s in shapes]
+        expected = [np.zeros(s) for s in shapes]
+        for k, scale in enumerate([0.25, 0.25, -1.5]):
+            grads = [random_array(rng, s, GRAD_DTYPES[(i + k) % 3]) for i, s in enumerate(shapes)]
+            kernels.accumulate(accs, grads, scale, overwrite=k == 0)
+            expected = [ref_accumulate(e, g, scale) for e, g in zip(expected, grads)]
+        for i, e in enumerate(expected):
+            assert_close_f32(accs[i], e, f"acc[{i}] {shapes[i]}")
+
+
+def test_accumulate_overwrite_false_still_adds(rng):
+    acc = random_array(rng, 1000, np.float32)
+    grad = random_array(rng, 1000, np.float32)
+    expected = ref_accumulate(acc, grad, 2.0)
+    _C.accumulate([acc], [grad], 2.0, overwrite=False)
+    assert_close_f32(acc, expected)
+    _C.accumulate([], [], 1.0, overwrite=True)
+
+
+def test_accumulate_overwrite_is_exact_for_every_bit_pattern():
+    """acc = 1 * grad over all 65536 float16 patterns (inf and nan included) into a NaN-filled
+    accumulator: bit-exact widening, and no NaN left over from the old content."""
+    grad = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    exact = grad.astype(np.float32)
+    acc = np.full(grad.shape, np.nan, np.float32)
+    _C.accumulate([acc], [grad], 1.0, overwrite=True)
+    nan = np.isnan(exact)
+    assert np.array_equal(np.isnan(acc), nan)
+    assert np.array_equal(acc[~nan], exact[~nan])
+
+
+# ---------------------------------------------------------------- adamw_flush
+
+
+def adamw_kwargs(*, bias_correction=True, step=1, weight_decay=0.01, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                 grad_scale=0.25):
+    return dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step,
+                grad_scale=grad_scale, bias_correction=bias_correction)
+
+
+def adamw_state(rng, shapes):
+    """Parameters, first moments (normal) and second moments (non-negative, away from 0 so that
+    sqrt(v) + eps is O(0.1..1): u stays O(1-10))."""
+    params = [random_array(rng, s, np.float32) for s in shapes]
+    exp_avg = [random_array(rng, s, np.float32, scale=0.1) for s in shapes]
+    # np.array keeps 0-d results arrays
+    exp_avg_sq = [np.array(np.square(random_array(rng, s, np.float32, scale=0.1)) + np.float32(0.01)) for s in shapes]
+    return params, exp_avg, exp_avg_sq
+
+
+def run_adamw_and_check(rng, shapes, grad_dtypes, *, with_acc, with_grad, **kw):
+    """Builds random tensors, runs adamw_flush, checks every output against the reference."""
+    n = len(shapes)
+    kwargs = adamw_kwargs(**kw)
+    params, exp_avg, exp_avg_sq = adamw_state(rng, shapes)
+    accs = [random_array(rng, s, np.float32) for s in shapes] if with_acc else None
+    grads = [random_array(rng, s, dt) for s, dt in zip(shapes, grad_dtypes)] if with_grad else None
+    wd = np.broadcast_to(np.asarray(kwargs["weight_decay"], dtype=np.float64), (n,))
+    expected = [
+        ref_adamw_flush(params[i], exp_avg[i], exp_avg_sq[i], None if accs is None else accs[i],
+                        None if grads is None else grads[i], **{**kwargs, "weight_decay": float(wd[i])})
+        for i in range(n)
+    ]
+    grads_before = None if grads is None else [g.copy() for g in grads]
+    _C.adamw_flush(params, exp_avg, exp_avg_sq, accs, grads, **kwargs)
+    for i, (p, m, v, _) in enumerate(expected):
+        assert_close_f32(params[i], p, f"param[{i}]")
+        assert_close_f32(exp_avg[i], m, f"exp_avg[{i}]")
+        assert_close_f32(exp_avg_sq[i], v, f"exp_avg_sq[{i}]")
+        if accs is not None:
+            assert accs[i].dtype == np.float32 and not np.any(accs[i]) and not np.any(np.signbit(accs[i])), (
+                f"acc[{i}] must be +0 after the flush"
+            )
+        if grads is not None:
+            assert grads[i].tobytes() == grads_before[i].tobytes(), f"grad[{i}] was written"
+
+
+PRESENCE = [(True, True), (True, False), (False, True), (False, False)]
+PRESENCE_IDS = ["acc+grad", "acc-only", "grad-only", "neither"]
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("with_acc,with_grad", PRESENCE, ids=PRESENCE_IDS)
+@pytest.mark.parametrize("size", SIZES)
+def test_adamw_sizes(rng, isa, threads, nthreads, size, with_acc, with_grad):
+    threads(nthreads)
+    run_adamw_and_check(rng, [(size,)], ["float32"], with_acc=with_acc, with_grad=with_grad, lr=0.01)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("grad_dtype", GRAD_DTYPES)
+@pytest.mark.parametrize("with_acc", [True, False], ids=["acc+grad", "grad-only"])
+def test_adamw_large_grad_dtypes(rng, isa, threads, nthreads, grad_dtype, with_acc):
+    """Half-precision gradients widened block by block: a large odd size crosses many blocks,
+    thread ranges and a partial last block."""
+    threads(nthreads)
+    run_adamw_and_check(rng, [(5,), (1_000_003,)], [grad_dtype] * 2, with_acc=with_acc, with_grad=True,
+                        weight_decay=[0.0, 0.05])
+
+
+@pytest.mark.parametrize("step", [1, 1000])
+@pytest.mark.parametrize("bias_correction", [True, False], ids=["bias-corrected", "no-correction"])
+@pytest.mark.parametrize("grad_dtype", GRAD_DTYPES + ["mixed"])
+def test_adamw_steps_and_bias_correction_mixed_shapes(rng, grad_dtype, bias_correction, step):
+    dtypes = [GRAD_DTYPES[i % 3] if grad_dtype == "mixed" else grad_dtype for i in range(len(MIXED_SHAPES))]
+    run_adamw_and_check(rng, MIXED_SHAPES, dtypes, with_acc=True, with_grad=True, step=step,
+                        bias_correction=bias_correction, lr=0.05, eps=1e-6)
+
+
+@pytest.mark.parametrize(
+    "weight_decay",
+    [
+        0.0,
+        0.05,
+        np.array(0.05),
+        [0.0, 0.1, 0.02, 0.5, 0.0, 1e-4, 0.3],
+        (0.0, 0.1, 0.02, 0.5, 0.0, 1e-4, 0.3),
+        np.array([0.2, 0.0, 0.01, 0.5, 0.3, 1e-4, 0.05], np.float32),
+        np.array([0.2, 0.0, 0.01, 0.5, 0.3, 1e-4, 0.05], np.float64),
+    ],
+    ids=["zero", "scalar", "0-d-array", "list", "tuple", "ndarray-f32", "ndarray-f64"],
+)
+def test_adamw_weight_decay(rng, weight_decay):
+    assert len(MIXED_SHAPES) == 7
+    run_adamw_and_check(rng, MIXED_SHAPES, ["float32"] * 7, with_acc=True, with_grad=True, weight_decay=weight_decay,
+                        lr=0.1, step=3)
+
+
+def test_adamw_numpy_scalars_and_kernels_wrapper(rng):
+    from mindspore_accum import adamw_flush, kernels
+
+    assert adamw_flush is kernels.adamw_flush and "adamw_flush" in kernels.__all__
+    shapes = [(100,), (3, 4)]
+    params, exp_avg, exp_avg_sq = adamw_state(rng, shapes)
+    grads = [random_array(rng, s, "float16") for s in shapes]
+    kw = dict(lr=np.float64(0.01), beta1=np.float32(0.8), beta2=np.float64(0.99), eps=np.float32(1e-6),
+              weight_decay=np.float32(0.01), step=np.int64(7), grad_scale=np.float16(0.5),
+              bias_correction=np.bool_(True))
+    expected = [ref_adamw_flush(params[i], exp_avg[i], exp_avg_sq[i], None, grads[i],
+                                **{k: (v.item() if hasattr(v, "item") else v) for k, v in kw.items()})
+                for i in range(2)]
+    kernels.adamw_flush(params, exp_avg, exp_avg_sq, None, grads, **kw)
+    for i, (p, m, v, _) in enumerate(expected):
+        assert_close_f32(params[i], p, f"param[{i}]")
+        assert_close_f32(exp_avg[i], m, f"exp_avg[{i}]")
+        assert_close_f32(exp_avg_sq[i], v, f"exp_avg_sq[{i}]")
+
+
+def test_adamw_without_bias_correction_ignores_step(rng):
+    """bias_correction=False is nn.AdamWeightDecay: u = m / (sqrt(v) + eps) whatever the step."""
+    shapes = [(4097,), (3, 5)]
+    results = []
+    for step in (1, 1000, 10**30):
+        r = np.random.default_rng(5)
+        params, exp_avg, exp_avg_sq = adamw_state(r, shapes)
+        grads = [random_array(r, s, np.float32) for s in shapes]
+        _C.adamw_flush(params, exp_avg, exp_avg_sq, None, grads, **adamw_kwargs(bias_correction=False, step=step))
+        results.append([a.tobytes() for a in params + exp_avg + exp_avg_sq])
+    assert results[0] == results[1] == results[2]
+
+
+def test_adamw_exact_small_values():
+    """Values exact in float32 where it matters: g = (1 + 2) * 0.5 = 1.5, m = 0.1 * 1.5,
+    v = 0.001 * 2.25, bias-corrected at step 1: u = 1 (m/bc1 = 1.5, sqrt(v/bc2) = 1.5, eps tiny);
+    param = 1 - 0.1 * 0.01 * 1 - 0.1 * 1 = 0.899 (to float32 rounding)."""
+    p, m, v = np.ones(9, np.float32), np.zeros(9, np.float32), np.zeros(9, np.float32)
+    acc, grad = np.ones(9, np.float32), np.full(9, 2.0, np.float32)
+    _C.adamw_flush([p], [m], [v], [acc], [grad], lr=0.1, beta1=0.9, beta2=0.999, eps=1e-12, weight_decay=0.01,
+                   step=1, grad_scale=0.5, bias_correction=True)
+    np.testing.assert_allclose(p, 0.899, rtol=1e-6)
+    np.testing.assert_allclose(m, 0.15, rtol=1e-6)
+    np.testing.assert_allclose(v, 0.00225, rtol=2e-5)  # 1 - float32(0.999) = 0.00099998713
+    assert not np.any(acc)
+
+
+def test_adamw_several_windows_against_reference(rng):
+    """Three windows (k = 3, 1, 2 micro-batches, the first written with overwrite, the last fused
+    into the flush), steps 1..3 with bias correction, compared with the same sequence in float64."""
+    shapes = [(5000,), (3, 5, 7), (), (17,)]
+    wd = [0.01, 0.0, 0.1, 0.02]
+    params = [random_array(rng, s, np.float32) for s in shapes]
+    exp_avg = [np.zeros(s, np.float32) for s in shapes]
+    exp_avg_sq = [np.zeros(s, np.float32) for s in shapes]
+    accs = [np.full(s, np.nan, np.float32) for s in shapes]  # never zeroed: overwrite starts each window
+    ref = [[f64(p), np.zeros(s), np.zeros(s)] for p, s in zip(params, shapes)]
+    loss_scale = 8.0
+    for step, k in enumerate([3, 1, 2], start=1):
+        window_sum = [np.zeros(s) for s in shapes]
+        for micro in range(k):
+            grads = [random_array(rng, s, GRAD_DTYPES[(micro + i) % 3], scale=loss_scale)
+                     for i, s in enumerate(shapes)]
+            if micro < k - 1:
+                _C.accumulate(accs, grads, 1.0, overwrite=micro == 0)
+                window_sum = [w + f64(g) for w, g in zip(window_sum, grads)]
+            else:
+                kwargs = adamw_kwargs(step=step, weight_decay=wd, lr=0.01, grad_scale=1.0 / (k * loss_scale))
+                _C.adamw_flush(params, exp_avg, exp_avg_sq, accs if k > 1 else None, grads, **kwargs)
+                for i in range(len(shapes)):
+                    ref[i][0], ref[i][1], ref[i][2], _ = ref_adamw_flush(
+                        ref[i][0], ref[i][1], ref[i][2], window_sum[i], grads[i], **{**kwargs, "weight_decay": wd[i]})
+        for i in range(len(shapes)):
+            for name, got, want in zip(("param", "exp_avg", "exp_avg_sq"), (params, exp_avg, exp_avg_sq), ref[i]):
+                scale = max(float(np.max(np.abs(want))), 1.0)
+                err = float(np.max(np.abs(f64(got[i]) - want)))
+                assert err <= step * 1e-6 * scale, f"{name}[{i}] step {step}: {err:.3g}"
+            if k > 1:
+                assert not np.any(accs[i])
+
+
+@pytest.mark.parametrize("big_dtype", GRAD_DTYPES)
+def test_adamw_thread_counts_give_identical_results(rng, threads, big_dtype):
+    dtypes = [GRAD_DTYPES[i % 3] for i in range(len(THREAD_SHAPES))]
+    dtypes[1] = big_dtype
+    p, m, v = adamw_state(rng, THREAD_SHAPES)
+    base = dict(p=p, m=m, v=v, a=[random_array(rng, s, np.float32) for s in THREAD_SHAPES],
+                g=[random_array(rng, s, dt) for s, dt in zip(THREAD_SHAPES, dtypes)])
+    wd = list(np.linspace(0.0, 0.1, len(THREAD_SHAPES)))
+    results = {}
+    for n in (1, 2, 3):
+        threads(n)
+        t = {k: [x.copy() for x in val] for k, val in base.items()}
+        _C.adamw_flush(t["p"], t["m"], t["v"], t["a"], t["g"], **adamw_kwargs(weight_decay=wd, step=10))
+        results[n] = t
+    for n in (2, 3):
+        for key in "pmva":
+            for i, (x, y) in enumerate(zip(results[1][key], results[n][key])):
+                assert x.tobytes() == y.tobytes(), f"{key}[{i}] differs between 1 and {n} threads"
+    for i in range(len(THREAD_SHAPES)):
+        rp, rm, rv, _ = ref_adamw_flush(base["p"][i], base["m"][i], base["v"][i], base["a"][i], base["g"][i],
+                                        **adamw_kwargs(weight_decay=wd[i], step=10))
+        assert_close_f32(results[1]["p"][i], rp, f"param[{i}]")
+        assert_close_f32(results[1]["m"][i], rm, f"exp_avg[{i}]")
+        assert_close_f32(results[1]["v"][i], rv, f"exp_avg_sq[{i}]")
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_adamw_many_small_tensors(rng, threads, nthreads):
+    threads(nthreads)
+    sizes = rng.integers(0, 1200, size=200)
+    sizes[::37] = 0
+    sizes[5] = 1
+    dtypes = [GRAD_DTYPES[i % 3] for i in range(200)]
+    run_adamw_and_check(rng, [(int(n),) for n in sizes], dtypes, with_acc=True, with_grad=True,
+                        weight_decay=list(rng.uniform(0, 0.1, 200)), step=2)
+
+
+def test_adamw_empty_list():
+    _C.adamw_flush([], [], [], [], [], **adamw_kwargs())
+    _C.adamw_flush([], [], [], None, None, **adamw_kwargs(weight_decay=[]))

@@ -121,13 +121,14 @@ bool set_vector_isa(const char* isa) {
   return true;
 }
 
-void accumulate(const std::vector<AccumulateTensor>& tensors, float scale) {
+void accumulate(const std::vector<AccumulateTensor>& tensors, float scale, bool overwrite) {
   const SpanKernels& k = select_kernels();
+  const auto span = overwrite ? k.assign : k.accumulate;
   std::vector<int64_t> numel(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) numel[i] = tensors[i].numel;
   for_each_balanced(numel, [&](size_t i, int64_t lo, int64_t hi) {
     const AccumulateTensor& t = tensors[i];
-    k.accumulate(t.acc + lo, offset_grad(t.grad, t.grad_type, lo), t.grad_type, hi - lo, scale);
+    span(t.acc + lo, offset_grad(t.grad, t.grad_type, lo), t.grad_type, hi - lo, scale);
   });
 }
 
@@ -139,6 +140,17 @@ void momentum_flush(const std::vector<FlushTensor>& tensors, const FlushScalars&
     const FlushTensor& t = tensors[i];
     k.flush(t.param + lo, t.moment + lo, t.acc ? t.acc + lo : nullptr, offset_grad(t.grad, t.grad_type, lo),
             t.grad_type, hi - lo, t.weight_decay, scalars);
+  });
+}
+
+void adamw_flush(const std::vector<AdamWTensor>& tensors, const AdamWScalars& scalars) {
+  const SpanKernels& k = select_kernels();
+  std::vector<int64_t> numel(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) numel[i] = tensors[i].numel;
+  for_each_balanced(numel, [&](size_t i, int64_t lo, int64_t hi) {
+    const AdamWTensor& t = tensors[i];
+    k.adamw(t.param + lo, t.exp_avg + lo, t.exp_avg_sq + lo, t.acc ? t.acc + lo : nullptr,
+            offset_grad(t.grad, t.grad_type, lo), t.grad_type, hi - lo, t.weight_decay, scalars);
   });
 }
 

@@ -26,6 +26,18 @@ struct FlushTensor {
   float weight_decay;
 };
 
+// One tensor of adamw_flush: param and both moments float32, updated in place.
+struct AdamWTensor {
+  float* param;
+  float* exp_avg;
+  float* exp_avg_sq;
+  float* acc;        // may be null
+  const void* grad;  // may be null
+  GradType grad_type;
+  int64_t numel;
+  float weight_decay;
+};
+
 // A read-only tensor of float32, float16 or bfloat16 values (sum_of_squares).
 struct SquaresTensor {
   const void* data;
@@ -40,11 +52,24 @@ struct FlushScalars {
   bool nesterov;
 };
 
+// Scalars of one adamw_flush call (accum_math.h AdamWArgs without the per-tensor weight decay).
+struct AdamWScalars {
+  float lr;
+  float beta1;
+  float beta2;
+  float eps;
+  float grad_scale;
+  float bias_correction1;  // 1 - beta1^t, or 1 without bias correction
+  float bias_correction2;  // 1 - beta2^t, or 1
+};
+
 namespace cpu {
 
 // Spans a kernel works on: one contiguous piece of one tensor. Pointers are already offset.
-void accumulate(const std::vector<AccumulateTensor>& tensors, float scale);
+// overwrite: acc = scale * grad, never reading acc (the first micro-batch of a window).
+void accumulate(const std::vector<AccumulateTensor>& tensors, float scale, bool overwrite = false);
 void momentum_flush(const std::vector<FlushTensor>& tensors, const FlushScalars& scalars);
+void adamw_flush(const std::vector<AdamWTensor>& tensors, const AdamWScalars& scalars);
 
 // Sum over every element of every tensor of its square (accum_math.h square_value), in one
 // multi-threaded pass. Deterministic for a given thread count (partial sums are added in
@@ -68,8 +93,11 @@ bool set_vector_isa(const char* isa);
 // Per-ISA span kernels (defined once in cpu_kernels_impl.h, compiled per ISA).
 struct SpanKernels {
   void (*accumulate)(float* acc, const void* grad, GradType type, int64_t n, float scale);
+  void (*assign)(float* acc, const void* grad, GradType type, int64_t n, float scale);  // acc = scale * grad
   void (*flush)(float* param, float* moment, float* acc, const void* grad, GradType type, int64_t n,
                 float weight_decay, const FlushScalars& s);
+  void (*adamw)(float* param, float* exp_avg, float* exp_avg_sq, float* acc, const void* grad, GradType type,
+                int64_t n, float weight_decay, const AdamWScalars& s);
   void (*axpy)(float* a, const float* b, int64_t n, float s);
   double (*sum_squares)(const void* x, GradType type, int64_t n);
 };

@@ -5,7 +5,8 @@
 namespace msaccum {
 namespace cpu {
 const SpanKernels& span_kernels_avx2() {
-  static const SpanKernels kernels{isa_avx2::accumulate_span, isa_avx2::flush_span, isa_avx2::axpy_span,
+  static const SpanKernels kernels{isa_avx2::accumulate_span, isa_avx2::assign_span, isa_avx2::flush_span,
+                                         isa_avx2::adamw_span, isa_avx2::axpy_span,
                                          isa_avx2::sum_squares_span};
   return kernels;
 }

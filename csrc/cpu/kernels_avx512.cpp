@@ -5,7 +5,8 @@
 namespace msaccum {
 namespace cpu {
 const SpanKernels& span_kernels_avx512() {
-  static const SpanKernels kernels{isa_avx512::accumulate_span, isa_avx512::flush_span, isa_avx512::axpy_span,
+  static const SpanKernels kernels{isa_avx512::accumulate_span, isa_avx512::assign_span, isa_avx512::flush_span,
+                                         isa_avx512::adamw_span, isa_avx512::axpy_span,
                                          isa_avx512::sum_squares_span};
   return kernels;
 }

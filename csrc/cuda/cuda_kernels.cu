@@ -1,4 +1,4 @@
-// CUDA kernels of mindspore_accum: `accumulate`, `momentum_flush` and `sum_of_squares` over
+// CUDA kernels of mindspore_accum: `accumulate`, `momentum_flush`, `adamw_flush` and `sum_of_squares` over
 // lists of tensors, launched in the style of apex / PyTorch multi_tensor_apply.
 //
 // One launch covers many tensors: the kernel takes, by value, a struct with up to kMax*Tensors
@@ -45,6 +45,7 @@ namespace {
 
 using internal::kBlockThreads;
 using internal::kMaxAccumulateTensors;
+using internal::kMaxAdamWTensors;
 using internal::kMaxBlocksPerLaunch;
 using internal::kMaxFlushTensors;
 using internal::kMaxSquaresTensors;
@@ -81,8 +82,9 @@ struct AccumulateArgs {
   int64_t numel[kMaxAccumulateTensors];
   unsigned char block_tensor[kMaxBlocksPerLaunch];
   int block_chunk[kMaxBlocksPerLaunch];
-  const float* scale;  // device memory, one float
-  int64_t chunk;       // elements per chunk
+  const float* scale;      // device memory, one float
+  const float* overwrite;  // device memory, one float (non-zero: acc = scale * grad), or null (add)
+  int64_t chunk;           // elements per chunk
 };
 
 template <typename G>
@@ -96,6 +98,22 @@ struct FlushArgs {
   unsigned char block_tensor[kMaxBlocksPerLaunch];
   int block_chunk[kMaxBlocksPerLaunch];
   const float* hyper;         // device memory: lr, momentum, grad_scale, nesterov (0/1)
+  const float* weight_decay;  // device memory: one float per tensor of the caller's list
+  int64_t chunk;
+};
+
+template <typename G>
+struct AdamWArgsPack {
+  float* param[kMaxAdamWTensors];
+  float* exp_avg[kMaxAdamWTensors];
+  float* exp_avg_sq[kMaxAdamWTensors];
+  float* acc[kMaxAdamWTensors];                     // may be null
+  const typename G::Scalar* grad[kMaxAdamWTensors];  // may be null
+  int64_t numel[kMaxAdamWTensors];
+  int wd_index[kMaxAdamWTensors];
+  unsigned char block_tensor[kMaxBlocksPerLaunch];
+  int block_chunk[kMaxBlocksPerLaunch];
+  const float* hyper;         // device memory: lr, beta1, beta2, eps, grad_scale, bias_correction1, bias_correction2
   const float* weight_decay;  // device memory: one float per tensor of the caller's list
   int64_t chunk;
 };
@@ -116,7 +134,10 @@ static_assert(sizeof(AccumulateArgs<GradF32>) <= 4000, "kernel arguments exceed 
 static_assert(sizeof(AccumulateArgs<GradF16>) <= 4000, "kernel arguments exceed the CUDA parameter space");
 static_assert(sizeof(FlushArgs<GradF32>) <= 4000, "kernel arguments exceed the CUDA parameter space");
 static_assert(sizeof(FlushArgs<GradF16>) <= 4000, "kernel arguments exceed the CUDA parameter space");
-static_assert(kMaxAccumulateTensors <= 256 && kMaxFlushTensors <= 256, "block_tensor is an unsigned char");
+static_assert(sizeof(AdamWArgsPack<GradF32>) <= 4000, "kernel arguments exceed the CUDA parameter space");
+static_assert(sizeof(AdamWArgsPack<GradF16>) <= 4000, "kernel arguments exceed the CUDA parameter space");
+static_assert(kMaxAccumulateTensors <= 256 && kMaxFlushTensors <= 256 && kMaxAdamWTensors <= 256,
+              "block_tensor is an unsigned char");
 
 // The chunk of the current block: [start, start + len) of tensor `tensor`.
 struct BlockChunk {
@@ -135,7 +156,29 @@ __device__ __forceinline__ BlockChunk block_chunk(const Args& args) {
   return c;
 }
 
-// ---- accumulate: acc += scale * grad ----
+// ---- accumulate: acc += scale * grad, or acc = scale * grad (overwrite) ----
+
+// acc = scale * grad: acc is only written, never read.
+template <typename G>
+__device__ __forceinline__ void assign_chunk(float* __restrict__ acc, const typename G::Scalar* __restrict__ grad,
+                                             int64_t len, float scale) {
+  int64_t i = threadIdx.x;
+  if (aligned_for<float4>(acc) && aligned_for<typename G::Vec>(grad)) {
+    const int64_t nvec = len / 4;
+    for (int64_t v = threadIdx.x; v < nvec; v += blockDim.x) {
+      const typename G::Vec g = reinterpret_cast<const typename G::Vec*>(grad)[v];
+      reinterpret_cast<float4*>(acc)[v] =
+          make_float4(assign_value(G::widen(g.x), scale), assign_value(G::widen(g.y), scale),
+                      assign_value(G::widen(g.z), scale), assign_value(G::widen(g.w), scale));
+      MSACCUM_COUNT_PATH(vector, 4);
+    }
+    i += nvec * 4;
+  }
+  for (; i < len; i += blockDim.x) {
+    acc[i] = assign_value(G::widen(grad[i]), scale);
+    MSACCUM_COUNT_PATH(scalar, 1);
+  }
+}
 
 template <typename G>
 __global__ void __launch_bounds__(kBlockThreads) accumulate_kernel(AccumulateArgs<G> args) {
@@ -143,6 +186,11 @@ __global__ void __launch_bounds__(kBlockThreads) accumulate_kernel(AccumulateArg
   float* __restrict__ acc = args.acc[c.tensor] + c.start;
   const typename G::Scalar* __restrict__ grad = args.grad[c.tensor] + c.start;
   const float scale = *args.scale;
+  // The flag is per call, hence uniform over the grid: no divergence.
+  if (args.overwrite != nullptr && *args.overwrite != 0.0f) {
+    assign_chunk<G>(acc, grad, c.len, scale);
+    return;
+  }
 
   int64_t i = threadIdx.x;
   if (aligned_for<float4>(acc) && aligned_for<typename G::Vec>(grad)) {
@@ -237,6 +285,66 @@ __global__ void __launch_bounds__(kBlockThreads) flush_kernel(FlushArgs<G> args)
   else flush_dispatch<G, false>(param, moment, acc, grad, c.len, h);
 }
 
+// ---- adamw_flush ----
+
+template <typename G, bool kHasAcc, bool kHasGrad>
+__device__ __forceinline__ void adamw_chunk(float* __restrict__ param, float* __restrict__ exp_avg,
+                                            float* __restrict__ exp_avg_sq, float* __restrict__ acc,
+                                            const typename G::Scalar* __restrict__ grad, int64_t len,
+                                            const AdamWArgs& h) {
+  int64_t i = threadIdx.x;
+  if (aligned_for<float4>(param) && aligned_for<float4>(exp_avg) && aligned_for<float4>(exp_avg_sq) &&
+      (!kHasAcc || aligned_for<float4>(acc)) && (!kHasGrad || aligned_for<typename G::Vec>(grad))) {
+    const int64_t nvec = len / 4;
+    for (int64_t v = threadIdx.x; v < nvec; v += blockDim.x) {
+      float4 p = reinterpret_cast<const float4*>(param)[v];
+      float4 m = reinterpret_cast<const float4*>(exp_avg)[v];
+      float4 s = reinterpret_cast<const float4*>(exp_avg_sq)[v];
+      float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      float4 g = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (kHasAcc) a = reinterpret_cast<const float4*>(acc)[v];
+      if (kHasGrad) {
+        const typename G::Vec gv = reinterpret_cast<const typename G::Vec*>(grad)[v];
+        g = make_float4(G::widen(gv.x), G::widen(gv.y), G::widen(gv.z), G::widen(gv.w));
+      }
+      adamw_value(p.x, m.x, s.x, summed_grad<kHasAcc, kHasGrad>(a.x, g.x), h);
+      adamw_value(p.y, m.y, s.y, summed_grad<kHasAcc, kHasGrad>(a.y, g.y), h);
+      adamw_value(p.z, m.z, s.z, summed_grad<kHasAcc, kHasGrad>(a.z, g.z), h);
+      adamw_value(p.w, m.w, s.w, summed_grad<kHasAcc, kHasGrad>(a.w, g.w), h);
+      reinterpret_cast<float4*>(param)[v] = p;
+      reinterpret_cast<float4*>(exp_avg)[v] = m;
+      reinterpret_cast<float4*>(exp_avg_sq)[v] = s;
+      if (kHasAcc) reinterpret_cast<float4*>(acc)[v] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      MSACCUM_COUNT_PATH(vector, 4);
+    }
+    i += nvec * 4;
+  }
+  for (; i < len; i += blockDim.x) {
+    const float a = kHasAcc ? acc[i] : 0.0f;
+    const float g = kHasGrad ? G::widen(grad[i]) : 0.0f;
+    adamw_value(param[i], exp_avg[i], exp_avg_sq[i], summed_grad<kHasAcc, kHasGrad>(a, g), h);
+    if (kHasAcc) acc[i] = 0.0f;
+    MSACCUM_COUNT_PATH(scalar, 1);
+  }
+}
+
+template <typename G>
+__global__ void __launch_bounds__(kBlockThreads) adamw_kernel(AdamWArgsPack<G> args) {
+  const BlockChunk c = block_chunk(args);
+  const float* hp = args.hyper;
+  const AdamWArgs h{hp[0], hp[1], hp[2], hp[3], hp[4], hp[5], hp[6], args.weight_decay[args.wd_index[c.tensor]]};
+  float* param = args.param[c.tensor] + c.start;
+  float* exp_avg = args.exp_avg[c.tensor] + c.start;
+  float* exp_avg_sq = args.exp_avg_sq[c.tensor] + c.start;
+  float* acc = args.acc[c.tensor] ? args.acc[c.tensor] + c.start : nullptr;
+  const typename G::Scalar* grad = args.grad[c.tensor] ? args.grad[c.tensor] + c.start : nullptr;
+  // acc/grad presence is per tensor, hence uniform over the block: no divergence.
+  if (acc && grad) adamw_chunk<G, true, true>(param, exp_avg, exp_avg_sq, acc, grad, c.len, h);
+  else if (acc) adamw_chunk<G, true, false>(param, exp_avg, exp_avg_sq, acc, grad, c.len, h);
+  else if (grad) adamw_chunk<G, false, true>(param, exp_avg, exp_avg_sq, acc, grad, c.len, h);
+  else adamw_chunk<G, false, false>(param, exp_avg, exp_avg_sq, acc, grad, c.len, h);
+}
+
 // ---- sum of squares ----
 
 // Pass 1: every thread adds the squares of its strided elements of the block's chunk in float32
@@ -324,9 +432,10 @@ int grad_type_index(GradType t) { return static_cast<int>(t); }
 
 template <typename G>
 int accumulate_group(const AccumulateTensor* tensors, int count, GradType type, const float* scale,
-                     cudaStream_t stream, int64_t chunk) {
+                     const float* overwrite, cudaStream_t stream, int64_t chunk) {
   AccumulateArgs<G> args{};
   args.scale = scale;
+  args.overwrite = overwrite;
   args.chunk = chunk;
   return pack_and_launch<kMaxAccumulateTensors>(
       tensors, args, count, chunk, [&](int i) { return tensors[i].grad_type == type; },
@@ -379,6 +488,41 @@ int flush_group(const FlushTensor* tensors, int count, GradType type, const floa
       });
 }
 
+template <typename G>
+int adamw_group(const AdamWTensor* tensors, int count, GradType type, const float* hyper, const float* weight_decay,
+                cudaStream_t stream, int64_t chunk) {
+  AdamWArgsPack<G> args{};
+  args.hyper = hyper;
+  args.weight_decay = weight_decay;
+  args.chunk = chunk;
+  // Without a gradient the gradient type is irrelevant: such tensors go with the float32 group.
+  auto effective = [&](int i) { return tensors[i].grad ? tensors[i].grad_type : GradType::kFloat32; };
+  return pack_and_launch<kMaxAdamWTensors>(
+      tensors, args, count, chunk, [&](int i) { return effective(i) == type; },
+      [&](AdamWArgsPack<G>& a, int slot, int i) {
+        a.param[slot] = tensors[i].param;
+        a.exp_avg[slot] = tensors[i].exp_avg;
+        a.exp_avg_sq[slot] = tensors[i].exp_avg_sq;
+        a.acc[slot] = tensors[i].acc;
+        a.grad[slot] = static_cast<const typename G::Scalar*>(tensors[i].grad);
+        a.numel[slot] = tensors[i].numel;
+        a.wd_index[slot] = i;
+      },
+      [](AdamWArgsPack<G>& a, int to, int from) {
+        a.param[to] = a.param[from];
+        a.exp_avg[to] = a.exp_avg[from];
+        a.exp_avg_sq[to] = a.exp_avg_sq[from];
+        a.acc[to] = a.acc[from];
+        a.grad[to] = a.grad[from];
+        a.numel[to] = a.numel[from];
+        a.wd_index[to] = a.wd_index[from];
+      },
+      [&](const AdamWArgsPack<G>& a, int blocks) {
+        MSACCUM_LAUNCH(adamw_kernel<G>, dim3(blocks), dim3(kBlockThreads), stream, a);
+        return check_launch();
+      });
+}
+
 // Launches pass 1 for the tensors of gradient type `type`; `blocks_done` counts the blocks of
 // all earlier launches, whose partial slots come first in `partials`.
 template <typename G>
@@ -418,7 +562,7 @@ constexpr int kInvalidValue = static_cast<int>(cudaErrorInvalidValue);
 namespace internal {
 
 int accumulate_chunked(const AccumulateTensor* tensors, int count, const float* scale, void* stream,
-                       long long chunk_elems) {
+                       long long chunk_elems, const float* overwrite) {
   if (count < 0 || chunk_elems <= 0 || (count > 0 && (tensors == nullptr || scale == nullptr))) return kInvalidValue;
   for (int i = 0; i < count; ++i) {
     const AccumulateTensor& t = tensors[i];
@@ -426,9 +570,9 @@ int accumulate_chunked(const AccumulateTensor* tensors, int count, const float* 
       return kInvalidValue;
   }
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  int rc = accumulate_group<GradF32>(tensors, count, GradType::kFloat32, scale, s, chunk_elems);
-  if (rc == 0) rc = accumulate_group<GradF16>(tensors, count, GradType::kFloat16, scale, s, chunk_elems);
-  if (rc == 0) rc = accumulate_group<GradBF16>(tensors, count, GradType::kBFloat16, scale, s, chunk_elems);
+  int rc = accumulate_group<GradF32>(tensors, count, GradType::kFloat32, scale, overwrite, s, chunk_elems);
+  if (rc == 0) rc = accumulate_group<GradF16>(tensors, count, GradType::kFloat16, scale, overwrite, s, chunk_elems);
+  if (rc == 0) rc = accumulate_group<GradBF16>(tensors, count, GradType::kBFloat16, scale, overwrite, s, chunk_elems);
   return rc;
 }
 
@@ -446,6 +590,24 @@ int momentum_flush_chunked(const FlushTensor* tensors, int count, const float* h
   int rc = flush_group<GradF32>(tensors, count, GradType::kFloat32, hyper, weight_decay, s, chunk_elems);
   if (rc == 0) rc = flush_group<GradF16>(tensors, count, GradType::kFloat16, hyper, weight_decay, s, chunk_elems);
   if (rc == 0) rc = flush_group<GradBF16>(tensors, count, GradType::kBFloat16, hyper, weight_decay, s, chunk_elems);
+  return rc;
+}
+
+int adamw_flush_chunked(const AdamWTensor* tensors, int count, const float* hyper, const float* weight_decay,
+                        void* stream, long long chunk_elems) {
+  if (count < 0 || chunk_elems <= 0 ||
+      (count > 0 && (tensors == nullptr || hyper == nullptr || weight_decay == nullptr)))
+    return kInvalidValue;
+  for (int i = 0; i < count; ++i) {
+    const AdamWTensor& t = tensors[i];
+    if (!valid_numel(t, chunk_elems) || grad_type_index(t.grad_type) > 2 ||
+        (t.numel > 0 && (!t.param || !t.exp_avg || !t.exp_avg_sq)))
+      return kInvalidValue;
+  }
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  int rc = adamw_group<GradF32>(tensors, count, GradType::kFloat32, hyper, weight_decay, s, chunk_elems);
+  if (rc == 0) rc = adamw_group<GradF16>(tensors, count, GradType::kFloat16, hyper, weight_decay, s, chunk_elems);
+  if (rc == 0) rc = adamw_group<GradBF16>(tensors, count, GradType::kBFloat16, hyper, weight_decay, s, chunk_elems);
   return rc;
 }
 
@@ -497,8 +659,12 @@ long long sum_of_squares_workspace(const int64_t* numel, int count) {
   return internal::sum_of_squares_workspace_chunked(numel, count, internal::kChunkElems);
 }
 
-int accumulate(const AccumulateTensor* tensors, int count, const float* scale, void* stream) {
-  return internal::accumulate_chunked(tensors, count, scale, stream, internal::kChunkElems);
+int accumulate(const AccumulateTensor* tensors, int count, const float* scale, void* stream, const float* overwrite) {
+  return internal::accumulate_chunked(tensors, count, scale, stream, internal::kChunkElems, overwrite);
+}
+
+int adamw_flush(const AdamWTensor* tensors, int count, const float* hyper, const float* weight_decay, void* stream) {
+  return internal::adamw_flush_chunked(tensors, count, hyper, weight_decay, stream, internal::kChunkElems);
 }
 
 int momentum_flush(const FlushTensor* tensors, int count, const float* hyper, const float* weight_decay,
