@@ -15,7 +15,8 @@ calls ``(loss_sum / window_tokens).backward()``; one optimizer step per window.
 
 The last line of stdout is a JSON summary with the example's keys (eval_bits_per_byte,
 tokens_per_s, updates, wall_time_s, params, first_losses, update_losses, evals, ...).
-No checkpoints are written. Needs PyTorch (``pip install torch==2.13.0``), not a dependency
+No checkpoints are written; --stop-after M ends the run at the first window end at or after M
+micro-batches (to compare the first losses of a long recipe quickly). Needs PyTorch (``pip install torch==2.13.0``), not a dependency
 of the project; benchmarks/bench_gpt_vs_pytorch.py runs it beside the example.
 """
 import math
@@ -203,6 +204,7 @@ def main(argv=None):
         since_tok += window_tokens
         bar.set_postfix(loss=f"{update_losses[-1]:.3f}", upd=u + 1,
                         tok_s=f"{run_tokens / (time.perf_counter() - t_train):.0f}", refresh=False)
+        stopping = bool(args.stop_after and micro >= args.stop_after and u + 1 < U)
         if (u + 1) % args.eval_every == 0 or u + 1 == U:
             ev = evaluate()
             tl = since_sum / max(1, since_tok)
@@ -211,16 +213,20 @@ def main(argv=None):
             bar.clear()
             log(f"[eval] update {u + 1}/{U}: train loss {tl:.4f}, eval loss {ev['eval_loss']:.4f}, "
                 f"eval bits/byte {ev['eval_bits_per_byte']:.4f} ({ev['eval_tokens']:,} held-out bytes)")
+        if stopping:  # --stop-after M: at the first window end at or after M micro-batches (no resume here)
+            break
     bar.close()
     train_time = time.perf_counter() - t_train
     first_tok = int((stream.batch(0)[1] != ld.PAD).sum())
-    final = evals[-1]
+    final = evals[-1] if evals and evals[-1]["update"] == len(update_losses) else \
+        {"eval_loss": None, "eval_bits_per_byte": None, "eval_tokens": None}
     summary = {
         "event": "summary", "model": "gpt", "framework": f"pytorch {torch.__version__}",
         "threads": torch.get_num_threads(), "params": n_params, "layers": args.layers, "d_model": args.d_model,
         "heads": args.heads, "max_positions": args.max_positions, "seq_len": args.seq_len, "tied_head": True,
         "compute_dtype": "float32", "data": data["desc"], "micro_batch": B, "accum_steps": K, "peak_lr": args.lr,
-        "warmup_updates": args.warmup, "min_lr": min_lr, "total_updates": U, "updates": U, "micro_batches": micro,
+        "warmup_updates": args.warmup, "min_lr": min_lr, "total_updates": U, "updates": len(update_losses),
+        "micro_batches": micro, "stopped_early": f"--stop-after {args.stop_after}" if len(update_losses) < U else None,
         "train_tokens_this_run": run_tokens, "padding_fraction": 1 - run_tokens / max(1, run_positions),
         "first_step_s": round(t_first, 3), "train_time_s": round(train_time, 2),
         "tokens_per_s": round(run_tokens / train_time, 1),

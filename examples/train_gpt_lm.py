@@ -200,11 +200,8 @@ def build_train_cell(loss_cell, groups, schedule, args):
     on a loss cell returning (loss_sum, num_items)."""
     import mindspore_accum
     from mindspore import nn
-    if not hasattr(mindspore_accum, "FusedAdamW"):  # TEMPORARY development aid, removed before the last commit
-        from _dev_accum import DevAccumCell
-        optimizer = nn.AdamWeightDecay(groups, learning_rate=schedule, beta1=args.beta1, beta2=args.beta2, eps=args.eps)
-        return DevAccumCell(loss_cell, optimizer, args.accum_steps, args.clip_grad_norm or None), optimizer
-    optimizer = mindspore_accum.FusedAdamW(groups, learning_rate=schedule, beta1=args.beta1, beta2=args.beta2,
+    from mindspore_accum.optim import FusedAdamW  # (main does not export it as mindspore_accum.FusedAdamW yet)
+    optimizer = FusedAdamW(groups, learning_rate=schedule, beta1=args.beta1, beta2=args.beta2,
                                            eps=args.eps, bias_correction=True)
     loss_scale = None
     if args.amp:
