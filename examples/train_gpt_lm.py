@@ -195,6 +195,14 @@ def param_groups(net, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def initial_loss_scale(args):
+    """2^16 / (tokens per micro-batch), as a power of two >= 1. The loss is a SUM over up to
+    batch x seq-len tokens, so its float16 gradients are that many times larger than those of a
+    mean loss: the usual 2^16 overflows every window (checked: 3 of 3 windows skipped at 2 x 32
+    tokens), and the dynamic scale would need ~log2(tokens) skipped windows to come down."""
+    return float(2 ** max(0, 16 - math.ceil(math.log2(args.batch_size * args.seq_len))))
+
+
 def build_train_cell(loss_cell, groups, schedule, args):
     """THE place where mindspore_accum is used: FusedAdamW (torch AdamW semantics) + GradAccumCell
     on a loss cell returning (loss_sum, num_items)."""
@@ -205,7 +213,8 @@ def build_train_cell(loss_cell, groups, schedule, args):
                                            eps=args.eps, bias_correction=True)
     loss_scale = None
     if args.amp:
-        loss_scale = nn.DynamicLossScaleUpdateCell(loss_scale_value=2.0 ** 16, scale_factor=2, scale_window=1000)
+        loss_scale = nn.DynamicLossScaleUpdateCell(loss_scale_value=initial_loss_scale(args), scale_factor=2,
+                                                   scale_window=1000)
     cell = mindspore_accum.GradAccumCell(loss_cell, optimizer, args.accum_steps,
                                          clip_global_norm=args.clip_grad_norm or None, loss_scale=loss_scale)
     return cell, optimizer
@@ -438,6 +447,9 @@ def train(args, data, isa, init):
         "layers": args.layers, "d_model": args.d_model, "heads": args.heads, "max_positions": args.max_positions,
         "seq_len": args.seq_len, "tied_head": True, "mode": args.mode, "device": args.device, "cpu_isa_fix": isa,
         "amp": args.amp, "compute_dtype": args.amp_dtype if args.amp else "float32", "data": data["desc"],
+        "loss_scale_initial": initial_loss_scale(args) if args.amp else None,
+        "loss_scale_last": (float(np.asarray(train_cell.loss_scale.asnumpy()).reshape(-1)[0])
+                            if args.amp and hasattr(train_cell, "loss_scale") else None),
         "train_bytes": data["train"].num_bytes, "eval_bytes": data["held"].num_bytes, "micro_batch": B,
         "accum_steps": K, "peak_lr": args.lr, "warmup_updates": args.warmup, "min_lr": min_lr,
         "total_updates": U, "updates": state["updates"], "optimizer_global_step": global_step,

@@ -146,6 +146,18 @@ def test_resume_mid_window_is_bit_identical(tmp_path, corpus, pynative_run):
     assert any(np.abs(full[k] - mid[k]).max() > 0 for k in weights)  # the last update did move them
 
 
+def test_amp_float16_with_dynamic_loss_scale(tmp_path, corpus, pynative_run):
+    """--amp: float16 matmuls, DynamicLossScaleUpdateCell in the cell. With a sum-reduced loss
+    the scale must start low enough that no window overflows, and the losses follow float32's."""
+    p = run([*data_args(corpus), *TINY, "--amp", "--mode", "pynative", "--ckpt-dir", "ck"], tmp_path)
+    s = summary_of(p)
+    assert s["compute_dtype"] == "float16" and s["loss_scale_initial"] == 2.0 ** 11  # 2**16 / (2 x 16 tokens)
+    assert s["skipped_updates"] == 0 and s["updates"] == 2 and s["optimizer_global_step"] == 2
+    _, _, f32 = pynative_run
+    np.testing.assert_allclose(s["update_losses"], f32["update_losses"], rtol=1e-3)
+    assert s["update_losses"] != f32["update_losses"]  # float16 did run
+
+
 def test_save_init_and_init_weights_round_trip(tmp_path, corpus):
     npz = tmp_path / "init.npz"
     run([*TINY, "--save-init", str(npz)], tmp_path)
