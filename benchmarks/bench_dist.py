@@ -89,32 +89,23 @@ def _worker(args) -> None:
 
     class ReduceEveryMicroStep(GradAccumCell):
         """Baseline: one flat AllReduce of each micro-batch's gradients, then local accumulation
-        of the reduced gradients; the window end only checks finiteness and applies the fused
-        update (same kernels as GradAccumCell)."""
+        of the reduced gradients; the window end is the cell's own without its all-reduce (same
+        kernels as GradAccumCell)."""
 
-        def __call__(self, x):
-            loss = self._reduce_and_accumulate(x)
-            count = self.pending
-            if count >= self.accumulation_steps:
-                squares = float(self._graph_squares().asnumpy())
-                if np.isfinite(squares):
-                    self._graph_fused_update_acc(Tensor(1.0 / (count * self.world_size), ms.float32))
-                else:  # pragma: no cover - not exercised by the benchmark
-                    self._graph_discard()
-            return loss
-
-        @ms.jit
-        def _reduce_and_accumulate(self, x):
-            loss, grads = self._backward((x,))
-            flat = ops.concat([ops.reshape(g, (-1,)) for g in grads])
-            flat = self._allreduce(flat)
-            # slices, as GradAccumCell._reduce_window does (ops.split of 161 sections exceeds
+        def _micro_step(self, *inputs):
+            (_, loss, items, weight), grads = self._grad_fn(*inputs)
+            flat = self._allreduce(ops.concat([ops.reshape(g, (-1,)) for g in grads]))
+            # slices, as GradAccumCell._window_sum does (ops.split of 161 sections exceeds
             # MindSpore's call-depth limit in GRAPH mode)
             reduced = tuple(ops.reshape(flat[o:o + n], w.shape)
                             for o, n, w in zip(self._offsets, self._sizes, self.weights))
-            out = self._accumulate_op(self._one, *self.accumulators, *reduced)
+            out = self._ops.accumulate(self.accumulators, reduced, weight, ops.equal(self.micro_step, 0))
+            out = ops.depend(out, ops.assign_add(self.items, items * self.world_size))
             out = ops.depend(out, ops.assign_add(self.micro_step, Tensor(1, ms.int32)))
             return ops.depend(loss, out)
+
+        def _window_sum(self):  # the accumulators already hold the sum over workers
+            return self.accumulators, self.items, ops.cast(self.micro_step, ms.float32)
 
     allreduce = ops.AllReduce()
 
@@ -128,7 +119,7 @@ def _worker(args) -> None:
         assert n_values == NUM_VALUES, n_values
         opt = FusedMomentum(net.trainable_params(), 0.01, 0.9, weight_decay=5e-4)
         cls = GradAccumCell if variant == "reduce-once" else ReduceEveryMicroStep
-        cell = cls(net, opt, args.accum)  # the net returns its loss
+        cell = cls(net, opt, args.accum, micro_batch_weight="equal")  # the net returns its loss of a scalar input
         assert cell.distributed
         cell.set_train()
         # micro-batch inputs: a different scalar per worker and micro-step

@@ -7,10 +7,10 @@ from . import _C
 from .kernels import accumulate, adamw_flush, build_info, momentum_flush, sum_of_squares
 
 __version__ = _C.build_info()["version"]
-__all__ = ["GradAccumCell", "FusedMomentum", "FlushAtEpochEnd", "save_checkpoint_atomic", "load_checkpoint_verified",
+__all__ = ["GradAccumCell", "FusedMomentum", "FusedAdamW", "FlushAtEpochEnd", "save_checkpoint_atomic", "load_checkpoint_verified",
            "accumulate", "momentum_flush", "adamw_flush", "sum_of_squares", "build_info", "__version__"]
 
-_LAZY = {"GradAccumCell": "cell", "FlushAtEpochEnd": "cell", "FusedMomentum": "optim",
+_LAZY = {"GradAccumCell": "cell", "FlushAtEpochEnd": "cell", "FusedMomentum": "optim", "FusedAdamW": "optim",
          "save_checkpoint_atomic": "checkpoint", "load_checkpoint_verified": "checkpoint"}
 
 

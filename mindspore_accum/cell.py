@@ -20,7 +20,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.train.callback import Callback
 
-from . import _window_ops
+from . import _compat, _window_ops
 from .backend import choose_backend
 from .optim import FusedOptimizer, zeros_like_params
 
@@ -122,11 +122,20 @@ class GradAccumCell(nn.Cell):
         # Calls from Python run the micro-step as one graph (GRAPH mode) or eagerly (PYNATIVE),
         # then the window end as one graph when the window is full. `construct` is the in-graph
         # composition, used only when MindSpore inlines this cell (e.g. dataset sink mode).
-        pending = self._pending_after_resume_checks()
+        pending, must_end = self._pending_window()
+        if must_end:
+            self._finish_window()
+            pending = 0
         if ms.get_context("mode") == ms.GRAPH_MODE:
             loss = self._graph_micro_step(*inputs)
         else:
-            loss = self._micro_step(*inputs)
+            try:
+                loss = self._micro_step(*inputs)
+            except BaseException:
+                # An exception inside PyNative's backward leaves its grad executor mid-graph, and
+                # the next graph compiled in this process inherits it; reset it.
+                _compat.reset_pynative_grad()
+                raise
         if pending + 1 >= self.accumulation_steps:
             self._finish_window()
         return loss
@@ -136,7 +145,8 @@ class GradAccumCell(nn.Cell):
         window. Returns True when an update was applied."""
         # Data parallel: every worker joins the window's all-reduce, even with nothing pending
         # (otherwise one worker's flush would pair with another worker's next reduction).
-        if self._pending_after_resume_checks() == 0 and not self.distributed:
+        pending, _ = self._pending_window()
+        if pending == 0 and not self.distributed:
             return False
         return self._finish_window()
 
@@ -275,29 +285,28 @@ class GradAccumCell(nn.Cell):
         if reason == NO_ITEMS or self.scale_update_cell is None:  # with a dynamic scale, overflows are routine
             warnings.warn(message, RuntimeWarning, stacklevel=4)
 
-    def _pending_after_resume_checks(self) -> int:
-        """Micro-batches pending. A window loaded from a checkpoint that was accumulated under
-        another ``accumulation_steps`` is finished first, as a flush (with a warning); one from
-        another world size cannot be finished correctly and raises."""
+    def _pending_window(self):
+        """(micro-batches pending, whether that window must end before the next micro-batch).
+        A window whose end was interrupted is full; one loaded from a checkpoint accumulated under
+        another ``accumulation_steps`` ends early, as a flush (with a warning); one from another
+        world size cannot be finished correctly and raises."""
         pending = self.pending
         if pending == 0:
-            return 0
+            return 0, False
         stored_world = int(self.window_world_size.asnumpy())
         if stored_world != self.world_size:
             raise ValueError(f"GradAccumCell: the pending window ({pending} micro-batches) was accumulated by "
                              f"{stored_world} worker(s) and this job has {self.world_size}; its sum cannot be "
-                             "finished correctly. Resume with the original world size, or save checkpoints at "
-                             "window boundaries (after flush()).")
+                             "finished correctly under another world size. Resume with the original world size, "
+                             "or save checkpoints at window boundaries (after flush()).")
         stored_steps = int(self.window_steps.asnumpy())
-        if stored_steps != self.accumulation_steps or pending >= self.accumulation_steps:
-            if stored_steps != self.accumulation_steps:
-                warnings.warn(f"GradAccumCell: the pending window ({pending} micro-batches) was accumulated with "
-                              f"accumulation_steps={stored_steps}, this cell has {self.accumulation_steps}; it is "
-                              "applied now as a partial window (the mean over the items it holds), then "
-                              "accumulation continues with the new setting", RuntimeWarning, stacklevel=3)
-            self._finish_window()  # also a window whose end was interrupted
-            return 0
-        return pending
+        if stored_steps != self.accumulation_steps:
+            warnings.warn(f"GradAccumCell: the pending window ({pending} micro-batches) was accumulated with "
+                          f"accumulation_steps={stored_steps}, this cell has {self.accumulation_steps}; it is "
+                          "applied now as a partial window (the mean over the items it holds), then "
+                          "accumulation continues with the new setting", RuntimeWarning, stacklevel=3)
+            return pending, True
+        return pending, pending >= self.accumulation_steps
 
 
 # ---------------------------------------------------------------------- construction helpers

@@ -44,7 +44,8 @@ ACCUM = 2            # micro-batches per worker per update
 UPDATES = 3
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-3
 N_SAMPLES = 256
-CASES = ("fused", "momentum", "flush", "uneven", "overflow", "items", "native")
+CASES = ("fused", "momentum", "flush", "uneven", "overflow", "items", "native", "sink")
+SINK_CASES = ("sink",)  # run through Model.train(dataset_sink_mode=True): no per-call AllReduce counts
 # every parallel mode GradAccumCell refuses, checked in the same msrun job
 REFUSED_MODES = ("semi_auto_parallel", "auto_parallel", "hybrid_parallel")
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
@@ -82,10 +83,10 @@ def schedule(case, rank, world):
     micro-batches [u*B + (r*ACCUM + m)*MICRO, ... + MICRO) for m < ACCUM (its own shard)."""
     B = world * ACCUM * MICRO
     micro = lambda u, m: ("micro", u * B + (rank * ACCUM + m) * MICRO)  # noqa: E731
-    if case in ("fused", "momentum", "native"):
+    if case in ("fused", "momentum", "native", "sink"):
         events = [micro(u, m) for u in range(UPDATES) for m in range(ACCUM)]
         refs = [(u * B, (u + 1) * B) for u in range(UPDATES)]
-        return events, ACCUM, case, refs
+        return events, ACCUM, "fused" if case == "sink" else case, refs
     if case == "items":
         # uneven shards: micro-batches of 8, 8 on worker 0 and 8, 3 on worker 1 (world 2); the
         # update is the mean over all 27 samples, as one step on them.
@@ -240,6 +241,14 @@ def run_case(case, mode, rank, world):
 
     record = {"events": [], "distributed": distributed}
     snapshots = []
+    if case in SINK_CASES:  # the worker's micro-batches in order, as one sunk epoch
+        import mindspore.dataset as ds
+        from mindspore.train import Model
+
+        rows = np.concatenate([np.arange(ev[1], ev[1] + MICRO) for ev in events])
+        data = ds.NumpySlicesDataset({"x": x[rows], "y": y[rows]}, shuffle=False).batch(MICRO)
+        Model(cell).train(1, data, dataset_sink_mode=True)
+        events = []
     for ev in events:
         if ev[0] == "snap":
             snapshots.append([p.asnumpy().copy() for p in params])
