@@ -208,8 +208,7 @@ def build_train_cell(loss_cell, groups, schedule, args):
     on a loss cell returning (loss_sum, num_items)."""
     import mindspore_accum
     from mindspore import nn
-    from mindspore_accum.optim import FusedAdamW  # (main does not export it as mindspore_accum.FusedAdamW yet)
-    optimizer = FusedAdamW(groups, learning_rate=schedule, beta1=args.beta1, beta2=args.beta2,
+    optimizer = mindspore_accum.FusedAdamW(groups, learning_rate=schedule, beta1=args.beta1, beta2=args.beta2,
                                            eps=args.eps, bias_correction=True)
     loss_scale = None
     if args.amp:
