@@ -147,6 +147,7 @@ def report(args, runs, t0):
     rel_micro = max_rel_diff(ours["first_losses"][:n], theirs["first_losses"][:n])
     rel_update = max_rel_diff(ours["update_losses"][:n], theirs["update_losses"][:n])
     rel_all = max_rel_diff(ours["update_losses"], theirs["update_losses"])
+    common_n = min(len(ours["update_losses"]), len(theirs["update_losses"]))
     print()
     print(f"byte-level GPT {ours['params']:,} params ({ours['layers']} layers, d_model {ours['d_model']}), seq-len "
           f"{ours['seq_len']}, micro-batch {ours['micro_batch']} x {ours['accum_steps']}, {ours['updates']} updates, "
@@ -168,9 +169,9 @@ def report(args, runs, t0):
     print(f"first {n} micro-batch losses, ours:    {['%.7f' % v for v in ours['first_losses'][:n]]}")
     print(f"first {n} micro-batch losses, PyTorch: {['%.7f' % v for v in theirs['first_losses'][:n]]}")
     print(f"largest relative difference: {rel_micro:.2e} (micro-batch losses), {rel_update:.2e} (first {n} "
-          f"window losses, i.e. after 0..{n - 1} updates); over all {len(ours['update_losses'])} window losses: "
+          f"window losses, i.e. after 0..{n - 1} updates); over the {common_n} window losses both runs have: "
           f"{rel_all:.2e}")
-    result = {"first_n": n, "max_rel_diff_first_micro_losses": rel_micro,
+    result = {"first_n": n, "compared_update_losses": common_n, "max_rel_diff_first_micro_losses": rel_micro,
               "max_rel_diff_first_update_losses": rel_update, "max_rel_diff_all_update_losses": rel_all}
     if args.curves:
         with open(args.curves, "w") as f:
