@@ -103,6 +103,17 @@ SCRIPT = textwrap.dedent(
             aot_op()
             result[f"threads_{n}"] = pool_threads()
         result["pool_workers"] = _C._pool_workers()
+    elif scenario == "subnormals":
+        # the pool's workers are started by the AOT op, on a thread of MindSpore's runtime; a later
+        # call from Python must still see subnormal numbers on every thread (no flush-to-zero)
+        _C.set_num_threads(2)
+        aot_op()
+        tiny = np.full(BIG, 1e-41, np.float32)  # subnormal
+        a = np.zeros_like(tiny)
+        _C.accumulate([a], [tiny], 1.0)
+        result["zeros"] = int((a == 0).sum())
+        result["expected"] = int((tiny == 0).sum())
+        result["pool_workers"] = _C._pool_workers()
     elif scenario == "isa":
         for isa in json.loads(sys.argv[2]):
             _C.set_vector_isa(isa)
@@ -165,6 +176,15 @@ def test_set_num_threads_governs_graph_mode_aot_ops(script):
     assert r["threads_4"] == 3, f"with _C.set_num_threads(4) the AOT op did not use 4 threads: {r}"
     assert r["pool_workers"] == 3, r
     assert_one_kernel_library(r)
+
+
+@needs_proc
+def test_pool_started_by_mindspore_keeps_the_callers_subnormals(script):
+    """Workers adopt each caller's floating-point state: a pool started from MindSpore's runtime
+    (which may run with flush-to-zero) must not flush a later Python caller's subnormals."""
+    r = run_scenario(script, "subnormals")
+    assert r["pool_workers"] == 1, r
+    assert r["zeros"] == r["expected"] == 0, f"{r['zeros']} subnormal sums flushed to zero"
 
 
 def test_set_vector_isa_governs_graph_mode_aot_ops(script):

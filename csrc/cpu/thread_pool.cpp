@@ -2,6 +2,9 @@
 
 #include <pthread.h>
 #include <sched.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 #include <condition_variable>
 #include <cstdlib>
@@ -13,6 +16,18 @@ namespace msaccum {
 namespace cpu {
 namespace {
 
+// The floating-point control state of the calling thread (SSE MXCSR: rounding, flush-to-zero,
+// denormals-are-zero). A worker adopts the caller's for each job: the pool can be created from a
+// thread of MindSpore's runtime that runs with FTZ/DAZ set, and its workers would otherwise flush
+// subnormal values for every later caller, so one half of a tensor would differ from the other.
+#if defined(__x86_64__) || defined(__i386__)
+unsigned fp_state() { return _mm_getcsr(); }
+void set_fp_state(unsigned state) { _mm_setcsr(state); }
+#else
+unsigned fp_state() { return 0; }
+void set_fp_state(unsigned) {}
+#endif
+
 class Pool {
  public:
   void run(int nthreads, const std::function<void(int)>& fn) {
@@ -21,6 +36,7 @@ class Pool {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       job_ = &fn;
+      fp_state_ = fp_state();
       active_ = nthreads - 1;
       remaining_ = nthreads - 1;
       ++generation_;
@@ -75,6 +91,7 @@ class Pool {
     pthread_setname_np(pthread_self(), "msaccum-pool");
     for (;;) {
       const std::function<void(int)>* job = nullptr;
+      unsigned state = 0;
       {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
@@ -82,7 +99,9 @@ class Pool {
         seen = generation_;
         if (index > active_) continue;  // this call uses fewer threads
         job = job_;
+        state = fp_state_;
       }
+      set_fp_state(state);
       (*job)(index);
       std::lock_guard<std::mutex> lock(mutex_);
       if (--remaining_ == 0) done_.notify_one();
@@ -95,6 +114,7 @@ class Pool {
   std::condition_variable done_;
   std::vector<std::thread> workers_;
   const std::function<void(int)>* job_ = nullptr;
+  unsigned fp_state_ = 0;
   unsigned long long generation_ = 0;
   int active_ = 0;
   int remaining_ = 0;
