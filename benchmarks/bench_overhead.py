@@ -98,8 +98,8 @@ def _import_mindspore(mode: str):
 
 
 def build_model(cfg: dict):
-    """(network, network-with-loss, numpy inputs of the big batch N*B). Same seed, same weights
-    and data in every process."""
+    """(network, loss cell for the plain cells, loss cell for ours, numpy inputs of the big batch
+    N*B). Same seed, same weights and data in every process."""
     import numpy as np
     import mindspore as ms
     from mindspore import nn
@@ -115,7 +115,8 @@ def build_model(cfg: dict):
 
         net = ResNet50(num_classes=10)
         data = (rs.randn(total, 3, 32, 32).astype(np.float32), rs.randint(0, 10, total).astype(np.int32))
-        return net, nn.WithLossCell(net, ce), data
+        loss = nn.WithLossCell(net, ce)
+        return net, loss, loss, data
     if cfg["model"] == "mlp":
         width, depth = cfg["mlp_width"], cfg["mlp_layers"]
         layers = []
@@ -125,26 +126,41 @@ def build_model(cfg: dict):
                 layers.append(nn.ReLU())
         net = nn.SequentialCell(layers)
         data = (rs.randn(total, width).astype(np.float32), rs.randint(0, width, total).astype(np.int32))
-        return net, nn.WithLossCell(net, ce), data
+        loss = nn.WithLossCell(net, ce)
+        return net, loss, loss, data
     if cfg["model"] == "gpt":
         return _build_gpt(cfg, rs, total)
     raise ValueError(cfg["model"])
 
 
 def _build_gpt(cfg, rs, total):
-    """The GPT-like LM of examples/gpt.py: ``build_benchmark_lm(batch_total, rs)`` if it offers
-    one, else ``GPT(...)`` + its loss cell; see the module for its interface."""
+    """examples/gpt.py's GPT (its training script's default size: 4 layers, d_model 256, 4 heads,
+    context 128) on random byte tokens without padding. Ours gets the token-exact pair contract
+    (``LMLoss``: loss_sum, num_items); the plain cells the token mean loss_sum / num_items, the
+    same gradient when nothing is padded."""
+    import numpy as np
+    import mindspore as ms
+    from mindspore import nn, ops
+
     if EXAMPLES not in sys.path:
         sys.path.insert(0, EXAMPLES)
-    import gpt  # noqa: F401  (examples/gpt.py, merged from main)
+    import gpt  # examples/gpt.py (merged from main)
 
-    if hasattr(gpt, "build_benchmark_lm"):
-        return gpt.build_benchmark_lm(total, rs)
-    return _gpt_adapter(gpt, rs, total)
+    seq = cfg["gpt_seq"]
+    net = gpt.GPT(cfg["gpt_layers"], cfg["gpt_d_model"], cfg["gpt_heads"], max_positions=seq, seed=cfg.get("seed", 0))
+    pair = gpt.LMLoss(net)
 
+    class TokenMean(nn.Cell):
+        def __init__(self, inner):
+            super().__init__(auto_prefix=False)
+            self.inner = inner
 
-def _gpt_adapter(gpt, rs, total):  # filled in for the interface examples/gpt.py has
-    raise SystemExit("examples/gpt.py has no interface this benchmark knows")
+        def construct(self, x, y):
+            loss_sum, items = self.inner(x, y)
+            return loss_sum / ops.cast(items, ms.float32)
+
+    tokens = rs.randint(0, gpt.VOCAB, (total, seq + 1)).astype(np.int32)
+    return net, TokenMean(pair), pair, (tokens[:, :-1].copy(), tokens[:, 1:].copy())
 
 
 def make_optimizer(cfg: dict, params):
@@ -190,7 +206,7 @@ def worker(cfg: dict) -> dict:
     from mindspore import Tensor, nn
 
     milestones = [("imported mindspore", rss_mib())]
-    net, loss_cell, data = build_model(cfg)
+    net, loss_cell, ours_loss_cell, data = build_model(cfg)
     params = net.trainable_params()
     n_params = _param_count(params)
     n, b, kind = cfg["accum"], cfg["batch"], cfg["config"]
@@ -203,7 +219,7 @@ def worker(cfg: dict) -> dict:
     if kind == "ours":
         from mindspore_accum import GradAccumCell
 
-        cell = GradAccumCell(loss_cell, optimizer, n)
+        cell = GradAccumCell(ours_loss_cell, optimizer, n)
         cell.set_train()
 
         def call(i):
@@ -286,6 +302,7 @@ def worker(cfg: dict) -> dict:
         steady_phases = _Phases()
         window(steady_phases, split=split_last is not None)
     milestones.append(("end", rss_mib()))
+    kernel_costs = _kernel_costs(params) if (breakdown and kind == "ours") else None
 
     result = dict(
         n_params=n_params, accumulator_bytes=4 * n_params,
@@ -296,7 +313,7 @@ def worker(cfg: dict) -> dict:
         call_labels=[label for label, _ in calls], call_times_s=per_call,
         milestones=milestones, first_window_phases=first_window_phases.rows,
         steady_phases=steady_phases.rows if steady_phases else None,
-        global_step=int(optimizer.global_step.asnumpy()),
+        global_step=int(optimizer.global_step.asnumpy()), kernel_costs=kernel_costs,
     )
     if kind == "floor-time":
         grads_times = [t for times in per_call for t in times[:-1]]
@@ -311,6 +328,32 @@ def worker(cfg: dict) -> dict:
     return result
 
 
+def _kernel_costs(params) -> dict:
+    """Median seconds of our kernels alone on NumPy arrays shaped like the parameters: what a
+    micro-step must add to the grads-only graph (accumulate: 8 B/element for the first
+    micro-batch, 12 after) and the window-end check (sum of squares, 4 B/element). Run after every
+    peak was recorded (the arrays take 2-3 x the parameters' bytes)."""
+    import numpy as np
+    from mindspore_accum import kernels
+
+    rs = np.random.RandomState(1)
+    acc = [np.zeros(tuple(p.shape), np.float32) for p in params]
+    grad = [rs.standard_normal(tuple(p.shape)).astype(np.float32) for p in params]
+
+    def timed(fn, repeats=7):
+        fn()
+        out = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        return float(np.median(out))
+
+    return dict(accumulate_s=timed(lambda: kernels.accumulate(acc, grad, 0.5)),
+                accumulate_first_s=timed(lambda: kernels.accumulate(acc, grad, 0.5, overwrite=True)),
+                sum_of_squares_s=timed(lambda: kernels.sum_of_squares(acc)))
+
+
 def worker_exact(cfg: dict) -> dict:
     """One update of ours (N micro-batches) and of plain-big (one batch of N*B) from the same
     weights on the same samples: the distance between the two updates."""
@@ -320,8 +363,8 @@ def worker_exact(cfg: dict) -> dict:
     from mindspore_accum import GradAccumCell
 
     n, b = cfg["accum"], cfg["batch"]
-    net_a, loss_a, data = build_model(cfg)
-    net_b, loss_b, _ = build_model(cfg)
+    net_a, _, loss_a, data = build_model(cfg)
+    net_b, loss_b, _, _ = build_model(cfg)
     for pa, pb in zip(net_a.get_parameters(), net_b.get_parameters()):
         pb.set_data(Tensor(pa.asnumpy().copy()))
     before = [p.asnumpy().astype(np.float64) for p in net_a.trainable_params()]
@@ -460,6 +503,17 @@ def render(block: dict) -> str:
     lines.append(f"| ours peak - memory floor (MiB) | {_f(s['ours_minus_memory_floor_mib'], '{:+,.0f}')} | |")
     lines.append(f"| ours micro-step / last call (micro-step + window end) (s) | "
                  f"{_f(s['ours']['micro_step_s'], '{:.3f}')} / {_f(s['ours']['last_call_s'], '{:.3f}')} | |")
+    ours0, ft0 = block["runs"]["ours"][0], block["runs"]["floor-time"][0]
+    window_end = (None if s["ours"]["last_call_s"] is None or s["ours"]["micro_step_s"] is None
+                  else s["ours"]["last_call_s"] - s["ours"]["micro_step_s"])
+    lines.append(f"| time: ours window end (last call - micro-step) vs optimizer step (s) | "
+                 f"{_f(window_end, '{:.3f}')} vs {_f(ft['optimizer_step_s'], '{:.3f}')} | |")
+    kc = ours0.get("kernel_costs")
+    if kc:
+        lines.append(f"| our kernels alone, round 1 (s): accumulate first / later micro-batch, sum of squares | "
+                     f"{kc['accumulate_first_s']:.4f} / {kc['accumulate_s']:.4f}, {kc['sum_of_squares_s']:.4f} | "
+                     f"window: {kc['accumulate_first_s'] + (c['accum'] - 1) * kc['accumulate_s'] + kc['sum_of_squares_s']:.4f} |")
+    del ft0
     ex = block.get("exactness")
     if ex:
         lines.append(f"| exactness, one update: max abs(w_ours - w_big) / max abs(update) | "
@@ -519,6 +573,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed windows first (>= 1: graph compilation)")
     p.add_argument("--mlp-width", type=int, default=2048)
     p.add_argument("--mlp-layers", type=int, default=6)
+    p.add_argument("--gpt-layers", type=int, default=4)
+    p.add_argument("--gpt-d-model", type=int, default=256)
+    p.add_argument("--gpt-heads", type=int, default=4)
+    p.add_argument("--gpt-seq", type=int, default=128)
     p.add_argument("--batch", type=int, default=None, help="micro-batch size (default per model)")
     p.add_argument("--accum", type=int, default=None, help="micro-batches per update (default 4)")
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-call RSS diagnostic window of round 1")
@@ -556,7 +614,8 @@ def main(argv=None) -> int:
             spec = MODELS[m]
             settings = dict(model=m, mode=mode, batch=args.batch or spec["batch"], accum=args.accum or spec["accum"],
                             optimizer=spec["optimizer"], windows=args.windows or spec["windows"], warmup=args.warmup,
-                            mlp_width=args.mlp_width, mlp_layers=args.mlp_layers, seed=0, bn_free=spec["bn_free"])
+                            mlp_width=args.mlp_width, mlp_layers=args.mlp_layers, gpt_layers=args.gpt_layers,
+                            gpt_d_model=args.gpt_d_model, gpt_heads=args.gpt_heads, gpt_seq=args.gpt_seq, seed=0, bn_free=spec["bn_free"])
             blocks.append({"settings": settings, "runs": {c: [] for c in CONFIGS}})
     info = machine_info()
     print(f"# {info.get('cpu', '?')}, {info['logical_cpus']} CPUs, MindSpore {info.get('mindspore', '?')}, "
