@@ -46,6 +46,9 @@ def test_quick_mlp(tmp_path):
         assert run["global_step"] == windows * (st["accum"] if name == "plain-micro" else 1), name
     ours, floor = block["runs"]["ours"][0], block["runs"]["floor-time"][0]
     assert ours["skipped_updates"] == 0 and ours["micro_step_s"] > 0 and ours["last_call_s"] > 0
+    assert all(ours["kernel_costs"][k] > 0 for k in ("accumulate_s", "accumulate_first_s", "sum_of_squares_s"))
+    # the breakdown splits ours' last call into its two graphs: the window end is the last phase
+    assert ours["steady_phases"][-1]["phase"] == "window end (window-end graph)"
     assert len(ours["call_times_s"][0]) == 4 and len(floor["call_times_s"][0]) == 5
     assert floor["time_floor_s"] == 4 * floor["grads_only_s"] + floor["optimizer_step_s"] > 0
     # the floors come from the processes the issue names
