@@ -26,7 +26,18 @@ ones), interleaved round by round so that every implementation sees the same mac
     mindspore   GRAPH_MODE Cell: per tensor cast, square, sum, added up (GradAccumCell's check
                 before it had the kernel)
 
-GB/s = bytes per element of the *operation* (12 or 28) x elements / median time, for every
+  adamw        the AdamW window end (benchmarks/adamw_common.py): the last gradient added, scaled,
+               AdamW with decoupled weight decay, acc = 0                       36 B/element
+               (reads param, exp_avg, exp_avg_sq, acc, grad; writes param, exp_avg, exp_avg_sq, acc)
+    ceiling     the accumulate ceiling's bandwidth (axpy, same run, same round) at 36 B/element
+    ours        mindspore_accum._C.adamw_flush (acc + grad, bias correction, step 10)
+    mindspore   GRAPH_MODE Cell: HyperMap(add), HyperMap(mul by grad_scale), nn.AdamWeightDecay
+                (no bias correction: checked against that reference), HyperMap(assign(acc, zeros))
+    pytorch     --torch-python PATH: benchmarks/bench_adamw_torch.py in its own process (PyTorch
+                CPU: torch._foreach_add_, torch.optim.AdamW(fused=True) with grad_scale, _foreach_zero_),
+                told to run once per round over a pipe and timed inside that process
+
+GB/s = bytes per element of the *operation* (12, 28 or 36) x elements / median time, for every
 implementation (so for NumPy/MindSpore it is an effective figure; they move more bytes than that).
 "ratio vs ceiling" = GB/s / ceiling GB/s (the ceiling being the 12 B/element axpy of the same
 run); "x MindSpore" = MindSpore-native median time / this median time.
@@ -36,6 +47,7 @@ Weight decay follows nn.Momentum's default filter: parameters whose name contain
 
 Usage:  python benchmarks/bench_kernels.py [--repeats 7] [--warmup 2] [--threads N] [--json out.json]
         python benchmarks/bench_kernels.py --quick
+        python benchmarks/bench_kernels.py --groups adamw --torch-python /tmp/torchvenv/bin/python
 """
 from __future__ import annotations
 
@@ -54,9 +66,12 @@ import sys
 import time
 from pathlib import Path
 
+import subprocess
+
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import adamw_common as aw  # noqa: E402
 from resnet50_cifar_shapes import NUM_TENSORS, NUM_VALUES, RESNET50_CIFAR_SHAPES, check_shapes  # noqa: E402
 
 ACC_BYTES = 12    # read acc, read grad, write acc
@@ -295,6 +310,98 @@ def build_mindspore(ms, init, shapes, wds):
     return acc_cell, flush_cell, squares_cell, weights, accs, flush_cell.optimizer.moments
 
 
+def build_mindspore_adamw(ms, init, shapes, wds):
+    """GRAPH_MODE: acc + grad, * grad_scale, nn.AdamWeightDecay, acc = 0 (MindSpore's own AdamW
+    window end; nn.AdamWeightDecay has no bias correction)."""
+    from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
+
+    add_op = ops.MultitypeFuncGraph("bench_adamw_add_op")
+
+    @add_op.register("Tensor", "Tensor")
+    def _add(acc, grad):  # noqa: ANN001
+        return acc + grad
+
+    scale_op = ops.MultitypeFuncGraph("bench_adamw_scale_op")
+
+    @scale_op.register("Tensor", "Tensor")
+    def _scale(s, x):  # noqa: ANN001
+        return x * s
+
+    zero_op = ops.MultitypeFuncGraph("bench_adamw_zero_op")
+
+    @zero_op.register("Tensor")
+    def _zero(acc):  # noqa: ANN001
+        return ops.assign(acc, ops.zeros_like(acc))
+
+    def params(prefix, arrs):
+        return ParameterTuple(
+            Parameter(Tensor(a.copy()), name=f"{prefix}.{n}", requires_grad=False) for (n, _), a in zip(shapes, arrs)
+        )
+
+    class MsAdamW(nn.Cell):
+        def __init__(self, weights, accs, grads):
+            super().__init__()
+            self.weights, self.accs, self.grads = weights, accs, grads
+            self.grad_scale = Tensor(aw.GRAD_SCALE, ms.float32)
+            self.hyper_map = ops.HyperMap()
+            self.optimizer = nn.AdamWeightDecay(weights, learning_rate=aw.LR, beta1=aw.BETA1, beta2=aw.BETA2,
+                                                eps=aw.EPS, weight_decay=aw.WEIGHT_DECAY)
+
+        def construct(self):
+            summed = self.hyper_map(add_op, self.accs, self.grads)
+            scaled = self.hyper_map(ops.partial(scale_op, self.grad_scale), summed)
+            done = self.optimizer(scaled)
+            zeroed = self.hyper_map(zero_op, self.accs)
+            return ops.depend(zeroed[-1], (done, zeroed))
+
+    weights = params("aw_param", init["param"])
+    accs = params("aw_acc", init["acc"])
+    grads = params("aw_grad", init["grad"])
+    cell = MsAdamW(weights, accs, grads)
+    cell.set_train(False)
+    opt = cell.optimizer
+    for m, a in zip(opt.moments1, init["exp_avg"]):
+        m.set_data(Tensor(a.copy()))
+    for v, a in zip(opt.moments2, init["exp_avg_sq"]):
+        v.set_data(Tensor(a.copy()))
+    assert list(opt.decay_flags) == [w > 0 for w in wds]
+    return cell, weights, accs, opt.moments1, opt.moments2
+
+
+class TorchProcess:
+    """benchmarks/bench_adamw_torch.py in its own process, run once per request (see its docstring)."""
+
+    external_time = True  # the timing loop takes the time measured inside the PyTorch process
+
+    def __init__(self, python, threads, quick):
+        cmd = [python, str(Path(__file__).resolve().parent / "bench_adamw_torch.py"), "--threads", str(threads)]
+        if quick:
+            cmd.append("--quick")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.hello = self._read()
+        if not self.hello.get("ready"):
+            raise RuntimeError(f"bench_adamw_torch.py did not start: {self.hello}")
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bench_adamw_torch.py exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def __call__(self):
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return self._read()["ms"] / 1e3
+
+    def close(self):
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+        except OSError:
+            pass
+        self.proc.wait(timeout=60)
+
+
 # --------------------------------------------------------------------------------------------
 # verification: one accumulate and one flush, every implementation vs a float64 reference
 
@@ -366,6 +473,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-hugepages", action="store_true",
                     help="allocate the arrays without NumPy's madvise(MADV_HUGEPAGE) (4 KiB pages: more TLB misses)")
     ap.add_argument("--skip", default="", help="comma list of implementations to leave out: numpy,mindspore")
+    ap.add_argument("--groups", default="accumulate,flush,squares,adamw",
+                    help="comma list of the op groups to time (default all; the accumulate ceiling always runs)")
+    ap.add_argument("--torch-python", default=None,
+                    help="a Python with torch installed: adds PyTorch's AdamW window end to the adamw group, run by "
+                         "benchmarks/bench_adamw_torch.py in its own process")
     ap.add_argument("--no-verify", action="store_true", help="skip the correctness check against float64")
     args = ap.parse_args(argv)
     repeats = args.repeats if args.repeats is not None else (5 if args.quick else 7)
@@ -373,6 +485,7 @@ def main(argv=None) -> int:
     if repeats < 1 or warmup < 0:
         ap.error("--repeats must be >= 1 and --warmup >= 0")
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    groups = {s.strip() for s in args.groups.split(",") if s.strip()}
 
     import mindspore as ms
     import mindspore_accum._C as C
@@ -429,6 +542,31 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         ms_objs = build_mindspore(ms, init, shapes, wds)
         ms_acc_cell, ms_flush_cell, ms_squares_cell, ms_weights, ms_accs, ms_moments = ms_objs
+
+    # -- the AdamW window end (its own state for every implementation)
+    aw_init = aw.adamw_init(shapes) if "adamw" in groups else None
+    aw_wds = aw.adamw_weight_decays(shapes)
+    torch_proc = None
+    if aw_init is not None:
+        aw_ours = {k: [] for k in aw_init}
+        for k, arrs in aw_init.items():
+            for a in arrs:
+                b = aligned_empty(a.shape, args.align, args.misalign)
+                b[...] = a
+                aw_ours[k].append(b)
+        if ms_objs:
+            ms_aw_cell, ms_aw_weights, ms_aw_accs, ms_aw_m, ms_aw_v = build_mindspore_adamw(ms, aw_init, shapes, aw_wds)
+        if args.torch_python:
+            torch_proc = TorchProcess(args.torch_python, ours_threads, args.quick)
+            print(f"(PyTorch {torch_proc.hello['torch']} in its own process, {torch_proc.hello['threads']} threads)")
+
+    def ours_adamw():
+        C.adamw_flush(aw_ours["param"], aw_ours["exp_avg"], aw_ours["exp_avg_sq"], aw_ours["acc"], aw_ours["grad"],
+                      lr=aw.LR, beta1=aw.BETA1, beta2=aw.BETA2, eps=aw.EPS, weight_decay=aw_wds, step=aw.STEP,
+                      grad_scale=aw.GRAD_SCALE, bias_correction=True)
+
+    def ms_adamw():
+        ms_aw_cell().asnumpy()
 
     def ours_acc():
         C.accumulate(ours.acc, ours.grad, SCALE)
@@ -490,6 +628,25 @@ def main(argv=None) -> int:
             checks["mindspore squares"] = abs(ms_squares() - exact_ms) / exact_ms
             print(f"(MindSpore graphs built and compiled in {time.perf_counter() - t0:.1f} s)")
         del ref
+        if aw_init is not None:
+            ref = aw.adamw_reference(aw_init, aw_wds, bias_correction=True)
+            ours_adamw()
+            checks["ours adamw param"] = aw.max_rel_err(aw_ours["param"], ref["param"])
+            checks["ours adamw exp_avg"] = aw.max_rel_err(aw_ours["exp_avg"], ref["exp_avg"])
+            checks["ours adamw exp_avg_sq"] = aw.max_rel_err(aw_ours["exp_avg_sq"], ref["exp_avg_sq"])
+            checks["ours adamw acc==0"] = float(max(np.abs(a).max() for a in aw_ours["acc"]))
+            if ms_objs:  # nn.AdamWeightDecay: no bias correction
+                ref = aw.adamw_reference(aw_init, aw_wds, bias_correction=False)
+                ms_adamw()
+                checks["mindspore adamw param"] = aw.max_rel_err([p.asnumpy() for p in ms_aw_weights], ref["param"])
+                checks["mindspore adamw exp_avg"] = aw.max_rel_err([p.asnumpy() for p in ms_aw_m], ref["exp_avg"])
+                checks["mindspore adamw exp_avg_sq"] = aw.max_rel_err([p.asnumpy() for p in ms_aw_v],
+                                                                      ref["exp_avg_sq"])
+                checks["mindspore adamw acc==0"] = float(max(np.abs(p.asnumpy()).max() for p in ms_aw_accs))
+            if torch_proc:  # checked inside its process, from the same initial state, before timing
+                for k, v in torch_proc.hello["verify"].items():
+                    checks[f"pytorch adamw {k}"] = v
+            del ref
         bad = {k: v for k, v in checks.items() if not v <= 1e-5}
         print("== verification vs float64 (max relative error): "
               + ", ".join(f"{k} {v:.1e}" for k, v in checks.items()))
@@ -500,8 +657,8 @@ def main(argv=None) -> int:
     # -- timing: every round runs every implementation once, in a fixed order
     cases = [  # (op, impl, fn, bytes per element of the op, elements the bytes count over)
         ("accumulate", "ceiling: _C.axpy_ceiling", ceiling, CEIL_BYTES, n_values),
-        ("accumulate", "ours: _C.accumulate", ours_acc, ACC_BYTES, n_values),
     ]
+    cases.append(("accumulate", "ours: _C.accumulate", ours_acc, ACC_BYTES, n_values))
     if np_impl:
         cases.append(("accumulate", "numpy (in-place ufuncs)", np_impl.accumulate, ACC_BYTES, n_values))
     if ms_objs:
@@ -517,6 +674,18 @@ def main(argv=None) -> int:
         cases.append(("squares", "numpy (float32 dot per tensor)", np_squares, SQUARES_BYTES, n_values))
     if ms_objs:
         cases.append(("squares", "mindspore (cast,square,sum per tensor)", ms_squares, SQUARES_BYTES, n_values))
+    if aw_init is not None:
+        # derived, not run: the ceiling's time of the same round scaled to 36 B/element
+        cases.append(("adamw", "ceiling: axpy bandwidth at 36 B/element", None, aw.ADAMW_BYTES, n_values))
+        cases.append(("adamw", "ours: _C.adamw_flush", ours_adamw, aw.ADAMW_BYTES, n_values))
+        if ms_objs:
+            cases.append(("adamw", "mindspore (add,mul,nn.AdamWeightDecay,zero)", ms_adamw, aw.ADAMW_BYTES,
+                          n_values))
+        if torch_proc:
+            cases.append(("adamw", "pytorch 2.13 (foreach_add,AdamW fused,zero)", torch_proc, aw.ADAMW_BYTES,
+                          n_values))
+    # the accumulate ceiling (index 0) always runs: every ratio refers to it
+    cases = [c for i, c in enumerate(cases) if i == 0 or c[0] in groups]
 
     times = {i: [] for i in range(len(cases))}
     gc.collect()
@@ -528,15 +697,24 @@ def main(argv=None) -> int:
     try:
         for r, i in schedule:
             fn = cases[i][2]
+            if fn is None:  # derived after the loop
+                continue
             if args.settle > 0:
                 time.sleep(args.settle)
             t0 = time.perf_counter()
-            fn()
+            external = fn()
             dt = time.perf_counter() - t0
+            if getattr(fn, "external_time", False):
+                dt = external  # measured in the other process, without the pipe
             if r >= warmup:
                 times[i].append(dt)
     finally:
         gc.enable()
+        if torch_proc:
+            torch_proc.close()
+    for i, c in enumerate(cases):
+        if c[2] is None:  # the ceiling's bandwidth at this row's bytes per element, round by round
+            times[i] = [t * c[3] / CEIL_BYTES for t in times[0]]
 
     # every value must still be finite (a NaN/denormal storm would make the timings meaningless)
     finite = all(np.isfinite(a).all() for a in ours.param + ours.moment + ours.acc)
@@ -544,6 +722,8 @@ def main(argv=None) -> int:
         finite &= all(np.isfinite(a).all() for a in np_impl.s.param + np_impl.s.moment + np_impl.s.acc)
     if ms_objs:
         finite &= all(np.isfinite(p.asnumpy()).all() for p in list(ms_weights) + list(ms_accs))
+    if aw_init is not None:
+        finite &= all(np.isfinite(a).all() for k in ("param", "exp_avg", "exp_avg_sq") for a in aw_ours[k])
 
     rows = []
     for i, (op, impl, _, bpe, n) in enumerate(cases):
@@ -561,6 +741,11 @@ def main(argv=None) -> int:
             (r["bytes_per_element"] / t) / (CEIL_BYTES / tc) for t, tc in zip(times[i], times[0]))
         r["paired_speedup_vs_mindspore"] = (statistics.median(tm / t for t, tm in zip(times[i], times[ms_index[op]]))
                                             if op in ms_index else None)
+    torch_index = {op: i for i, (op, impl, *_rest) in enumerate(cases) if impl.startswith("pytorch")}
+    for i, r in enumerate(rows):
+        op = r["op"]
+        r["paired_speedup_vs_pytorch"] = (statistics.median(tp / t for t, tp in zip(times[i], times[torch_index[op]]))
+                                          if op in torch_index else None)
     ms_med = {r["op"]: r["median_ms"] for r in rows if r["impl"].startswith("mindspore")}
     for r in rows:
         r["ratio_vs_ceiling"] = None if r["impl"].startswith("ceiling:") else r["gbps"] / ceil_gbps
@@ -571,14 +756,28 @@ def main(argv=None) -> int:
     print()
     print(fmt_table(rows))
     print(f"\nceiling = {ceil_gbps:.1f} GB/s (axpy, 12 B/element, same arrays as ours-accumulate). "
-          f"GB/s counts the op's bytes (accumulate 12, flush 28, squares 8 B/element) for every row; "
+          f"GB/s counts the op's bytes (accumulate 12, flush 28, squares 8, adamw 36 B/element) for every row; "
           f"ceiling* counts 24. loadavg at end: {' '.join(f'{x:.2f}' for x in facts['loadavg_end'])}"
           + ("" if finite else "  WARNING: non-finite values appeared"))
+
+    aw_rows = [r for r in rows if r["op"] == "adamw"]
+    if aw_rows:
+        print("\n== adamw window end (36 B/element): medians over rounds of the per-round ratios "
+              "(every implementation ran once per round, in turn)")
+        print("| implementation | median ms | GB/s | vs ceiling (paired) | x MindSpore (paired) | x PyTorch (paired) |")
+        print("|---|--:|--:|--:|--:|--:|")
+        for r in aw_rows:
+            ms_x = r["paired_speedup_vs_mindspore"]
+            pt_x = r["paired_speedup_vs_pytorch"]
+            print(f"| {r['impl']} | {r['median_ms']:.2f} | {r['gbps']:.1f} | {r['paired_ratio_vs_ceiling']:.2f} | "
+                  f"{'' if ms_x is None else f'{ms_x:.2f}x'} | {'' if pt_x is None else f'{pt_x:.2f}x'} |")
 
     targets = []
     by = {(r["op"], r["impl"].split(":")[0].split(" ")[0]): r for r in rows}
     for op, ceil_target in (("accumulate", 0.9), ("flush", 0.85)):
         r = by.get((op, "ours"))
+        if r is None:  # group not run
+            continue
         ok_c = r["ratio_vs_ceiling"] >= ceil_target
         line = (f"{op}: {r['ratio_vs_ceiling']:.2f}x ceiling (paired {r['paired_ratio_vs_ceiling']:.2f}; "
                 f"target >= {ceil_target}) {'PASS' if ok_c else 'MISS'}")

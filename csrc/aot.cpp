@@ -124,93 +124,81 @@ int parse_accumulate(const Call& c, std::vector<AccumulateTensor>* tensors) {
   return c.check_overlap(buffers);
 }
 
-int parse_flush(const Call& c, bool has_acc, bool has_grad, std::vector<FlushTensor>* tensors) {
-  const int per_tensor = 2 + (has_acc ? 1 : 0) + (has_grad ? 1 : 0);
-  if (c.nparam < 3 || c.ndims[1] != 1)
-    return c.fail("expected hyper(4), weight_decay(n), the tensor lists and one output");
-  const int64_t n64 = c.shapes[1][0];
-  if (n64 < 0 || 3 + per_tensor * n64 != static_cast<int64_t>(c.nparam))
-    return c.fail("weight_decay has " + std::to_string(n64) + " values, which does not match " +
-                  std::to_string(c.nparam) + " tensors");
-  const int n = static_cast<int>(n64);
-  if (c.nparam != 3 + per_tensor * n)
-    return c.fail("weight_decay has " + std::to_string(n) + " values, so " + std::to_string(3 + per_tensor * n) +
-                  " tensors were expected; got " + std::to_string(c.nparam));
-  if (!c.is(0, "float32") || c.numel(0) != 4) return c.fail("hyper (argument 0) must be 4 float32 values");
-  if (!c.is(1, "float32")) return c.fail("weight_decay (argument 1) must be float32");
-  tensors->resize(n);
-  for (int i = 0; i < n; ++i) {
-    const int p = 2 + i, m = 2 + n + i;
-    const int a = has_acc ? 2 + 2 * n + i : -1;
-    const int g = has_grad ? 2 + (has_acc ? 3 : 2) * n + i : -1;
-    FlushTensor& t = (*tensors)[i];
-    for (int k : {p, m, a}) {
-      if (k < 0) continue;
-      if (!c.is(k, "float32")) return c.fail(c.arg(k) + " must be float32");
-      if (!c.same_shape(p, k)) return c.fail(c.arg(k) + " has a different shape than parameter " + std::to_string(i));
-    }
-    t.grad_type = GradType::kFloat32;
-    if (g >= 0) {
-      if (!c.same_shape(p, g)) return c.fail("gradient " + c.arg(g) + " has a different shape than its parameter");
-      if (!grad_type(c, g, &t.grad_type)) return c.fail("gradient " + c.arg(g) + " must be float32, float16 or bfloat16");
-    }
-    t.param = static_cast<float*>(c.params[p]);
-    t.moment = static_cast<float*>(c.params[m]);
-    t.acc = a >= 0 ? static_cast<float*>(c.params[a]) : nullptr;
-    t.grad = g >= 0 ? c.params[g] : nullptr;
-    t.numel = c.numel(p);
-    t.weight_decay = 0.0f;
-  }
-  const int out = c.nparam - 1;
-  if (!c.is(out, "float32") || c.numel(out) != 1) return c.fail("the output must be one float32 value");
-  std::vector<std::pair<int, bool>> buffers;  // param, moment, acc are written; grad is read
-  const int written_end = 2 + (has_acc ? 3 : 2) * n;
-  for (int i = 2; i < out; ++i) buffers.push_back({i, i < written_end});
-  return c.check_overlap(buffers);
-}
+// The layout of the fused optimizer updates: hyper(hyper_size), weight_decay(n), param x n, then
+// `states` float32 lists x n (moments), [acc x n], [grad x n], out. Params, states and acc are
+// written, grad is read. Checks every tensor; fills, per tensor, the argument index of its param
+// (state k of tensor i is at param + (k + 1) * n), of its acc and grad (-1 when absent), and the
+// gradient's type.
+struct UpdateSlot {
+  int param, acc, grad;
+  GradType grad_type;
+};
 
-// AdamW: hyper(7), weight_decay(n), param, exp_avg, exp_avg_sq x n, [acc x n], [grad x n], out.
-int parse_adamw(const Call& c, bool has_acc, bool has_grad, std::vector<AdamWTensor>* tensors) {
-  const int lists = 3 + (has_acc ? 1 : 0) + (has_grad ? 1 : 0);
-  if (c.nparam < 3 || c.ndims[1] != 1)
-    return c.fail("expected hyper(7), weight_decay(n), the tensor lists and one output");
+int parse_update(const Call& c, int hyper_size, int states, bool has_acc, bool has_grad, std::vector<UpdateSlot>* slots) {
+  const int written = 1 + states + (has_acc ? 1 : 0);  // lists per tensor written in place
+  const int lists = written + (has_grad ? 1 : 0);
+  const std::string hyper = "hyper(" + std::to_string(hyper_size) + ")";
+  if (c.nparam < 3 || c.ndims[1] != 1) return c.fail("expected " + hyper + ", weight_decay(n), the tensor lists and one output");
   const int64_t n64 = c.shapes[1][0];
   if (n64 < 0 || 3 + lists * n64 != static_cast<int64_t>(c.nparam))
     return c.fail("weight_decay has " + std::to_string(n64) + " values, which does not match " +
                   std::to_string(c.nparam) + " tensors");
   const int n = static_cast<int>(n64);
-  if (!c.is(0, "float32") || c.numel(0) != 7) return c.fail("hyper (argument 0) must be 7 float32 values");
+  if (!c.is(0, "float32") || c.numel(0) != hyper_size)
+    return c.fail(hyper + " (argument 0) must be " + std::to_string(hyper_size) + " float32 values");
   if (!c.is(1, "float32")) return c.fail("weight_decay (argument 1) must be float32");
-  tensors->resize(n);
+  slots->resize(n);
   for (int i = 0; i < n; ++i) {
-    const int p = 2 + i, m = 2 + n + i, v = 2 + 2 * n + i;
-    const int a = has_acc ? 2 + 3 * n + i : -1;
-    const int g = has_grad ? 2 + (has_acc ? 4 : 3) * n + i : -1;
-    AdamWTensor& t = (*tensors)[i];
-    for (int k : {p, m, v, a}) {
-      if (k < 0) continue;
-      if (!c.is(k, "float32")) return c.fail(c.arg(k) + " must be float32");
-      if (!c.same_shape(p, k)) return c.fail(c.arg(k) + " has a different shape than parameter " + std::to_string(i));
+    UpdateSlot& t = (*slots)[i];
+    t.param = 2 + i;
+    t.acc = has_acc ? 2 + (written - 1) * n + i : -1;
+    t.grad = has_grad ? 2 + written * n + i : -1;
+    for (int k = 0; k < written; ++k) {
+      const int arg = t.param + k * n;
+      if (!c.is(arg, "float32")) return c.fail(c.arg(arg) + " must be float32");
+      if (!c.same_shape(t.param, arg)) return c.fail(c.arg(arg) + " has a different shape than parameter " + std::to_string(i));
     }
     t.grad_type = GradType::kFloat32;
-    if (g >= 0) {
-      if (!c.same_shape(p, g)) return c.fail("gradient " + c.arg(g) + " has a different shape than its parameter");
-      if (!grad_type(c, g, &t.grad_type)) return c.fail("gradient " + c.arg(g) + " must be float32, float16 or bfloat16");
+    if (has_grad) {
+      if (!c.same_shape(t.param, t.grad)) return c.fail("gradient " + c.arg(t.grad) + " has a different shape than its parameter");
+      if (!grad_type(c, t.grad, &t.grad_type)) return c.fail("gradient " + c.arg(t.grad) + " must be float32, float16 or bfloat16");
     }
-    t.param = static_cast<float*>(c.params[p]);
-    t.exp_avg = static_cast<float*>(c.params[m]);
-    t.exp_avg_sq = static_cast<float*>(c.params[v]);
-    t.acc = a >= 0 ? static_cast<float*>(c.params[a]) : nullptr;
-    t.grad = g >= 0 ? c.params[g] : nullptr;
-    t.numel = c.numel(p);
-    t.weight_decay = 0.0f;
   }
   const int out = c.nparam - 1;
   if (!c.is(out, "float32") || c.numel(out) != 1) return c.fail("the output must be one float32 value");
-  std::vector<std::pair<int, bool>> buffers;  // param, exp_avg, exp_avg_sq, acc are written; grad is read
-  const int written_end = 2 + (has_acc ? 4 : 3) * n;
-  for (int i = 2; i < out; ++i) buffers.push_back({i, i < written_end});
+  std::vector<std::pair<int, bool>> buffers;
+  for (int i = 2; i < out; ++i) buffers.push_back({i, i < 2 + written * n});
   return c.check_overlap(buffers);
+}
+
+float* f32(const Call& c, int arg) { return arg < 0 ? nullptr : static_cast<float*>(c.params[arg]); }
+
+// Momentum: hyper(4) = {lr, momentum, grad_scale, nesterov}, one state (the moment).
+int parse_flush(const Call& c, bool has_acc, bool has_grad, std::vector<FlushTensor>* tensors) {
+  std::vector<UpdateSlot> slots;
+  if (int rc = parse_update(c, 4, 1, has_acc, has_grad, &slots)) return rc;
+  const int n = static_cast<int>(slots.size());
+  tensors->resize(n);
+  for (int i = 0; i < n; ++i) {
+    const UpdateSlot& s = slots[i];
+    (*tensors)[i] = FlushTensor{f32(c, s.param), f32(c, s.param + n), f32(c, s.acc),
+                                s.grad < 0 ? nullptr : c.params[s.grad], s.grad_type, c.numel(s.param), 0.0f};
+  }
+  return 0;
+}
+
+// AdamW: hyper(7), two states (exp_avg, exp_avg_sq).
+int parse_adamw(const Call& c, bool has_acc, bool has_grad, std::vector<AdamWTensor>* tensors) {
+  std::vector<UpdateSlot> slots;
+  if (int rc = parse_update(c, 7, 2, has_acc, has_grad, &slots)) return rc;
+  const int n = static_cast<int>(slots.size());
+  tensors->resize(n);
+  for (int i = 0; i < n; ++i) {
+    const UpdateSlot& s = slots[i];
+    (*tensors)[i] = AdamWTensor{f32(c, s.param), f32(c, s.param + n), f32(c, s.param + 2 * n), f32(c, s.acc),
+                                s.grad < 0 ? nullptr : c.params[s.grad], s.grad_type, c.numel(s.param), 0.0f};
+  }
+  return 0;
 }
 
 // Checks a sum-of-squares call (inputs, out, workspace) and fills `tensors`; returns non-zero on

@@ -447,4 +447,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("num_threads", &msaccum::cpu::num_threads, "Threads the CPU kernels use.");
   m.def("set_num_threads", &msaccum::cpu::set_num_threads, py::arg("n"),
         "Set the CPU kernels' thread count, at most 256 (n <= 0 restores the default: MSACCUM_NUM_THREADS or the CPU affinity).");
+  // Introspection of the one kernel library (libmsaccum_kernels.so) that _C and the AOT ops share.
+  m.def("_pool_workers", &msaccum::cpu::pool_workers, "Worker threads the CPU kernels' pool has started.");
+  m.def(
+      "_kernel_calls", [](const std::string& isa) { return msaccum::cpu::kernel_calls(isa.c_str()); },
+      py::arg("isa"), "CPU kernel calls (from _C or the AOT ops) that ran the span kernels of `isa`.");
 }

@@ -20,6 +20,8 @@ from typing import Any, Optional
 
 import mindspore as ms
 
+from . import _compat
+
 __all__ = ["save_checkpoint_atomic", "load_checkpoint_verified"]
 
 
@@ -86,21 +88,14 @@ def save_checkpoint_atomic(save_obj: Any, ckpt_file_name: str, *, append_dict: O
     return path
 
 
-_CRC_TRAILER = b"crc_num"  # MindSpore's layout: ... | b"crc_num" | 10-byte big-endian CRC-32
-
-
 def load_checkpoint_verified(ckpt_file_name: str, net=None, **kwargs) -> dict:
     """``mindspore.load_checkpoint`` that accepts only complete, undamaged files written with a
     CRC (as :func:`save_checkpoint_atomic` writes them): a file without the CRC trailer (e.g.
     truncated) or whose CRC does not match raises ``ValueError``; ``FileNotFoundError`` if absent.
     Other arguments as ``mindspore.load_checkpoint``."""
     path = os.fspath(ckpt_file_name)
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - 17))
-        tail = f.read(17)
-    if size < 17 or tail[:7] != _CRC_TRAILER:
+    size, stored_crc = _compat.checkpoint_crc_trailer(path)
+    if stored_crc is None:
         raise ValueError(f"checkpoint {path!r} ({size} bytes) has no CRC trailer: it is truncated or was not "
                          "written with crc_check=True (save_checkpoint_atomic writes it)")
     kwargs["crc_check"] = True

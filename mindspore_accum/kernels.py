@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from . import _C
+from . import _C, _compat
 
 ArrayList = Sequence[np.ndarray]
 
@@ -164,8 +164,7 @@ def custom_op(entry: str, out_shape=_one_float, out_dtype=_float32):
     # The kernels write their inputs in place. Declared as memory side effects, the ops are kept
     # in order with every other read and write of those Parameters (auto-monad) and are never
     # pruned; without it GRAPH mode reuses a load of a Parameter taken before the op wrote it.
-    op.add_prim_attr("side_effect_mem", True)
-    return op
+    return _compat.mark_side_effect_mem(op)
 
 
 def sum_of_squares_op():

@@ -15,13 +15,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
+from ._compat import opt_init_args_register, optimizer_parameters
 from .backend import choose_backend
-
-try:  # records the constructor's arguments, as MindSpore's own optimizers do
-    from mindspore.nn.optim.optimizer import opt_init_args_register
-except ImportError:  # pragma: no cover - not every MindSpore release has it
-    def opt_init_args_register(fn):
-        return fn
 
 __all__ = ["FusedOptimizer", "FusedMomentum", "FusedAdamW", "zeros_like_params"]
 
@@ -39,11 +34,11 @@ class FusedOptimizer(nn.Optimizer):
         name = type(self).__name__
         if self.is_group and any(self.grad_centralization_flags):
             raise ValueError(f"{name} does not support grad_centralization in parameter groups")
-        for param in self._parameters:
+        for param in optimizer_parameters(self):
             if param.dtype != ms.float32:
                 raise TypeError(f"{name}: parameter {param.name!r} has dtype {param.dtype}; the fused update keeps "
                                 "float32 parameters (keep master weights in float32, e.g. amp level O2)")
-        self.params = self._parameters
+        self.params = optimizer_parameters(self)
         self.backend, self.backend_reason = choose_backend(backend, owner=name)
         self._lr_groups = _lr_groups(self)
         self._static_decay = _static_weight_decay(self)
@@ -185,7 +180,7 @@ class FusedMomentum(FusedOptimizer):
         self._setup_fused(backend)
         self.momentum_value = float(momentum)
         self.nesterov = nesterov
-        self.moments = zeros_like_params(self._parameters, "moments")
+        self.moments = zeros_like_params(self.params, "moments")
         self._set_states(self.moments)
         self._native_fn = _momentum_native
         self._momentum = Tensor(self.momentum_value, ms.float32)
@@ -240,8 +235,8 @@ class FusedAdamW(FusedOptimizer):
         self._setup_fused(backend)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.bias_correction = bias_correction
-        self.moments1 = zeros_like_params(self._parameters, "adam_m")
-        self.moments2 = zeros_like_params(self._parameters, "adam_v")
+        self.moments1 = zeros_like_params(self.params, "adam_m")
+        self.moments2 = zeros_like_params(self.params, "adam_v")
         self._set_states(self.moments1, self.moments2)
         self._native_fn = _adamw_native
         self._betas = (Tensor(self.beta1, ms.float32), Tensor(self.beta2, ms.float32), Tensor(self.eps, ms.float32))
@@ -271,7 +266,7 @@ def zeros_like_params(params, prefix: str):
 
 def _lr_groups(opt: nn.Optimizer) -> List[Tuple[List[int], int]]:
     """[(tensor indices, index into get_lr()'s tuple)] for each distinct learning rate."""
-    count = len(opt._parameters)
+    count = len(optimizer_parameters(opt))
     if not opt.is_group_lr:
         return [(list(range(count)), 0)]
     groups = {}

@@ -10,9 +10,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "== creating virtual environment $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-echo "== installing mindspore_accum[test] (builds the C++/CUDA extension)"
+echo "== installing mindspore_accum[test] (builds the C++/CUDA extension, warnings as errors)"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet ".[test]"
+# MSACCUM_WERROR=ON: CI and development treat compiler warnings as errors; a user's plain
+# `pip install .` does not (CMakeLists.txt, option MSACCUM_WERROR, default OFF).
+"$VENV/bin/python" -m pip install --quiet --config-settings=cmake.define.MSACCUM_WERROR=ON ".[test]"
 if command -v nvcc >/dev/null 2>&1; then
   # tests/test_cuda_build.py inspects the nvcc output with cuobjdump, which a bare nvcc lacks.
   command -v cuobjdump >/dev/null 2>&1 || "$VENV/bin/python" -m pip install --quiet "nvidia-cuda-cuobjdump>=13,<14"

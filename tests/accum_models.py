@@ -108,6 +108,15 @@ def run_big_batch(init, batches, make_opt):
     return net, opt
 
 
+def clip_by_norm_numpy(grads, clip):
+    """The gradients scaled to global L2 norm <= clip, computed in float64 NumPy (independent of
+    MindSpore's clip_by_global_norm, whose result differs between releases)."""
+    arrays = [g.asnumpy().astype(np.float64) for g in grads]
+    norm = np.sqrt(sum(float((a * a).sum()) for a in arrays))
+    factor = min(1.0, clip / max(norm, 1e-30))
+    return tuple(Tensor((a * factor).astype(np.float32)) for a in arrays)
+
+
 def max_rel_diff(actual, expected):
     """max |actual - expected| over all tensors, divided by max |expected|."""
     assert set(actual) == set(expected)

@@ -159,8 +159,40 @@ def rng(request):
     return np.random.default_rng(seed)
 
 
+# What each CPU kernel variant needs (csrc/cpu/cpu_kernels.cpp cpu_has), as /proc/cpuinfo flags.
+ISA_CPU_FLAGS = {
+    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq"},
+    "avx2": {"avx2", "fma", "f16c"},
+    "baseline": set(),
+}
+
+
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo, or None where there is no such file."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
 def supported_isas():
-    """Every CPU kernel variant this CPU can run (tests exercise all of them, not only the best)."""
+    """Every CPU kernel variant this CPU can run (tests exercise all of them, not only the best).
+
+    Read from /proc/cpuinfo, independently of the extension, so that a variant the CPU has is
+    always collected: if `_C` wrongly refused it, the tests that select it fail (they are never
+    silently left out). Without /proc/cpuinfo, the variants `_C` accepts."""
+    flags = cpu_flags()
+    if flags is not None:
+        return [isa for isa, needed in ISA_CPU_FLAGS.items() if needed <= flags]
+    return extension_isas()
+
+
+def extension_isas():
+    """The variants `_C.set_vector_isa` accepts on this CPU."""
     from mindspore_accum import _C
 
     best = _C.build_info()["vector_isa"]

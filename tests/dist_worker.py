@@ -18,7 +18,8 @@ Counting AllReduce launches (class AllReduceCounter)
 * From Python: ``AllReduce.__call__`` is patched at class level, so any AllReduce primitive
   launched from Python is counted (the cell launches none: its window end is compiled in both modes).
 * In compiled graphs (the window end, in GRAPH and PYNATIVE): the JIT executor
-  (``mindspore.graph.api._JitExecutor``) is patched at class level. When a phase is compiled, its
+  (``mindspore.graph.api._JitExecutor``; ``mindspore.common.api`` before 2.9: found by
+  ``mindspore_accum._compat.jit_executor_class``) is patched at class level. When a phase is compiled, its
   compiled graph is read back from the executor (``get_func_graph_proto(phase, "anf_ir")``) and
   its AllReduce nodes are counted; every run of a compiled graph then adds that number. The
   window end's AllReduce sits before its only branch, so it runs exactly once per run.
@@ -44,7 +45,8 @@ ACCUM = 2            # micro-batches per worker per update
 UPDATES = 3
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-3
 N_SAMPLES = 256
-CASES = ("fused", "momentum", "flush", "uneven", "overflow", "items", "native")
+CASES = ("fused", "momentum", "flush", "uneven", "overflow", "items", "native", "sink")
+SINK_CASES = ("sink",)  # run through Model.train(dataset_sink_mode=True): no per-call AllReduce counts
 # every parallel mode GradAccumCell refuses, checked in the same msrun job
 REFUSED_MODES = ("semi_auto_parallel", "auto_parallel", "hybrid_parallel")
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
@@ -82,10 +84,10 @@ def schedule(case, rank, world):
     micro-batches [u*B + (r*ACCUM + m)*MICRO, ... + MICRO) for m < ACCUM (its own shard)."""
     B = world * ACCUM * MICRO
     micro = lambda u, m: ("micro", u * B + (rank * ACCUM + m) * MICRO)  # noqa: E731
-    if case in ("fused", "momentum", "native"):
+    if case in ("fused", "momentum", "native", "sink"):
         events = [micro(u, m) for u in range(UPDATES) for m in range(ACCUM)]
         refs = [(u * B, (u + 1) * B) for u in range(UPDATES)]
-        return events, ACCUM, case, refs
+        return events, ACCUM, "fused" if case == "sink" else case, refs
     if case == "items":
         # uneven shards: micro-batches of 8, 8 on worker 0 and 8, 3 on worker 1 (world 2); the
         # update is the mean over all 27 samples, as one step on them.
@@ -154,7 +156,7 @@ class AllReduceCounter:
         """Installs the class-level patches (idempotent); :meth:`uninstall` removes them."""
         if self._restore is not None:
             return
-        from mindspore.graph import api
+        from mindspore_accum import _compat
         from mindspore.ops.operations.comm_ops import AllReduce
         counter = self
 
@@ -167,8 +169,9 @@ class AllReduceCounter:
 
         AllReduce.__call__ = counting_prim_call
 
-        orig_compile = api._JitExecutor.compile
-        orig_call = api._JitExecutor.__call__
+        executor_class = _compat.jit_executor_class()
+        orig_compile = executor_class.compile
+        orig_call = executor_class.__call__
 
         def compile_(executor, method_name, *args, **kwargs):
             phase = orig_compile(executor, method_name, *args, **kwargs)
@@ -191,16 +194,16 @@ class AllReduceCounter:
                 counter.graph_launches += n_allreduce
             return out
 
-        api._JitExecutor.compile = compile_
-        api._JitExecutor.__call__ = call_
+        executor_class.compile = compile_
+        executor_class.__call__ = call_
 
         def restore():
             if had_own_call:
                 AllReduce.__call__ = orig_prim_call
             else:
                 del AllReduce.__call__
-            api._JitExecutor.compile = orig_compile
-            api._JitExecutor.__call__ = orig_call
+            executor_class.compile = orig_compile
+            executor_class.__call__ = orig_call
 
         self._restore = restore
 
@@ -240,6 +243,14 @@ def run_case(case, mode, rank, world):
 
     record = {"events": [], "distributed": distributed}
     snapshots = []
+    if case in SINK_CASES:  # the worker's micro-batches in order, as one sunk epoch
+        import mindspore.dataset as ds
+        from mindspore.train import Model
+
+        rows = np.concatenate([np.arange(ev[1], ev[1] + MICRO) for ev in events])
+        data = ds.NumpySlicesDataset({"x": x[rows], "y": y[rows]}, shuffle=False).batch(MICRO)
+        Model(cell).train(1, data, dataset_sink_mode=True)
+        events = []
     for ev in events:
         if ev[0] == "snap":
             snapshots.append([p.asnumpy().copy() for p in params])

@@ -51,8 +51,8 @@ def run_checked(exe, args=(), env=None, timeout=600):
 def cpu_kernel_sources(repo=REPO):
     """[(source path, [flags])] of the msaccum_cpu library, as CMakeLists.txt builds it."""
     text = (repo / "CMakeLists.txt").read_text()
-    lib = re.search(r"add_library\(msaccum_cpu\s+STATIC\s+([^)]*)\)", text)
-    assert lib, "CMakeLists.txt: add_library(msaccum_cpu STATIC ...) not found"
+    lib = re.search(r"add_library\(msaccum_cpu\s+(?:STATIC|OBJECT)\s+([^)]*)\)", text)
+    assert lib, "CMakeLists.txt: add_library(msaccum_cpu OBJECT ...) not found"
     sources = lib.group(1).split()
     common = re.search(r"target_compile_options\(msaccum_cpu\s+PRIVATE\s+([^)]*)\)", text)
     common_flags = [f for f in common.group(1).split() if not f.startswith("${")] if common else []

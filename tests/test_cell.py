@@ -16,6 +16,7 @@ from mindspore.train import Model
 from mindspore.train.callback import CheckpointConfig, LossMonitor, ModelCheckpoint, TimeMonitor
 
 from accum_models import (  # noqa: F401  (mode and backend are fixtures)
+    clip_by_norm_numpy,
     CNN_SHAPES,
     backend,
     DenseCE,
@@ -608,3 +609,40 @@ def test_graph_update_is_not_pruned_when_the_loss_is_unused(backend, opt_name, s
         assert_weights_close(weights(net), ref_w, RTOL, "loss unused")
     finally:
         ms.set_context(mode=before)
+
+
+# ====================================================================== dataset sink mode
+
+
+def test_dataset_sink_mode_with_clipping_and_a_non_finite_skip_in_graph(backend):
+    """Model.train(dataset_sink_mode=True) inlines the cell's `construct` into MindSpore's sink
+    loop: three windows of 4 micro-batches of 8, the second poisoned with an inf, clipping on.
+    Equals the clipped large-batch steps on windows 1 and 3 (the clip computed in NumPy)."""
+    before_mode = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        rng = np.random.default_rng(21)
+        w = (rng.standard_normal((5, 12)) * 0.3).astype(np.float32)
+        b = (rng.standard_normal(5) * 0.1).astype(np.float32)
+        x = rng.standard_normal((96, 12)).astype(np.float32)
+        y = rng.integers(0, 5, 96).astype(np.int32)
+        x_poisoned = x.copy()
+        x_poisoned[32 + 8 + 3, 4] = np.inf  # window 2, micro-batch 2
+        clip = 0.3
+
+        ref = DenseCE(w, b)
+        opt = nn.Momentum(ref.trainable_params(), LR, MOMENTUM, weight_decay=WD)
+        grad_fn = ms.value_and_grad(ref, None, opt.parameters)
+        for lo in (0, 64):
+            _, grads = grad_fn(Tensor(x[lo:lo + 32]), Tensor(y[lo:lo + 32]))
+            opt(clip_by_norm_numpy(grads, clip))
+
+        net = DenseCE(w, b)
+        cell = GradAccumCell(net, FusedMomentum(net.trainable_params(), LR, MOMENTUM, weight_decay=WD, backend=backend),
+                             4, clip_global_norm=clip, backend=backend)
+        data = ds.NumpySlicesDataset({"x": x_poisoned, "y": y}, shuffle=False).batch(8)
+        Model(cell).train(1, data, dataset_sink_mode=True)
+        assert step_of(cell.optimizer) == 2 and int(cell.skipped_updates.asnumpy()) == 1 and cell.pending == 0
+        assert_weights_close(weights(net), weights(ref), RTOL, "sink mode, clipped, window 2 skipped")
+    finally:
+        ms.set_context(mode=before_mode)

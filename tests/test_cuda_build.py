@@ -2,7 +2,8 @@
 
 Compiles csrc/cuda/cuda_kernels.cu the way CMakeLists.txt does (the architecture list is read
 from it, or from $MSACCUM_CUDA_ARCHITECTURES like the build), then inspects the object with
-cuobjdump: sm_80 and sm_90 machine code and compute_90 PTX must be there, and no kernel may use
+cuobjdump: sm_75, sm_80 and sm_90 machine code and compute_75 PTX (the lowest listed architecture,
+so any newer GPU can JIT it) must be there, and no kernel may use
 local memory (spills) or a stack. Skipped only when there is no nvcc at all; with nvcc but
 without cuobjdump the test fails and says where to get one.
 
@@ -20,9 +21,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = REPO / "csrc" / "cuda" / "cuda_kernels.cu"
-REQUIRED_ELF = {"sm_80", "sm_90"}
-REQUIRED_PTX = {"sm_90"}  # cuobjdump names compute_90 PTX "<file>.sm_90.ptx"
-KERNEL_NAMES = ("accumulate_kernel", "flush_kernel")
+REQUIRED_ELF = {"sm_75", "sm_80", "sm_90"}  # T4, A100, H100 machine code
+REQUIRED_PTX = {"sm_75"}  # compute_75 PTX, JIT-compiled on newer GPUs; cuobjdump names it "<file>.sm_75.ptx"
+KERNEL_NAMES = ("accumulate_kernel", "flush_kernel", "adamw_kernel")
 GRAD_TYPES = ("GradF32", "GradF16", "GradBF16")
 
 
@@ -109,13 +110,21 @@ def test_machine_code_and_ptx_for_every_architecture(tools, cuda_object):
     elf = set(re.findall(r"\.(sm_\d+a?)\.cubin", cuobjdump(tools, "--list-elf", str(cuda_object))))
     ptx = set(re.findall(r"\.(sm_\d+a?)\.ptx", cuobjdump(tools, "--list-ptx", str(cuda_object))))
     assert REQUIRED_ELF <= elf, f"machine code for {sorted(elf)}; need {sorted(REQUIRED_ELF)}"
-    assert REQUIRED_PTX <= ptx, f"PTX for {sorted(ptx)}; need compute_90"
+    assert REQUIRED_PTX <= ptx, f"PTX for {sorted(ptx)}; need compute_75"
     for entry in configured_architectures().split(";"):
         arch, _, kind = entry.strip().partition("-")
         if kind in ("", "real"):
             assert f"sm_{arch}" in elf, f"{entry}: no sm_{arch} machine code"
         if kind in ("", "virtual"):
             assert f"sm_{arch}" in ptx, f"{entry}: no compute_{arch} PTX"
+
+
+def test_ptx_is_for_the_lowest_listed_architecture():
+    """PTX runs on its architecture and every newer one: it must be the lowest listed one's."""
+    entries = [e.strip() for e in configured_architectures().split(";")]
+    archs = [int(e.partition("-")[0]) for e in entries]
+    virtual = [int(e.partition("-")[0]) for e in entries if e.partition("-")[2] in ("", "virtual")]
+    assert virtual and min(virtual) == min(archs), f"PTX for {virtual}, architectures {archs}"
 
 
 def test_every_kernel_for_every_architecture_without_local_memory(tools, cuda_object):
@@ -154,18 +163,21 @@ def test_installed_extension_when_built_with_cuda():
         assert release and info["cuda_runtime"] == release.group(1)
     nm = shutil.which("nm")
     package = Path(C.__file__).resolve().parent
-    aot = sorted(package.glob("libmsaccum_aot*.so")) or sorted(
-        (REPO / "build").glob("*/libmsaccum_aot*.so"))
-    if nm is None or not aot:
+    aot, kernels = package / "libmsaccum_aot.so", package / "libmsaccum_kernels.so"
+    if nm is None or not aot.is_file():
         pytest.skip("nm or libmsaccum_aot.so not found")
-    symbols = subprocess.run([nm, "-D", "--defined-only", str(aot[0])], capture_output=True, text=True).stdout
-    for name in ("MsAccumAccumulateCuda", "MsAccumFlushCuda", "MsAccumFlushAccCuda", "MsAccumFlushGradCuda"):
-        assert re.search(rf"\bT {name}$", symbols, re.M), f"{aot[0]} does not export {name}"
-    # the kernel library's own symbols stay hidden (only the extern "C" entry points are the API)
-    assert "msaccum4cuda" not in symbols, "libmsaccum_aot.so exports msaccum::cuda internals"
+    symbols = subprocess.run([nm, "-D", "--defined-only", str(aot)], capture_output=True, text=True).stdout
+    for name in ("MsAccumAccumulateCuda", "MsAccumFlushCuda", "MsAccumFlushAccCuda", "MsAccumFlushGradCuda",
+                 "MsAccumAdamWCuda", "MsAccumAdamWAccCuda", "MsAccumAdamWGradCuda"):
+        assert re.search(rf"\bT {name}$", symbols, re.M), f"{aot} does not export {name}"
+    # the kernels live in libmsaccum_kernels.so, shared with _C (tests/test_one_kernel_lib.py)
+    assert "msaccum4cuda" not in symbols, "libmsaccum_aot.so defines msaccum::cuda functions of its own"
+    exported = subprocess.run([nm, "-D", "--defined-only", str(kernels)], capture_output=True, text=True).stdout
+    assert re.search(r"\bT _ZN7msaccum4cuda10accumulate", exported), "libmsaccum_kernels.so lacks msaccum::cuda"
+    assert not re.search(r"\bT cuda[A-Z]", exported), "libmsaccum_kernels.so exports the static CUDA runtime"
     cuobj = find_cuobjdump(nvcc) if nvcc else None
-    if cuobj:
-        listing = subprocess.run([cuobj, "--list-elf", "--list-ptx", str(aot[0])], capture_output=True, text=True)
+    if cuobj:  # the device code is in the kernel library, for every architecture
+        listing = subprocess.run([cuobj, "--list-elf", "--list-ptx", str(kernels)], capture_output=True, text=True)
         elf = set(re.findall(r"\.(sm_\d+a?)\.cubin", listing.stdout))
         ptx = set(re.findall(r"\.(sm_\d+a?)\.ptx", listing.stdout))
         assert REQUIRED_ELF <= elf and REQUIRED_PTX <= ptx, listing.stdout + listing.stderr

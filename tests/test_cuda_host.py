@@ -71,7 +71,7 @@ class T:
     numel: int
     grad: Optional[str] = "f32"  # None: absent
     acc: bool = True
-    offsets: tuple = (0, 0, 0, 0)  # elements before param, moment, acc, grad
+    offsets: tuple = (0, 0, 0, 0)  # elements before param, moment, acc, grad[, exp_avg_sq (adamw)]
     wd: float = 0.0
     arrays: dict = field(default_factory=dict)
 
@@ -79,9 +79,11 @@ class T:
 def make_data(tensors, rng, op):
     for t in tensors:
         n = t.numel
-        if op == "flush":
+        if op in ("flush", "adamw"):
             t.arrays["param"] = rng.standard_normal(n, dtype=np.float32)
             t.arrays["moment"] = rng.standard_normal(n, dtype=np.float32) * np.float32(0.1)
+        if op == "adamw":  # exp_avg_sq: non-negative, away from 0
+            t.arrays["moment2"] = np.square(rng.standard_normal(n, dtype=np.float32) * np.float32(0.1)) + np.float32(0.01)
         if t.acc:
             t.arrays["acc"] = rng.standard_normal(n, dtype=np.float32) * np.float32(3.0)
         if t.grad == "f32":
@@ -94,16 +96,25 @@ def make_data(tensors, rng, op):
             t.arrays["grad"] = to_bf16_bits(rng.standard_normal(n, dtype=np.float32))
 
 
-ARRAY_ORDER = ("param", "moment", "acc", "grad")
+ARRAY_ORDER = ("param", "moment", "moment2", "acc", "grad")  # moment2: adamw's exp_avg_sq
+OFFSET_INDEX = {"param": 0, "moment": 1, "acc": 2, "grad": 3, "moment2": 4}  # T.offsets / the case file
+
+
+def offsets5(t):
+    return tuple(t.offsets) + (0,) * (5 - len(t.offsets))
 
 
 def write_case(path, op, tensors, chunk, scalars):
-    opcode = {"accumulate": 0, "flush": 1, "squares": 3}[op]
+    """scalars: 4 floats, 8 for adamw (lr, beta1, beta2, eps, grad_scale, bc1, bc2, 0)."""
+    opcode = {"accumulate": 0, "flush": 1, "squares": 3, "adamw": 4}[op]
+    assert len(scalars) == (8 if op == "adamw" else 4)
     with open(path, "wb") as f:
-        f.write(struct.pack("<iiiq4f", 0x4341534D, opcode, len(tensors), chunk, *scalars))
+        f.write(struct.pack("<iiiq4f", 0x4341534D, opcode, len(tensors), chunk, *scalars[:4]))
+        if op == "adamw":
+            f.write(struct.pack("<4f", *scalars[4:]))
         for t in tensors:
             gt = -1 if t.grad is None else GRAD_TYPES[t.grad]
-            f.write(struct.pack("<qii4if", t.numel, gt, int(t.acc), *t.offsets, t.wd))
+            f.write(struct.pack("<qii5if", t.numel, gt, int(t.acc), *offsets5(t), t.wd))
         for t in tensors:
             for name in ARRAY_ORDER:
                 if name in t.arrays:
@@ -141,7 +152,7 @@ def run_case(exe, tmp_path, op, tensors, scalars, chunk=0):
 
 
 def group_of(t, op):
-    if op == "flush" and t.grad is None:
+    if op in ("flush", "adamw") and t.grad is None:
         return "f32"
     return t.grad
 
@@ -149,7 +160,7 @@ def group_of(t, op):
 def expected_counters(tensors, op, chunk, limits):
     """Launches, vector elements and scalar elements the launcher must produce."""
     max_tensors = {"accumulate": limits["max_accumulate_tensors"], "flush": limits["max_flush_tensors"],
-                   "squares": limits["max_squares_tensors"]}[op]
+                   "squares": limits["max_squares_tensors"], "adamw": limits["max_adamw_tensors"]}[op]
     max_blocks = limits["max_blocks"]
     launches = vec = scal = 0
     for kind in ("f32", "f16", "bf16"):
@@ -161,10 +172,10 @@ def expected_counters(tensors, op, chunk, limits):
             chunks = -(-t.numel // chunk)
             for c in range(chunks):
                 start, length = c * chunk, min(chunk, t.numel - c * chunk)
-                present = [i for i, name in enumerate(ARRAY_ORDER) if name in t.arrays]
+                present = [OFFSET_INDEX[name] for name in ARRAY_ORDER if name in t.arrays]
                 # base allocations are 64-byte aligned: a chunk is vectorised iff every pointer
                 # sits on a multiple of 4 elements (16 B for float32, 8 B for 16-bit gradients)
-                if all((t.offsets[i] + start) % 4 == 0 for i in present):
+                if all((offsets5(t)[i] + start) % 4 == 0 for i in present):
                     vec += length // 4 * 4
                     scal += length % 4
                 else:
@@ -189,10 +200,11 @@ def rel_err(out, ref, magnitude):
     return float(np.max(np.abs(out.astype(np.float64) - ref) / (magnitude + 1e-30)))
 
 
-def check_accumulate(tensors, scale, outs):
+def check_accumulate(tensors, scale, outs, overwrite=False):
     s = float(np.float32(scale))
     for i, (t, out) in enumerate(zip(tensors, outs)):
-        acc0 = t.arrays["acc"].astype(np.float64)
+        # overwrite: acc = scale * grad, whatever the accumulator held
+        acc0 = np.zeros(t.numel) if overwrite else t.arrays["acc"].astype(np.float64)
         g = widen(t.arrays["grad"], t.grad)
         ref = acc0 + s * g
         err = rel_err(out["acc"], ref, np.abs(acc0) + np.abs(s * g))
@@ -231,17 +243,67 @@ def check_flush(tensors, hyper, outs):
             assert np.array_equal(out["grad"], t.arrays["grad"]), f"{what}: the gradient was written"
 
 
-def run_and_check(runner, limits, tmp_path, op, tensors, chunk=0, seed=0, nesterov=False):
+def adamw_hyper(bias_correction=True, step=3, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, grad_scale=0.125):
+    """The 7 AdamW hyper-parameters as the frontends compute them (+ one pad for the case file)."""
+    bc1 = 1.0 - beta1 ** step if bias_correction else 1.0
+    bc2 = 1.0 - beta2 ** step if bias_correction else 1.0
+    return (lr, beta1, beta2, eps, grad_scale, bc1, bc2, 0.0)
+
+
+def check_adamw(tensors, hyper, outs):
+    lr, b1, b2, eps, gs, bc1, bc2 = (float(np.float32(h)) for h in hyper[:7])
+    for i, (t, out) in enumerate(zip(tensors, outs)):
+        p = t.arrays["param"].astype(np.float64)
+        m0 = t.arrays["moment"].astype(np.float64)
+        v0 = t.arrays["moment2"].astype(np.float64)
+        wd = float(np.float32(t.wd))
+        summed, summed_mag = np.zeros_like(p), np.zeros_like(p)
+        if t.acc:
+            a = t.arrays["acc"].astype(np.float64)
+            summed, summed_mag = summed + a, summed_mag + np.abs(a)
+        if t.grad is not None:
+            g_in = widen(t.arrays["grad"], t.grad)
+            summed, summed_mag = summed + g_in, summed_mag + np.abs(g_in)
+        g = summed * gs
+        m = b1 * m0 + (1 - b1) * g
+        v = b2 * v0 + (1 - b2) * g * g
+        den = np.sqrt(v) / np.sqrt(bc2) + eps
+        p_ref = p - lr * wd * p - lr * (m / bc1) / den
+        m_mag = b1 * np.abs(m0) + (1 - b1) * summed_mag * abs(gs)
+        v_mag = b2 * v0 + (1 - b2) * (summed_mag * gs) ** 2
+        p_mag = np.abs(p) * (1 + lr * abs(wd)) + lr * m_mag / bc1 / den
+        what = f"tensor {i} ({t.numel}, grad {t.grad}, acc {t.acc})"
+        for name, got, ref, mag in (("exp_avg", out["moment"], m, m_mag), ("exp_avg_sq", out["moment2"], v, v_mag),
+                                    ("param", out["param"], p_ref, p_mag)):
+            err = rel_err(got, ref, mag)
+            assert err <= RTOL, f"{what}: {name} relative error {err:.3g}"
+        if t.acc:
+            assert not np.any(out["acc"]), f"{what}: the accumulator was not zeroed"
+        if t.grad is not None:
+            assert np.array_equal(out["grad"], t.arrays["grad"]), f"{what}: the gradient was written"
+
+
+def run_and_check(runner, limits, tmp_path, op, tensors, chunk=0, seed=0, nesterov=False, overwrite=None,
+                  hyper=None):
+    """overwrite (accumulate): None passes no flag (a null pointer), False/True a flag in "device
+    memory"; with True the accumulators are filled with NaN first. hyper (adamw): adamw_hyper()."""
     rng = np.random.default_rng(seed)
     make_data(tensors, rng, op)
     if op == "accumulate":
-        scalars = (0.37, 0.0, 0.0, 0.0)
+        scalars = (0.37, float(bool(overwrite)), 0.0 if overwrite is None else 1.0, 0.0)
+        if overwrite:
+            for t in tensors:
+                t.arrays["acc"][:] = np.nan
+    elif op == "adamw":
+        scalars = hyper or adamw_hyper()
     else:
         scalars = (0.05, 0.9, 1.0 / (4 * 128.0) * 64, 1.0 if nesterov else 0.0)
     rc, launches, vec, scal, outs = run_case(runner, tmp_path, op, tensors, scalars, chunk)
     assert rc == 0
     if op == "accumulate":
-        check_accumulate(tensors, scalars[0], outs)
+        check_accumulate(tensors, scalars[0], outs, overwrite=bool(overwrite))
+    elif op == "adamw":
+        check_adamw(tensors, scalars, outs)
     else:
         check_flush(tensors, scalars, outs)
     exp = expected_counters(tensors, op, chunk or limits["chunk_elems"], limits)
@@ -388,6 +450,8 @@ def test_errors_and_info(limits):
     invalid = 1  # cudaErrorInvalidValue
     assert limits["bad_count"] == invalid and limits["bad_chunk"] == invalid and limits["bad_numel"] == invalid
     assert limits["empty"] == 0 and limits["zero_fill_null"] == invalid
+    assert limits["adamw_bad_numel"] == invalid and limits["adamw_null_hyper"] == invalid
+    assert limits["adamw_empty"] == 0
 
 
 # ---------------------------------------------------------------- sum_of_squares
@@ -463,3 +527,84 @@ def test_squares_non_finite(runner, limits, tmp_path, value):
     tensors[1].arrays["grad"][77_777] = value
     rc, _, _, _, _, result, _ = run_case(runner, tmp_path, "squares", tensors, (0.0, 0, 0, 0))
     assert rc == 0 and (np.isnan(result) if np.isnan(value) else result == np.inf)
+
+
+# ---------------------------------------------------------------- accumulate with overwrite
+
+
+@pytest.mark.parametrize("overwrite", [None, False, True], ids=["no-flag", "flag-0", "flag-1"])
+@pytest.mark.parametrize("grad", ["f32", "f16", "bf16"])
+def test_accumulate_overwrite_sizes(runner, limits, tmp_path, grad, overwrite):
+    """The flag is read from "device memory" inside the kernel; with it set, the NaN the
+    accumulators hold must not reach the result (acc = scale * grad)."""
+    tensors = [T(n, grad=grad) for n in SIZES]
+    launches, vec, scal = run_and_check(runner, limits, tmp_path, "accumulate", tensors, overwrite=overwrite, seed=30)
+    assert launches == 1 and scal == 1 + 3 + 1 + 3 and vec > 1_000_000
+
+
+@pytest.mark.parametrize("chunk", [4, 1001, 1024])
+def test_accumulate_overwrite_chunks_misaligned_many(runner, limits, tmp_path, chunk):
+    rng = np.random.default_rng(31)
+    kinds = ["f32", "f16", "bf16"]
+    tensors = [T(int(rng.integers(0, 3000)), grad=kinds[i % 3], offsets=(0, 0, i % 4, (i // 4) % 4))
+               for i in range(2 * limits["max_accumulate_tensors"] + 9)]
+    tensors[3].numel = 0
+    tensors[10] = T(100_003, "f32", offsets=(0, 0, 1, 0))
+    run_and_check(runner, limits, tmp_path, "accumulate", tensors, chunk=chunk, overwrite=True, seed=31)
+
+
+# ---------------------------------------------------------------- adamw_flush
+
+
+@pytest.mark.parametrize("bias_correction", [True, False], ids=["bias-corrected", "no-correction"])
+@pytest.mark.parametrize("grad", ["f32", "f16", "bf16"])
+def test_adamw_sizes(runner, limits, tmp_path, grad, bias_correction):
+    tensors = [T(n, grad=grad, wd=0.01 * i) for i, n in enumerate(SIZES)]
+    launches, vec, scal = run_and_check(runner, limits, tmp_path, "adamw", tensors, seed=40,
+                                        hyper=adamw_hyper(bias_correction=bias_correction))
+    assert launches == 1 and scal == 1 + 3 + 1 + 3 and vec > 1_000_000
+
+
+@pytest.mark.parametrize("step", [1, 1000])
+@pytest.mark.parametrize("acc,grad", [(True, None), (False, "f32"), (False, "bf16"), (False, None)])
+def test_adamw_acc_or_grad_absent(runner, limits, tmp_path, acc, grad, step):
+    tensors = [T(n, grad=grad, acc=acc, wd=1e-2 * (i + 1)) for i, n in enumerate([0, 1, 3, 4097, 100_003])]
+    run_and_check(runner, limits, tmp_path, "adamw", tensors, seed=41, hyper=adamw_hyper(step=step, lr=0.05))
+
+
+def test_adamw_mixed_many_tensors(runner, limits, tmp_path):
+    """Per-tensor weight decay, acc/grad presence and dtype, more tensors than one launch's struct
+    holds in each group, random misalignment of every array (exp_avg_sq included)."""
+    rng = np.random.default_rng(42)
+    n = 3 * limits["max_adamw_tensors"] + 25
+    tensors = []
+    for i in range(n):
+        grad = [None, "f32", "f16", "bf16"][int(rng.integers(0, 4))]
+        tensors.append(T(int(rng.integers(0, 2500)), grad=grad, acc=bool(rng.integers(0, 2)) or grad is None,
+                         offsets=tuple(int(o) for o in rng.integers(0, 5, size=5)) if i % 2 else (0,) * 5,
+                         wd=float(rng.choice([0.0, 1e-4, 5e-2, 0.1]))))
+    tensors[3].numel = 0
+    tensors[40] = T(1_000_003, "bf16", wd=1e-2)
+    launches, _, _ = run_and_check(runner, limits, tmp_path, "adamw", tensors, seed=43)
+    assert launches >= 5
+
+
+@pytest.mark.parametrize("chunk", [4, 1001, 1024])
+def test_adamw_chunks(runner, limits, tmp_path, chunk):
+    """Small chunks: one tensor spans launches (the block table fills up mid-tensor); odd chunks
+    start misaligned; chunk 4: one vector per block."""
+    tensors = [T(n, grad=[None, "f32", "f16", "bf16"][n % 4], wd=0.01) for n in (1, 3, 4, 5, 9, 17, 4096, 10_007)]
+    if chunk == 1024:
+        tensors += [T(300_001, "f32", wd=0.1), T(50_000, "bf16"), T(64_000, None)]
+    launches, _, _ = run_and_check(runner, limits, tmp_path, "adamw", tensors, chunk=chunk, seed=44)
+    if chunk == 1024:
+        assert launches >= 2
+
+
+@pytest.mark.parametrize("which", [0, 1, 2, 3, 4])
+def test_adamw_misaligned(runner, limits, tmp_path, which):
+    offsets = [0, 0, 0, 0, 0]
+    offsets[which] = 1
+    tensors = [T(4097, "f32", offsets=tuple(offsets)), T(4097, "f16", offsets=tuple(offsets)), T(4097, "f32")]
+    _, vec, scal = run_and_check(runner, limits, tmp_path, "adamw", tensors, seed=45)
+    assert vec == 4096 and scal == 2 * 4097 + 1

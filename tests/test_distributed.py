@@ -172,6 +172,8 @@ def test_one_allreduce_per_update(dist, mode):
     for r in range(WORLD):
         record = dist[r][1]
         for case in dw.CASES:
+            if case in dw.SINK_CASES:  # one sunk graph for the whole epoch: counted by the weights test only
+                continue
             events = record["cases"][f"{mode}/{case}"]["events"]
             launches = [e["py_allreduce"] + e["graph_allreduce"] for e in events]
             expected = _expected_launches(case, r)
@@ -181,7 +183,8 @@ def test_one_allreduce_per_update(dist, mode):
             # launched inside the compiled window end (both modes), once per window end
             assert [e["py_allreduce"] for e in events] == [0] * len(events)
             assert [e["graph_runs"].get("_graph_window_end", 0) for e in events] == expected
-        phases = record["cases"][f"{mode}/{dw.CASES[-1]}"]["phases"]  # cumulative over the run
+        last = [c for c in dw.CASES if c not in dw.SINK_CASES][-1]
+        phases = record["cases"][f"{mode}/{last}"]["phases"]  # cumulative over the run
         reduce_nodes = [n for name, n, _ in phases.values() if name == "_graph_window_end"]
         other_nodes = [n for name, n, _ in phases.values() if name != "_graph_window_end"]
         assert reduce_nodes and all(n == 1 for n in reduce_nodes), phases

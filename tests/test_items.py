@@ -13,6 +13,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from accum_models import (  # noqa: F401  (mode and backend are fixtures)
+    clip_by_norm_numpy,
     DenseCE,
     assert_weights_close,
     backend,
@@ -156,7 +157,7 @@ LENGTHS = [(7, 5, 3), (1, 2, 4), (0, 0, 0), (7, 6, 6)]
 def reference_lm_step(windows, clip=None):
     """The large batch: one step per window on the concatenated micro-batches with the loss
     sum over all real tokens / their count (nn.TrainOneStepCell; with clip, the same step with
-    ops.clip_by_global_norm written out)."""
+    the clip computed in NumPy)."""
     net = TinyLM(*lm_init(), mean_loss=True)
     opt = nn.Momentum(net.trainable_params(), LR, MOMENTUM, weight_decay=WD)
     if clip is None:
@@ -166,7 +167,7 @@ def reference_lm_step(windows, clip=None):
 
         def step(tokens, targets):
             _, grads = grad_fn(tokens, targets)
-            opt(ops.clip_by_global_norm(grads, clip))
+            opt(clip_by_norm_numpy(grads, clip))
     for window in windows:
         step(Tensor(np.concatenate([t for t, _ in window])), Tensor(np.concatenate([g for _, g in window])))
     return {p.name: p.asnumpy().copy() for p in net.trainable_params()}
@@ -235,6 +236,31 @@ def test_a_wrong_network_output_names_the_contract(mode, kind, match):
         cell(Tensor(np.ones(3, np.float32)))
     assert "(loss_sum, num_items)" in str(info.value)
     assert cell.pending == 0
+
+
+def test_a_wrong_output_in_pynative_does_not_break_later_graphs():
+    """The contract error raised inside PyNative's backward leaves MindSpore's grad executor
+    mid-graph unless the cell resets it; the next GRAPH-mode cell then failed to compile
+    ("For 'AddN', input shape must be same")."""
+    before = ms.get_context("mode")
+    try:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        bad = BadOutput("triple")
+        with pytest.raises(TypeError, match="tuple of 3"):
+            GradAccumCell(bad, nn.SGD(bad.trainable_params(), 0.1), 2)(Tensor(np.ones(3, np.float32)))
+        ms.set_context(mode=ms.GRAPH_MODE)
+        w, b, x, y = dense_problem(5, 2, sum(SIZES))
+        ref = DenseCE(w, b)
+        step = nn.TrainOneStepCell(ref, make_optimizer("Momentum", ref.trainable_params()))
+        net = DenseCE(w, b)
+        cell = GradAccumCell(net, make_optimizer("FusedMomentum", net.trainable_params()), 4)
+        for i in range(2):
+            step(Tensor(x[i]), Tensor(y[i]))
+            for xb, yb in split(x[i], y[i], SIZES):
+                cell(xb, yb)
+        assert_weights_close(weights(net), weights(ref), RTOL, "GRAPH after a PyNative contract error")
+    finally:
+        ms.set_context(mode=before)
 
 
 def test_mid_window_checkpoint_with_unequal_micro_batches_resumes_bit_identically(mode, backend, tmp_path):

@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 from conftest import (
     GRAD_DTYPES,
+    ISA_CPU_FLAGS,
+    cpu_flags,
+    extension_isas,
     supported_isas,
     assert_close_f32,
     f64,
@@ -36,6 +39,20 @@ def threads():
     yield _C.set_num_threads
     _C.set_num_threads(0 if before == default_thread_count() else before)
     assert _C.num_threads() == before
+
+
+def test_every_isa_of_this_cpu_is_tested():
+    """The `isa` fixtures (here, test_properties.py, test_cpu_sanitizers.py) take their list from
+    conftest.supported_isas(), read from /proc/cpuinfo: it must name every variant the CPU has
+    (AVX-512 included where present), and the extension must accept exactly those."""
+    isas = supported_isas()
+    flags = cpu_flags()
+    if flags is not None:
+        for name, needed in ISA_CPU_FLAGS.items():
+            assert (name in isas) == (needed <= flags), (name, sorted(needed - flags), isas)
+    assert "baseline" in isas
+    assert extension_isas() == isas, f"_C accepts {extension_isas()}, the CPU has {isas}"
+    assert _C.build_info()["vector_isa"] in isas
 
 
 @pytest.fixture(params=supported_isas())
@@ -443,6 +460,26 @@ def test_sum_of_squares_exact_small_integers():
     assert _C.sum_of_squares([np.array([1, 2, 3, 4], np.float32)]) == 30.0
     arrays = [np.full(1024, 3.0, np.float32), np.full(7, -2.0, np.float16), np.array(5.0, np_dtype("bfloat16"))]
     assert _C.sum_of_squares(arrays) == 9216.0 + 28.0 + 25.0
+
+
+@pytest.mark.parametrize("grad_dtype", GRAD_DTYPES + ["mixed"])
+def test_sum_of_squares_bit_identical_for_any_thread_count(rng, isa, threads, grad_dtype):
+    """The global norm must not depend on the machine's core count: for each vector ISA the sum
+    is bit-identical with 1, 2, 3 (and 7) threads, over tensors of sizes 0, 1, 3, 4097 and
+    1,000,003 (in two orders, and after a 3-element tensor that moves every thread split), and
+    the same as that ISA gives on every repeat. Each ISA's value is checked against float64."""
+    dtypes = [GRAD_DTYPES[i % 3] if grad_dtype == "mixed" else grad_dtype for i in range(len(SIZES))]
+    arrays = [random_array(rng, n, dt) for n, dt in zip(SIZES, dtypes)]
+    lists = {"sizes": arrays, "reversed": arrays[::-1], "shifted": [random_array(rng, 3, np.float32)] + arrays,
+             "big-alone": [arrays[-1]]}
+    for name, tensors in lists.items():
+        got = {}
+        for n in (1, 2, 3, 7):
+            threads(n)
+            got[n] = [_C.sum_of_squares(tensors) for _ in range(2)]
+        values = {v.hex() for results in got.values() for v in results}
+        assert len(values) == 1, f"{isa} {name}: {({n: [v.hex() for v in r] for n, r in got.items()})}"
+        assert_squares_close(got[1][0], tensors)
 
 
 def test_sum_of_squares_is_deterministic(rng, threads):

@@ -1,4 +1,5 @@
-"""Property-based tests (hypothesis) of `_C.accumulate` and `_C.momentum_flush`.
+"""Property-based tests (hypothesis) of `_C.accumulate` (with and without overwrite),
+`_C.momentum_flush` and `_C.adamw_flush`.
 
 Every example builds a random call -- list length (0 included), shapes (0-d, empty, tails, big
 enough for two threads), gradient dtypes (float32/float16/bfloat16) and wrong dtypes, layouts
@@ -10,6 +11,8 @@ array passed twice, overlapping and disjoint views of one buffer), `None` acc/gr
   gradient dtype, C-contiguous, aligned, writable where written, matching lengths and shapes, no
   written array overlapping any other argument, real-number scalars);
 * an invalid call raises TypeError or ValueError and leaves every byte of every buffer as it was;
+* adamw_flush scalars are valid only as the contract says (finite lr >= 0, 0 <= beta < 1, eps > 0
+  also in float32, finite grad_scale and weight decays, an int step >= 1, a bool bias_correction);
 * a valid call leaves the gradients byte-identical, zeroes the accumulators (flush), and writes
   values equal to the float64 reference of conftest.py: within the float32 error bound where the
   reference is finite, and with the same non-finite pattern (nan / +inf / -inf) where it is not.
@@ -22,7 +25,7 @@ budget and `derandomize=True`, so CI runs the same >= 2,000 examples every time.
 """
 import numpy as np
 import pytest
-from conftest import BFLOAT16, ref_accumulate, ref_momentum_flush, supported_isas
+from conftest import BFLOAT16, ref_accumulate, ref_adamw_flush, ref_momentum_flush, supported_isas, to_f32
 
 from mindspore_accum import _C
 
@@ -35,10 +38,11 @@ THREADS = [1, 2]
 
 
 SUPPORTED_ISAS = [isa for isa in ISAS if isa in supported_isas()]
-MIN_TOTAL_EXAMPLES = 2000
-# 2,160 examples in all, spread over the tests that run here: 180 per test with 3 ISAs x 2 thread
-# counts x 2 operations; fewer ISAs on this CPU -> more examples for each of the others.
-EXAMPLES_PER_TEST = -(-2160 // (2 * len(THREADS) * len(SUPPORTED_ISAS)))
+OPERATIONS = 3  # accumulate (overwrite drawn per example), momentum_flush, adamw_flush
+MIN_TOTAL_EXAMPLES = 3000
+# 3,240 examples in all, spread over the tests that run here: 180 per test with 3 ISAs x 2 thread
+# counts x 3 operations; fewer ISAs on this CPU -> more examples for each of the others.
+EXAMPLES_PER_TEST = -(-3240 // (OPERATIONS * len(THREADS) * len(SUPPORTED_ISAS)))
 SETTINGS = settings(max_examples=EXAMPLES_PER_TEST, deadline=None, derandomize=True, database=None,
                     print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -76,8 +80,8 @@ def enough_examples(request):
     yield
     selected = [item for item in request.session.items if item.module is request.module]
     print("\nproperty examples:", _examples_run)
-    if _examples_run["tests"] == 2 * len(SUPPORTED_ISAS) * len(THREADS) and \
-            len(selected) == 2 * len(SUPPORTED_ISAS) * len(THREADS):
+    if _examples_run["tests"] == OPERATIONS * len(SUPPORTED_ISAS) * len(THREADS) and \
+            len(selected) == OPERATIONS * len(SUPPORTED_ISAS) * len(THREADS):
         assert _examples_run["count"] >= MIN_TOTAL_EXAMPLES, _examples_run
 
 
@@ -360,6 +364,10 @@ def real_scalar(x):
         return True, float(np.float32(v))
 
 
+def is_bool(x):
+    return isinstance(x, (bool, np.bool_))
+
+
 def lists_valid(lists, roles, optional=()):
     """Lengths and shapes match, every element is a numpy array; returns (ok, n)."""
     first = None
@@ -509,7 +517,9 @@ def accumulate_case(draw):
     specs = draw(tensor_specs(["acc", "grad"], n, clean))
     kinds = list_kinds(draw, ["acc", "grad"], clean)
     scale = draw(scalar_st(valid_only=clean))
-    return specs, kinds, scale
+    valid_flags = [False, False, True, True, np.bool_(True), np.bool_(False)]
+    overwrite = draw(st.sampled_from(valid_flags if clean else valid_flags * 2 + [1, 0, None, "yes", 1.0]))
+    return specs, kinds, scale, overwrite
 
 
 @st.composite
@@ -553,12 +563,12 @@ def test_accumulate_property(kernel_config, _):
     @given(accumulate_case())
     def prop(case):
         count_example()
-        specs, kinds, scale = case
+        specs, kinds, scale, overwrite = case
         pool = Pool()
         lists = build_lists(pool, specs, ["acc", "grad"], kinds)
         acc, grad = lists["acc"], lists["grad"]
         ok_scale, scale32 = real_scalar(scale)
-        ok = lists_valid(lists, ["acc", "grad"]) and ok_scale
+        ok = lists_valid(lists, ["acc", "grad"]) and ok_scale and is_bool(overwrite)
         if ok:
             ok = all(well_formed_array(a, True, False) for a in acc) and \
                 all(well_formed_array(g, False, True) for g in grad) and \
@@ -569,9 +579,12 @@ def test_accumulate_property(kernel_config, _):
             note_valid_call(pool, list(acc) + list(grad), threads, acc)
             for i, (a0, g0, a, g) in enumerate(zip(acc0, grad0, acc, grad)):
                 assert g.tobytes() == g0.tobytes(), f"grad[{i}] was written"
-                check_accumulate_result(a0, g0, a, scale32, f"[{isa}, {threads} thr] acc[{i}] {a.shape} {g.dtype}")
+                # overwrite: the result is 0 + scale * grad whatever acc held (NaN, inf, ...)
+                before = np.zeros(a0.shape, np.float32) if overwrite else a0
+                check_accumulate_result(before, g0, a, scale32,
+                                        f"[{isa}, {threads} thr] acc[{i}] {a.shape} {g.dtype} overwrite {overwrite}")
 
-        run_and_check(lambda: _C.accumulate(acc, grad, scale), pool, ok, check)
+        run_and_check(lambda: _C.accumulate(acc, grad, scale, overwrite=overwrite), pool, ok, check)
 
     prop()
 
@@ -651,5 +664,192 @@ def test_momentum_flush_property(kernel_config, _):
 
         run_and_check(lambda: _C.momentum_flush(param, moment, acc, grad, weight_decay=wd, nesterov=nesterov,
                                                 **scalars), pool, ok, check)
+
+    prop()
+
+
+# ============================================================== adamw_flush
+
+ADAMW_ROLES = ["param", "exp_avg", "exp_avg_sq", "acc", "grad"]
+
+
+def adamw_scalar_ok(name, x):
+    """(valid, float value) of one adamw_flush hyper-parameter, from the contract."""
+    good, v32 = real_scalar(x)
+    if not good:
+        return False, None
+    v = float(x)
+    if not np.isfinite(v) or not np.isfinite(v32):
+        return False, None
+    if name == "lr":
+        return v >= 0, v
+    if name in ("beta1", "beta2"):
+        return 0 <= v < 1, v
+    if name == "eps":
+        return v > 0 and v32 > 0, v
+    return True, v  # grad_scale
+
+
+def step_ok(x):
+    return not isinstance(x, (bool, np.bool_)) and isinstance(x, (int, np.integer)) and x >= 1
+
+
+@st.composite
+def adamw_case(draw):
+    clean = draw(st.integers(0, 4)) > 0
+    n = draw(N_TENSORS)
+    specs = draw(tensor_specs(ADAMW_ROLES, n, clean))
+    kinds = list_kinds(draw, ADAMW_ROLES, clean)
+    absent = draw(st.sampled_from([(), (), (), ("acc",), ("grad",), ("acc", "grad")]))
+    anything = scalar_st(valid_only=False)
+    scalars = {
+        "lr": draw(st.one_of(st.floats(0, 1), st.floats(0, 1e-2), *([] if clean else [anything]))),
+        "beta1": draw(st.one_of(st.floats(0, 1, exclude_max=True), st.sampled_from([0.0, 0.9, 0.5]),
+                                *([] if clean else [anything]))),
+        "beta2": draw(st.one_of(st.floats(0, 1, exclude_max=True), st.sampled_from([0.0, 0.999, 0.99]),
+                                *([] if clean else [anything]))),
+        "eps": draw(st.one_of(st.floats(1e-8, 1.0), st.sampled_from([1e-8, 1e-6]), *([] if clean else [anything]))),
+        "grad_scale": draw(st.one_of(st.floats(-2, 2), st.sampled_from([1.0, 0.25]),
+                                     *([] if clean else [anything]))),
+    }
+    step = draw(st.sampled_from([1, 1, 2, 10, 1000, np.int64(3), 10 ** 30] +
+                                ([] if clean else [0, -1, 1.5, True, None, "1"])))
+    bias_correction = draw(st.sampled_from([True, False, np.bool_(True)] + ([] if clean else [1, None])))
+    wd_kind = draw(st.sampled_from(["scalar", "scalar", "list", "array1d", "array0d"] +
+                                   ([] if clean else ["short_list", "array2d"])))
+    wd_values = [draw(st.one_of(st.floats(0, 0.1), st.floats(0, 0.1), scalar_st(valid_only=clean)))
+                 for _ in range(max(n, 1))]
+    return specs, kinds, absent, scalars, step, bias_correction, (wd_kind, wd_values)
+
+
+def check_adamw_result(before, after, s, what):
+    """before/after: dicts of the roles (acc/grad may be None); s: the call's scalars (valid).
+
+    Elements whose finite intermediates leave float32's comfortable range (>= 2**100, or non-zero
+    below 2**-100: overflow decided by FMA contraction, subnormal rounding amplified by the
+    division) are not compared; every other element must have the non-finite class of the float32
+    replay of the formula and, when finite, lie within the error bound of the float64 reference."""
+    p, m0, v0, acc, grad = (before[r] for r in ADAMW_ROLES)
+    with np.errstate(all="ignore"):
+        ref_p, ref_m, ref_v, _ = ref_adamw_flush(p, m0, v0, acc, grad, **s)
+        lr, b1, b2, eps, wd, gs = (to_f32(s[k]) for k in ("lr", "beta1", "beta2", "eps", "weight_decay", "grad_scale"))
+        if s["bias_correction"]:
+            bc1, bc2 = to_f32(1.0 - float(s["beta1"]) ** s["step"]), to_f32(1.0 - float(s["beta2"]) ** s["step"])
+        else:
+            bc1 = bc2 = 1.0
+        F = np.float32
+        summed = np.zeros(p.shape, np.float32)
+        if acc is not None:
+            summed = f32(acc)
+        if grad is not None:
+            summed = summed + f32(grad) if acc is not None else f32(grad)
+        g32 = summed * F(gs)
+        m32 = F(b1) * f32(m0) + (F(1) - F(b1)) * g32
+        v32 = F(b2) * f32(v0) + (F(1) - F(b2)) * g32 * g32
+        u32 = (m32 / F(bc1)) / (np.sqrt(v32) / np.sqrt(F(bc2)) + F(eps))
+        p32 = f32(p) - F(lr) * F(wd) * f32(p) - F(lr) * u32
+        # magnitudes (finite parts) of every intermediate, float64
+        sm = (np.abs(finite0(acc)) if acc is not None else 0.0) + (np.abs(finite0(grad)) if grad is not None else 0.0)
+        g_ = sm * abs(gs)
+        terms_m = abs(b1) * np.abs(finite0(m0)) + (1 - b1) * g_
+        terms_v = b2 * np.abs(finite0(v0)) + (1 - b2) * g_ * g_
+        den = np.sqrt(np.abs(finite0(ref_v))) / np.sqrt(bc2) + eps
+        u_mag = terms_m / bc1 / den
+        inter = [sm, g_, terms_m, terms_v, np.abs(finite0(ref_m)), np.abs(finite0(ref_v)), den, u_mag,
+                 np.abs(finite0(p)), lr * abs(wd) * np.abs(finite0(p)), lr * u_mag, np.abs(finite0(ref_p)),
+                 (1 - b2) * g_ * g_, (1 - b1) * g_]
+        fuzzy = np.zeros(p.shape, bool)
+        for t in inter:
+            t = np.broadcast_to(t, p.shape)
+            fuzzy |= (t >= 2.0 ** 100) | ((t > 0) & (t < 2.0 ** -100))
+        bound_m = 8 * U32 * terms_m
+        bound_v = 8 * U32 * terms_v
+        bound_p = 32 * U32 * (np.abs(finite0(p)) * (1 + lr * abs(wd)) + lr * u_mag)
+    for name, out, ref64, ref32, bound in (("exp_avg", after["exp_avg"], ref_m, m32, bound_m),
+                                           ("exp_avg_sq", after["exp_avg_sq"], ref_v, v32, bound_v),
+                                           ("param", after["param"], ref_p, p32, bound_p)):
+        o = out.astype(np.float64).ravel()
+        r64, r32 = np.asarray(ref64, np.float64).ravel(), np.asarray(ref32).astype(np.float64).ravel()
+        b, fz = np.broadcast_to(bound, out.shape).ravel(), fuzzy.ravel()
+        c_out, c_ref = classify(o), classify(r32)
+        bad = ~fz & (c_out != c_ref)
+        with np.errstate(invalid="ignore"):
+            bad |= ~fz & (c_out == 0) & (c_ref == 0) & ~(np.abs(o - r64) <= b)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise AssertionError(f"{what} {name}: {int(bad.sum())} wrong element(s); first at {i}: kernel {o[i]!r}, "
+                                 f"float64 reference {r64[i]!r}, float32 replay {r32[i]!r}, bound {b[i]:.3g}")
+    if acc is not None:
+        assert not np.any(after["acc"]), f"{what}: accumulator not zeroed"
+
+
+@pytest.mark.parametrize("_", [0])
+def test_adamw_flush_property(kernel_config, _):
+    isa, threads = kernel_config
+    _examples_run["tests"] += 1
+
+    @SETTINGS
+    @given(adamw_case())
+    def prop(case):
+        count_example()
+        specs, kinds, absent, scalars, step, bias_correction, (wd_kind, wd_values) = case
+        pool = Pool()
+        lists = build_lists(pool, specs, ADAMW_ROLES, kinds)
+        for role in absent:
+            lists[role] = None
+        # second moments are non-negative in any real run (sums of squares): keep them so, except
+        # where a NaN/inf special was drawn
+        if isinstance(lists["exp_avg_sq"], (list, tuple)):
+            for a in lists["exp_avg_sq"]:
+                if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.flags.writeable:
+                    with np.errstate(invalid="ignore"):
+                        np.abs(a, out=a)
+        n = len(specs)
+        wd = make_weight_decay(wd_kind, wd_values, n)
+        param, exp_avg, exp_avg_sq, acc, grad = (lists[r] for r in ADAMW_ROLES)
+
+        # the contract
+        ok, s = True, {}
+        for k, v in scalars.items():
+            good, s[k] = adamw_scalar_ok(k, v)
+            ok &= good
+        ok &= step_ok(step) and is_bool(bias_correction)
+        ok &= lists_valid(lists, ADAMW_ROLES, optional=("acc", "grad"))
+        if ok:
+            n = len(param)
+            if wd_kind in ("scalar", "array0d"):
+                good, w = real_scalar(wd if wd_kind == "scalar" else wd.item())
+                wd_list = [w] * n
+                ok &= good and (n == 0 or bool(np.isfinite(w)))
+            elif wd_kind == "array2d":
+                ok = False
+            else:
+                conv = [real_scalar(v) for v in wd]
+                ok &= len(wd) == n and all(c[0] and np.isfinite(c[1]) for c in conv)
+                wd_list = [c[1] for c in conv]
+        if ok:
+            present = [(param, True, False), (exp_avg, True, False), (exp_avg_sq, True, False)]
+            if acc is not None:
+                present.append((acc, True, False))
+            if grad is not None:
+                present.append((grad, False, True))
+            ok = all(well_formed_array(a, w, g) for lst, w, g in present for a in lst) and \
+                overlap_free([(a, w) for lst, w, _ in present for a in lst])
+        before = {r: copies(lists[r]) if ok else None for r in ADAMW_ROLES}
+
+        def check():
+            note_valid_call(pool, [a for r in ADAMW_ROLES if lists[r] is not None for a in lists[r]], threads, param)
+            for i in range(len(param)):
+                b = {r: None if before[r] is None else before[r][i] for r in ADAMW_ROLES}
+                a = {r: None if lists[r] is None else lists[r][i] for r in ADAMW_ROLES}
+                if grad is not None:
+                    assert a["grad"].tobytes() == b["grad"].tobytes(), f"grad[{i}] was written"
+                kw = dict(s, weight_decay=wd_list[i], step=int(step), bias_correction=bool(bias_correction))
+                what = (f"[{isa}, {threads} thr] tensor {i} {param[i].shape} acc {acc is not None} grad "
+                        f"{None if grad is None else grad[i].dtype} {kw}")
+                check_adamw_result(b, a, kw, what)
+
+        run_and_check(lambda: _C.adamw_flush(param, exp_avg, exp_avg_sq, acc, grad, weight_decay=wd, step=step,
+                                             bias_correction=bias_correction, **scalars), pool, ok, check)
 
     prop()

@@ -49,6 +49,11 @@ const char* best_isa() {
 }
 
 std::atomic<const char*> g_isa{nullptr};
+std::atomic<long long> g_calls[3];  // kernel calls per ISA: avx512, avx2, baseline
+
+int isa_index(const char* isa) {
+  return std::strcmp(isa, "avx512") == 0 ? 0 : std::strcmp(isa, "avx2") == 0 ? 1 : 2;
+}
 
 const SpanKernels& select_kernels() {
   const char* isa = g_isa.load(std::memory_order_acquire);
@@ -56,6 +61,7 @@ const SpanKernels& select_kernels() {
     isa = best_isa();
     g_isa.store(isa, std::memory_order_release);
   }
+  g_calls[isa_index(isa)].fetch_add(1, std::memory_order_relaxed);
   return *kernels_for(isa);
 }
 
@@ -155,21 +161,44 @@ void adamw_flush(const std::vector<AdamWTensor>& tensors, const AdamWScalars& sc
 }
 
 double sum_of_squares(const std::vector<SquaresTensor>& tensors) {
+  // The chunk layout is documented at the declaration (cpu_kernels.h).
   const SpanKernels& k = select_kernels();
-  std::vector<int64_t> numel(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) numel[i] = tensors[i].numel;
-  struct alignas(64) Partial {  // one cache line per thread
-    double sum = 0.0;
+  struct Chunk {
+    int64_t start;  // offset of its first element in the concatenation of all tensors
+    size_t tensor;
+    int64_t lo, hi;
   };
-  std::vector<Partial> partial(kMaxThreads);
-  for_each_balanced_per_thread(numel, [&](int t, size_t i, int64_t lo, int64_t hi) {
-    const SquaresTensor& x = tensors[i];
-    partial[t].sum += k.sum_squares(offset_grad(x.data, x.type, lo), x.type, hi - lo);
+  std::vector<Chunk> chunks;
+  int64_t total_elements = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    for (int64_t lo = 0; lo < tensors[i].numel; lo += kSquaresChunk)
+      chunks.push_back({total_elements + lo, i, lo, std::min(tensors[i].numel, lo + kSquaresChunk)});
+    total_elements += tensors[i].numel;
+  }
+  std::vector<double> sums(chunks.size());
+  const int64_t by_size = std::max<int64_t>(1, total_elements / kMinElementsPerThread);
+  const int nthreads = static_cast<int>(std::min<int64_t>({num_threads(), by_size, int64_t(chunks.size())}));
+  // Thread t runs the chunks that start in its equal share of the elements.
+  auto first_chunk = [&](int t) -> size_t {
+    if (t >= nthreads) return chunks.size();
+    const int64_t begin = total_elements / nthreads * t + std::min<int64_t>(t, total_elements % nthreads);
+    return std::lower_bound(chunks.begin(), chunks.end(), begin,
+                            [](const Chunk& c, int64_t v) { return c.start < v; }) - chunks.begin();
+  };
+  parallel_for(std::max(nthreads, 1), [&](int t) {
+    for (size_t c = first_chunk(t), end = first_chunk(t + 1); c < end; ++c) {
+      const SquaresTensor& x = tensors[chunks[c].tensor];
+      sums[c] = k.sum_squares(offset_grad(x.data, x.type, chunks[c].lo), x.type, chunks[c].hi - chunks[c].lo);
+    }
   });
   double total = 0.0;
-  for (const Partial& p : partial) total += p.sum;
+  for (const double s : sums) total += s;
   return total;
 }
+
+int pool_workers() { return pool_worker_count(); }
+
+long long kernel_calls(const char* isa) { return g_calls[isa_index(isa)].load(std::memory_order_relaxed); }
 
 void axpy_ceiling(const std::vector<float*>& a, const std::vector<const float*>& b,
                   const std::vector<int64_t>& numel, float s) {

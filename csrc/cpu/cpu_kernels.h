@@ -64,6 +64,9 @@ struct AdamWScalars {
 };
 
 namespace cpu {
+// The API of libmsaccum_kernels.so (the one kernel library that _C and libmsaccum_aot.so both
+// link): exported; everything after the matching pop stays internal to the library.
+#pragma GCC visibility push(default)
 
 // Spans a kernel works on: one contiguous piece of one tensor. Pointers are already offset.
 // overwrite: acc = scale * grad, never reading acc (the first micro-batch of a window).
@@ -72,8 +75,17 @@ void momentum_flush(const std::vector<FlushTensor>& tensors, const FlushScalars&
 void adamw_flush(const std::vector<AdamWTensor>& tensors, const AdamWScalars& scalars);
 
 // Sum over every element of every tensor of its square (accum_math.h square_value), in one
-// multi-threaded pass. Deterministic for a given thread count (partial sums are added in
-// thread order).
+// multi-threaded pass. The result depends on the vector ISA but not on the thread count:
+//   - every tensor is cut into chunks of kSquaresChunk elements from its first element (the
+//     last chunk of a tensor is shorter; an empty tensor has no chunk);
+//   - chunks are numbered tensor by tensor, in list order, then by position in the tensor;
+//   - a chunk is summed by the ISA's span kernel from the chunk's first element (float32 squares
+//     in 16 lanes over 1,024-element blocks, lanes and blocks added in double), whichever
+//     thread runs it, and its double sum is stored at its number;
+//   - the chunk sums are added in double in chunk-number order, by the calling thread.
+// Threads take contiguous runs of chunks balanced by elements; which thread runs a chunk never
+// changes its value or where it is added.
+constexpr int64_t kSquaresChunk = int64_t{1} << 16;  // 64 Ki elements
 double sum_of_squares(const std::vector<SquaresTensor>& tensors);
 
 // In-place a += s * b over float32 lists with the same threading: the bandwidth ceiling that
@@ -89,6 +101,13 @@ void set_num_threads(int n);  // n <= 0: back to the default; at most 256
 const char* vector_isa();     // "avx512", "avx2" or "baseline"
 // Selects the span kernels of `isa` ("avx512", "avx2", "baseline"); false if this CPU lacks it.
 bool set_vector_isa(const char* isa);
+
+// Introspection, for tests: worker threads the pool has started in this process (each named
+// "msaccum-pool"), and how many kernel calls have run with the span kernels of `isa`.
+int pool_workers();
+long long kernel_calls(const char* isa);
+
+#pragma GCC visibility pop
 
 // Per-ISA span kernels (defined once in cpu_kernels_impl.h, compiled per ISA).
 struct SpanKernels {

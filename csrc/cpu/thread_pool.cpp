@@ -45,6 +45,11 @@ class Pool {
     active_ = remaining_ = 0;
   }
 
+  int workers() {
+    std::lock_guard<std::mutex> call_lock(call_mutex_);
+    return static_cast<int>(workers_.size());
+  }
+
   ~Pool() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -65,6 +70,9 @@ class Pool {
   }
 
   void loop(int index, unsigned long long seen) {
+    // Named so that tools (and tests/test_one_kernel_lib.py) can count the pool's threads in a
+    // process: /proc/<pid>/task/*/comm reads "msaccum-pool" (at most 15 characters).
+    pthread_setname_np(pthread_self(), "msaccum-pool");
     for (;;) {
       const std::function<void(int)>* job = nullptr;
       {
@@ -117,6 +125,8 @@ int default_thread_count() {
   const unsigned n = std::thread::hardware_concurrency();
   return n > 0 ? static_cast<int>(n) : 1;
 }
+
+int pool_worker_count() { return pool().workers(); }
 
 void parallel_for(int nthreads, const std::function<void(int)>& fn) {
   if (nthreads <= 1) {

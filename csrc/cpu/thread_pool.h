@@ -9,6 +9,7 @@ namespace msaccum {
 namespace cpu {
 
 int default_thread_count();
+int pool_worker_count();  // worker threads the pool has started so far (the caller is not one)
 void parallel_for(int nthreads, const std::function<void(int)>& fn);
 
 }  // namespace cpu

@@ -14,6 +14,8 @@
 
 namespace msaccum {
 namespace cuda {
+// Exported by libmsaccum_kernels.so (see cpu_kernels.h); the launch internals stay hidden.
+#pragma GCC visibility push(default)
 
 // Return 0 on success, otherwise a cudaError_t value; error_string() describes it.
 int accumulate(const AccumulateTensor* tensors, int count, const float* scale, void* stream,
@@ -33,6 +35,8 @@ long long sum_of_squares_workspace(const int64_t* numel, int count);
 int zero_fill(float* out, long long count, void* stream);
 const char* error_string(int code);
 const char* runtime_version();
+
+#pragma GCC visibility pop
 
 }  // namespace cuda
 }  // namespace msaccum

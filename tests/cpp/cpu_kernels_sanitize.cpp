@@ -15,7 +15,9 @@
 // cores included): single tensors of tail sizes around the vector width, the widening block
 // (1024) and the per-thread minimum (32768); thousands of small tensors in one call (thread ranges
 // cut across tensor boundaries); fp32/fp16/bf16 gradients with subnormals, inf and nan; flush
-// with and without acc/grad, nesterov, per-tensor weight decay; zero(), axpy_ceiling() and
+// with and without acc/grad, nesterov, per-tensor weight decay; accumulate with overwrite (NaN in
+// the accumulators before); adamw_flush with and without acc/grad and bias correction, per-tensor
+// weight decay; zero(), axpy_ceiling() and
 // sum_of_squares() (with and without inf/nan, squares overflowing float32); calls
 // alternating thread counts (the pool grows and idles workers); two threads calling the kernels at
 // once; fork() after the pool has workers, the child using the pool again.
@@ -47,6 +49,8 @@
 #include "cpu/cpu_kernels.h"
 
 using msaccum::AccumulateTensor;
+using msaccum::AdamWScalars;
+using msaccum::AdamWTensor;
 using msaccum::FlushScalars;
 using msaccum::FlushTensor;
 using msaccum::GradType;
@@ -181,7 +185,8 @@ GradType pick_type(Rng& r, int forced) {
   return static_cast<GradType>(t);
 }
 
-void run_accumulate(Rng& r, const std::vector<int64_t>& sizes, int grad_type, float scale) {
+// overwrite: the accumulators hold NaN before the call, and the reference ignores them.
+void run_accumulate(Rng& r, const std::vector<int64_t>& sizes, int grad_type, float scale, bool overwrite = false) {
   const size_t n = sizes.size();
   std::vector<Buf<float>> acc(n), g32(n);
   std::vector<Buf<uint16_t>> g16(n);
@@ -192,8 +197,9 @@ void run_accumulate(Rng& r, const std::vector<int64_t>& sizes, int grad_type, fl
     const int64_t m = sizes[k];
     const GradType t = pick_type(r, grad_type);
     acc[k] = Buf<float>(m, static_cast<int>(r.uniform(0, 3)));
-    for (int64_t i = 0; i < m; ++i) acc[k][i] = r.value(3.0);
+    for (int64_t i = 0; i < m; ++i) acc[k][i] = overwrite ? NAN : r.value(3.0);
     acc0[k].assign(acc[k].data(), acc[k].data() + m);
+    if (overwrite) std::fill(acc0[k].begin(), acc0[k].end(), 0.0f);  // the old content plays no part
     const void* g;
     if (t == GradType::kFloat32) {
       g32[k] = Buf<float>(m, static_cast<int>(r.uniform(0, 3)));
@@ -208,7 +214,7 @@ void run_accumulate(Rng& r, const std::vector<int64_t>& sizes, int grad_type, fl
     }
     ts[k] = {acc[k].data(), g, t, m};
   }
-  cpu::accumulate(ts, scale);
+  cpu::accumulate(ts, scale, overwrite);
   const double s = scale;
   for (size_t k = 0; k < n; ++k) {
     for (int64_t i = 0; i < sizes[k]; ++i) {
@@ -295,6 +301,96 @@ void run_flush(Rng& r, const std::vector<int64_t>& sizes, int grad_type, bool ne
       if (!close(moment[k][i], v, 4 * vmag, 4)) return fail(where("flush moment", k, i, moment[k][i], v));
       if (!close(param[k][i], pn, 4 * pmag, 4)) return fail(where("flush param", k, i, param[k][i], pn));
       if (t.acc && acc[k][i] != 0.0f) return fail(where("flush acc", k, i, acc[k][i], 0.0));
+    }
+    g_elements += sizes[k];
+  }
+  ++g_checks;
+}
+
+// ---------------------------------------------------------------- one adamw_flush case
+
+double finite_abs(double x) { return std::isfinite(x) ? std::fabs(x) : 0.0; }
+
+void run_adamw(Rng& r, const std::vector<int64_t>& sizes, int grad_type, bool bias_correction) {
+  const size_t n = sizes.size();
+  AdamWScalars sc{0.01f, 0.9f, 0.999f, 1e-8f, 0.125f, 1.0f, 1.0f};
+  if (bias_correction) {  // step 3, in double from the betas as the frontends do
+    sc.bias_correction1 = static_cast<float>(1.0 - std::pow(0.9, 3));
+    sc.bias_correction2 = static_cast<float>(1.0 - std::pow(0.999, 3));
+  }
+  std::vector<Buf<float>> param(n), m1(n), m2(n), acc(n), g32(n);
+  std::vector<Buf<uint16_t>> g16(n);
+  std::vector<AdamWTensor> ts(n);
+  std::vector<std::vector<float>> p0(n), m10(n), m20(n), a0(n);
+  for (size_t k = 0; k < n; ++k) {
+    const int64_t m = sizes[k];
+    const int has = static_cast<int>(r.uniform(0, 3));  // bit 0: acc, bit 1: grad (0: neither)
+    const bool has_acc = has & 1, has_grad = has & 2;
+    const GradType t = pick_type(r, grad_type);
+    param[k] = Buf<float>(m, static_cast<int>(r.uniform(0, 3)));
+    m1[k] = Buf<float>(m, static_cast<int>(r.uniform(0, 3)));
+    m2[k] = Buf<float>(m, static_cast<int>(r.uniform(0, 3)));
+    for (int64_t i = 0; i < m; ++i) {
+      param[k][i] = r.value();
+      m1[k][i] = r.value(0.1);
+      m2[k][i] = std::fabs(r.value(0.1));  // second moments are non-negative
+    }
+    p0[k].assign(param[k].data(), param[k].data() + m);
+    m10[k].assign(m1[k].data(), m1[k].data() + m);
+    m20[k].assign(m2[k].data(), m2[k].data() + m);
+    float* ap = nullptr;
+    if (has_acc) {
+      acc[k] = Buf<float>(m, static_cast<int>(r.uniform(0, 3)));
+      for (int64_t i = 0; i < m; ++i) acc[k][i] = r.value(3.0);
+      a0[k].assign(acc[k].data(), acc[k].data() + m);
+      ap = acc[k].data();
+    }
+    const void* g = nullptr;
+    if (has_grad && t == GradType::kFloat32) {
+      g32[k] = Buf<float>(m, static_cast<int>(r.uniform(0, 3)));
+      for (int64_t i = 0; i < m; ++i) g32[k][i] = r.value();
+      g = g32[k].data();
+    } else if (has_grad) {
+      g16[k] = Buf<uint16_t>(m, static_cast<int>(r.uniform(0, 3)));
+      for (int64_t i = 0; i < m; ++i) g16[k][i] = t == GradType::kFloat16 ? r.half_bits() : r.bf16_bits();
+      g = g16[k].data();
+    }
+    const float wd = static_cast<float>(r.uniform(0, 3)) * 1e-2f;
+    ts[k] = {param[k].data(), m1[k].data(), m2[k].data(), ap, g, t, m, wd};
+  }
+  cpu::adamw_flush(ts, sc);
+  const double lr = sc.lr, b1 = sc.beta1, b2 = sc.beta2, eps = sc.eps, gs = sc.grad_scale;
+  const double bc1 = sc.bias_correction1, bc2 = sc.bias_correction2;
+  for (size_t k = 0; k < n; ++k) {
+    const AdamWTensor& t = ts[k];
+    const double wd = t.weight_decay;
+    for (int64_t i = 0; i < sizes[k]; ++i) {
+      double summed = 0, smag = 0;
+      if (t.acc) summed += a0[k][i], smag += finite_abs(a0[k][i]);
+      if (t.grad) {
+        const double gv = grad_at(t.grad_type, t.grad, i);
+        summed += gv, smag += finite_abs(gv);
+      }
+      const double p = p0[k][i];
+      const double g = summed * gs;
+      const double mo = b1 * m10[k][i] + (1 - b1) * g;
+      const double v = b2 * m20[k][i] + (1 - b2) * g * g;
+      const double u = (mo / bc1) / (std::sqrt(v) / std::sqrt(bc2) + eps);
+      const double pn = p - lr * wd * p - lr * u;
+      // magnitudes of the terms (finite parts); beyond ~1e37 a float32 intermediate (g * g) may
+      // overflow where the double one does not: such elements are not compared
+      const double gmag = smag * gs;
+      const double mmag = b1 * finite_abs(m10[k][i]) + (1 - b1) * gmag;
+      const double vmag = b2 * finite_abs(m20[k][i]) + (1 - b2) * gmag * gmag;
+      const double den = std::sqrt(finite_abs(v)) / std::sqrt(bc2) + eps;
+      const double umag = mmag / bc1 / den;
+      const double pmag = finite_abs(p) * (1 + lr * wd) + lr * umag;
+      if (t.acc && acc[k][i] != 0.0f) return fail(where("adamw acc", k, i, acc[k][i], 0.0));
+      if (gmag * gmag >= 1e37 || umag >= 1e37 || pmag >= 1e37) continue;
+      const double floor = 4 * (1 + lr / (bc1 * den));
+      if (!close(m1[k][i], mo, 4 * mmag, 4)) return fail(where("adamw exp_avg", k, i, m1[k][i], mo));
+      if (!close(m2[k][i], v, 4 * vmag, 4)) return fail(where("adamw exp_avg_sq", k, i, m2[k][i], v));
+      if (!close(param[k][i], pn, 4 * pmag, floor)) return fail(where("adamw param", k, i, param[k][i], pn));
     }
     g_elements += sizes[k];
   }
@@ -428,7 +524,9 @@ void run_all_sizes(Rng& r, bool quick) {
   for (const auto& sizes : plans) {
     const int gt = index % 4 == 3 ? -1 : index % 4;  // f32, f16, bf16, or mixed per tensor
     run_accumulate(r, sizes, gt, index % 2 ? 0.37f : -1.5f);
+    run_accumulate(r, sizes, gt, index % 2 ? -0.75f : 2.0f, /*overwrite=*/true);
     run_flush(r, sizes, gt, index % 2 == 0);
+    run_adamw(r, sizes, gt, index % 2 == 1);
     if (index % 3 == 0) run_zero_axpy(r, sizes);
     run_squares(r, sizes, gt);
     ++index;
@@ -467,6 +565,8 @@ void scenario_varying_threads(bool quick) {
     run_accumulate(r, {big, r.uniform(0, 50)}, i % 3, 0.5f);
     if (i % 5 == 0) run_flush(r, {r.uniform(0, 70000), 17}, i % 3, i % 2);
     if (i % 5 == 1) run_squares(r, {big, r.uniform(0, 70000)}, i % 3);
+    if (i % 5 == 2) run_adamw(r, {r.uniform(0, 70000), big}, i % 3, i % 2);
+    if (i % 5 == 3) run_accumulate(r, {big, r.uniform(0, 50)}, i % 3, 1.5f, /*overwrite=*/true);
   }
   cpu::set_num_threads(0);  // back to the default
 }
@@ -479,6 +579,7 @@ void scenario_concurrent_callers(bool quick) {
     for (int i = 0; i < (quick ? 6 : 20); ++i) {
       run_accumulate(r, {3 * kPerThread + r.uniform(0, 99), r.uniform(0, 9)}, -1, 2.0f);
       run_flush(r, {2 * kPerThread + r.uniform(0, 99)}, -1, true);
+      run_adamw(r, {2 * kPerThread + r.uniform(0, 99)}, -1, true);
       run_squares(r, {3 * kPerThread + r.uniform(0, 99), r.uniform(0, 9)}, -1);
     }
   };
@@ -508,6 +609,8 @@ void scenario_fork(bool quick) {
         cpu::set_num_threads(t);
         run_accumulate(rc, {4 * kPerThread + 3, 5}, -1, 0.25f);
         run_flush(rc, {3 * kPerThread + 1}, -1, false);
+        run_adamw(rc, {3 * kPerThread + 1}, -1, true);
+        run_accumulate(rc, {2 * kPerThread + 7}, -1, 0.5f, /*overwrite=*/true);
       }
       std::fflush(nullptr);
       _exit(g_failures.load() == before ? 0 : 1);

@@ -15,13 +15,18 @@
 // the kernels read).
 //
 // Case file (little endian):
-//   int32 magic 'MSAC'; int32 op (0 accumulate, 1 momentum_flush, 2 zero_fill, 3 sum_of_squares); int32 count;
+//   int32 magic 'MSAC'; int32 op (0 accumulate, 1 momentum_flush, 2 zero_fill, 3 sum_of_squares,
+//   4 adamw_flush); int32 count;
 //   int64 chunk (0: the public launchers, else internal::*_chunked with this chunk size);
-//   float32[4] scalars (accumulate: scale, 0, 0, 0; momentum_flush: lr, momentum, grad_scale, nesterov;
-//                      sum_of_squares: workspace elements beyond the required count (-1: one short), 0, 0, 0);
-//   op 0/1/3: count x {int64 numel; int32 grad_type (0 f32, 1 f16, 2 bf16, -1 absent); int32 has_acc;
-//                    int32 offset[4] (elements before param, moment, acc, grad); float32 weight_decay}
-//           then per tensor the arrays in the order param, moment (flush only), acc, grad (present ones);
+//   float32[4] scalars (accumulate: scale, overwrite value, overwrite given (0: null pointer), 0;
+//                      momentum_flush: lr, momentum, grad_scale, nesterov;
+//                      sum_of_squares: workspace elements beyond the required count (-1: one short), 0, 0, 0;
+//                      adamw_flush: lr, beta1, beta2, eps);
+//   op 4 only: float32[4] more (grad_scale, bias_correction1, bias_correction2, 0);
+//   op 0/1/3/4: count x {int64 numel; int32 grad_type (0 f32, 1 f16, 2 bf16, -1 absent); int32 has_acc;
+//                    int32 offset[5] (elements before param, moment, acc, grad, exp_avg_sq); float32 weight_decay}
+//           then per tensor the arrays in the order param, moment (flush, adamw: exp_avg), exp_avg_sq (adamw),
+//           acc, grad (present ones);
 //           (sum_of_squares reads the "grad" arrays: its tensors have no acc);
 //   op 2:   count float32 values (zero_fill fills them with zeros).
 // Output: int32 rc; int64 launches, vector_elements, scalar_elements; then the same arrays, after the call;
@@ -95,10 +100,11 @@ int info() {
   namespace in = msaccum::cuda::internal;
   std::printf(
       "{\"block_threads\": %d, \"chunk_elems\": %lld, \"max_blocks\": %d, \"max_accumulate_tensors\": %d, "
-      "\"max_flush_tensors\": %d, \"max_squares_tensors\": %d, \"runtime_version\": \"%s\", \"error_string_1\": \"%s\", "
-      "\"bad_count\": %d, \"bad_chunk\": %d, \"bad_numel\": %d, \"empty\": %d, \"zero_fill_null\": %d}\n",
+      "\"max_flush_tensors\": %d, \"max_squares_tensors\": %d, \"max_adamw_tensors\": %d, \"runtime_version\": \"%s\", "
+      "\"error_string_1\": \"%s\", \"bad_count\": %d, \"bad_chunk\": %d, \"bad_numel\": %d, \"empty\": %d, "
+      "\"zero_fill_null\": %d, \"adamw_bad_numel\": %d, \"adamw_null_hyper\": %d, \"adamw_empty\": %d}\n",
       in::kBlockThreads, in::kChunkElems, in::kMaxBlocksPerLaunch, in::kMaxAccumulateTensors, in::kMaxFlushTensors,
-      in::kMaxSquaresTensors,
+      in::kMaxSquaresTensors, in::kMaxAdamWTensors,
       msaccum::cuda::runtime_version(), msaccum::cuda::error_string(1),
       msaccum::cuda::accumulate(nullptr, -1, nullptr, nullptr),
       [] {
@@ -112,7 +118,18 @@ int info() {
         return msaccum::cuda::momentum_flush(&t, 1, hyper, &wd, nullptr);
       }(),
       msaccum::cuda::momentum_flush(nullptr, 0, nullptr, nullptr, nullptr),
-      msaccum::cuda::zero_fill(nullptr, 4, nullptr));
+      msaccum::cuda::zero_fill(nullptr, 4, nullptr),
+      [] {
+        float p = 0, m = 0, v = 0, hyper[7] = {0, 0, 0, 1, 0, 1, 1}, wd = 0;
+        msaccum::AdamWTensor t{&p, &m, &v, nullptr, nullptr, msaccum::GradType::kFloat32, -1, 0.0f};
+        return msaccum::cuda::adamw_flush(&t, 1, hyper, &wd, nullptr);
+      }(),
+      [] {
+        float p = 0, m = 0, v = 0, wd = 0;
+        msaccum::AdamWTensor t{&p, &m, &v, nullptr, nullptr, msaccum::GradType::kFloat32, 1, 0.0f};
+        return msaccum::cuda::adamw_flush(&t, 1, nullptr, &wd, nullptr);
+      }(),
+      msaccum::cuda::adamw_flush(nullptr, 0, nullptr, nullptr, nullptr));
   return 0;
 }
 
@@ -128,15 +145,15 @@ int main(int argc, char** argv) {
   const int32_t op = in.get<int32_t>();
   const int32_t count = in.get<int32_t>();
   const int64_t chunk = in.get<int64_t>();
-  float scalars[4];
-  for (float& s : scalars) s = in.get<float>();
+  float scalars[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int k = 0; k < (op == 4 ? 8 : 4); ++k) scalars[k] = in.get<float>();
   if (count < 0) die("negative count");
 
   struct Tensor {
     int64_t numel;
-    int32_t grad_type, has_acc, offset[4];
+    int32_t grad_type, has_acc, offset[5];
     float weight_decay;
-    Buffer param, moment, acc, grad;
+    Buffer param, moment, moment2, acc, grad;
   };
   std::vector<Tensor> tensors(op == 2 ? 0 : count);
   for (Tensor& t : tensors) {
@@ -148,10 +165,11 @@ int main(int argc, char** argv) {
     if (t.grad_type < -1 || t.grad_type > 2) die("bad grad type");
   }
   for (Tensor& t : tensors) {
-    if (op == 1) {
+    if (op == 1 || op == 4) {
       t.param = make_buffer(4, t.numel, t.offset[0], in);
       t.moment = make_buffer(4, t.numel, t.offset[1], in);
     }
+    if (op == 4) t.moment2 = make_buffer(4, t.numel, t.offset[4], in);
     if (t.has_acc) t.acc = make_buffer(4, t.numel, t.offset[2], in);
     if (t.grad_type >= 0) t.grad = make_buffer(grad_size(t.grad_type), t.numel, t.offset[3], in);
   }
@@ -161,7 +179,10 @@ int main(int argc, char** argv) {
 
   // "Device memory" read by the kernels, each an exact-size heap allocation.
   float* scale = new float[1]{scalars[0]};
-  float* hyper = new float[4]{scalars[0], scalars[1], scalars[2], scalars[3]};
+  float* hyper = op == 4 ? new float[7]{scalars[0], scalars[1], scalars[2], scalars[3], scalars[4], scalars[5],
+                                        scalars[6]}
+                          : new float[4]{scalars[0], scalars[1], scalars[2], scalars[3]};
+  float* overwrite = new float[1]{scalars[1]};
   float* weight_decay = new float[count > 0 ? count : 1];
   for (size_t i = 0; i < tensors.size(); ++i) weight_decay[i] = tensors[i].weight_decay;
 
@@ -176,8 +197,9 @@ int main(int argc, char** argv) {
       list[i] = {static_cast<float*>(t.acc.data()), t.grad.data(),
                  static_cast<msaccum::GradType>(t.grad_type < 0 ? 0 : t.grad_type), t.numel};
     }
-    rc = chunk > 0 ? msaccum::cuda::internal::accumulate_chunked(list.data(), count, scale, nullptr, chunk)
-                   : msaccum::cuda::accumulate(list.data(), count, scale, nullptr);
+    const float* flag = scalars[2] != 0.0f ? overwrite : nullptr;
+    rc = chunk > 0 ? msaccum::cuda::internal::accumulate_chunked(list.data(), count, scale, nullptr, chunk, flag)
+                   : msaccum::cuda::accumulate(list.data(), count, scale, nullptr, flag);
   } else if (op == 1) {
     std::vector<msaccum::FlushTensor> list(count);
     for (int i = 0; i < count; ++i) {
@@ -193,6 +215,22 @@ int main(int argc, char** argv) {
     rc = chunk > 0
              ? msaccum::cuda::internal::momentum_flush_chunked(list.data(), count, hyper, weight_decay, nullptr, chunk)
              : msaccum::cuda::momentum_flush(list.data(), count, hyper, weight_decay, nullptr);
+  } else if (op == 4) {
+    std::vector<msaccum::AdamWTensor> list(count);
+    for (int i = 0; i < count; ++i) {
+      const Tensor& t = tensors[i];
+      list[i] = {static_cast<float*>(t.param.data()),
+                 static_cast<float*>(t.moment.data()),
+                 static_cast<float*>(t.moment2.data()),
+                 t.has_acc ? static_cast<float*>(t.acc.data()) : nullptr,
+                 t.grad_type >= 0 ? t.grad.data() : nullptr,
+                 static_cast<msaccum::GradType>(t.grad_type < 0 ? 0 : t.grad_type),
+                 t.numel,
+                 -12345.0f};  // must be ignored by the CUDA launcher (weight decay comes from device memory)
+    }
+    rc = chunk > 0
+             ? msaccum::cuda::internal::adamw_flush_chunked(list.data(), count, hyper, weight_decay, nullptr, chunk)
+             : msaccum::cuda::adamw_flush(list.data(), count, hyper, weight_decay, nullptr);
   } else if (op == 2) {
     rc = msaccum::cuda::zero_fill(static_cast<float*>(zeros.data()), count, nullptr);
   } else if (op == 3) {
@@ -224,7 +262,7 @@ int main(int argc, char** argv) {
   put<int64_t>(out, msaccum_shim::vector_elements);
   put<int64_t>(out, msaccum_shim::scalar_elements);
   for (Tensor& t : tensors) {
-    for (Buffer* b : {&t.param, &t.moment, &t.acc, &t.grad}) {
+    for (Buffer* b : {&t.param, &t.moment, &t.moment2, &t.acc, &t.grad}) {
       if (b->raw) std::fwrite(b->data(), 1, b->bytes, out);
       free_buffer(*b);
     }
@@ -241,6 +279,7 @@ int main(int argc, char** argv) {
   if (std::fclose(out) != 0) die("write failed");
   delete[] scale;
   delete[] hyper;
+  delete[] overwrite;
   delete[] weight_decay;
   return 0;
 }
