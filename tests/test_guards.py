@@ -81,7 +81,9 @@ def test_auto_picks_native_when_the_aot_library_is_refused(tmp_path):
             print("kernels refused:", "MS_CUSTOM_AOT_WHITE_LIST" in str(err))
     """)
     env = dict(os.environ, GLOG_v="3")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    # cwd: not the repository root, whose source folder (no compiled extension) would shadow the install
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout
     assert "backends native native" in lines
