@@ -15,7 +15,7 @@ def test_quick_mlp(tmp_path):
     out = tmp_path / "overhead.json"
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", GLOG_v="3")
     p = subprocess.run([sys.executable, SCRIPT, "--quick", "--models", "mlp", "--mlp-width", "64",
-                        "--pynative-models", "", "--json", str(out)],
+                        "--pynative-models", "", "--proposal", "--json", str(out)],
                        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     table = p.stdout
@@ -26,6 +26,7 @@ def test_quick_mlp(tmp_path):
                 "| ours_time / time_floor |", "#### breakdown, mlp (GRAPH)"):
         assert row in table, row
     assert "(pass, tolerance" in table and "FAIL" not in table
+    assert "| proposal: GradAccumCell 4 x 16 dispatched as nn.Cell graphs |" in table
 
     data = json.loads(out.read_text())
     assert data["args"]["rounds"] == 1 and data["machine"]["logical_cpus"] >= 1
@@ -34,7 +35,7 @@ def test_quick_mlp(tmp_path):
     assert (st["model"], st["mode"], st["batch"], st["accum"], st["mlp_width"]) == ("mlp", "graph", 16, 4, 64)
     n_params = 6 * (64 * 64 + 64)
     windows = st["warmup"] + st["windows"] + 1  # + the breakdown window of round 1
-    for name in CONFIGS:
+    for name in CONFIGS + ("ours-cell",):
         (run,) = block["runs"][name]
         assert run["n_params"] == n_params and run["accumulator_bytes"] == 4 * n_params
         for key in ("peak_rss_mib", "peak_steady_mib", "time_per_window_s", "first_step_s", "first_window_s"):
