@@ -5,8 +5,8 @@ For each model, four configurations, each in its OWN process (peak RSS is per pr
 alternated round by round (A B C D, A B C D, ...):
 
 * ``ours``        GradAccumCell, N micro-batches of B per update;
-* ``floor-time``  N x a forward+backward graph at batch B that only returns the gradients (one
-                  ``ms.jit`` function; PYNATIVE: eager ``value_and_grad``) + one plain call of the
+* ``floor-time``  N x a forward+backward graph at batch B that only returns the gradients (a
+                  top-level ``nn.Cell``; PYNATIVE: eager ``value_and_grad``) + one plain call of the
                   same optimizer on the last gradients;
 * ``plain-micro`` ``nn.TrainOneStepCell`` at batch B with the same optimizer (the memory floor's base);
 * ``plain-big``   ``nn.TrainOneStepCell`` at batch N*B with the same optimizer.
@@ -229,39 +229,9 @@ def worker(cfg: dict) -> dict:
                  for i in range(n)]
 
         def split_last():  # the last call as its two graphs (what cell(...) does), for the breakdown
-            micro_fn = cell._graph_micro_step if graph else cell._micro_step
+            micro_fn = cell._micro_step_graph if graph else cell._micro_step
             return [(f"micro-step {n} (micro-step graph)", lambda: float(micro_fn(*micro[n - 1]).asnumpy())),
                     ("window end (window-end graph)", lambda: cell._finish_window())]
-    elif kind == "ours-cell":
-        # The proposal for cell.py, measured: the same micro-step and window-end functions, dispatched
-        # as nn.Cell graphs (construct) instead of @ms.jit methods. Everything else as GradAccumCell.__call__.
-        from mindspore_accum import GradAccumCell
-
-        cell = GradAccumCell(ours_loss_cell, optimizer, n)
-        micro_cell, end_cell = _CellDispatch.create(cell)
-        for c_ in (cell, micro_cell, end_cell):
-            c_.set_train()
-
-        def finish():
-            end_cell()
-            return int(cell.skip_reason.asnumpy())
-
-        def call(i):
-            pending, must_end = cell._pending_window()
-            if must_end:
-                finish()
-                pending = 0
-            loss = float(micro_cell(*micro[i]).asnumpy())
-            if pending + 1 >= n:
-                finish()
-            return loss
-
-        calls = [(f"micro-step {i + 1}" + (" + window end" if i == n - 1 else ""), lambda i=i: call(i))
-                 for i in range(n)]
-
-        def split_last():
-            return [(f"micro-step {n} (micro-step graph)", lambda: float(micro_cell(*micro[n - 1]).asnumpy())),
-                    ("window end (window-end graph)", finish)]
     elif kind in ("plain-micro", "plain-big"):
         cell = nn.TrainOneStepCell(loss_cell, optimizer)
         cell.set_train()
@@ -272,10 +242,16 @@ def worker(cfg: dict) -> dict:
         split_last = None
     elif kind == "floor-time":
         grad_fn = ms.value_and_grad(loss_cell, None, optimizer.parameters)
-        def grads_and_loss(*inputs):
-            return grad_fn(*inputs)
 
-        grads_only = ms.jit(grads_and_loss) if graph else grad_fn
+        class GradsOnly(nn.Cell):  # a top-level Cell: MindSpore's fastest dispatch of a graph
+            def __init__(self):
+                super().__init__(auto_prefix=False)
+                self.loss_cell, self.grad_fn = loss_cell, grad_fn
+
+            def construct(self, *inputs):
+                return self.grad_fn(*inputs)
+
+        grads_only = GradsOnly().set_train() if graph else grad_fn
         held = {}
 
         def grads(i):
@@ -350,39 +326,12 @@ def worker(cfg: dict) -> dict:
         opt_times = [times[-1] for times in per_call]
         result.update(grads_only_s=float(np.median(grads_times)), optimizer_step_s=float(np.median(opt_times)))
         result["time_floor_s"] = n * result["grads_only_s"] + result["optimizer_step_s"]
-    if kind in ("ours", "ours-cell"):
+    if kind == "ours":
         result["micro_step_s"] = float(np.median([t for times in per_call for t in times[:-1]] or [float("nan")]))
         result["last_call_s"] = float(np.median([times[-1] for times in per_call]))
         result["skipped_updates"] = int(cell.skipped_updates.asnumpy())
     result["wall_s"] = time.perf_counter() - t_start
     return result
-
-
-class _CellDispatch:
-    """Two nn.Cell wrappers whose construct runs GradAccumCell's micro-step / window end (the cell
-    is their child; they are not registered in it, so the cell tree has no cycle)."""
-
-    @staticmethod
-    def create(accum):
-        from mindspore import nn
-
-        class MicroStep(nn.Cell):
-            def __init__(self):
-                super().__init__(auto_prefix=False)
-                self.accum = accum
-
-            def construct(self, *inputs):
-                return self.accum._micro_step(*inputs)
-
-        class WindowEnd(nn.Cell):
-            def __init__(self):
-                super().__init__(auto_prefix=False)
-                self.accum = accum
-
-            def construct(self):
-                return self.accum._window_end()
-
-        return MicroStep(), WindowEnd()
 
 
 def _kernel_costs(params) -> dict:
@@ -522,20 +471,6 @@ def summarise(block: dict) -> dict:
         "ours_micro_step / grads_only": ratios([r["micro_step_s"] for r in ours],
                                                [r["grads_only_s"] for r in runs["floor-time"]]),
     }
-    if runs.get("ours-cell"):
-        oc = runs["ours-cell"]
-        s["ours-cell"] = {k: _median([r[k] for r in oc]) for k in
-                          ("peak_rss_mib", "peak_steady_mib", "peak_first_windows_mib", "time_per_window_s",
-                           "first_step_s", "first_window_s", "micro_step_s", "last_call_s")}
-        s["ratios"].update({
-            "ours-cell_peak / memory_floor": ratios([r["peak_rss_mib"] for r in oc], mem_floor),
-            "ours-cell_time / time_floor": ratios([r["time_per_window_s"] for r in oc],
-                                                  [r["time_floor_s"] for r in runs["floor-time"]]),
-            "ours-cell_time / ours_time": ratios([r["time_per_window_s"] for r in oc],
-                                                 [r["time_per_window_s"] for r in ours]),
-            "ours-cell_time / plain-micro_window": ratios([r["time_per_window_s"] for r in oc],
-                                                          [r["time_per_window_s"] for r in runs["plain-micro"]]),
-        })
     s["ours_minus_memory_floor_mib"] = _median([r["peak_rss_mib"] - f for r, f in zip(ours, mem_floor)])
     s["ours_minus_plain_micro_mib"] = _median([r["peak_rss_mib"] - p["peak_rss_mib"]
                                                 for r, p in zip(ours, runs["plain-micro"])])
@@ -550,7 +485,7 @@ def render(block: dict) -> str:
     s, c = block["summary"], block["settings"]
     n, b = c["accum"], c["batch"]
     opt = {"momentum": "FusedMomentum", "adamw": "FusedAdamW"}[c["optimizer"]]
-    floor_label = "ms.jit grads-only" if c["mode"] == "graph" else "eager grads-only"
+    floor_label = "grads-only graph" if c["mode"] == "graph" else "eager grads-only"
     lines = [f"### {c['model']} ({c['mode'].upper()}), {n} x {b}, {opt}, {s['n_params']:,} parameters "
              f"(accumulators {s['accumulator_mib']:,.1f} MiB); medians of {s['rounds']} round(s), "
              f"{c['windows']} timed window(s) each", "",
@@ -561,8 +496,7 @@ def render(block: dict) -> str:
              "floor-time": f"floor-time: {n} x {floor_label} + optimizer",
              "plain-micro": f"plain-micro: TrainOneStepCell {b} ({n} updates)",
              "plain-big": f"plain-big: TrainOneStepCell {n * b}"}
-    names["ours-cell"] = f"proposal: GradAccumCell {n} x {b} dispatched as nn.Cell graphs"
-    for name in CONFIGS + (("ours-cell",) if "ours-cell" in s else ()):
+    for name in CONFIGS:
         r = s[name]
         lines.append(f"| {names[name]} | {_f(r['peak_rss_mib'])} | {_f(r['peak_steady_mib'])} | "
                      f"{_f(r['time_per_window_s'], '{:.3f}')} | {_f(r['first_step_s'], '{:.2f}')} | "
@@ -655,8 +589,6 @@ def parse_args(argv=None):
     p.add_argument("--gpt-seq", type=int, default=128)
     p.add_argument("--batch", type=int, default=None, help="micro-batch size (default per model)")
     p.add_argument("--accum", type=int, default=None, help="micro-batches per update (default 4)")
-    p.add_argument("--proposal", action="store_true",
-                   help="add 'ours-cell': the same cell dispatched through nn.Cell graphs instead of @ms.jit methods")
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-call RSS diagnostic window of round 1")
     p.add_argument("--quick", action="store_true", help="1 round, 1 timed window: a smoke run")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per child process")
@@ -686,7 +618,7 @@ def main(argv=None) -> int:
     if "gpt" in models and not have_gpt:
         raise SystemExit("--models gpt: examples/gpt.py does not exist in this checkout")
     pyn = [m for m in args.pynative_models.split(",") if m] if args.pynative_models else []
-    configs = CONFIGS + (("ours-cell",) if args.proposal else ())
+    configs = CONFIGS
     blocks = []
     for mode, names in (("graph", models), ("pynative", pyn)):
         for m in names:

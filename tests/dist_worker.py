@@ -17,9 +17,10 @@ Counting AllReduce launches (class AllReduceCounter)
 ---------------------------------------------------
 * From Python: ``AllReduce.__call__`` is patched at class level, so any AllReduce primitive
   launched from Python is counted (the cell launches none: its window end is compiled in both modes).
-* In compiled graphs (the window end, in GRAPH and PYNATIVE): the JIT executor
-  (``mindspore.graph.api._JitExecutor``; ``mindspore.common.api`` before 2.9: found by
-  ``mindspore_accum._compat.jit_executor_class``) is patched at class level. When a phase is compiled, its
+* In compiled graphs (the window end: a top-level Cell's graph in GRAPH mode, an ``ms.jit``
+  method in PYNATIVE): the Cell graph executor (``_CellGraphExecutor``) and the JIT executor
+  (``_JitExecutor``; both in ``mindspore.graph.api``, ``mindspore.common.api`` before 2.9) are
+  patched at class level. When a phase is compiled, its
   compiled graph is read back from the executor (``get_func_graph_proto(phase, "anf_ir")``) and
   its AllReduce nodes are counted; every run of a compiled graph then adds that number. The
   window end's AllReduce sits before its only branch, so it runs exactly once per run.
@@ -177,11 +178,7 @@ class AllReduceCounter:
             phase = orig_compile(executor, method_name, *args, **kwargs)
             executor._counted_phase = phase
             if phase not in counter.nodes_per_phase:
-                from mindspore.train import anf_ir_pb2
-                model = anf_ir_pb2.ModelProto()
-                model.ParseFromString(executor._graph_executor.get_func_graph_proto(phase, "anf_ir"))
-                ops_ = [node.op_type for node in model.graph.node]
-                counter.nodes_per_phase[phase] = (executor.fn.__name__, ops_.count("AllReduce"), len(ops_))
+                counter.nodes_per_phase[phase] = (executor.fn.__name__,) + _count_nodes(executor, phase)
             return phase
 
         def call_(executor, *args, **kwargs):
@@ -197,6 +194,28 @@ class AllReduceCounter:
         executor_class.compile = compile_
         executor_class.__call__ = call_
 
+        cell_executor_class = _cell_executor_class()
+        orig_cell_compile = cell_executor_class.compile
+        orig_cell_call = cell_executor_class.__call__
+
+        def cell_compile(executor, obj, *args, **kwargs):
+            phase, fresh = orig_cell_compile(executor, obj, *args, **kwargs)
+            if phase not in counter.nodes_per_phase:
+                counter.nodes_per_phase[phase] = (type(obj).__name__,) + _count_nodes(executor, phase)
+            return phase, fresh
+
+        def cell_call(executor, obj, *args, **kwargs):
+            out = orig_cell_call(executor, obj, *args, **kwargs)
+            phase = obj.current_phase  # set by the compile that precedes every run
+            if phase in counter.nodes_per_phase:
+                name, n_allreduce, _ = counter.nodes_per_phase[phase]
+                counter.graph_runs[name] = counter.graph_runs.get(name, 0) + 1
+                counter.graph_launches += n_allreduce
+            return out
+
+        cell_executor_class.compile = cell_compile
+        cell_executor_class.__call__ = cell_call
+
         def restore():
             if had_own_call:
                 AllReduce.__call__ = orig_prim_call
@@ -204,6 +223,8 @@ class AllReduceCounter:
                 del AllReduce.__call__
             executor_class.compile = orig_compile
             executor_class.__call__ = orig_call
+            cell_executor_class.compile = orig_cell_compile
+            cell_executor_class.__call__ = orig_cell_call
 
         self._restore = restore
 
@@ -214,6 +235,25 @@ class AllReduceCounter:
 
     def snapshot(self):
         return self.py_calls, self.graph_launches, dict(self.graph_runs)
+
+
+def _count_nodes(executor, phase):
+    """(AllReduce nodes, all nodes) of a compiled phase, read back from the graph itself."""
+    from mindspore.train import anf_ir_pb2
+    model = anf_ir_pb2.ModelProto()
+    model.ParseFromString(executor._graph_executor.get_func_graph_proto(phase, "anf_ir"))
+    ops_ = [node.op_type for node in model.graph.node]
+    return ops_.count("AllReduce"), len(ops_)
+
+
+def _cell_executor_class():
+    """The class that compiles and runs a top-level Cell's graph (GRAPH mode); its compile returns
+    (phase, compiled now). 2.9-2.10: mindspore.graph.api; 2.7-2.8: mindspore.common.api."""
+    try:
+        from mindspore.graph.api import _CellGraphExecutor
+    except ImportError:
+        from mindspore.common.api import _CellGraphExecutor
+    return _CellGraphExecutor
 
 
 COUNTER = AllReduceCounter()
