@@ -25,7 +25,7 @@ Configurations (every optimizer AdamW: lr 1e-3, betas 0.9/0.999, eps 1e-6, weigh
 6. ``plain micro-batch``: nn.TrainOneStepCell at B (N updates per window): the memory reference.
 
 Measured per process: time per update (a window of N micro-batches; median over --updates timed
-windows after the first), the first window (compilation included), peak RSS (ru_maxrss), and the
+windows after --warmup untimed ones), the first window (compilation included), peak RSS (ru_maxrss), and the
 weights after 3 updates, compared by the driver with the plain big batch's of the same round:
 max|w - w_big| / max|w_big| over all trainable parameters. All processes start from the same
 weights (a file the first process writes) and see the same windows (a file the driver writes;
@@ -233,7 +233,7 @@ def worker(cfg: dict) -> dict:
             for i, p in enumerate(params):  # one parameter at a time: little extra memory
                 np.save(os.path.join(cfg["snapshot_dir"], f"{i}.npy"), p.asnumpy())
     updates = int(optimizer.global_step.asnumpy()) if hasattr(optimizer, "global_step") else None
-    timed = times[1:1 + cfg["updates"]]
+    timed = times[cfg["warmup"]:cfg["warmup"] + cfg["updates"]]
     return dict(first_update_s=times[0], update_s=timed, time_per_update_s=float(np.median(timed)),
                 peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                 peak_before_snapshot_mib=peak_before_snapshot, losses=losses, init_checksum=checksum,
@@ -331,6 +331,9 @@ def render(block: dict) -> str:
         lines.append(f"Data: {block['data']['source']}."
                      + (" BatchNorm: per-micro-batch statistics, so no accumulation equals the big batch "
                         "(--resnet-norm group removes that)." if st["norm"] == "batch" else ""))
+    lines.append(f"Time/update: one window of {n} micro-batches (plain big batch: one step of {n * b}; plain micro-batch: "
+                 f"{n} steps of {b}), after {st['warmup']} untimed window(s) (the first: compilation, 'first update'). Distance: max|w - w_big| / "
+                 "max|w_big| over all trainable parameters after 3 updates, same start, same data.")
     lines += ["", "| config | time/update median (s) | ratio to ours (FusedAdamW) | peak RSS MiB | "
               "RSS ratio vs ours | distance after 3 updates from big batch | first update (s) |",
               "|---|--:|--:|--:|--:|--:|--:|"]
@@ -372,7 +375,9 @@ def parse_args(argv=None):
     p.add_argument("--models", default="lm,resnet50", help="comma-separated: lm,resnet50")
     p.add_argument("--mode", choices=("graph", "pynative"), default="graph")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--updates", type=int, default=3, help="timed updates per process (after the first)")
+    p.add_argument("--updates", type=int, default=3, help="timed updates per process (after the warm-up)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed updates first (>= 1: the first holds the graph compilation)")
     p.add_argument("--accum", type=int, default=4, help="micro-batches per update (N)")
     p.add_argument("--lm-batch", type=int, default=8)
     p.add_argument("--lm-layers", type=int, default=7)
@@ -394,8 +399,8 @@ def parse_args(argv=None):
     if args.quick:
         args.lm_layers, args.lm_d_model, args.lm_heads, args.lm_seq, args.lm_batch = 1, 32, 2, 32, 4
         args.resnet_batch, args.updates = 4, 2
-    if args.rounds < 1 or args.updates < 1 or args.accum < 1:
-        p.error("--rounds, --updates and --accum must be >= 1")
+    if min(args.rounds, args.updates, args.accum, args.warmup) < 1:
+        p.error("--rounds, --updates, --warmup and --accum must be >= 1")
     return args
 
 
@@ -415,7 +420,7 @@ def main(argv=None) -> int:
           f"{info['load_average_at_start']}", flush=True)
     work = args.work_dir or tempfile.mkdtemp(prefix="bench_peers_")
     os.makedirs(work, exist_ok=True)
-    windows = max(DISTANCE_AFTER, 1 + args.updates)
+    windows = max(DISTANCE_AFTER, args.warmup + args.updates)
     blocks = []
     for m in args.models.split(","):
         if m == "lm":
@@ -423,7 +428,7 @@ def main(argv=None) -> int:
                       heads=args.lm_heads, seq=args.lm_seq, lm_windows=args.lm_windows)
         else:
             st = dict(model=m, batch=args.resnet_batch, norm=args.resnet_norm, cifar_dir=args.cifar_dir)
-        st.update(mode=args.mode, accum=args.accum, updates=args.updates)
+        st.update(mode=args.mode, accum=args.accum, updates=args.updates, warmup=args.warmup)
         data = lm_windows(st, windows) if m == "lm" else resnet_windows(st, windows)
         import numpy as np
         st["data_path"] = os.path.join(work, f"data_{m}.npz")
