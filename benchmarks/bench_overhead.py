@@ -139,8 +139,6 @@ def _build_gpt(cfg, rs, total):
     (``LMLoss``: loss_sum, num_items); the plain cells the token mean loss_sum / num_items, the
     same gradient when nothing is padded."""
     import numpy as np
-    import mindspore as ms
-    from mindspore import nn, ops
 
     if EXAMPLES not in sys.path:
         sys.path.insert(0, EXAMPLES)
@@ -149,18 +147,8 @@ def _build_gpt(cfg, rs, total):
     seq = cfg["gpt_seq"]
     net = gpt.GPT(cfg["gpt_layers"], cfg["gpt_d_model"], cfg["gpt_heads"], max_positions=seq, seed=cfg.get("seed", 0))
     pair = gpt.LMLoss(net)
-
-    class TokenMean(nn.Cell):
-        def __init__(self, inner):
-            super().__init__(auto_prefix=False)
-            self.inner = inner
-
-        def construct(self, x, y):
-            loss_sum, items = self.inner(x, y)
-            return loss_sum / ops.cast(items, ms.float32)
-
     tokens = rs.randint(0, gpt.VOCAB, (total, seq + 1)).astype(np.int32)
-    return net, TokenMean(pair), pair, (tokens[:, :-1].copy(), tokens[:, 1:].copy())
+    return net, gpt.TokenMeanLoss(pair), pair, (tokens[:, :-1].copy(), tokens[:, 1:].copy())
 
 
 def make_optimizer(cfg: dict, params):

@@ -132,7 +132,7 @@ def resnet_windows(cfg: dict, count: int) -> dict:
 def build(cfg: dict):
     """(net, mean-loss cell, ours' loss cell). Imports MindSpore (after the environment is set)."""
     import mindspore as ms
-    from mindspore import nn, ops
+    from mindspore import nn
 
     ms.set_seed(0)
     if cfg["model"] == "lm":
@@ -140,17 +140,7 @@ def build(cfg: dict):
 
         net = gpt.GPT(cfg["layers"], cfg["d_model"], cfg["heads"], max_positions=cfg["seq"], seed=0)
         pair = gpt.LMLoss(net)
-
-        class TokenMean(nn.Cell):  # the token mean of this batch: sum of token losses / real tokens
-            def __init__(self, inner):
-                super().__init__(auto_prefix=False)
-                self.inner = inner
-
-            def construct(self, x, y):
-                loss_sum, items = self.inner(x, y)
-                return loss_sum / ops.cast(items, ms.float32)
-
-        return net, TokenMean(pair), pair
+        return net, gpt.TokenMeanLoss(pair), pair
     import resnet50
 
     net = resnet50.ResNet50(num_classes=10, norm=cfg["norm"])

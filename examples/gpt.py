@@ -180,3 +180,16 @@ class LMLoss(nn.Cell):
         loss_sum = (nll * ops.cast(real, ms.float32)).sum()
         num_items = ops.cast(ops.cast(real, ms.float32).sum(), ms.int32)  # exact below 2**24 tokens
         return loss_sum, num_items
+
+
+class TokenMeanLoss(nn.Cell):
+    """An ``LMLoss`` as one scalar: ``loss_sum / num_items``, the token mean of this batch. What a
+    plain training step (or a mean-of-micro-batch-means accumulator) trains on."""
+
+    def __init__(self, lm_loss):
+        super().__init__(auto_prefix=False)
+        self.lm_loss = lm_loss
+
+    def construct(self, x, y):
+        loss_sum, num_items = self.lm_loss(x, y)
+        return loss_sum / ops.cast(num_items, ms.float32)

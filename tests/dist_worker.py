@@ -177,18 +177,13 @@ class AllReduceCounter:
         def compile_(executor, method_name, *args, **kwargs):
             phase = orig_compile(executor, method_name, *args, **kwargs)
             executor._counted_phase = phase
-            if phase not in counter.nodes_per_phase:
-                counter.nodes_per_phase[phase] = (executor.fn.__name__,) + _count_nodes(executor, phase)
+            counter._compiled(executor, phase, executor.fn.__name__)
             return phase
 
         def call_(executor, *args, **kwargs):
             executor._counted_phase = None
             out = orig_call(executor, *args, **kwargs)
-            phase = executor._counted_phase
-            if phase is not None:
-                name, n_allreduce, _ = counter.nodes_per_phase[phase]
-                counter.graph_runs[name] = counter.graph_runs.get(name, 0) + 1
-                counter.graph_launches += n_allreduce
+            counter._ran(executor._counted_phase)
             return out
 
         executor_class.compile = compile_
@@ -200,17 +195,12 @@ class AllReduceCounter:
 
         def cell_compile(executor, obj, *args, **kwargs):
             phase, fresh = orig_cell_compile(executor, obj, *args, **kwargs)
-            if phase not in counter.nodes_per_phase:
-                counter.nodes_per_phase[phase] = (type(obj).__name__,) + _count_nodes(executor, phase)
+            counter._compiled(executor, phase, type(obj).__name__)
             return phase, fresh
 
         def cell_call(executor, obj, *args, **kwargs):
             out = orig_cell_call(executor, obj, *args, **kwargs)
-            phase = obj.current_phase  # set by the compile that precedes every run
-            if phase in counter.nodes_per_phase:
-                name, n_allreduce, _ = counter.nodes_per_phase[phase]
-                counter.graph_runs[name] = counter.graph_runs.get(name, 0) + 1
-                counter.graph_launches += n_allreduce
+            counter._ran(obj.current_phase)  # set by the compile that precedes every run
             return out
 
         cell_executor_class.compile = cell_compile
@@ -228,6 +218,21 @@ class AllReduceCounter:
 
         self._restore = restore
 
+    def _compiled(self, executor, phase, name):
+        """Reads a newly compiled phase's AllReduce nodes from the graph itself."""
+        if phase not in self.nodes_per_phase:
+            from mindspore.train import anf_ir_pb2
+            model = anf_ir_pb2.ModelProto()
+            model.ParseFromString(executor._graph_executor.get_func_graph_proto(phase, "anf_ir"))
+            ops_ = [node.op_type for node in model.graph.node]
+            self.nodes_per_phase[phase] = (name, ops_.count("AllReduce"), len(ops_))
+
+    def _ran(self, phase):
+        if phase in self.nodes_per_phase:
+            name, n_allreduce, _ = self.nodes_per_phase[phase]
+            self.graph_runs[name] = self.graph_runs.get(name, 0) + 1
+            self.graph_launches += n_allreduce
+
     def uninstall(self):
         if self._restore is not None:
             self._restore()
@@ -235,15 +240,6 @@ class AllReduceCounter:
 
     def snapshot(self):
         return self.py_calls, self.graph_launches, dict(self.graph_runs)
-
-
-def _count_nodes(executor, phase):
-    """(AllReduce nodes, all nodes) of a compiled phase, read back from the graph itself."""
-    from mindspore.train import anf_ir_pb2
-    model = anf_ir_pb2.ModelProto()
-    model.ParseFromString(executor._graph_executor.get_func_graph_proto(phase, "anf_ir"))
-    ops_ = [node.op_type for node in model.graph.node]
-    return ops_.count("AllReduce"), len(ops_)
 
 
 def _cell_executor_class():
