@@ -1,65 +1,82 @@
-"""Paired, interleaved in one process: what each micro-step graph costs, MLP 6 x Dense(W).
-Usage: python benchmarks/dispatch_probe_mlp.py [WIDTH=2048] [REPEATS=15]; prints | graph | median ms | min ms |."""
-import os, sys, time, statistics
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA","AVX2"); os.environ.setdefault("GLOG_v","3")
-import numpy as np, mindspore as ms
-from mindspore import nn, ops, Tensor
+"""Paired, interleaved in one process: what a GradAccumCell micro-step costs against MindSpore's
+gradients-only graph, MLP 6 x Dense(W, W), batch 16, GRAPH mode.
+
+    python benchmarks/dispatch_probe_mlp.py [WIDTH=2048] [CALLS=40]
+
+Rows (median / min ms): ours' micro-step graph (kernels and native backends), a top-level Cell
+that only returns loss and gradients (the time floor's graph), and that graph plus our accumulate
+op alone -- what a micro-step must cost at least."""
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+os.environ.setdefault("GLOG_v", "3")
+import numpy as np  # noqa: E402
+import mindspore as ms  # noqa: E402
+from mindspore import Tensor, nn  # noqa: E402
+
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-from mindspore_accum import GradAccumCell, FusedMomentum
+from mindspore_accum import FusedMomentum, GradAccumCell, _window_ops  # noqa: E402
+from mindspore_accum.optim import zeros_like_params  # noqa: E402
+
 W = int(sys.argv[1]) if len(sys.argv) > 1 else 2048
-def mk():
+CALLS = int(sys.argv[2]) if len(sys.argv) > 2 else 40
+
+
+def make():
     ms.set_seed(0)
     layers = []
     for i in range(6):
         layers.append(nn.Dense(W, W))
-        if i < 5: layers.append(nn.ReLU())
+        if i < 5:
+            layers.append(nn.ReLU())
     net = nn.SequentialCell(layers)
     return net, nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+
+
+class GradsOnly(nn.Cell):
+    def __init__(self, loss_cell, weights, accumulate_into=None):
+        super().__init__(auto_prefix=False)
+        self.loss_cell = loss_cell
+        self.grad_fn = ms.value_and_grad(loss_cell, None, weights)
+        self.accumulators = accumulate_into
+        self.window_ops = _window_ops.make("kernels")
+        self.one, self.add = Tensor(1.0, ms.float32), Tensor(False)
+
+    def construct(self, x, y):
+        loss, grads = self.grad_fn(x, y)
+        if self.accumulators is None:
+            return loss, grads
+        return loss, self.window_ops.accumulate(self.accumulators, grads, self.one, self.add)
+
+
 rs = np.random.RandomState(0)
-x = Tensor(rs.randn(16, W).astype(np.float32)); y = Tensor(rs.randint(0, W, 16).astype(np.int32))
+x = Tensor(rs.randn(16, W).astype(np.float32))
+y = Tensor(rs.randint(0, W, 16).astype(np.int32))
 fns = {}
-net, lc = mk(); cell = GradAccumCell(lc, FusedMomentum(net.trainable_params(), 0.01, 0.9), 4)
-fns["ours _graph_micro_step"] = lambda: cell._graph_micro_step(x, y).asnumpy()
-net2, lc2 = mk(); opt2 = FusedMomentum(net2.trainable_params(), 0.01, 0.9); tc = nn.TrainOneStepCell(lc2, opt2)
-fns["TrainOneStepCell (GradOperation+sens, optimizer)"] = lambda: tc(x, y).asnumpy()
-gf = ms.value_and_grad(lc2, None, opt2.parameters)
-def f(*a): return gf(*a)
-jf = ms.jit(f)
-fns["jit value_and_grad returning grads"] = lambda: jf(x, y)[0].asnumpy()
-go = ops.GradOperation(get_by_list=True)
-w2 = opt2.parameters
-def f2(a, b):
-    return lc2(a, b), go(lc2, w2)(a, b)
-jf2 = ms.jit(f2)
-fns["jit GradOperation returning grads"] = lambda: jf2(x, y)[0].asnumpy()
-def f3(a, b):
-    l, g = gf(a, b)
-    return ops.depend(l, opt2(g))
-jf3 = ms.jit(f3)
-fns["jit value_and_grad + optimizer in-graph"] = lambda: jf3(x, y).asnumpy()
-class GradCell(nn.Cell):
-    def __init__(self):
-        super().__init__(auto_prefix=False)
-        self.net = lc2; self.w = opt2.parameters; self.opt = opt2
-        self.gf = ms.value_and_grad(lc2, None, opt2.parameters)
-    def construct(self, a, b):
-        l, g = self.gf(a, b)
-        return ops.depend(l, self.opt(g))
-gc = GradCell()
-fns["Cell: value_and_grad + optimizer (construct)"] = lambda: gc(x, y).asnumpy()
-class AccCell(nn.Cell):
-    def __init__(self):
-        super().__init__(auto_prefix=False)
-        self.c = cell
-    def construct(self, a, b):
-        return self.c._micro_step(a, b)
-ac = AccCell()
-fns["Cell: ours _micro_step (construct)"] = lambda: ac(x, y).asnumpy()
-for k, fn in fns.items():
-    for _ in range(3): fn()
-ts = {k: [] for k in fns}
-for r in range(int(sys.argv[2]) if len(sys.argv) > 2 else 15):
+for backend in ("kernels", "native"):
+    net, loss_cell = make()
+    cell = GradAccumCell(loss_cell, FusedMomentum(net.trainable_params(), 0.01, 0.9, backend=backend), 4,
+                         backend=backend)
+    cell.set_train()
+    fns[f"ours: micro-step graph ({backend} backend)"] = (lambda c: lambda: c._micro_step_graph(x, y).asnumpy())(cell)
+net, loss_cell = make()
+weights = net.trainable_params()
+grads_only = GradsOnly(loss_cell, weights).set_train()
+fns["MindSpore: gradients-only graph (top-level Cell)"] = lambda: grads_only(x, y)[0].asnumpy()
+with_accumulate = GradsOnly(loss_cell, weights, zeros_like_params(weights, "probe_acc")).set_train()
+fns["gradients-only graph + our accumulate op"] = lambda: with_accumulate(x, y)[0].asnumpy()
+for fn in fns.values():
+    for _ in range(15):
+        fn()
+times = {k: [] for k in fns}
+for _ in range(CALLS):
     for k, fn in fns.items():
-        t = time.perf_counter(); fn(); ts[k].append(time.perf_counter() - t)
-for k, v in ts.items():
-    print(f"| {k} | {statistics.median(v)*1e3:.1f} | {min(v)*1e3:.1f} |")
+        t0 = time.perf_counter()
+        fn()
+        times[k].append(time.perf_counter() - t0)
+print(f"| graph (MLP 6 x {W}, batch 16) | median ms | min ms |\n|---|--:|--:|")
+for k, v in times.items():
+    print(f"| {k} | {statistics.median(v) * 1e3:.1f} | {min(v) * 1e3:.1f} |")

@@ -324,7 +324,7 @@ class GradAccumCell(nn.Cell):
 class _MicroStepGraph(nn.Cell):
     """The micro-step as the graph of a top-level Cell (GRAPH mode). MindSpore launches a
     Cell's compiled graph with less host work than an ``ms.jit`` method's: ResNet50-CIFAR
-    micro-step 3.76 s via a Cell vs 5.43 s via ``@ms.jit`` (benchmarks/dispatch_probe_resnet50.py)."""
+    micro-step 3.76 s via a Cell vs 5.43 s via ``@ms.jit`` (docs/bench_overhead.md)."""
 
     def __init__(self, owner: GradAccumCell):
         super().__init__(auto_prefix=False)  # the owner's parameter names stay as they are

@@ -309,3 +309,35 @@ def test_an_interrupted_window_end_is_finished_by_the_next_call(mode):
     assert cell.pending == 0
     expected = big_batch(w, b, [[(x[0], y[0]), (x[1], y[1])], [(x[2], y[2]), (x[3], y[3])]])
     assert_weights_close(weights(net), expected, RTOL, "after an interrupted window end")
+
+
+# ====================================================================== train / eval mode
+
+
+class DropoutCE(nn.Cell):
+    """Dense + cross entropy with a dropout on the input: its loss depends on the training flag."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.dropout = nn.Dropout(p=0.5)
+        self.inner = DenseCE(w, b)
+
+    def construct(self, x, y):
+        return self.inner(self.dropout(x), y)
+
+
+def test_set_train_reaches_the_compiled_graphs(backend):
+    """GRAPH mode compiles the micro-step in a Cell that GradAccumCell holds, not one of its
+    children: set_train(False) on the cell must reach that graph too. The reference is the
+    network itself in eval mode (no dropout), computed by a plain loss call."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    w, b, x, y = problem()
+    net = DropoutCE(w, b)
+    cell = GradAccumCell(net, FusedMomentum(net.trainable_params(), LR, MOMENTUM), 4, backend=backend)
+    cell.set_train()
+    cell(Tensor(x[0]), Tensor(y[0]))  # compiled in training mode: dropout on
+    cell.set_train(False)
+    got = float(cell(Tensor(x[1]), Tensor(y[1])).asnumpy())
+    reference = DenseCE(w, b)  # the same weights (no update yet), no dropout
+    want = float(reference(Tensor(x[1]), Tensor(y[1])).asnumpy())
+    np.testing.assert_allclose(got, want, rtol=1e-6)
