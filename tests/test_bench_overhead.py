@@ -51,6 +51,9 @@ def test_quick_mlp(tmp_path):
     assert ours["steady_phases"][-1]["phase"] == "window end (window-end graph)"
     assert len(ours["call_times_s"][0]) == 4 and len(floor["call_times_s"][0]) == 5
     assert floor["time_floor_s"] == 4 * floor["grads_only_s"] + floor["optimizer_step_s"] > 0
+    # accumulation floor: 8 + 3 x 12 + 4 = 48 B/element = 4 plain-loop passes of 12 B/element
+    assert floor["kernel_costs"]["ceiling_s"] > 0
+    assert abs(floor["accumulation_floor_s"] - (floor["time_floor_s"] + 4 * floor["kernel_costs"]["ceiling_s"])) < 1e-12
     # the floors come from the processes the issue names
     s = block["summary"]
     plain = block["runs"]["plain-micro"][0]
@@ -59,6 +62,9 @@ def test_quick_mlp(tmp_path):
     r = s["ratios"]["ours_peak / memory_floor"]
     assert r["per_round"] == [ours["peak_rss_mib"] / s["memory_floor_mib"]] and r["median"] > 0
     assert s["ratios"]["ours_time / time_floor"]["median"] > 0
+    assert s["ratios"]["ours_time / accumulation_floor"]["per_round"] == [
+        ours["time_per_window_s"] / floor["accumulation_floor_s"]]
+    assert "| **accumulation floor**: time floor + the accumulators' bytes" in table
     ex = block["exactness"]
     assert ex["passed"] and ex["updates_ours"] == 1 and ex["max_abs_update"] > 0
     assert ex["rel_to_update"] <= 1e-4
