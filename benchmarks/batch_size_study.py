@@ -43,6 +43,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 EXAMPLES = os.path.join(ROOT, "examples")
+if HERE not in sys.path:  # run as a script it already is; imported from elsewhere it may not be
+    sys.path.insert(0, HERE)
+from proc_memory import import_mindspore, peak_rss_mib, reset_peak_rss, rss_mib  # noqa: E402
 DEFAULT_DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "cifar10-subset",
                                              "cifar-10-batches-bin"))
 RESULT_VERSION = 3  # 3: zero-initialised last scale per block, ResNet50(norm=...)
@@ -99,45 +102,8 @@ def plan(args) -> list:
 
 # ============================================================================ the worker (one process per configuration)
 
-def _vm_hwm_mib() -> float:
-    """Peak resident set size of this process, MiB (VmHWM; ru_maxrss where /proc is absent)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _vm_rss_mib() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
-
-
-def _reset_peak_rss() -> bool:
-    """Resets VmHWM to the current RSS (Linux >= 4.0), so later peaks exclude what came before."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _import_mindspore(mode: str):
-    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-    os.environ.setdefault("GLOG_v", "3")
-    import mindspore as ms
-    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE, device_target="CPU")
+    ms = import_mindspore(mode)
     if EXAMPLES not in sys.path:
         sys.path.insert(0, EXAMPLES)
     return ms
@@ -236,7 +202,7 @@ def worker_train(config: dict) -> dict:
     order = cd.epoch_order(samples, config["seed"], 0)
     dataset = cd.make_dataset(images, labels, micro, order=order, augment=config["augment"],
                               seed=config["seed"], drop_remainder=True, num_workers=1)
-    rss_after_import = _vm_rss_mib()
+    rss_after_import = rss_mib()
 
     ms.set_seed(config["seed"])
     net = build_resnet50("batch")
@@ -260,13 +226,13 @@ def worker_train(config: dict) -> dict:
                 _ = net.trainable_params()[0].asnumpy()
             update_times.append(time.perf_counter() - t_window)
             if len(update_times) == 1:  # graphs compiled and run once: from here on, steady state
-                peak_first = _vm_hwm_mib()
-                steady_ok = _reset_peak_rss()
+                peak_first = peak_rss_mib()
+                steady_ok = reset_peak_rss()
             update_losses.append([seen, float(np.mean(window))])
             window = []
             t_window = time.perf_counter()
             bar.set_postfix(loss=f"{update_losses[-1][1]:.3f}", s_per_update=f"{update_times[-1]:.2f}")
-        rss_trace.append([seen, _vm_rss_mib()])
+        rss_trace.append([seen, rss_mib()])
         bar.update(micro)
         if not np.isfinite(loss):
             bar.close()
@@ -274,7 +240,7 @@ def worker_train(config: dict) -> dict:
     bar.close()
     if len(micro_losses) != n_micro:
         raise SystemExit(f"{config['name']}: the pipeline gave {len(micro_losses)} micro-batches, expected {n_micro}")
-    peak_after_first = _vm_hwm_mib()  # since the reset (after the first update)
+    peak_after_first = peak_rss_mib()  # since the reset (after the first update)
     peak_train = max(peak_first, peak_after_first)
     timed = update_times[1:] or update_times  # the first update compiles the graphs
     result = dict(
@@ -285,11 +251,11 @@ def worker_train(config: dict) -> dict:
         images_per_s=eff * len(timed) / float(np.sum(timed)),
         peak_rss_mib=peak_train, rss_before_model_mib=rss_after_import, peak_rss_first_update_mib=peak_first,
         peak_rss_steady_mib=peak_after_first if (steady_ok and len(update_times) > 1) else None,
-        rss_end_of_training_mib=_vm_rss_mib(), rss_per_micro=rss_trace,
+        rss_end_of_training_mib=rss_mib(), rss_per_micro=rss_trace,
     )
     if config.get("limit_test"):
         result.update(_evaluate(net, config))
-    result["peak_rss_with_eval_mib"] = _vm_hwm_mib()
+    result["peak_rss_with_eval_mib"] = peak_rss_mib()
     result["wall_s"] = time.perf_counter() - t_start
     return result
 

@@ -28,32 +28,17 @@ def child(graph: str, calls: int, width: int, slow_ms: float) -> dict:
     os.environ.setdefault("GLOG_v", "3")
     import numpy as np
     import mindspore as ms
-    from mindspore import Tensor, nn
+    from mindspore import Tensor
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-    from mindspore_accum import FusedMomentum, GradAccumCell, _window_ops
+    from mindspore_accum import FusedMomentum, GradAccumCell
     from mindspore_accum.optim import zeros_like_params
 
-    ms.set_seed(0)
-    layers = []
-    for i in range(6):
-        layers += [nn.Dense(width, width)] + ([nn.ReLU()] if i < 5 else [])
-    net = nn.SequentialCell(layers)
-    loss_cell = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from mlp_graphs import GradsOnly, make_mlp
+
+    net, loss_cell = make_mlp(width)
     weights = net.trainable_params()
-
-    class GradsOnly(nn.Cell):
-        def __init__(self, accumulators=None):
-            super().__init__(auto_prefix=False)
-            self.loss_cell, self.grad_fn = loss_cell, ms.value_and_grad(loss_cell, None, weights)
-            self.accumulators, self.window_ops = accumulators, _window_ops.make("kernels")
-            self.one, self.add = Tensor(1.0, ms.float32), Tensor(False)
-
-        def construct(self, x, y):
-            loss, grads = self.grad_fn(x, y)
-            if self.accumulators is None:
-                return loss, grads
-            return loss, self.window_ops.accumulate(self.accumulators, grads, self.one, self.add)
 
     rs = np.random.RandomState(0)
     x = Tensor(rs.randn(16, width).astype(np.float32))
@@ -64,7 +49,7 @@ def child(graph: str, calls: int, width: int, slow_ms: float) -> dict:
         fn = lambda: cell._micro_step_graph(x, y).asnumpy()  # noqa: E731
     else:
         acc = zeros_like_params(weights, "probe_acc") if graph == "grads-only + accumulate" else None
-        cell = GradsOnly(acc).set_train()
+        cell = GradsOnly(loss_cell, weights, acc).set_train()
         fn = lambda: cell(x, y)[0].asnumpy()  # noqa: E731
     for _ in range(15):
         fn()

@@ -15,54 +15,27 @@ os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 os.environ.setdefault("GLOG_v", "3")
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
-from mindspore import Tensor, nn  # noqa: E402
+from mindspore import Tensor  # noqa: E402
 
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-from mindspore_accum import FusedMomentum, GradAccumCell, _window_ops  # noqa: E402
+from mindspore_accum import FusedMomentum, GradAccumCell  # noqa: E402
 from mindspore_accum.optim import zeros_like_params  # noqa: E402
+from mlp_graphs import GradsOnly, make_mlp  # noqa: E402
 
 W = int(sys.argv[1]) if len(sys.argv) > 1 else 2048
 CALLS = int(sys.argv[2]) if len(sys.argv) > 2 else 40
-
-
-def make():
-    ms.set_seed(0)
-    layers = []
-    for i in range(6):
-        layers.append(nn.Dense(W, W))
-        if i < 5:
-            layers.append(nn.ReLU())
-    net = nn.SequentialCell(layers)
-    return net, nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
-
-
-class GradsOnly(nn.Cell):
-    def __init__(self, loss_cell, weights, accumulate_into=None):
-        super().__init__(auto_prefix=False)
-        self.loss_cell = loss_cell
-        self.grad_fn = ms.value_and_grad(loss_cell, None, weights)
-        self.accumulators = accumulate_into
-        self.window_ops = _window_ops.make("kernels")
-        self.one, self.add = Tensor(1.0, ms.float32), Tensor(False)
-
-    def construct(self, x, y):
-        loss, grads = self.grad_fn(x, y)
-        if self.accumulators is None:
-            return loss, grads
-        return loss, self.window_ops.accumulate(self.accumulators, grads, self.one, self.add)
-
 
 rs = np.random.RandomState(0)
 x = Tensor(rs.randn(16, W).astype(np.float32))
 y = Tensor(rs.randint(0, W, 16).astype(np.int32))
 fns = {}
 for backend in ("kernels", "native"):
-    net, loss_cell = make()
+    net, loss_cell = make_mlp(W)
     cell = GradAccumCell(loss_cell, FusedMomentum(net.trainable_params(), 0.01, 0.9, backend=backend), 4,
                          backend=backend)
     cell.set_train()
     fns[f"ours: micro-step graph ({backend} backend)"] = (lambda c: lambda: c._micro_step_graph(x, y).asnumpy())(cell)
-net, loss_cell = make()
+net, loss_cell = make_mlp(W)
 weights = net.trainable_params()
 grads_only = GradsOnly(loss_cell, weights).set_train()
 fns["MindSpore: gradients-only graph (top-level Cell)"] = lambda: grads_only(x, y)[0].asnumpy()

@@ -14,51 +14,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
-
-# ============================================================================ memory probes (Linux)
-
-def _status_mib(key: str) -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    if key == "VmHWM":
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return float("nan")
-
-
-def rss_mib() -> float:
-    return _status_mib("VmRSS")
-
-
-def hwm_mib() -> float:
-    """Peak RSS of this process since start or since the last reset_hwm()."""
-    return _status_mib("VmHWM")
-
-
-def reset_hwm() -> bool:
-    """Resets VmHWM (and so ru_maxrss' source) to the current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
+if HERE not in sys.path:  # run as a script it already is; imported from elsewhere it may not be
+    sys.path.insert(0, HERE)
+from proc_memory import import_mindspore, peak_rss_mib, reset_peak_rss, rss_mib  # noqa: E402
 
 # ============================================================================ the worker
-
-def _import_mindspore(mode: str):
-    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-    os.environ.setdefault("GLOG_v", "3")
-    import mindspore as ms
-    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE, device_target="CPU")
-    return ms
-
 
 def build_model(cfg: dict):
     """(network, loss cell for the plain cells, loss cell for ours, numpy inputs of the big batch
@@ -81,15 +41,11 @@ def build_model(cfg: dict):
         loss = nn.WithLossCell(net, ce)
         return net, loss, loss, data
     if cfg["model"] == "mlp":
-        width, depth = cfg["mlp_width"], cfg["mlp_layers"]
-        layers = []
-        for i in range(depth):
-            layers.append(nn.Dense(width, width))
-            if i < depth - 1:
-                layers.append(nn.ReLU())
-        net = nn.SequentialCell(layers)
+        from mlp_graphs import make_mlp
+
+        width = cfg["mlp_width"]
+        net, loss = make_mlp(width, cfg["mlp_layers"], cfg.get("seed", 0))
         data = (rs.randn(total, width).astype(np.float32), rs.randint(0, width, total).astype(np.int32))
-        loss = nn.WithLossCell(net, ce)
         return net, loss, loss, data
     if cfg["model"] == "gpt":
         return _build_gpt(cfg, rs, total)
@@ -140,19 +96,19 @@ class _Phases:
 
     def run(self, label, fn, reset=True):
         if reset:
-            reset_hwm()
+            reset_peak_rss()
         before = rss_mib()
         t0 = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - t0
-        self.rows.append(dict(phase=label, rss_before_mib=before, peak_mib=hwm_mib(), rss_after_mib=rss_mib(),
+        self.rows.append(dict(phase=label, rss_before_mib=before, peak_mib=peak_rss_mib(), rss_after_mib=rss_mib(),
                               seconds=seconds))
         return out
 
 
 def worker(cfg: dict) -> dict:
     t_start = time.perf_counter()
-    ms = _import_mindspore(cfg["mode"])
+    ms = import_mindspore(cfg["mode"])
     import numpy as np
     from mindspore import Tensor, nn
 
@@ -242,9 +198,9 @@ def worker(cfg: dict) -> dict:
     first_window_s = time.perf_counter() - t0
     for _ in range(cfg["warmup"] - 1):
         window()
-    peak_first = hwm_mib()
+    peak_first = peak_rss_mib()
     milestones.append(("after the untimed window(s)", rss_mib()))
-    steady_ok = reset_hwm()
+    steady_ok = reset_peak_rss()
     # ---- timed windows
     windows, per_call = [], []
     for _ in range(cfg["windows"]):
@@ -252,7 +208,7 @@ def worker(cfg: dict) -> dict:
         times = window()
         windows.append(time.perf_counter() - t0)
         per_call.append(times)
-    peak_steady = hwm_mib()
+    peak_steady = peak_rss_mib()
     # ---- one diagnostic window: the peak of every call on its own (HWM reset before each)
     steady_phases = None
     if breakdown:
@@ -321,7 +277,7 @@ def _kernel_costs(params) -> dict:
 def worker_exact(cfg: dict) -> dict:
     """One update of ours (N micro-batches) and of plain-big (one batch of N*B) from the same
     weights on the same samples: the distance between the two updates."""
-    ms = _import_mindspore(cfg["mode"])
+    ms = import_mindspore(cfg["mode"])
     import numpy as np
     from mindspore import Tensor, nn
     from mindspore_accum import GradAccumCell
