@@ -681,6 +681,16 @@ def test_adamw_weight_decay(rng, weight_decay):
                         lr=0.1, step=3)
 
 
+@pytest.mark.parametrize("weight_decay", [np.inf, -np.inf, np.nan, 3.4028235677973366e38, np.array(np.inf)],
+                         ids=["inf", "-inf", "nan", "rounds-to-inf-in-float32", "0-d-inf"])
+def test_adamw_non_finite_weight_decay_refused_even_with_no_tensors(weight_decay):
+    """A non-finite decoupled weight decay is a configuration error, whatever the list length
+    (the midpoint above float32's largest value rounds to inf)."""
+    kw = dict(lr=0.0, beta1=0.0, beta2=0.0, eps=1.0, grad_scale=0.0, step=1, bias_correction=True)
+    with pytest.raises(ValueError, match="weight_decay must be finite"):
+        _C.adamw_flush([], [], [], None, None, weight_decay=weight_decay, **kw)
+
+
 def test_adamw_numpy_scalars_and_kernels_wrapper(rng):
     from mindspore_accum import adamw_flush, kernels
 
