@@ -168,40 +168,10 @@ void adamw_span(float* param, float* exp_avg, float* exp_avg_sq, float* acc, con
 // registers; a single running sum could not be vectorised without reassociation), each lane
 // summing at most kBlock / kLanes = 64 terms; the lanes of each block are added in double.
 constexpr int kLanes = 16;
-// Four whole blocks summed side by side: one lane set per block, so the adds of different blocks
-// are independent and overlap (one block's lanes are a single chain of dependent FMAs; four
-// named arrays, not one 2-D array, so that GCC keeps all four in registers). Every lane still
-// adds the same terms in the same order and the blocks are added in the same order: the result
-// is bit-identical to summing the blocks one at a time.
-inline double lanes_sum(const float* lanes) {
-  double sum = 0.0;
-  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
-  return sum;
-}
 
 inline double sum_squares_f32(const float* __restrict x, int64_t n) {
   double total = 0.0;
-  int64_t start = 0;
-  for (; start + 4 * kBlock <= n; start += 4 * kBlock) {
-    float lanes0[kLanes] = {}, lanes1[kLanes] = {}, lanes2[kLanes] = {}, lanes3[kLanes] = {};
-    const float* b0 = x + start;
-    const float* b1 = b0 + kBlock;
-    const float* b2 = b1 + kBlock;
-    const float* b3 = b2 + kBlock;
-    for (int64_t i = 0; i < kBlock; i += kLanes) {
-      for (int j = 0; j < kLanes; ++j) {
-        lanes0[j] += square_value(b0[i + j]);
-        lanes1[j] += square_value(b1[i + j]);
-        lanes2[j] += square_value(b2[i + j]);
-        lanes3[j] += square_value(b3[i + j]);
-      }
-    }
-    total += lanes_sum(lanes0);
-    total += lanes_sum(lanes1);
-    total += lanes_sum(lanes2);
-    total += lanes_sum(lanes3);
-  }
-  for (; start < n; start += kBlock) {
+  for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t len = std::min(kBlock, n - start);
     const float* block = x + start;
     float lanes[kLanes] = {};
@@ -209,7 +179,9 @@ inline double sum_squares_f32(const float* __restrict x, int64_t n) {
     for (; i + kLanes <= len; i += kLanes)
       for (int j = 0; j < kLanes; ++j) lanes[j] += square_value(block[i + j]);
     for (int j = 0; i + j < len; ++j) lanes[j] += square_value(block[i + j]);
-    total += lanes_sum(lanes);
+    double block_sum = 0.0;
+    for (int j = 0; j < kLanes; ++j) block_sum += lanes[j];
+    total += block_sum;
   }
   return total;
 }
