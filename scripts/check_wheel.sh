@@ -97,7 +97,7 @@ if grep -E '(^|/)(build|\.matrix|\.venv|__pycache__|_skbuild|dist)/|\.(so|pyc|ck
   echo "check_wheel: generated files in the sdist (above)" >&2; exit 1
 fi
 for needed in pyproject.toml CMakeLists.txt README.md csrc/accum_math.h csrc/bindings.cpp csrc/aot.cpp \
-              csrc/cuda/cuda_kernels.cu mindspore_accum/_compat.py; do
+              csrc/cuda/cuda_kernels.cu src/mindspore_accum/_compat.py; do
   grep -qx "$needed" "$WORK/sdist.files" || { echo "check_wheel: $needed missing from the sdist" >&2; exit 1; }
 done
 
