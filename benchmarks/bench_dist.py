@@ -99,13 +99,13 @@ def _worker(args) -> None:
             # MindSpore's call-depth limit in GRAPH mode)
             reduced = tuple(ops.reshape(flat[o:o + n], w.shape)
                             for o, n, w in zip(self._offsets, self._sizes, self.weights))
-            out = self._ops.accumulate(self.accumulators, reduced, weight, ops.equal(self.micro_step, 0))
-            out = ops.depend(out, ops.assign_add(self.items, items * self.world_size))
-            out = ops.depend(out, ops.assign_add(self.micro_step, Tensor(1, ms.int32)))
+            out = self._ops.accumulate(self.state.accumulators, reduced, weight, ops.equal(self.state.micro_step, 0))
+            out = ops.depend(out, ops.assign_add(self.state.items, items * self.world_size))
+            out = ops.depend(out, ops.assign_add(self.state.micro_step, Tensor(1, ms.int32)))
             return ops.depend(loss, out)
 
         def _window_sum(self):  # the accumulators already hold the sum over workers
-            return self.accumulators, self.items, ops.cast(self.micro_step, ms.float32)
+            return self.state.accumulators, self.state.items, ops.cast(self.state.micro_step, ms.float32)
 
     allreduce = ops.AllReduce()
 

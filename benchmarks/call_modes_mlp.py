@@ -32,7 +32,7 @@ def child(graph: str, calls: int, width: int, slow_ms: float) -> dict:
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     from mindspore_accum import FusedMomentum, GradAccumCell
-    from mindspore_accum.optim import zeros_like_params
+    from mindspore_accum._state import zeros_like_params
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from mlp_graphs import GradsOnly, make_mlp

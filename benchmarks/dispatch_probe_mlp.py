@@ -19,7 +19,7 @@ from mindspore import Tensor  # noqa: E402
 
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 from mindspore_accum import FusedMomentum, GradAccumCell  # noqa: E402
-from mindspore_accum.optim import zeros_like_params  # noqa: E402
+from mindspore_accum._state import zeros_like_params  # noqa: E402
 from mlp_graphs import GradsOnly, make_mlp  # noqa: E402
 
 W = int(sys.argv[1]) if len(sys.argv) > 1 else 2048

@@ -51,6 +51,7 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 import mindspore_accum
+import mindspore_accum.backends.kernel
 from mindspore_accum import _compat
 
 AOT_SO = Path(mindspore_accum._C.__file__).with_name("libmsaccum_aot.so")
@@ -130,7 +131,7 @@ def run_aot(mode, func, lead, state, tail, factory=None):
     """Runs one AOT op in `mode`. Returns the op's placeholder output as numpy in PyNative mode;
     in GRAPH mode the Cell returns lead[0] (the op's output is unused but kept by ops.depend), and
     None is returned. factory: how the op is made (default: ops.Custom here; or
-    mindspore_accum.kernels.custom_op)."""
+    mindspore_accum.backends.kernel.custom_op)."""
     if mode == "pynative":
         # Tensor.asnumpy() waits for the PyNative queue (see the module docstring).
         return (factory or custom)(func)(*lead, *state, *tail).asnumpy()
@@ -226,9 +227,9 @@ def test_window_exact_average(mode, grad_dtype):
 
 
 # ---------------------------------------------------------------- accumulate with overwrite, AdamW
-# (through the package's factory, mindspore_accum.kernels.custom_op)
+# (through the package's factory, mindspore_accum.backends.kernel.custom_op)
 
-FACTORY = mindspore_accum.kernels.custom_op
+FACTORY = mindspore_accum.backends.kernel.custom_op
 
 
 def test_accumulate_overwrite(rng, mode):
@@ -334,7 +335,7 @@ class SquaresCell(nn.Cell):
     def __init__(self, state):
         super().__init__()
         self.state = ParameterTuple(state)
-        self.op = mindspore_accum.kernels.sum_of_squares_op()
+        self.op = mindspore_accum.backends.kernel.sum_of_squares_op()
 
     def construct(self, tail):
         return self.op(*self.state, *tail)
@@ -348,7 +349,7 @@ def test_sum_of_squares_op(rng, mode):
     state = [param(a) for a in state_np]
     tail = [grad_tensor(g) for g in tail_np]
     if mode == "pynative":
-        total, workspace = mindspore_accum.kernels.sum_of_squares_op()(*state, *tail)
+        total, workspace = mindspore_accum.backends.kernel.sum_of_squares_op()(*state, *tail)
     else:
         total, workspace = SquaresCell(state)(tuple(tail))
     assert total.shape == (1,) and total.dtype == ms.float32
@@ -363,7 +364,7 @@ def test_sum_of_squares_op_non_finite(mode):
     x = np.ones(1000, np.float32)
     x[999] = np.nan
     y = np.full(3, 2e19, np.float32)  # finite, but its square is not
-    op = mindspore_accum.kernels.sum_of_squares_op()
+    op = mindspore_accum.backends.kernel.sum_of_squares_op()
 
     def run(*tensors):
         out = op(*tensors) if mode == "pynative" else SquaresCell([])(tensors)
@@ -383,7 +384,7 @@ class AccumulateThenSquares(nn.Cell):
         super().__init__()
         self.accs = ParameterTuple(accs)
         self.accumulate = custom("MsAccumAccumulate")
-        self.squares = mindspore_accum.kernels.sum_of_squares_op()
+        self.squares = mindspore_accum.backends.kernel.sum_of_squares_op()
 
     def construct(self, grads):
         after = self.accumulate(ops.ones((1,), ms.float32), *self.accs, *grads)
@@ -400,7 +401,7 @@ def test_sum_of_squares_sees_the_accumulated_values_in_one_graph(rng, graph):
 
 
 def test_sum_of_squares_op_bad_input(pynative, capfd):
-    op = mindspore_accum.kernels.sum_of_squares_op()
+    op = mindspore_accum.backends.kernel.sum_of_squares_op()
     capfd.readouterr()
     with pytest.raises(RuntimeError, match=r"function\(MsAccumSumSquares\) is 1"):
         op(f32_tensor(np.ones(3)), Tensor(np.ones(3, np.int32)))[0].asnumpy()

@@ -15,6 +15,7 @@ ms = pytest.importorskip("mindspore")
 from mindspore import Parameter, Tensor, nn, ops  # noqa: E402
 
 from mindspore_accum import _compat, kernels  # noqa: E402
+from mindspore_accum.backends import kernel  # noqa: E402
 
 
 @pytest.fixture(params=["private", "fallback"])
@@ -194,7 +195,7 @@ def test_pynative_sync_waits_for_queued_ops(hide, pynative, repeat):
     view = acc.asnumpy()
     big = Tensor(np.full((384, 384), 1e-3, np.float32))
     grad = ops.reshape(_slow(big)[0, :4], (4,)) * 0.0 + 1.0
-    op = kernels.custom_op("MsAccumAccumulate")
+    op = kernel.custom_op("MsAccumAccumulate")
     op(Tensor(np.ones(1, np.float32)), acc, grad)
     _compat.pynative_sync()
     np.testing.assert_array_equal(view, np.ones(4, np.float32))

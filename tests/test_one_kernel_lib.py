@@ -55,7 +55,8 @@ SCRIPT = textwrap.dedent(
                 paths.add(os.path.realpath(path))
         return sorted(paths)
 
-    from mindspore_accum import _C, kernels
+    from mindspore_accum import _C
+    from mindspore_accum.backends import kernel
     import mindspore as ms
     from mindspore import Parameter, Tensor, nn, ops
     ms.set_device("CPU")
@@ -68,7 +69,7 @@ SCRIPT = textwrap.dedent(
         def __init__(self, acc):
             super().__init__()
             self.acc = acc
-            self.op = kernels.custom_op("MsAccumAccumulate")
+            self.op = kernel.custom_op("MsAccumAccumulate")
 
         def construct(self, scale, grad):
             return ops.depend(scale, self.op(scale, self.acc, grad))

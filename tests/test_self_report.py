@@ -1,6 +1,6 @@
 """`python -m mindspore_accum` (the self-report), run as a subprocess, against facts read here
 independently: the version from the package metadata, the vector ISA from /proc/cpuinfo flags,
-the thread count from the CPU affinity mask, CUDA from the build, the backends from backend.py's
+the thread count from the CPU affinity mask, CUDA from the build, the backends from choose_backend's
 contract. Also without MindSpore and with an extension that cannot be imported."""
 import importlib.metadata
 import os
@@ -76,7 +76,7 @@ def test_cpu_isa_threads_and_cuda():
 
 
 def test_backend_per_device_is_the_contract():
-    from mindspore_accum.backend import choose_backend
+    from mindspore_accum.backends import choose_backend
 
     text = run_report()
     for device in ("CPU", "GPU", "Ascend"):

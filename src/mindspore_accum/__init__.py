@@ -3,10 +3,16 @@
 The kernels (``mindspore_accum.kernels`` / ``_C``) need only NumPy; ``GradAccumCell``,
 ``FusedMomentum``, ``FusedAdamW``, ``FlushAtEpochEnd`` and the checkpoint helpers import MindSpore when first used.
 """
+# The NumPy kernel API re-exported here. With a broken build (the compiled extension cannot be
+# imported) the package still imports -- `python -m mindspore_accum` reports what is wrong -- and
+# each of these names, and `_C`, raises that ImportError when used.
+_KERNEL_NAMES = ("accumulate", "momentum_update", "adamw_update", "sum_of_squares", "build_info",
+                 "momentum_flush", "adamw_flush")  # the last two: deprecated aliases of the *_update names
+
 try:
     from . import _C
-    from .kernels import accumulate, adamw_flush, build_info, momentum_flush, sum_of_squares
-except ImportError as _err:  # a broken build: `python -m mindspore_accum` still reports, the kernels raise
+    from . import kernels as _kernels
+except ImportError as _err:  # a broken build
     _C_IMPORT_ERROR: "ImportError | None" = _err
     from importlib import metadata as _metadata
 
@@ -16,13 +22,13 @@ except ImportError as _err:  # a broken build: `python -m mindspore_accum` still
         __version__ = "unknown"
 else:
     _C_IMPORT_ERROR = None
+    globals().update({name: getattr(_kernels, name) for name in _KERNEL_NAMES})
     __version__ = _C.build_info()["version"]
-__all__ = ["GradAccumCell", "FusedMomentum", "FusedAdamW", "FlushAtEpochEnd", "save_checkpoint_atomic",
-           "load_checkpoint_verified", "accumulate", "momentum_flush", "adamw_flush", "sum_of_squares", "build_info",
-           "__version__"]
 
 _LAZY = {"GradAccumCell": "cell", "FlushAtEpochEnd": "cell", "FusedMomentum": "optim", "FusedAdamW": "optim",
          "save_checkpoint_atomic": "checkpoint", "load_checkpoint_verified": "checkpoint"}
+
+__all__ = [*_LAZY, *_KERNEL_NAMES, "__version__"]
 
 
 def __getattr__(name):
@@ -31,6 +37,6 @@ def __getattr__(name):
 
         module = importlib.import_module(f".{_LAZY[name]}", __name__)
         return getattr(module, name)
-    if _C_IMPORT_ERROR is not None and name in ("_C", "accumulate", "build_info", "momentum_flush", "sum_of_squares"):
+    if _C_IMPORT_ERROR is not None and (name == "_C" or name in _KERNEL_NAMES):
         raise ImportError(str(_C_IMPORT_ERROR)) from _C_IMPORT_ERROR
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

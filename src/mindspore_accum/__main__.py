@@ -59,7 +59,7 @@ def report() -> List[str]:
     ms_version = _mindspore_version()
     lines.append(f"MindSpore: {ms_version if ms_version else 'not installed'}")
 
-    from .backend import choose_backend
+    from .backends import choose_backend
 
     lines.append('Backend per device (choose_backend("auto", device)):')
     for device in DEVICES:

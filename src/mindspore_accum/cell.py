@@ -6,9 +6,10 @@ One micro-step and one window end, each written once (see docs/design.md):
     window end:  sum (all-reduce across workers) -> check -> normalise (+clip) -> update -> count/reset
 
 GRAPH mode compiles each into one graph dispatched from Python (each held by a small top-level
-Cell, see _MicroStepGraph); PYNATIVE runs the micro-step eagerly and compiles the window end; ``construct`` composes both into one graph when MindSpore
-inlines the cell (dataset sink mode). The backend -- our fused kernels or MindSpore's own
-operators -- is the only thing that varies inside the stages.
+Cell, see _MicroStepGraph); PYNATIVE runs the micro-step eagerly and compiles the window end
+(``@ms.jit``); ``construct`` composes both into one graph when MindSpore inlines the cell (dataset
+sink mode). The window's state is one object (_state.AccumulationState); the backend -- our fused
+kernels or MindSpore's own operators (backends/) -- is the only thing that varies inside the stages.
 """
 from __future__ import annotations
 
@@ -17,18 +18,17 @@ from typing import Optional
 
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Tensor, nn, ops
 from mindspore.train.callback import Callback
 
-from . import _compat, _window_ops
-from .backend import choose_backend
-from .optim import FusedOptimizer, zeros_like_params
+from . import _compat, backends
+from ._state import AccumulationState, SkipReason
+from .backends import choose_backend
+from .optim import FusedOptimizer
 
 __all__ = ["GradAccumCell", "FlushAtEpochEnd"]
 
 WEIGHTS = ("size", "equal")
-# accumulation.skip_reason after a window end
-APPLIED, NONFINITE, NO_ITEMS, EMPTY = 0, 1, 2, 3
 # The window's item count travels through the float32 all-reduce as hi * 4096 + lo: both parts
 # stay exact integers in float32 up to 2**24 (items < 6.8e10, fewer than 4096 workers).
 _ITEMS_SPLIT = 4096
@@ -81,9 +81,6 @@ class GradAccumCell(nn.Cell):
         super().__init__(auto_prefix=False)
         _check_arguments(network_with_loss, optimizer, accumulation_steps, clip_global_norm, nonfinite,
                          micro_batch_weight)
-        self.network = network_with_loss
-        self.optimizer = optimizer
-        self.weights = optimizer.parameters
         self.accumulation_steps = int(accumulation_steps)
         self.clip_global_norm = None if clip_global_norm is None else float(clip_global_norm)
         self.nonfinite = nonfinite
@@ -92,18 +89,15 @@ class GradAccumCell(nn.Cell):
         self.fused = isinstance(optimizer, FusedOptimizer)
         self.world_size = _data_parallel_world_size()
         self.distributed = self.world_size > 1
-        self.scale_update_cell, scale_value = _loss_scale_cell(loss_scale)
-
-        self.accumulators = zeros_like_params(self.weights, "accumulators")
-        self.micro_step = _counter("accumulation.micro_step", 0, ms.int32)
-        self.items = _counter("accumulation.items", 0, ms.int64)
-        self.window_steps = _counter("accumulation.window_steps", self.accumulation_steps, ms.int32)
-        self.window_world_size = _counter("accumulation.world_size", self.world_size, ms.int32)
-        self.skipped_updates = _counter("accumulation.skipped_updates", 0, ms.int32)
-        self.skip_reason = _counter("accumulation.skip_reason", APPLIED, ms.int32)
-        self.loss_scale = Parameter(Tensor(scale_value, ms.float32), name="accumulation.loss_scale",
-                                    requires_grad=False)
-        self._ops = _window_ops.make(self.backend)
+        update_cell, scale_value = _loss_scale_cell(loss_scale)
+        # The state first: its Parameters then follow the weights in parameters_dict() and in
+        # checkpoints, where the cell's own Parameters were before the state was one object.
+        self.state = AccumulationState(optimizer.parameters, self.accumulation_steps, self.world_size, scale_value)
+        self.network = network_with_loss
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.scale_update_cell = update_cell
+        self._ops = backends.make(self.backend)
         self._grad_fn = ms.value_and_grad(self._scaled_loss, None, self.weights, has_aux=True)
         if self.distributed:
             self._allreduce = ops.AllReduce(ops.ReduceOp.SUM)
@@ -120,7 +114,21 @@ class GradAccumCell(nn.Cell):
     @property
     def pending(self) -> int:
         """Micro-batches accumulated since the last update."""
-        return int(self.micro_step.asnumpy())
+        return self.state.pending()
+
+    # The state's Parameters, as attributes of the cell (as before 0.3; read them, do not rebind).
+    accumulators = property(lambda self: self.state.accumulators, doc="The window's gradient sums (float32).")
+    micro_step = property(lambda self: self.state.micro_step, doc="Micro-batches in the window (int32 Parameter).")
+    items = property(lambda self: self.state.items, doc="Items in the window on this worker (int64 Parameter).")
+    window_steps = property(lambda self: self.state.window_steps,
+                            doc="accumulation_steps of the pending window (int32 Parameter).")
+    window_world_size = property(lambda self: self.state.window_world_size,
+                                 doc="World size of the pending window (int32 Parameter).")
+    skipped_updates = property(lambda self: self.state.skipped_updates,
+                               doc="Windows skipped so far (int32 Parameter).")
+    skip_reason = property(lambda self: self.state.skip_reason,
+                           doc="A SkipReason, of the last window end (int32 Parameter).")
+    loss_scale = property(lambda self: self.state.loss_scale, doc="The current loss scale (float32 Parameter).")
 
     def __call__(self, *inputs):
         # Calls from Python run the micro-step as one graph (GRAPH mode) or eagerly (PYNATIVE),
@@ -140,7 +148,7 @@ class GradAccumCell(nn.Cell):
                 # the next graph compiled in this process inherits it; reset it.
                 _compat.reset_pynative_grad()
                 raise
-        if pending + 1 >= self.accumulation_steps:
+        if self._window_full(pending + 1):
             self._finish_window()
         return loss
 
@@ -157,19 +165,20 @@ class GradAccumCell(nn.Cell):
     def construct(self, *inputs):
         """Micro-step and (every ``accumulation_steps``-th call) window end as one graph."""
         loss = self._micro_step(*inputs)
-        if self.micro_step >= self.accumulation_steps:
+        if self._window_full(self.state.micro_step):
             loss = ops.depend(loss, self._window_end())
         return loss
+
+    def _window_full(self, micro_batches):
+        """Whether a window of ``micro_batches`` (an int from Python, a Tensor in a graph) is full."""
+        return micro_batches >= self.accumulation_steps
 
     # ------------------------------------------------------------------ the micro-step
     def _micro_step(self, *inputs):
         (_, loss, items, weight), grads = self._grad_fn(*inputs)
-        first = ops.equal(self.micro_step, 0)  # the first micro-batch writes its accumulator
-        out = self._ops.accumulate(self.accumulators, grads, weight, first)
-        out = ops.depend(out, ops.assign_add(self.items, items))
-        out = ops.depend(out, ops.assign(self.window_steps, Tensor(self.accumulation_steps, ms.int32)))
-        out = ops.depend(out, ops.assign(self.window_world_size, Tensor(self.world_size, ms.int32)))
-        out = ops.depend(out, ops.assign_add(self.micro_step, Tensor(1, ms.int32)))
+        first = ops.equal(self.state.micro_step, 0)  # the first micro-batch writes its accumulator
+        out = self._ops.accumulate(self.state.accumulators, grads, weight, first)
+        out = self.state.count_micro_batch(out, items, self.accumulation_steps, self.world_size)
         return ops.depend(loss, out)
 
     def _scaled_loss(self, *inputs):
@@ -186,11 +195,11 @@ class GradAccumCell(nn.Cell):
                                 f"{loss_sum.shape} and {items.shape}")
             items = ops.cast(items, ms.int64)
             loss = loss_sum / ops.cast(ops.maximum(items, 1), loss_sum.dtype)
-            return loss_sum * ops.cast(self.loss_scale, loss_sum.dtype), loss, items, self._one
+            return loss_sum * ops.cast(self.state.loss_scale, loss_sum.dtype), loss, items, self._one
         if out.ndim != 0:
             raise TypeError(f"GradAccumCell: the network must return a scalar mean loss or a pair (loss_sum, "
                             f"num_items); it returned a tensor of shape {out.shape}")
-        scaled = out * ops.cast(self.loss_scale, out.dtype)
+        scaled = out * ops.cast(self.state.loss_scale, out.dtype)
         if self.micro_batch_weight == "equal":
             return scaled, out, Tensor(1, ms.int64), self._one
         if len(inputs) == 0 or inputs[0].ndim == 0:
@@ -218,13 +227,13 @@ class GradAccumCell(nn.Cell):
     def _window_sum(self):
         """(tensors holding the window's gradient sum, total items, micro-batches): the local
         accumulators, or one AllReduce over workers of [accumulators..., items, micro-batches]."""
-        items, micro_batches = self.items, ops.cast(self.micro_step, ms.float32)
+        items, micro_batches = self.state.items, ops.cast(self.state.micro_step, ms.float32)
         if not self.distributed:
-            return self.accumulators, items, micro_batches
+            return self.state.accumulators, items, micro_batches
         hi = ops.cast(items // _ITEMS_SPLIT, ms.float32)
         lo = ops.cast(items % _ITEMS_SPLIT, ms.float32)
         counts = ops.stack([hi, lo, micro_batches])
-        flat = ops.concat([ops.reshape(a, (-1,)) for a in self.accumulators] + [counts])
+        flat = ops.concat([ops.reshape(a, (-1,)) for a in self.state.accumulators] + [counts])
         flat = self._allreduce(flat)
         # Slices, not ops.split: in GRAPH mode ops.split unrolls a Python loop over the sections
         # and exceeds MindSpore's function call depth limit (1000) from ~100 tensors (ResNet50: 161).
@@ -235,7 +244,7 @@ class GradAccumCell(nn.Cell):
 
     def _normalise(self, items, squares):
         """1 / (items * loss scale), times the clip factor of the window's mean gradient."""
-        grad_scale = 1.0 / (ops.cast(ops.maximum(items, 1), ms.float32) * self.loss_scale)
+        grad_scale = 1.0 / (ops.cast(ops.maximum(items, 1), ms.float32) * self.state.loss_scale)
         if self.clip_global_norm is not None:
             norm = ops.sqrt(squares) * grad_scale
             grad_scale = grad_scale * ops.minimum(self._one, self.clip_global_norm / ops.maximum(norm, 1e-30))
@@ -248,18 +257,10 @@ class GradAccumCell(nn.Cell):
         return ops.depend(self._done, self.optimizer(mean_grads))
 
     def _count_window(self, out, finite, items, micro_batches):
-        """Feeds the loss-scale cell, counts a skipped window, starts the next window. (The next
-        micro-step writes the accumulators, so nothing needs zeroing.)"""
+        """Feeds the loss-scale cell, then the state counts the window and starts the next one."""
         if self.scale_update_cell is not None:
-            out = ops.depend(out, self.scale_update_cell(self.loss_scale, ops.logical_not(finite)))
-        reason = ops.select(finite, ops.select(items > 0, Tensor(APPLIED, ms.int32), Tensor(NO_ITEMS, ms.int32)),
-                            Tensor(NONFINITE, ms.int32))
-        reason = ops.select(micro_batches > 0, reason, Tensor(EMPTY, ms.int32))
-        skipped = ops.cast(ops.logical_and(reason != APPLIED, reason != EMPTY), ms.int32)
-        out = ops.depend(out, ops.assign(self.skip_reason, reason))
-        out = ops.depend(out, ops.assign_add(self.skipped_updates, skipped))
-        out = ops.depend(out, ops.assign(self.items, Tensor(0, ms.int64)))
-        return ops.depend(out, ops.assign(self.micro_step, Tensor(0, ms.int32)))
+            out = ops.depend(out, self.scale_update_cell(self.state.loss_scale, ops.logical_not(finite)))
+        return self.state.close_window(out, finite, items, micro_batches)
 
     # ------------------------------------------------------------------ dispatch from Python
     def set_train(self, mode=True):
@@ -278,20 +279,20 @@ class GradAccumCell(nn.Cell):
             self._window_end_graph()
         else:
             self._graph_window_end()
-        reason = int(self.skip_reason.asnumpy())
-        if reason in (NONFINITE, NO_ITEMS):
+        reason = self.state.last_skip_reason()
+        if reason in (SkipReason.NONFINITE, SkipReason.NO_ITEMS):
             self._report_skipped(reason)
-        return reason == APPLIED
+        return reason == SkipReason.APPLIED
 
-    def _report_skipped(self, reason: int) -> None:
-        skipped = int(self.skipped_updates.asnumpy())
-        what = ("a non-finite gradient in the accumulation window" if reason == NONFINITE
+    def _report_skipped(self, reason: SkipReason) -> None:
+        skipped = int(self.state.skipped_updates.asnumpy())
+        what = ("a non-finite gradient in the accumulation window" if reason == SkipReason.NONFINITE
                 else "the accumulation window holds zero items (num_items summed to 0)")
         message = (f"GradAccumCell: {what}; the update was skipped and weights left unchanged "
                    f"({skipped} window(s) skipped so far)")
         if self.nonfinite == "raise":
             raise FloatingPointError(message)
-        if reason == NO_ITEMS or self.scale_update_cell is None:  # with a dynamic scale, overflows are routine
+        if reason == SkipReason.NO_ITEMS or self.scale_update_cell is None:  # with a dynamic scale, overflows are routine
             warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     def _pending_window(self):
@@ -302,20 +303,20 @@ class GradAccumCell(nn.Cell):
         pending = self.pending
         if pending == 0:
             return 0, False
-        stored_world = int(self.window_world_size.asnumpy())
+        stored_world = int(self.state.window_world_size.asnumpy())
         if stored_world != self.world_size:
             raise ValueError(f"GradAccumCell: the pending window ({pending} micro-batches) was accumulated by "
                              f"{stored_world} worker(s) and this job has {self.world_size}; its sum cannot be "
                              "finished correctly under another world size. Resume with the original world size, "
                              "or save checkpoints at window boundaries (after flush()).")
-        stored_steps = int(self.window_steps.asnumpy())
+        stored_steps = int(self.state.window_steps.asnumpy())
         if stored_steps != self.accumulation_steps:
             warnings.warn(f"GradAccumCell: the pending window ({pending} micro-batches) was accumulated with "
                           f"accumulation_steps={stored_steps}, this cell has {self.accumulation_steps}; it is "
                           "applied now as a partial window (the mean over the items it holds), then "
                           "accumulation continues with the new setting", RuntimeWarning, stacklevel=3)
             return pending, True
-        return pending, pending >= self.accumulation_steps
+        return pending, self._window_full(pending)
 
 
 # ---------------------------------------------------------------------- GRAPH-mode dispatch
@@ -407,10 +408,6 @@ def _loss_scale_cell(loss_scale):
     if not value > 0.0:
         raise ValueError(f"loss_scale must be positive, got {value}")
     return update_cell, value
-
-
-def _counter(name: str, value: int, dtype) -> Parameter:
-    return Parameter(Tensor(value, dtype), name=name, requires_grad=False)
 
 
 class FlushAtEpochEnd(Callback):

@@ -1,22 +1,29 @@
-"""Typed wrappers over the `_C` extension, and the `ops.Custom` operators over its AOT library.
+"""The kernels as a NumPy API: typed wrappers over the ``_C`` extension (no MindSpore needed).
 
-The NumPy-level functions update C-contiguous arrays in place; they are what the PyNative CPU
-path of :class:`GradAccumCell` calls on zero-copy views of MindSpore tensors. The operator
-factories build ``mindspore.ops.Custom(func_type="aot")`` primitives over the same kernels for
-GRAPH mode and for GPU (see ``csrc/aot.cpp`` for the argument layouts).
+Each function updates C-contiguous NumPy arrays in place, in one multi-threaded call over a list
+of tensors, with the per-element math of ``csrc/accum_math.h`` -- the same kernels that
+:class:`~mindspore_accum.GradAccumCell` runs as MindSpore operators through the AOT library
+(``mindspore_accum.backends.kernel``). Arguments are checked before anything is written.
+
+The functions that end an accumulation window are *updates* (:func:`momentum_update`,
+:func:`adamw_update`); their 0.2 names ``momentum_flush``/``adamw_flush`` remain as deprecated
+aliases for one release.
 """
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from . import _C, _compat
+from . import _C
 
 ArrayList = Sequence[np.ndarray]
 
-__all__ = ["accumulate", "momentum_flush", "adamw_flush", "sum_of_squares", "aot_library_path", "build_info"]
+__all__ = ["accumulate", "momentum_update", "adamw_update", "sum_of_squares", "aot_library_path", "build_info",
+           "momentum_flush", "adamw_flush"]
 
 
 def build_info() -> dict:
@@ -37,7 +44,7 @@ def accumulate(acc: ArrayList, grad: ArrayList, scale: float = 1.0, *, overwrite
     _C.accumulate(acc, grad, scale, overwrite=overwrite)
 
 
-def momentum_flush(
+def momentum_update(
     param: ArrayList,
     moment: ArrayList,
     acc: Optional[ArrayList],
@@ -49,20 +56,25 @@ def momentum_flush(
     weight_decay: Union[float, Sequence[float]] = 0.0,
     nesterov: bool = False,
 ) -> None:
-    """The fused end of an accumulation window, per element::
+    """The fused end of an accumulation window with momentum SGD (``nn.Momentum``), per element::
 
         g = (acc + grad) * grad_scale + weight_decay * param
-        v = momentum * v + g
+        v = momentum * v + g                                 # moment
         param -= lr * (g + momentum * v) if nesterov else lr * v
-        acc = 0
+        acc = 0                                              # when acc is given
 
-    ``acc`` and ``grad`` may each be None; ``weight_decay`` is one float or one per tensor.
+    ``acc`` and ``grad`` may each be None (the window's sum is read from whichever exist);
+    ``weight_decay`` is one float or one per tensor. (This function zeroes ``acc`` after reading
+    it; :class:`~mindspore_accum.GradAccumCell` does not need that -- the first micro-batch of
+    its next window overwrites its accumulators -- and its AOT update passes them as ``grad``.)
+    ``param``, ``moment`` and ``acc`` are float32; ``grad`` float32, float16 or bfloat16.
+    Raises ``TypeError``/``ValueError`` naming the argument and index before anything is written.
     """
     _C.momentum_flush(param, moment, acc, grad, lr=lr, momentum=momentum, grad_scale=grad_scale,
                       weight_decay=weight_decay, nesterov=nesterov)
 
 
-def adamw_flush(
+def adamw_update(
     param: ArrayList,
     exp_avg: ArrayList,
     exp_avg_sq: ArrayList,
@@ -85,7 +97,7 @@ def adamw_flush(
         v = beta2 * v + (1 - beta2) * g * g               # exp_avg_sq
         u = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)
         param = param - lr * weight_decay * param - lr * u
-        acc = 0
+        acc = 0                                           # when acc is given (as momentum_update)
 
     ``bias_correction=True``: ``bc1 = 1 - beta1**step``, ``bc2 = 1 - beta2**step`` (computed in
     double, rounded to float32), as ``torch.optim.AdamW`` / ``mindspore.mint.optim.AdamW``;
@@ -96,10 +108,26 @@ def adamw_flush(
     float16 or bfloat16; ``acc`` and ``grad`` may each be None. ``weight_decay`` is one float or
     one per tensor. Checked before anything is written: finite ``lr >= 0``, ``0 <= beta < 1``,
     ``eps > 0``, finite ``grad_scale`` and weight decays, ``step >= 1``, and the arrays as in
-    :func:`momentum_flush` (``TypeError``/``ValueError`` naming the argument and index).
+    :func:`momentum_update` (``TypeError``/``ValueError`` naming the argument and index).
     """
     _C.adamw_flush(param, exp_avg, exp_avg_sq, acc, grad, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                    weight_decay=weight_decay, step=step, grad_scale=grad_scale, bias_correction=bias_correction)
+
+
+def _deprecated_alias(new, old_name: str):
+    @functools.wraps(new)
+    def alias(*args, **kwargs):
+        warnings.warn(f"mindspore_accum.kernels.{old_name} is deprecated and will be removed in the next release; "
+                      f"use {new.__name__} (same arguments)", DeprecationWarning, stacklevel=2)
+        return new(*args, **kwargs)
+
+    alias.__name__ = alias.__qualname__ = old_name
+    alias.__doc__ = f"Deprecated alias of :func:`{new.__name__}` (the 0.2 name), kept for one release."
+    return alias
+
+
+momentum_flush = _deprecated_alias(momentum_update, "momentum_flush")
+adamw_flush = _deprecated_alias(adamw_update, "adamw_flush")
 
 
 def sum_of_squares(tensors: ArrayList) -> float:
@@ -119,64 +147,3 @@ def aot_library_path() -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"mindspore_accum's AOT kernel library is missing at {path}; reinstall the package")
     return path
-
-
-def _one_float(*_args):
-    return (1,)
-
-
-def _float32(*_args):
-    import mindspore as ms
-
-    return ms.float32
-
-
-def custom_op(entry: str, out_shape=_one_float, out_dtype=_float32):
-    """A ``mindspore.ops.Custom`` AOT primitive over ``entry`` (e.g. ``"MsAccumFlush"``).
-
-    The ``Cuda`` variant of the entry point is used when the device target is GPU. The in-place
-    ops have one placeholder output of shape (1,) (the defaults): keep it alive with
-    ``ops.depend``. The op is declared a memory side effect, so GRAPH mode orders it with the
-    reads and writes of its Parameters.
-    """
-    import mindspore as ms
-    from mindspore import ops
-
-    target = ms.get_context("device_target")
-    if target == "GPU":
-        if not _C.build_info()["cuda"]:
-            raise RuntimeError("the device target is GPU but mindspore_accum was built without CUDA; "
-                               "reinstall it on a machine with nvcc (MSACCUM_CUDA=ON)")
-        entry += "Cuda"
-    elif target != "CPU":
-        raise RuntimeError(f"mindspore_accum has kernels for CPU and GPU, not for device target {target!r}")
-    library = aot_library_path()
-    try:
-        op = ops.Custom(f"{library}:{entry}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
-    except TypeError as err:
-        whitelist = os.environ.get("MS_CUSTOM_AOT_WHITE_LIST")
-        if whitelist:
-            raise TypeError(
-                f"MindSpore refused mindspore_accum's kernel library {library} because MS_CUSTOM_AOT_WHITE_LIST="
-                f"{whitelist!r} does not contain it. Add {os.path.dirname(library)!r} to that variable (or unset "
-                f"it) before starting Python.") from err
-        raise
-    # The kernels write their inputs in place. Declared as memory side effects, the ops are kept
-    # in order with every other read and write of those Parameters (auto-monad) and are never
-    # pruned; without it GRAPH mode reuses a load of a Parameter taken before the op wrote it.
-    return _compat.mark_side_effect_mem(op)
-
-
-def sum_of_squares_op():
-    """A ``mindspore.ops.Custom`` AOT primitive: ``op(*tensors)`` returns ``(total, workspace)``,
-    ``total`` of shape (1,) float32 = the sum of squares of every element (as
-    :func:`sum_of_squares`), ``workspace`` float64 scratch of the GPU kernel (ignore it)."""
-    import mindspore as ms
-
-    target = ms.get_context("device_target")
-
-    def shapes(*input_shapes):
-        numel = [int(np.prod(shape, dtype=np.int64)) for shape in input_shapes]
-        return (1,), (_C.sum_of_squares_workspace(numel, "GPU" if target == "GPU" else "CPU"),)
-
-    return custom_op("MsAccumSumSquares", out_shape=shapes, out_dtype=lambda *_: (ms.float32, ms.float64))

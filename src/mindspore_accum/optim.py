@@ -1,36 +1,53 @@
 """Fused optimizers: ``nn.Momentum`` and AdamW as one pass over memory per update.
 
 Each has two backends with the same math and state: ``kernels`` (our multi-tensor AOT kernels,
-one launch per learning-rate group) and ``native`` (MindSpore operators, one fused function per
-tensor; every device). Inside :class:`GradAccumCell` the window's sum is read directly as the
-gradient, scaled by ``grad_scale`` = 1 / (items * loss scale) times the clip factor.
+one launch per learning-rate group, :mod:`.backends.kernel`) and ``native`` (MindSpore operators,
+one fused function per tensor; every device, :mod:`.backends.native`). Inside
+:class:`GradAccumCell` the window's sum is read directly as the gradient, scaled by
+``grad_scale`` = 1 / (items * loss scale) times the clip factor.
+
+A subclass of :class:`FusedOptimizer` declares itself in a :class:`FusedSpec`: the update
+operation (its AOT entry in ``backends/kernel.py`` and its per-tensor function in
+``backends/native.py``), the hyper-parameters its :meth:`~FusedOptimizer._hyper` returns, and its
+state lists; the base class creates the state, makes the operators and checks the layouts.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn, ops
-from mindspore.common.initializer import initializer
+from mindspore import Tensor, nn, ops
 
 from ._compat import opt_init_args_register, optimizer_parameters
-from .backend import choose_backend
+from ._state import zeros_like_params
+from .backends import choose_backend
 
-__all__ = ["FusedOptimizer", "FusedMomentum", "FusedAdamW", "zeros_like_params"]
+__all__ = ["FusedSpec", "FusedOptimizer", "FusedMomentum", "FusedAdamW"]
+
+
+class FusedSpec(NamedTuple):
+    """What a fused optimizer is, for :class:`FusedOptimizer`."""
+
+    update: str  # the operation: a key of backends.kernel.ENTRIES and of backends.native.UPDATES
+    hyper: Tuple[str, ...]  # the fields of _hyper()'s tuple: the kernel's hyper-parameters after lr
+    states: Tuple[Tuple[str, str], ...]  # (attribute, Parameter name prefix) of each state list, in
+    #                                       the kernel's order after the parameters
 
 
 class FusedOptimizer(nn.Optimizer):
     """Base of the fused optimizers: the update of a whole window is :meth:`window_update`.
 
-    Subclasses set ``self._states`` (tuples of Parameters updated in place, e.g. moments), give
-    their kernel entry point and the per-tensor native function, and the hyper-parameters that
-    follow the learning rate (:meth:`_hyper`)."""
+    A subclass sets ``spec`` (a :class:`FusedSpec`), calls :meth:`_setup_fused` in its
+    ``__init__`` after ``nn.Optimizer.__init__``, and returns the hyper-parameters that follow the
+    learning rate from :meth:`_hyper`, in the order ``spec.hyper`` names them."""
 
-    _kernel_entry = ""
+    spec: FusedSpec
 
     def _setup_fused(self, backend: str) -> None:
+        """Checks the parameters, chooses the backend, creates the state lists of ``spec.states``
+        (float32 zeros) and makes the update operator, checking its argument layout."""
         name = type(self).__name__
         if self.is_group and any(self.grad_centralization_flags):
             raise ValueError(f"{name} does not support grad_centralization in parameter groups")
@@ -47,10 +64,10 @@ class FusedOptimizer(nn.Optimizer):
                 Tensor(np.asarray([self._static_decay[i] for i in indices], np.float32)) for indices, _ in self._lr_groups)
             self._static_decay_scalars = tuple(Tensor(v, ms.float32) for v in self._static_decay)
         self._map = ops.HyperMap()
-
-    def _set_states(self, *states) -> None:
-        """The optimizer's per-tensor state (tuples shaped like the parameters), in the order its
-        kernel takes them after the parameters."""
+        spec = self.spec
+        for attribute, prefix in spec.states:
+            setattr(self, attribute, zeros_like_params(self.params, prefix))
+        states = tuple(getattr(self, attribute) for attribute, _ in spec.states)
         self._states = states
         self._updated = tuple(self.params) + tuple(t for state in states for t in state)
         count = len(self.params)
@@ -58,9 +75,15 @@ class FusedOptimizer(nn.Optimizer):
         self._group_updated = tuple(tuple(k * count + i for k in range(len(states) + 1) for i in indices)
                                     for indices, _ in self._lr_groups)
         if self.backend == "kernels":
-            from . import kernels
+            from .backends import kernel  # needs the compiled extension: imported when used
 
-            self._kernel = kernels.custom_op(self._kernel_entry)
+            # window_update stacks (lr,) + _hyper(); the lists after the parameters: states, sources
+            kernel.entry(spec.update, ("lr",) + spec.hyper, tensors=len(states) + 2)
+            self._kernel = kernel.entry_op(spec.update)
+        else:
+            from .backends import native
+
+            self._native_fn = native.update(spec.update, spec.hyper, len(states))
 
     # ---- the optimizer step on its own (gradients of one batch) ----
     def construct(self, gradients):
@@ -135,18 +158,6 @@ class FusedOptimizer(nn.Optimizer):
 
 # ====================================================================== momentum
 
-_momentum_native = ops.MultitypeFuncGraph("momentum_native")
-
-
-@_momentum_native.register("Tuple", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
-def _momentum_one(hyper, lr, weight_decay, param, moment, source):
-    """csrc/accum_math.h momentum_value, with MindSpore operators."""
-    momentum, grad_scale, nesterov = hyper
-    g = ops.cast(source, ms.float32) * grad_scale + weight_decay * param
-    v = momentum * moment + g
-    step = g + momentum * v if nesterov else v
-    return ops.depend(ops.assign(param, param - lr * step), ops.assign(moment, v))
-
 
 class FusedMomentum(FusedOptimizer):
     """Momentum SGD with ``nn.Momentum``'s arguments and semantics, as one fused pass.
@@ -163,7 +174,7 @@ class FusedMomentum(FusedOptimizer):
     like ``nn.Momentum``'s; inside :class:`GradAccumCell` it must stay 1 (the cell unscales).
     """
 
-    _kernel_entry = "MsAccumFlushGrad"  # hyper {lr, momentum, grad_scale, nesterov}
+    spec = FusedSpec("momentum_update", ("momentum", "grad_scale", "nesterov"), (("moments", "moments"),))
 
     @opt_init_args_register
     def __init__(self, params, learning_rate, momentum: float, weight_decay=0.0, nesterov: bool = False,
@@ -180,9 +191,6 @@ class FusedMomentum(FusedOptimizer):
         self._setup_fused(backend)
         self.momentum_value = float(momentum)
         self.nesterov = nesterov
-        self.moments = zeros_like_params(self.params, "moments")
-        self._set_states(self.moments)
-        self._native_fn = _momentum_native
         self._momentum = Tensor(self.momentum_value, ms.float32)
         # the kernel reads it from its hyper-parameter vector; the native function branches on it
         self._nesterov = Tensor(1.0 if nesterov else 0.0, ms.float32) if self.backend == "kernels" else nesterov
@@ -192,20 +200,6 @@ class FusedMomentum(FusedOptimizer):
 
 
 # ====================================================================== AdamW
-
-_adamw_native = ops.MultitypeFuncGraph("adamw_native")
-
-
-@_adamw_native.register("Tuple", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
-def _adamw_one(hyper, lr, weight_decay, param, m, v, source):
-    """csrc/accum_math.h adamw_value, with MindSpore operators."""
-    beta1, beta2, eps, grad_scale, bias_correction1, bias_correction2 = hyper
-    g = ops.cast(source, ms.float32) * grad_scale
-    m_new = beta1 * m + (1.0 - beta1) * g
-    v_new = beta2 * v + (1.0 - beta2) * g * g
-    u = (m_new / bias_correction1) / (ops.sqrt(v_new) / ops.sqrt(bias_correction2) + eps)
-    written = ops.assign(param, param - lr * weight_decay * param - lr * u)
-    return ops.depend(written, ops.depend(ops.assign(m, m_new), ops.assign(v, v_new)))
 
 
 class FusedAdamW(FusedOptimizer):
@@ -219,7 +213,8 @@ class FusedAdamW(FusedOptimizer):
     from 1. Moments are float32, named ``adam_m.*`` and ``adam_v.*`` like ``nn.AdamWeightDecay``'s.
     """
 
-    _kernel_entry = "MsAccumAdamWGrad"  # hyper {lr, beta1, beta2, eps, grad_scale, bias_correction1, 2}
+    spec = FusedSpec("adamw_update", ("beta1", "beta2", "eps", "grad_scale", "bias_correction1", "bias_correction2"),
+                     (("moments1", "adam_m"), ("moments2", "adam_v")))
 
     @opt_init_args_register
     def __init__(self, params, learning_rate=1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-6,
@@ -235,10 +230,6 @@ class FusedAdamW(FusedOptimizer):
         self._setup_fused(backend)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.bias_correction = bias_correction
-        self.moments1 = zeros_like_params(self.params, "adam_m")
-        self.moments2 = zeros_like_params(self.params, "adam_v")
-        self._set_states(self.moments1, self.moments2)
-        self._native_fn = _adamw_native
         self._betas = (Tensor(self.beta1, ms.float32), Tensor(self.beta2, ms.float32), Tensor(self.eps, ms.float32))
         # 1 - beta^t = -expm1(t * log(beta)): accurate in float32 where 1 - pow(beta, t) is not
         # (1 - 0.999f has a relative error of 1.3e-5).
@@ -255,13 +246,6 @@ class FusedAdamW(FusedOptimizer):
 
 
 # ====================================================================== helpers
-
-
-def zeros_like_params(params, prefix: str):
-    """Non-trainable float32 zero Parameters shaped like ``params``, named ``<prefix>.<name>``."""
-    return ms.ParameterTuple(
-        Parameter(initializer("zeros", p.shape, ms.float32), name=f"{prefix}.{p.name}", requires_grad=False)
-        for p in params)
 
 
 def _lr_groups(opt: nn.Optimizer) -> List[Tuple[List[int], int]]:

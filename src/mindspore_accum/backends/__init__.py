@@ -1,9 +1,17 @@
-"""Which backend runs the window end: our fused kernels, or MindSpore's own operators.
+"""The backends: which one runs a window's operations, and a factory for it.
 
-``kernels``: the AOT operators of ``libmsaccum_aot.so`` (CPU; GPU when the package was built with
-CUDA). ``native``: the same math written with MindSpore operators -- every device MindSpore
-supports (Ascend included), same state and checkpoints. ``auto`` picks ``kernels`` where they
-serve the device and ``native`` elsewhere, and says why.
+A backend does the three device-side operations of a window -- accumulate a micro-batch, the
+sum of squares of the window's gradient (the non-finite check and the clip norm), and the fused
+optimizers' update -- with the same math, state and checkpoints either way:
+
+* ``kernels`` (:mod:`.kernel`): our multi-tensor kernels, the AOT operators of
+  ``libmsaccum_aot.so`` (CPU; GPU when the package was built with CUDA), one launch each.
+* ``native`` (:mod:`.native`): the same math written with MindSpore operators -- every device
+  MindSpore supports (Ascend included), not fused.
+
+``auto`` picks ``kernels`` where they serve the device and ``native`` elsewhere, and says why.
+This module does not import MindSpore (``python -m mindspore_accum`` reports the choice without
+it); :func:`make` imports the backend it builds.
 """
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ from typing import Optional, Tuple
 
 BACKENDS = ("auto", "kernels", "native")
 
-__all__ = ["BACKENDS", "kernels_unavailable_reason", "choose_backend"]
+__all__ = ["BACKENDS", "kernels_unavailable_reason", "choose_backend", "make"]
 
 _warned = set()
 
@@ -21,7 +29,7 @@ _warned = set()
 def kernels_unavailable_reason(device_target: str) -> Optional[str]:
     """None when our kernels can run on ``device_target``, else why not (one sentence)."""
     try:
-        from . import _C
+        from .. import _C
     except ImportError as err:  # a broken or missing build
         return f"the compiled extension mindspore_accum._C cannot be imported ({err})"
     if device_target == "GPU" and not _C.build_info()["cuda"]:
@@ -65,3 +73,18 @@ def choose_backend(requested: str = "auto", device_target: Optional[str] = None,
         _warned.add(key)
         warnings.warn(f"{owner}: backend='auto' chose 'native': {reason}", RuntimeWarning, stacklevel=3)
     return "native", reason
+
+
+def make(backend: str):
+    """The window operations of ``backend`` (``"kernels"`` or ``"native"``, as chosen by
+    :func:`choose_backend`): a :class:`~.kernel.KernelBackend` or :class:`~.native.NativeBackend`
+    Cell with ``accumulate(accumulators, grads, weight, first)`` and ``sum_of_squares(tensors)``."""
+    if backend == "kernels":
+        from .kernel import KernelBackend
+
+        return KernelBackend()
+    if backend == "native":
+        from .native import NativeBackend
+
+        return NativeBackend()
+    raise ValueError(f"make() takes a chosen backend, 'kernels' or 'native', got {backend!r}")

@@ -1,41 +1,19 @@
-"""The two backend-specific operations of a window: accumulate a micro-batch, and the sum of
-squares of the window's gradient (the non-finite check and the clip norm). The optimizers'
-updates have their own backends (optim.py); everything else in the window is shared code.
+"""The ``native`` backend: the operations of :mod:`.kernel` written with MindSpore's own operators.
 
-Both backends keep the same state with the same meaning: the first micro-batch of a window
-*writes* its accumulator (``acc = weight * grad``), later ones add to it, so an accumulator's
-content is never read at the start of a window and nothing has to be zeroed after an update.
+It runs on every device MindSpore supports (Ascend included), one fused function per tensor
+mapped over the tensor lists, with the math of ``csrc/accum_math.h`` and the same state: the
+first micro-batch of a window *writes* its accumulator (``acc = weight * grad``), later ones add
+to it, so an accumulator's content is never read at the start of a window and nothing has to be
+zeroed after an update.
 """
 from __future__ import annotations
+
+from typing import NamedTuple, Sequence, Tuple
 
 import mindspore as ms
 from mindspore import nn, ops
 
-from . import kernels
-
-
-def make(backend: str) -> nn.Cell:
-    return KernelWindowOps() if backend == "kernels" else NativeWindowOps()
-
-
-class KernelWindowOps(nn.Cell):
-    """Our fused multi-tensor kernels as AOT operators (one launch for all tensors)."""
-
-    def __init__(self):
-        super().__init__()
-        self._accumulate_op = kernels.custom_op("MsAccumAccumulate")
-        # As 322 x (cast, square, sum) MindSpore ops the check took 434 ms per ResNet50 update on
-        # a 2-core CPU (27 ms as one kernel) and 7 s to compile.
-        self._squares_op = kernels.sum_of_squares_op()
-
-    def accumulate(self, accumulators, grads, weight, first):
-        hyper = ops.stack([ops.cast(weight, ms.float32), ops.cast(first, ms.float32)])
-        return self._accumulate_op(hyper, *accumulators, *grads)
-
-    def sum_of_squares(self, tensors):
-        total, _workspace = self._squares_op(*tensors)
-        return ops.reshape(total, ())
-
+__all__ = ["NativeBackend", "NativeUpdate", "UPDATES", "update"]
 
 _accumulate_native = ops.MultitypeFuncGraph("accumulate_native")
 _square_sum = ops.MultitypeFuncGraph("square_sum")
@@ -52,16 +30,75 @@ def _square_sum_one(x):
     return ops.reduce_sum(ops.square(ops.cast(x, ms.float32)))
 
 
-class NativeWindowOps(nn.Cell):
-    """The same operations with MindSpore's own operators (any device MindSpore supports)."""
+class NativeBackend(nn.Cell):
+    """Accumulate and sum of squares with MindSpore's own operators (any device MindSpore supports)."""
 
     def __init__(self):
         super().__init__()
         self._map = ops.HyperMap()
 
     def accumulate(self, accumulators, grads, weight, first):
+        """``acc = weight * grad`` where ``first``, else ``acc += weight * grad``, for every tensor.
+        Returns a (1,) placeholder, to keep alive with ``ops.depend``."""
         written = self._map(ops.partial(_accumulate_native, ops.cast(weight, ms.float32), first), accumulators, grads)
         return ops.depend(ops.zeros((1,), ms.float32), written)
 
     def sum_of_squares(self, tensors):
+        """The sum of squares of every element of ``tensors``, a float32 scalar."""
         return ops.addn(self._map(_square_sum, tensors))
+
+
+# ---------------------------------------------------------------------- the optimizers' updates
+# One function per tensor, mapped by FusedOptimizer over (lr,) weight decay, params, states...,
+# sources: fn(hyper, lr, weight_decay, param, *states, source), ``hyper`` the tuple of the fields
+# named in UPDATES (the kernel's hyper-parameters without the learning rate, same order).
+
+_momentum_native = ops.MultitypeFuncGraph("momentum_native")
+
+
+@_momentum_native.register("Tuple", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+def _momentum_one(hyper, lr, weight_decay, param, moment, source):
+    """csrc/accum_math.h momentum_value, with MindSpore operators."""
+    momentum, grad_scale, nesterov = hyper
+    g = ops.cast(source, ms.float32) * grad_scale + weight_decay * param
+    v = momentum * moment + g
+    step = g + momentum * v if nesterov else v
+    return ops.depend(ops.assign(param, param - lr * step), ops.assign(moment, v))
+
+
+_adamw_native = ops.MultitypeFuncGraph("adamw_native")
+
+
+@_adamw_native.register("Tuple", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+def _adamw_one(hyper, lr, weight_decay, param, m, v, source):
+    """csrc/accum_math.h adamw_value, with MindSpore operators."""
+    beta1, beta2, eps, grad_scale, bias_correction1, bias_correction2 = hyper
+    g = ops.cast(source, ms.float32) * grad_scale
+    m_new = beta1 * m + (1.0 - beta1) * g
+    v_new = beta2 * v + (1.0 - beta2) * g * g
+    u = (m_new / bias_correction1) / (ops.sqrt(v_new) / ops.sqrt(bias_correction2) + eps)
+    written = ops.assign(param, param - lr * weight_decay * param - lr * u)
+    return ops.depend(written, ops.depend(ops.assign(m, m_new), ops.assign(v, v_new)))
+
+
+class NativeUpdate(NamedTuple):
+    fn: ops.MultitypeFuncGraph  # fn(hyper, lr, weight_decay, param, *states, source)
+    hyper: Tuple[str, ...]  # the fields of its ``hyper`` tuple, in order
+    states: int  # per-tensor state lists after the parameters
+
+
+UPDATES = {
+    "momentum_update": NativeUpdate(_momentum_native, ("momentum", "grad_scale", "nesterov"), 1),
+    "adamw_update": NativeUpdate(_adamw_native,
+                                 ("beta1", "beta2", "eps", "grad_scale", "bias_correction1", "bias_correction2"), 2),
+}
+
+
+def update(operation: str, hyper: Sequence[str], states: int) -> ops.MultitypeFuncGraph:
+    """The per-tensor function of ``operation`` after checking that the caller's hyper tuple
+    (fields ``hyper``, in order) and number of state lists are what it unpacks."""
+    found = UPDATES[operation]
+    if tuple(hyper) != found.hyper or states != found.states:
+        raise ValueError(f"the native {operation} unpacks hyper {found.hyper} and {found.states} state list(s); "
+                         f"the caller passes {tuple(hyper)} and {states}")
+    return found.fn
