@@ -3,7 +3,7 @@
 One micro-step and one window end, each written once (see docs/design.md):
 
     micro-step:  backward -> weigh -> accumulate -> count
-    window end:  sum (all-reduce across workers) -> check -> normalise (+clip) -> update -> count/reset
+    window end:  sum (all-reduce across workers) -> check -> normalise (+clip) -> update -> count
 
 GRAPH mode compiles each into one graph dispatched from Python (each held by a small top-level
 Cell, see _MicroStepGraph); PYNATIVE runs the micro-step eagerly and compiles the window end
@@ -57,7 +57,7 @@ class GradAccumCell(nn.Cell):
     Args:
         network_with_loss: a Cell returning a scalar mean loss or ``(loss_sum, num_items)``.
         optimizer: any ``nn.Optimizer`` built with ``loss_scale=1``. With :class:`FusedMomentum`
-            or :class:`FusedAdamW` the average, clipping scale, optimizer and reset are one pass.
+            or :class:`FusedAdamW` the averaging, clipping scale and optimizer step are one pass.
         accumulation_steps: micro-batches per update (>= 1).
         clip_global_norm: clip the window's gradient to this global L2 norm (after
             accumulation and unscaling, before weight decay and the optimizer).

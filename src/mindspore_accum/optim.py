@@ -46,8 +46,8 @@ class FusedOptimizer(nn.Optimizer):
     spec: FusedSpec
 
     def _setup_fused(self, backend: str) -> None:
-        """Checks the parameters, chooses the backend, creates the state lists of ``spec.states``
-        (float32 zeros) and makes the update operator, checking its argument layout."""
+        """Checks the parameters, chooses the backend, creates the state of ``spec.states`` and
+        makes the update operator of ``spec.update``."""
         name = type(self).__name__
         if self.is_group and any(self.grad_centralization_flags):
             raise ValueError(f"{name} does not support grad_centralization in parameter groups")
@@ -64,26 +64,34 @@ class FusedOptimizer(nn.Optimizer):
                 Tensor(np.asarray([self._static_decay[i] for i in indices], np.float32)) for indices, _ in self._lr_groups)
             self._static_decay_scalars = tuple(Tensor(v, ms.float32) for v in self._static_decay)
         self._map = ops.HyperMap()
-        spec = self.spec
-        for attribute, prefix in spec.states:
+        self._create_states()
+        self._make_update()
+
+    def _create_states(self) -> None:
+        """The state lists of ``spec.states``: float32 zeros shaped like the parameters."""
+        for attribute, prefix in self.spec.states:
             setattr(self, attribute, zeros_like_params(self.params, prefix))
-        states = tuple(getattr(self, attribute) for attribute, _ in spec.states)
+        states = tuple(getattr(self, attribute) for attribute, _ in self.spec.states)
         self._states = states
         self._updated = tuple(self.params) + tuple(t for state in states for t in state)
         count = len(self.params)
         # per learning-rate group: indices into _updated of its params, then each state's tensors
         self._group_updated = tuple(tuple(k * count + i for k in range(len(states) + 1) for i in indices)
                                     for indices, _ in self._lr_groups)
+
+    def _make_update(self) -> None:
+        """The backend's update of ``spec.update``, its argument layout checked against ours."""
+        spec = self.spec
         if self.backend == "kernels":
             from .backends import kernel  # needs the compiled extension: imported when used
 
-            # window_update stacks (lr,) + _hyper(); the lists after the parameters: states, sources
-            kernel.entry(spec.update, ("lr",) + spec.hyper, tensors=len(states) + 2)
+            # _kernel_update stacks (lr,) + _hyper(), then passes params, the states, the sources
+            kernel.entry(spec.update, ("lr",) + spec.hyper, tensors=len(self._states) + 2)
             self._kernel = kernel.entry_op(spec.update)
         else:
             from .backends import native
 
-            self._native_fn = native.update(spec.update, spec.hyper, len(states))
+            self._native_fn = native.update(spec.update, spec.hyper, len(self._states))
 
     # ---- the optimizer step on its own (gradients of one batch) ----
     def construct(self, gradients):

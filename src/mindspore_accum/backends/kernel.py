@@ -1,7 +1,7 @@
 """The ``kernels`` backend: our fused multi-tensor kernels as MindSpore operators.
 
 Each operation is one ``mindspore.ops.Custom(func_type="aot")`` primitive over an entry point of
-``libmsaccum_aot.so`` (``csrc/aot.cpp``): one launch for all the tensors of a window. :data:`ENTRIES`
+``libmsaccum_aot.so`` (the AOT frontend in ``csrc/``): one launch for all the tensors of a window. :data:`ENTRIES`
 is the one description of those entry points' arguments on the Python side; whoever builds a
 hyper-parameter vector for an entry checks its field order against it with :func:`entry`
 (:class:`KernelBackend` for accumulate, :class:`~mindspore_accum.optim.FusedOptimizer` for the
