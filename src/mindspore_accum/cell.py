@@ -116,7 +116,7 @@ class GradAccumCell(nn.Cell):
         """Micro-batches accumulated since the last update."""
         return self.state.pending()
 
-    # The state's Parameters, as attributes of the cell (as before 0.3; read them, do not rebind).
+    # The state's Parameters, also as attributes of the cell (as in 0.2; read them, do not rebind).
     accumulators = property(lambda self: self.state.accumulators, doc="The window's gradient sums (float32).")
     micro_step = property(lambda self: self.state.micro_step, doc="Micro-batches in the window (int32 Parameter).")
     items = property(lambda self: self.state.items, doc="Items in the window on this worker (int64 Parameter).")
