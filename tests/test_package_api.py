@@ -118,3 +118,22 @@ def test_broken_build_every_kernel_name_raises_import_error():
     lines = out.stdout.splitlines()
     assert lines[:-1] == [f"ImportError {name}" for name in BROKEN_BUILD_NAMES]
     assert lines[-1].startswith("version ") and lines[-1] != "version unknown"
+
+
+def test_fused_optimizer_specs_match_both_backends_tables():
+    """Each fused optimizer's declared layout is the one its AOT entry reads and its native
+    function unpacks; a layout in another order is refused before any operator is made."""
+    from mindspore_accum.backends import kernel, native
+    from mindspore_accum.optim import FusedAdamW, FusedMomentum
+
+    for cls in (FusedMomentum, FusedAdamW):
+        spec = cls.spec
+        found = kernel.entry(spec.update, ("lr",) + spec.hyper, tensors=len(spec.states) + 2)
+        assert found.per_tensor == ("weight_decay",) and found.outputs == "placeholder"
+        assert native.update(spec.update, spec.hyper, len(spec.states)) is native.UPDATES[spec.update].fn
+    with pytest.raises(ValueError, match="hyper-parameters"):
+        kernel.entry("momentum_update", ("lr", "momentum", "nesterov", "grad_scale"))
+    with pytest.raises(ValueError, match="tensor lists"):
+        kernel.entry("adamw_update", kernel.ENTRIES["adamw_update"].hyper, tensors=3)
+    with pytest.raises(ValueError, match="unpacks"):
+        native.update("adamw_update", ("beta2", "beta1", "eps", "grad_scale", "bias_correction1", "bias_correction2"), 2)
