@@ -132,7 +132,7 @@ def _float32(*_args):
 
 
 def custom_op(entry: str, out_shape=_one_float, out_dtype=_float32):
-    """A ``mindspore.ops.Custom`` AOT primitive over ``entry`` (e.g. ``"MsAccumFlush"``).
+    """A ``mindspore.ops.Custom`` AOT primitive over ``entry`` (e.g. ``"MsAccumMomentumUpdate"``).
 
     The ``Cuda`` variant of the entry point is used when the device target is GPU. The in-place
     ops have one placeholder output of shape (1,) (the defaults): keep it alive with

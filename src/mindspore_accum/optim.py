@@ -163,7 +163,7 @@ class FusedMomentum(FusedOptimizer):
     like ``nn.Momentum``'s; inside :class:`GradAccumCell` it must stay 1 (the cell unscales).
     """
 
-    _kernel_entry = "MsAccumFlushGrad"  # hyper {lr, momentum, grad_scale, nesterov}
+    _kernel_entry = "MsAccumMomentumUpdate"  # hyper {lr, momentum, grad_scale, nesterov}
 
     @opt_init_args_register
     def __init__(self, params, learning_rate, momentum: float, weight_decay=0.0, nesterov: bool = False,
@@ -219,7 +219,7 @@ class FusedAdamW(FusedOptimizer):
     from 1. Moments are float32, named ``adam_m.*`` and ``adam_v.*`` like ``nn.AdamWeightDecay``'s.
     """
 
-    _kernel_entry = "MsAccumAdamWGrad"  # hyper {lr, beta1, beta2, eps, grad_scale, bias_correction1, 2}
+    _kernel_entry = "MsAccumAdamWUpdate"  # hyper {lr, beta1, beta2, eps, grad_scale, bias_correction1, 2}
 
     @opt_init_args_register
     def __init__(self, params, learning_rate=1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-6,
