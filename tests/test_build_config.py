@@ -109,8 +109,9 @@ def compile_with(command, extra, out):
 
 
 def test_a_new_compiler_warning_does_not_break_a_user_build(configured, tmp_path):
-    """-Wfloat-equal (standing for a warning a newer compiler adds) fires in csrc/frontends/aot_ops.h (via mindspore_aot.cpp): the
-    user's build compiles it with the warning shown; the CI build (MSACCUM_WERROR=ON) fails."""
+    """-Wfloat-equal (standing for a warning a newer compiler adds) fires in csrc/frontends/aot_ops.h
+    (compiled as part of mindspore_aot.cpp): the user's build compiles it with the warning shown;
+    the CI build (MSACCUM_WERROR=ON) fails."""
     results = {}
     for werror, build in configured.items():
         aot = [c for c in compile_commands(build) if c["file"].endswith("aot.cpp")][0]

@@ -191,6 +191,22 @@ void accumulate(const py::object& acc_obj, const py::object& grad_obj, const py:
   msaccum::cpu::accumulate(tensors, scale, overwrite);
 }
 
+float* float_data(ArrayList& l, size_t i) { return static_cast<float*>(l.arrays[i].mutable_data()); }
+
+// The fields every update tensor has (kernel_api.h MomentumTensor, AdamWTensor), for tensor i of
+// already checked lists: param, acc and grad (null when the list is None), the gradient type
+// (float32 when absent), the size and the weight decay.
+template <typename Tensor>
+void fill_update_tensor(Tensor& t, size_t i, ArrayList& param, ArrayList& acc, const ArrayList& grad,
+                        float weight_decay) {
+  t.param = float_data(param, i);
+  t.acc = acc.present ? float_data(acc, i) : nullptr;
+  t.grad = grad.present ? grad.arrays[i].data() : nullptr;
+  t.grad_type = grad.present ? grad_type_of(grad.arrays[i], label(grad, i)) : GradType::kFloat32;
+  t.numel = static_cast<int64_t>(param.arrays[i].size());
+  t.weight_decay = weight_decay;
+}
+
 // weight_decay: a real number, a 0-d array, or a 1-D list/tuple/array of one real number per tensor.
 // finite: also refuse nan/inf (ValueError naming weight_decay or weight_decay[i]).
 std::vector<float> weight_decay_list(const py::object& obj, size_t n, const char* tensors_name, bool finite) {
@@ -227,7 +243,7 @@ void momentum_update(const py::object& param_obj, const py::object& moment_obj, 
   ArrayList acc = take_list(acc_obj, "acc", true);
   ArrayList grad = take_list(grad_obj, "grad", true);
   const MomentumScalars scalars{to_float(lr_obj, "lr"), to_float(momentum_obj, "momentum"),
-                             to_float(grad_scale_obj, "grad_scale"), nesterov};
+                                to_float(grad_scale_obj, "grad_scale"), nesterov};
   const size_t n = param.arrays.size();
   const std::vector<float> weight_decay = weight_decay_list(weight_decay_obj, n, "param", false);
 
@@ -243,13 +259,8 @@ void momentum_update(const py::object& param_obj, const py::object& moment_obj, 
   std::vector<MomentumTensor> tensors(n);
   for (size_t i = 0; i < n; ++i) {
     MomentumTensor& t = tensors[i];
-    t.param = static_cast<float*>(param.arrays[i].mutable_data());
-    t.moment = static_cast<float*>(moment.arrays[i].mutable_data());
-    t.acc = acc.present ? static_cast<float*>(acc.arrays[i].mutable_data()) : nullptr;
-    t.grad = grad.present ? grad.arrays[i].data() : nullptr;
-    t.grad_type = grad.present ? grad_type_of(grad.arrays[i], label(grad, i)) : GradType::kFloat32;
-    t.numel = static_cast<int64_t>(param.arrays[i].size());
-    t.weight_decay = weight_decay[i];
+    t.moment = float_data(moment, i);
+    fill_update_tensor(t, i, param, acc, grad, weight_decay[i]);
   }
   py::gil_scoped_release release;
   msaccum::cpu::momentum_update(tensors, scalars);
@@ -328,14 +339,9 @@ void adamw_update(const py::object& param_obj, const py::object& exp_avg_obj, co
   std::vector<AdamWTensor> tensors(n);
   for (size_t i = 0; i < n; ++i) {
     AdamWTensor& t = tensors[i];
-    t.param = static_cast<float*>(param.arrays[i].mutable_data());
-    t.exp_avg = static_cast<float*>(exp_avg.arrays[i].mutable_data());
-    t.exp_avg_sq = static_cast<float*>(exp_avg_sq.arrays[i].mutable_data());
-    t.acc = acc.present ? static_cast<float*>(acc.arrays[i].mutable_data()) : nullptr;
-    t.grad = grad.present ? grad.arrays[i].data() : nullptr;
-    t.grad_type = grad.present ? grad_type_of(grad.arrays[i], label(grad, i)) : GradType::kFloat32;
-    t.numel = static_cast<int64_t>(param.arrays[i].size());
-    t.weight_decay = weight_decay[i];
+    t.exp_avg = float_data(exp_avg, i);
+    t.exp_avg_sq = float_data(exp_avg_sq, i);
+    fill_update_tensor(t, i, param, acc, grad, weight_decay[i]);
   }
   py::gil_scoped_release release;
   msaccum::cpu::adamw_update(tensors, scalars);
@@ -407,7 +413,8 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "mindspore_accum kernels: fused gradient accumulation and momentum update over tensor lists";
+  m.doc() = "mindspore_accum kernels: fused gradient accumulation, window-end updates (momentum, AdamW) and sum of "
+            "squares over tensor lists";
   m.def("accumulate", &accumulate, py::arg("acc"), py::arg("grad"), py::arg("scale"), py::kw_only(),
         py::arg("overwrite") = false,
         "acc[i] += scale * grad[i] for every i, in place, in one multi-threaded call; with overwrite=True "

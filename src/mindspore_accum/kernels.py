@@ -3,7 +3,7 @@
 The NumPy-level functions update C-contiguous arrays in place; they are what the PyNative CPU
 path of :class:`GradAccumCell` calls on zero-copy views of MindSpore tensors. The operator
 factories build ``mindspore.ops.Custom(func_type="aot")`` primitives over the same kernels for
-GRAPH mode and for GPU (see ``csrc/aot.cpp`` for the argument layouts).
+GRAPH mode and for GPU (see ``csrc/frontends/mindspore_aot.cpp`` for the argument layouts).
 """
 from __future__ import annotations
 

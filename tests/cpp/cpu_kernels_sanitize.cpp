@@ -299,9 +299,9 @@ void run_momentum(Rng& r, const std::vector<int64_t>& sizes, int grad_type, bool
       const double gmag = smag * gs + wd * std::fabs(p);
       const double vmag = mom * std::fabs(v0) + gmag;
       const double pmag = std::fabs(p) + lr * (nesterov ? gmag + mom * vmag : vmag);
-      if (!close(moment[k][i], v, 4 * vmag, 4)) return fail(where("flush moment", k, i, moment[k][i], v));
-      if (!close(param[k][i], pn, 4 * pmag, 4)) return fail(where("flush param", k, i, param[k][i], pn));
-      if (t.acc && acc[k][i] != 0.0f) return fail(where("flush acc", k, i, acc[k][i], 0.0));
+      if (!close(moment[k][i], v, 4 * vmag, 4)) return fail(where("momentum_update moment", k, i, moment[k][i], v));
+      if (!close(param[k][i], pn, 4 * pmag, 4)) return fail(where("momentum_update param", k, i, param[k][i], pn));
+      if (t.acc && acc[k][i] != 0.0f) return fail(where("momentum_update acc", k, i, acc[k][i], 0.0));
     }
     g_elements += sizes[k];
   }
