@@ -71,6 +71,7 @@ __device__ __forceinline__ void accumulate_chunk(float* __restrict__ acc, const 
 struct AccumulateParams {
   const float* scale;      // device memory, one float
   const float* overwrite;  // device memory, one float (non-zero: acc = scale * grad), or null (add)
+  bool valid() const { return scale != nullptr; }
 };
 
 template <typename G>
@@ -97,6 +98,36 @@ struct AccumulateFunctor {
   }
 };
 
+// ---- the window-end updates' gradient: summed = acc + grad (either may be absent) ----
+
+// Whether the gradient sources of a chunk allow the vector path.
+template <typename G, bool kHasAcc, bool kHasGrad>
+__device__ __forceinline__ bool sources_aligned(const float* acc, const typename G::Scalar* grad) {
+  return (!kHasAcc || aligned_for<float4>(acc)) && (!kHasGrad || aligned_for<typename G::Vec>(grad));
+}
+
+// The summed gradient of elements 4v .. 4v + 3 (vector path).
+template <typename G, bool kHasAcc, bool kHasGrad>
+__device__ __forceinline__ float4 summed_grad4(const float* __restrict__ acc,
+                                               const typename G::Scalar* __restrict__ grad, int64_t v) {
+  float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  float4 g = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (kHasAcc) a = reinterpret_cast<const float4*>(acc)[v];
+  if (kHasGrad) {
+    const typename G::Vec gv = reinterpret_cast<const typename G::Vec*>(grad)[v];
+    g = make_float4(G::widen(gv.x), G::widen(gv.y), G::widen(gv.z), G::widen(gv.w));
+  }
+  return make_float4(summed_grad<kHasAcc, kHasGrad>(a.x, g.x), summed_grad<kHasAcc, kHasGrad>(a.y, g.y),
+                     summed_grad<kHasAcc, kHasGrad>(a.z, g.z), summed_grad<kHasAcc, kHasGrad>(a.w, g.w));
+}
+
+// The summed gradient of element i (scalar path).
+template <typename G, bool kHasAcc, bool kHasGrad>
+__device__ __forceinline__ float summed_grad1(const float* __restrict__ acc,
+                                              const typename G::Scalar* __restrict__ grad, int64_t i) {
+  return summed_grad<kHasAcc, kHasGrad>(kHasAcc ? acc[i] : 0.0f, kHasGrad ? G::widen(grad[i]) : 0.0f);
+}
+
 // ---- momentum_update: summed = acc + grad (either may be absent); update; a given acc = 0 ----
 
 template <typename G, bool kNesterov, bool kHasAcc, bool kHasGrad>
@@ -104,23 +135,16 @@ __device__ __forceinline__ void momentum_chunk(float* __restrict__ param, float*
                                                float* __restrict__ acc, const typename G::Scalar* __restrict__ grad,
                                                int64_t len, const MomentumArgs& h) {
   int64_t i = threadIdx.x;
-  if (aligned_for<float4>(param) && aligned_for<float4>(moment) && (!kHasAcc || aligned_for<float4>(acc)) &&
-      (!kHasGrad || aligned_for<typename G::Vec>(grad))) {
+  if (aligned_for<float4>(param) && aligned_for<float4>(moment) && sources_aligned<G, kHasAcc, kHasGrad>(acc, grad)) {
     const int64_t nvec = len / 4;
     for (int64_t v = threadIdx.x; v < nvec; v += blockDim.x) {
       float4 p = reinterpret_cast<const float4*>(param)[v];
       float4 m = reinterpret_cast<const float4*>(moment)[v];
-      float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      float4 g = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (kHasAcc) a = reinterpret_cast<const float4*>(acc)[v];
-      if (kHasGrad) {
-        const typename G::Vec gv = reinterpret_cast<const typename G::Vec*>(grad)[v];
-        g = make_float4(G::widen(gv.x), G::widen(gv.y), G::widen(gv.z), G::widen(gv.w));
-      }
-      momentum_value<kNesterov>(p.x, m.x, summed_grad<kHasAcc, kHasGrad>(a.x, g.x), h);
-      momentum_value<kNesterov>(p.y, m.y, summed_grad<kHasAcc, kHasGrad>(a.y, g.y), h);
-      momentum_value<kNesterov>(p.z, m.z, summed_grad<kHasAcc, kHasGrad>(a.z, g.z), h);
-      momentum_value<kNesterov>(p.w, m.w, summed_grad<kHasAcc, kHasGrad>(a.w, g.w), h);
+      const float4 g = summed_grad4<G, kHasAcc, kHasGrad>(acc, grad, v);
+      momentum_value<kNesterov>(p.x, m.x, g.x, h);
+      momentum_value<kNesterov>(p.y, m.y, g.y, h);
+      momentum_value<kNesterov>(p.z, m.z, g.z, h);
+      momentum_value<kNesterov>(p.w, m.w, g.w, h);
       reinterpret_cast<float4*>(param)[v] = p;
       reinterpret_cast<float4*>(moment)[v] = m;
       if (kHasAcc) reinterpret_cast<float4*>(acc)[v] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -129,9 +153,7 @@ __device__ __forceinline__ void momentum_chunk(float* __restrict__ param, float*
     i += nvec * 4;
   }
   for (; i < len; i += blockDim.x) {
-    const float a = kHasAcc ? acc[i] : 0.0f;
-    const float g = kHasGrad ? G::widen(grad[i]) : 0.0f;
-    momentum_value<kNesterov>(param[i], moment[i], summed_grad<kHasAcc, kHasGrad>(a, g), h);
+    momentum_value<kNesterov>(param[i], moment[i], summed_grad1<G, kHasAcc, kHasGrad>(acc, grad, i), h);
     if (kHasAcc) acc[i] = 0.0f;
     MSACCUM_COUNT_PATH(scalar, 1);
   }
@@ -141,6 +163,7 @@ struct UpdateParams {
   const float* hyper;         // device memory: momentum {lr, momentum, grad_scale, nesterov (0/1)} or
                               // AdamW {lr, beta1, beta2, eps, grad_scale, bias_correction1, bias_correction2}
   const float* weight_decay;  // device memory: one float per tensor of the caller's list
+  bool valid() const { return hyper != nullptr && weight_decay != nullptr; }
 };
 
 template <typename G>
@@ -189,23 +212,17 @@ __device__ __forceinline__ void adamw_chunk(float* __restrict__ param, float* __
                                             const AdamWArgs& h) {
   int64_t i = threadIdx.x;
   if (aligned_for<float4>(param) && aligned_for<float4>(exp_avg) && aligned_for<float4>(exp_avg_sq) &&
-      (!kHasAcc || aligned_for<float4>(acc)) && (!kHasGrad || aligned_for<typename G::Vec>(grad))) {
+      sources_aligned<G, kHasAcc, kHasGrad>(acc, grad)) {
     const int64_t nvec = len / 4;
     for (int64_t v = threadIdx.x; v < nvec; v += blockDim.x) {
       float4 p = reinterpret_cast<const float4*>(param)[v];
       float4 m = reinterpret_cast<const float4*>(exp_avg)[v];
       float4 s = reinterpret_cast<const float4*>(exp_avg_sq)[v];
-      float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      float4 g = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (kHasAcc) a = reinterpret_cast<const float4*>(acc)[v];
-      if (kHasGrad) {
-        const typename G::Vec gv = reinterpret_cast<const typename G::Vec*>(grad)[v];
-        g = make_float4(G::widen(gv.x), G::widen(gv.y), G::widen(gv.z), G::widen(gv.w));
-      }
-      adamw_value(p.x, m.x, s.x, summed_grad<kHasAcc, kHasGrad>(a.x, g.x), h);
-      adamw_value(p.y, m.y, s.y, summed_grad<kHasAcc, kHasGrad>(a.y, g.y), h);
-      adamw_value(p.z, m.z, s.z, summed_grad<kHasAcc, kHasGrad>(a.z, g.z), h);
-      adamw_value(p.w, m.w, s.w, summed_grad<kHasAcc, kHasGrad>(a.w, g.w), h);
+      const float4 g = summed_grad4<G, kHasAcc, kHasGrad>(acc, grad, v);
+      adamw_value(p.x, m.x, s.x, g.x, h);
+      adamw_value(p.y, m.y, s.y, g.y, h);
+      adamw_value(p.z, m.z, s.z, g.z, h);
+      adamw_value(p.w, m.w, s.w, g.w, h);
       reinterpret_cast<float4*>(param)[v] = p;
       reinterpret_cast<float4*>(exp_avg)[v] = m;
       reinterpret_cast<float4*>(exp_avg_sq)[v] = s;
@@ -215,9 +232,7 @@ __device__ __forceinline__ void adamw_chunk(float* __restrict__ param, float* __
     i += nvec * 4;
   }
   for (; i < len; i += blockDim.x) {
-    const float a = kHasAcc ? acc[i] : 0.0f;
-    const float g = kHasGrad ? G::widen(grad[i]) : 0.0f;
-    adamw_value(param[i], exp_avg[i], exp_avg_sq[i], summed_grad<kHasAcc, kHasGrad>(a, g), h);
+    adamw_value(param[i], exp_avg[i], exp_avg_sq[i], summed_grad1<G, kHasAcc, kHasGrad>(acc, grad, i), h);
     if (kHasAcc) acc[i] = 0.0f;
     MSACCUM_COUNT_PATH(scalar, 1);
   }
@@ -260,6 +275,7 @@ struct AdamWUpdateFunctor {
 
 struct SquaresParams {
   double* partials;  // blockDim.x slots per block of the call, in launch order
+  bool valid() const { return partials != nullptr; }
 };
 
 // Pass 1: every thread adds the squares of its strided elements of the block's chunk in float32
@@ -321,26 +337,18 @@ namespace internal {
 
 int accumulate_chunked(const AccumulateTensor* tensors, int count, const float* scale, void* stream,
                        long long chunk_elems, const float* overwrite) {
-  if (count > 0 && scale == nullptr) return kInvalidValue;
-  int64_t blocks = 0;
-  return multi_tensor_apply<AccumulateFunctor>(tensors, count, chunk_elems, AccumulateParams{scale, overwrite},
-                                               stream, &blocks);
+  return multi_tensor_apply<AccumulateFunctor>(tensors, count, chunk_elems, AccumulateParams{scale, overwrite}, stream);
 }
 
 int momentum_update_chunked(const MomentumTensor* tensors, int count, const float* hyper, const float* weight_decay,
                             void* stream, long long chunk_elems) {
-  if (count > 0 && (hyper == nullptr || weight_decay == nullptr)) return kInvalidValue;
-  int64_t blocks = 0;
   return multi_tensor_apply<MomentumUpdateFunctor>(tensors, count, chunk_elems, UpdateParams{hyper, weight_decay},
-                                                   stream, &blocks);
+                                                   stream);
 }
 
 int adamw_update_chunked(const AdamWTensor* tensors, int count, const float* hyper, const float* weight_decay,
                          void* stream, long long chunk_elems) {
-  if (count > 0 && (hyper == nullptr || weight_decay == nullptr)) return kInvalidValue;
-  int64_t blocks = 0;
-  return multi_tensor_apply<AdamWUpdateFunctor>(tensors, count, chunk_elems, UpdateParams{hyper, weight_decay},
-                                                stream, &blocks);
+  return multi_tensor_apply<AdamWUpdateFunctor>(tensors, count, chunk_elems, UpdateParams{hyper, weight_decay}, stream);
 }
 
 long long sum_of_squares_workspace_chunked(const int64_t* numel, int count, long long chunk_elems) {

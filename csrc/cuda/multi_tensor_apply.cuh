@@ -5,7 +5,8 @@
 //   using Tensor = ...;                          its kernel_api.h descriptor
 //   static constexpr int kDepth;                 pointers per tensor; the LAST is the gradient (or
 //                                                input) of type G, the others are float32
-//   struct Params;                               per-call kernel arguments (device pointers)
+//   using Params = ...;                          per-call kernel arguments (device pointers), with
+//                                                bool valid() const: false if one is missing
 //   static void addresses(const Tensor&, void** out);   its kDepth pointers, in list order
 //   static bool has_required(const Tensor&);     the pointers a non-empty tensor must have
 //   static GradType grad_type(const Tensor&);
@@ -160,14 +161,16 @@ int launch_group(const typename Functor::Tensor* tensors, int count, int64_t chu
   return 0;
 }
 
-// Checks the tensors (sizes, gradient types, required pointers), then launches Functor over
-// all of them, float32 gradients first, then float16, then bfloat16. Returns 0 or a
-// cudaError_t value; nothing is launched for bad input.
+// Checks the arguments (sizes, gradient types, required pointers, Params), then launches Functor
+// over all the tensors, float32 gradients first, then float16, then bfloat16. Returns 0 or a
+// cudaError_t value; nothing is launched for bad input. `blocks_done` (if given) receives the
+// number of blocks launched.
 template <template <typename> class Functor>
 int multi_tensor_apply(const typename Functor<GradF32>::Tensor* tensors, int count, long long chunk,
-                       const typename Functor<GradF32>::Params& params, void* stream, int64_t* blocks_done) {
+                       const typename Functor<GradF32>::Params& params, void* stream,
+                       int64_t* blocks_done = nullptr) {
   using Host = Functor<GradF32>;
-  if (count < 0 || chunk <= 0 || (count > 0 && tensors == nullptr)) return kInvalidValue;
+  if (count < 0 || chunk <= 0 || (count > 0 && (tensors == nullptr || !params.valid()))) return kInvalidValue;
   for (int i = 0; i < count; ++i) {
     const auto& t = tensors[i];
     // A block-table entry names a chunk with an int.
@@ -175,6 +178,8 @@ int multi_tensor_apply(const typename Functor<GradF32>::Tensor* tensors, int cou
     if (!valid_numel || static_cast<int>(Host::grad_type(t)) > 2 || (t.numel > 0 && !Host::has_required(t)))
       return kInvalidValue;
   }
+  int64_t blocks = 0;
+  if (blocks_done == nullptr) blocks_done = &blocks;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   int rc = launch_group<Functor<GradF32>>(tensors, count, chunk, params, s, blocks_done);
   if (rc == 0) rc = launch_group<Functor<GradF16>>(tensors, count, chunk, params, s, blocks_done);

@@ -153,32 +153,57 @@ inline int parse_update(const Call& c, int hyper_size, int states, bool has_acc,
   return c.check_overlap(buffers);
 }
 
-// Momentum: hyper(4) = {lr, momentum, grad_scale, nesterov (0/1)}, one state (the moment).
-// weight_decay is filled in by the caller (CPU) or read from device memory (CUDA).
-inline int parse_momentum(const Call& c, bool has_acc, bool has_grad, std::vector<MomentumTensor>* tensors) {
-  std::vector<UpdateSlot> slots;
-  if (int rc = parse_update(c, 4, 1, has_acc, has_grad, &slots)) return rc;
-  const int n = static_cast<int>(slots.size());
-  tensors->resize(n);
-  for (int i = 0; i < n; ++i) {
-    const UpdateSlot& s = slots[i];
-    (*tensors)[i] = MomentumTensor{c.f32(s.param), c.f32(s.param + n), c.f32(s.acc),
-                                   s.grad < 0 ? nullptr : c.params[s.grad], s.grad_type, c.numel(s.param), 0.0f};
+// The fused optimizer updates, one description each: the hyper-parameter count, the optimizer
+// states per tensor (float32, updated in place), the descriptor made from a tensor's buffers, and
+// the CPU and CUDA calls. A new optimizer adds one such struct (and its entries).
+struct MomentumUpdate {
+  using Tensor = MomentumTensor;
+  static constexpr int kHyper = 4;   // {lr, momentum, grad_scale, nesterov (0/1)}
+  static constexpr int kStates = 1;  // moment
+  static Tensor make(float* param, float* const* states, float* acc, const void* grad, GradType type, int64_t numel) {
+    return Tensor{param, states[0], acc, grad, type, numel, 0.0f};
   }
-  return 0;
-}
+  static void run_cpu(const std::vector<Tensor>& tensors, const float* h) {
+    cpu::momentum_update(tensors, MomentumScalars{h[0], h[1], h[2], h[3] != 0.0f});
+  }
+#ifdef MSACCUM_WITH_CUDA
+  static int run_cuda(const Tensor* tensors, int count, const float* hyper, const float* weight_decay, void* stream) {
+    return cuda::momentum_update(tensors, count, hyper, weight_decay, stream);
+  }
+#endif
+};
 
-// AdamW: hyper(7) = {lr, beta1, beta2, eps, grad_scale, bias_correction1, bias_correction2}, two
-// states (exp_avg, exp_avg_sq).
-inline int parse_adamw(const Call& c, bool has_acc, bool has_grad, std::vector<AdamWTensor>* tensors) {
+struct AdamWUpdate {
+  using Tensor = AdamWTensor;
+  static constexpr int kHyper = 7;   // {lr, beta1, beta2, eps, grad_scale, bias_correction1, bias_correction2}
+  static constexpr int kStates = 2;  // exp_avg, exp_avg_sq
+  static Tensor make(float* param, float* const* states, float* acc, const void* grad, GradType type, int64_t numel) {
+    return Tensor{param, states[0], states[1], acc, grad, type, numel, 0.0f};
+  }
+  static void run_cpu(const std::vector<Tensor>& tensors, const float* h) {
+    cpu::adamw_update(tensors, AdamWScalars{h[0], h[1], h[2], h[3], h[4], h[5], h[6]});
+  }
+#ifdef MSACCUM_WITH_CUDA
+  static int run_cuda(const Tensor* tensors, int count, const float* hyper, const float* weight_decay, void* stream) {
+    return cuda::adamw_update(tensors, count, hyper, weight_decay, stream);
+  }
+#endif
+};
+
+// Checks an update call (parse_update with Op's sizes) and fills `tensors`; the weight decay is
+// filled in by the CPU caller, and read from device memory by the CUDA kernels.
+template <typename Op>
+int parse_update_tensors(const Call& c, bool has_acc, bool has_grad, std::vector<typename Op::Tensor>* tensors) {
   std::vector<UpdateSlot> slots;
-  if (int rc = parse_update(c, 7, 2, has_acc, has_grad, &slots)) return rc;
+  if (int rc = parse_update(c, Op::kHyper, Op::kStates, has_acc, has_grad, &slots)) return rc;
   const int n = static_cast<int>(slots.size());
   tensors->resize(n);
   for (int i = 0; i < n; ++i) {
     const UpdateSlot& s = slots[i];
-    (*tensors)[i] = AdamWTensor{c.f32(s.param), c.f32(s.param + n), c.f32(s.param + 2 * n), c.f32(s.acc),
-                                s.grad < 0 ? nullptr : c.params[s.grad], s.grad_type, c.numel(s.param), 0.0f};
+    float* states[Op::kStates];
+    for (int k = 0; k < Op::kStates; ++k) states[k] = c.f32(s.param + (k + 1) * n);
+    (*tensors)[i] = Op::make(c.f32(s.param), states, c.f32(s.acc), s.grad < 0 ? nullptr : c.params[s.grad],
+                             s.grad_type, c.numel(s.param));
   }
   return 0;
 }
@@ -213,24 +238,14 @@ inline int accumulate_cpu(const Call& c) {
   return 0;
 }
 
-inline int momentum_update_cpu(const Call& c, bool has_acc, bool has_grad) {
-  std::vector<MomentumTensor> tensors;
-  if (int rc = parse_momentum(c, has_acc, has_grad, &tensors)) return rc;
-  const float* hyper = static_cast<const float*>(c.params[0]);
+// An update: hyper(Op::kHyper), weight_decay(n), param x n, states, [acc x n], [grad x n], out.
+template <typename Op>
+int update_cpu(const Call& c, bool has_acc, bool has_grad) {
+  std::vector<typename Op::Tensor> tensors;
+  if (int rc = parse_update_tensors<Op>(c, has_acc, has_grad, &tensors)) return rc;
   const float* weight_decay = static_cast<const float*>(c.params[1]);
   for (size_t i = 0; i < tensors.size(); ++i) tensors[i].weight_decay = weight_decay[i];
-  cpu::momentum_update(tensors, MomentumScalars{hyper[0], hyper[1], hyper[2], hyper[3] != 0.0f});
-  *c.placeholder() = 0.0f;
-  return 0;
-}
-
-inline int adamw_update_cpu(const Call& c, bool has_acc, bool has_grad) {
-  std::vector<AdamWTensor> tensors;
-  if (int rc = parse_adamw(c, has_acc, has_grad, &tensors)) return rc;
-  const float* h = static_cast<const float*>(c.params[0]);
-  const float* weight_decay = static_cast<const float*>(c.params[1]);
-  for (size_t i = 0; i < tensors.size(); ++i) tensors[i].weight_decay = weight_decay[i];
-  cpu::adamw_update(tensors, AdamWScalars{h[0], h[1], h[2], h[3], h[4], h[5], h[6]});
+  Op::run_cpu(tensors, static_cast<const float*>(c.params[0]));
   *c.placeholder() = 0.0f;
   return 0;
 }
@@ -266,21 +281,13 @@ inline int accumulate_cuda(const Call& c, void* stream) {
                           stream);
 }
 
-inline int momentum_update_cuda(const Call& c, bool has_acc, bool has_grad, void* stream) {
-  std::vector<MomentumTensor> tensors;
-  if (int rc = parse_momentum(c, has_acc, has_grad, &tensors)) return rc;
-  return with_placeholder(c, cuda::momentum_update(tensors.data(), static_cast<int>(tensors.size()),
-                                                   static_cast<const float*>(c.params[0]),
-                                                   static_cast<const float*>(c.params[1]), stream),
-                          stream);
-}
-
-inline int adamw_update_cuda(const Call& c, bool has_acc, bool has_grad, void* stream) {
-  std::vector<AdamWTensor> tensors;
-  if (int rc = parse_adamw(c, has_acc, has_grad, &tensors)) return rc;
-  return with_placeholder(c, cuda::adamw_update(tensors.data(), static_cast<int>(tensors.size()),
-                                                static_cast<const float*>(c.params[0]),
-                                                static_cast<const float*>(c.params[1]), stream),
+template <typename Op>
+int update_cuda(const Call& c, bool has_acc, bool has_grad, void* stream) {
+  std::vector<typename Op::Tensor> tensors;
+  if (int rc = parse_update_tensors<Op>(c, has_acc, has_grad, &tensors)) return rc;
+  return with_placeholder(c, Op::run_cuda(tensors.data(), static_cast<int>(tensors.size()),
+                                          static_cast<const float*>(c.params[0]),
+                                          static_cast<const float*>(c.params[1]), stream),
                           stream);
 }
 

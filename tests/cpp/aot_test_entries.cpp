@@ -46,12 +46,12 @@ int zero_cuda(const Call& c, void* stream) {
 
 using namespace msaccum::aot;
 
-MSACCUM_AOT_ENTRY(MsAccumMomentumUpdateAccGrad, momentum_update_cpu(call, true, true),
-                  momentum_update_cuda(call, true, true, stream))
-MSACCUM_AOT_ENTRY(MsAccumMomentumUpdateAcc, momentum_update_cpu(call, true, false),
-                  momentum_update_cuda(call, true, false, stream))
-MSACCUM_AOT_ENTRY(MsAccumAdamWUpdateAccGrad, adamw_update_cpu(call, true, true),
-                  adamw_update_cuda(call, true, true, stream))
-MSACCUM_AOT_ENTRY(MsAccumAdamWUpdateAcc, adamw_update_cpu(call, true, false),
-                  adamw_update_cuda(call, true, false, stream))
+MSACCUM_AOT_ENTRY(MsAccumMomentumUpdateAccGrad, update_cpu<MomentumUpdate>(call, true, true),
+                  update_cuda<MomentumUpdate>(call, true, true, stream))
+MSACCUM_AOT_ENTRY(MsAccumMomentumUpdateAcc, update_cpu<MomentumUpdate>(call, true, false),
+                  update_cuda<MomentumUpdate>(call, true, false, stream))
+MSACCUM_AOT_ENTRY(MsAccumAdamWUpdateAccGrad, update_cpu<AdamWUpdate>(call, true, true),
+                  update_cuda<AdamWUpdate>(call, true, true, stream))
+MSACCUM_AOT_ENTRY(MsAccumAdamWUpdateAcc, update_cpu<AdamWUpdate>(call, true, false),
+                  update_cuda<AdamWUpdate>(call, true, false, stream))
 MSACCUM_AOT_ENTRY(MsAccumZero, zero_cpu(call), zero_cuda(call, stream))
