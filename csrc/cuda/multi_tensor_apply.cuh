@@ -17,7 +17,8 @@
 // carrying a partly processed tensor over to the next launch in slot 0.
 //
 // Plain enough for the host shim (host_shim.h): no __syncthreads, shared memory or warp
-// intrinsics, every launch through MSACCUM_LAUNCH.
+// intrinsics, every launch through MSACCUM_LAUNCH. Included by cuda_kernels.cu after the CUDA
+// runtime header (or, in the host build, host_shim.h's stand-ins).
 #pragma once
 
 #include <cstdint>
