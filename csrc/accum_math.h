@@ -59,19 +59,33 @@ MSACCUM_HD float accumulate_value(float acc, float grad, float scale) { return a
 // accumulator is never read, so whatever it held (NaN, inf, garbage) cannot reach the result.
 MSACCUM_HD float assign_value(float grad, float scale) { return scale * grad; }
 
-// Hyper-parameters of one momentum_flush call for one tensor.
+// The gradient the update kernels apply, from the window's accumulator and/or the last
+// micro-batch's gradient (a kernel is given either or both; kHasAcc/kHasGrad say which).
+template <bool kHasAcc, bool kHasGrad>
+MSACCUM_HD float summed_grad(float acc, float grad) {
+  float summed = 0.0f;
+  if (kHasAcc) summed = acc;
+  if (kHasGrad) summed = kHasAcc ? summed + grad : grad;
+  return summed;
+}
+
+// grad_scale (both updates) = 1 / (items * loss scale) * clip factor: items is what the window's
+// gradients are a sum over (micro-batches, or samples/tokens with a per-item loss contract), the
+// clip factor is 1 or max_norm / global norm (the caller computes it from sum_of_squares).
+
+// Hyper-parameters of one momentum_update call for one tensor.
 struct MomentumArgs {
   float lr;
   float momentum;
-  float grad_scale;    // 1 / (micro-batches in the window * loss scale)
+  float grad_scale;    // 1 / (items * loss scale) * clip factor (above)
   float weight_decay;  // coupled L2 on the unscaled gradient, as nn.Momentum
 };
 
-// momentum_flush for one element. `summed_grad` is acc + grad (or whichever of them exists).
+// momentum_update for one element. `summed_grad` is acc + grad (or whichever of them exists).
 //   g = summed_grad * grad_scale + weight_decay * param
 //   v = momentum * v + g
 //   param -= lr * (g + momentum * v)   (nesterov)   |   lr * v   (plain)
-// The caller then stores 0 into the accumulator.
+// A kernel given an accumulator then stores 0 into it.
 template <bool kNesterov>
 MSACCUM_HD void momentum_value(float& param, float& moment, float summed_grad, const MomentumArgs& a) {
   const float g = summed_grad * a.grad_scale + a.weight_decay * param;
@@ -80,7 +94,7 @@ MSACCUM_HD void momentum_value(float& param, float& moment, float summed_grad, c
   param = kNesterov ? param - a.lr * (g + a.momentum * v) : param - a.lr * v;
 }
 
-// Hyper-parameters of one adamw_flush call for one tensor. The bias corrections are
+// Hyper-parameters of one adamw_update call for one tensor. The bias corrections are
 // 1 - beta1^t and 1 - beta2^t (torch.optim.AdamW, mint.optim.AdamW), computed by the caller, or
 // exactly 1 without bias correction (nn.AdamWeightDecay).
 struct AdamWArgs {
@@ -88,19 +102,19 @@ struct AdamWArgs {
   float beta1;
   float beta2;
   float eps;
-  float grad_scale;        // 1 / (micro-batches in the window * loss scale)
+  float grad_scale;        // 1 / (items * loss scale) * clip factor (above)
   float bias_correction1;  // 1 - beta1^t, or 1
   float bias_correction2;  // 1 - beta2^t, or 1
   float weight_decay;      // decoupled: param -= lr * weight_decay * param (on the old param)
 };
 
-// adamw_flush for one element. `summed_grad` is acc + grad (or whichever of them exists).
+// adamw_update for one element. `summed_grad` is acc + grad (or whichever of them exists).
 //   g = summed_grad * grad_scale
 //   m = beta1 * m + (1 - beta1) * g
 //   v = beta2 * v + (1 - beta2) * g * g
 //   u = (m / bias_correction1) / (sqrt(v) / sqrt(bias_correction2) + eps)
 //   param = param - lr * weight_decay * param - lr * u
-// The caller then stores 0 into the accumulator.
+// A kernel given an accumulator then stores 0 into it.
 MSACCUM_HD void adamw_value(float& param, float& exp_avg, float& exp_avg_sq, float summed_grad, const AdamWArgs& a) {
   const float g = summed_grad * a.grad_scale;
   const float m = a.beta1 * exp_avg + (1.0f - a.beta1) * g;

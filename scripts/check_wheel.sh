@@ -96,8 +96,9 @@ fi
 if grep -E '(^|/)(build|\.matrix|\.venv|__pycache__|_skbuild|dist)/|\.(so|pyc|ckpt|o|whl)$' "$WORK/sdist.files"; then
   echo "check_wheel: generated files in the sdist (above)" >&2; exit 1
 fi
-for needed in pyproject.toml CMakeLists.txt README.md csrc/accum_math.h csrc/bindings.cpp csrc/aot.cpp \
-              csrc/cuda/cuda_kernels.cu src/mindspore_accum/_compat.py; do
+for needed in pyproject.toml CMakeLists.txt README.md csrc/accum_math.h csrc/kernel_api.h csrc/cpu/span_kernels_isa.cpp \
+              csrc/frontends/python_bindings.cpp csrc/frontends/mindspore_aot.cpp csrc/frontends/aot_ops.h \
+              csrc/cuda/cuda_kernels.cu csrc/cuda/multi_tensor_apply.cuh src/mindspore_accum/_compat.py; do
   grep -qx "$needed" "$WORK/sdist.files" || { echo "check_wheel: $needed missing from the sdist" >&2; exit 1; }
 done
 

@@ -1,16 +1,19 @@
-"""The CPU AOT entry points (csrc/aot.cpp) through mindspore.ops.Custom(func_type="aot"), in GRAPH
-and PYNATIVE mode, on Parameters updated in place, against the NumPy reference in conftest.py.
+"""The CPU AOT entry points through mindspore.ops.Custom(func_type="aot"), in GRAPH and PYNATIVE
+mode, on Parameters updated in place, against the NumPy reference in conftest.py: the shipped ones
+(csrc/frontends/mindspore_aot.cpp, libmsaccum_aot.so) and the test-only ones
+(tests/cpp/aot_test_entries.cpp, built by sanitizer_build.aot_test_library()).
 
 Input layouts (n tensors; each op has one float32 (1,) placeholder output, set to 0):
-  MsAccumAccumulate:  scale(1) or hyper(2) = {scale, overwrite (0/1)}, acc x n, grad x n
-  MsAccumFlush:       hyper(4), weight_decay(n), param x n, moment x n, acc x n, grad x n
-  MsAccumFlushAcc:    hyper(4), weight_decay(n), param x n, moment x n, acc x n
-  MsAccumFlushGrad:   hyper(4), weight_decay(n), param x n, moment x n, grad x n
+  MsAccumAccumulate:             scale(1) or hyper(2) = {scale, overwrite (0/1)}, acc x n, grad x n
+  MsAccumMomentumUpdate:         hyper(4), weight_decay(n), param x n, moment x n, grad x n
+  MsAccumMomentumUpdateAccGrad:  hyper(4), weight_decay(n), param x n, moment x n, acc x n, grad x n  (test-only)
+  MsAccumMomentumUpdateAcc:      hyper(4), weight_decay(n), param x n, moment x n, acc x n            (test-only)
   hyper = {lr, momentum, grad_scale, nesterov (0/1)}
-  MsAccumAdamW:       hyper(7), weight_decay(n), param x n, exp_avg x n, exp_avg_sq x n, acc x n, grad x n
-  MsAccumAdamWAcc:    hyper(7), weight_decay(n), param x n, exp_avg x n, exp_avg_sq x n, acc x n
-  MsAccumAdamWGrad:   hyper(7), weight_decay(n), param x n, exp_avg x n, exp_avg_sq x n, grad x n
+  MsAccumAdamWUpdate:            hyper(7), weight_decay(n), param x n, exp_avg x n, exp_avg_sq x n, grad x n
+  MsAccumAdamWUpdateAccGrad:     ... exp_avg_sq x n, acc x n, grad x n                                (test-only)
+  MsAccumAdamWUpdateAcc:         ... exp_avg_sq x n, acc x n                                          (test-only)
   AdamW hyper = {lr, beta1, beta2, eps, grad_scale, bias_correction1, bias_correction2}
+  MsAccumZero:                   x x n (x = 0)                                                        (test-only)
   MsAccumSumSquares:  x x n -> (sum of squares (1,) float32, float64 workspace): read-only inputs
 
 MindSpore facts these tests rely on / establish (MindSpore 2.10, CPU):
@@ -53,10 +56,11 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 import mindspore_accum
 import mindspore_accum.backends.kernel
 from mindspore_accum import _compat
+from sanitizer_build import TEST_AOT_ENTRIES, aot_library
 
 AOT_SO = Path(mindspore_accum._C.__file__).with_name("libmsaccum_aot.so")
-FUNCS = ["MsAccumAccumulate", "MsAccumFlush", "MsAccumFlushAcc", "MsAccumFlushGrad", "MsAccumAdamW",
-         "MsAccumAdamWAcc", "MsAccumAdamWGrad"]
+FUNCS = ["MsAccumAccumulate", "MsAccumMomentumUpdateAccGrad", "MsAccumMomentumUpdateAcc", "MsAccumMomentumUpdate",
+         "MsAccumAdamWUpdateAccGrad", "MsAccumAdamWUpdateAcc", "MsAccumAdamWUpdate"]
 
 try:
     ms.set_device("CPU")
@@ -72,7 +76,7 @@ def param(array):
 
 
 def custom(func):
-    return ops.Custom(f"{AOT_SO}:{func}", out_shape=[1], out_dtype=ms.float32, func_type="aot")
+    return ops.Custom(f"{aot_library(func)}:{func}", out_shape=[1], out_dtype=ms.float32, func_type="aot")
 
 
 def f32_tensor(values):
@@ -177,10 +181,10 @@ def test_accumulate(rng, mode):
 
 
 @pytest.mark.parametrize("nesterov", [False, True], ids=["plain", "nesterov"])
-@pytest.mark.parametrize("func", ["MsAccumFlush", "MsAccumFlushAcc", "MsAccumFlushGrad"])
+@pytest.mark.parametrize("func", ["MsAccumMomentumUpdateAccGrad", "MsAccumMomentumUpdateAcc", "MsAccumMomentumUpdate"])
 def test_flush(rng, mode, func, nesterov):
-    has_acc = func in ("MsAccumFlush", "MsAccumFlushAcc")
-    has_grad = func in ("MsAccumFlush", "MsAccumFlushGrad")
+    has_acc = func in ("MsAccumMomentumUpdateAccGrad", "MsAccumMomentumUpdateAcc")
+    has_grad = func in ("MsAccumMomentumUpdateAccGrad", "MsAccumMomentumUpdate")
     n = len(SHAPES)
     p_np = [random_array(rng, s, np.float32) for s in SHAPES]
     v_np = [random_array(rng, s, np.float32) for s in SHAPES]
@@ -220,7 +224,8 @@ def test_window_exact_average(mode, grad_dtype):
     for g in grads[:3]:
         run_aot(mode, "MsAccumAccumulate", [f32_tensor([1.0])], [acc], [g])
     np.testing.assert_array_equal(acc.asnumpy(), np.full(shape, 6.0, np.float32))
-    run_aot(mode, "MsAccumFlush", [f32_tensor([1.0, 0.0, 0.25, 0.0]), f32_tensor([0.0])], [p, v, acc], [grads[3]])
+    run_aot(mode, "MsAccumMomentumUpdateAccGrad", [f32_tensor([1.0, 0.0, 0.25, 0.0]), f32_tensor([0.0])], [p, v, acc],
+            [grads[3]])
     np.testing.assert_array_equal(p.asnumpy(), np.full(shape, 7.5, np.float32))
     np.testing.assert_array_equal(v.asnumpy(), np.full(shape, 2.5, np.float32))
     np.testing.assert_array_equal(acc.asnumpy(), np.zeros(shape, np.float32))
@@ -230,6 +235,14 @@ def test_window_exact_average(mode, grad_dtype):
 # (through the package's factory, mindspore_accum.backends.kernel.custom_op)
 
 FACTORY = mindspore_accum.backends.kernel.custom_op
+
+
+def factory_for(func):
+    """The package's factory for a shipped entry; for a test-only one (not in the package's
+    library), an op made here and marked a memory side effect as the factory does."""
+    if func in TEST_AOT_ENTRIES:
+        return lambda entry: _compat.mark_side_effect_mem(custom(entry))
+    return FACTORY
 
 
 def test_accumulate_overwrite(rng, mode):
@@ -261,10 +274,10 @@ def adamw_lead(lr, beta1, beta2, eps, grad_scale, step, bias_correction, wd):
 
 @pytest.mark.parametrize("step,bias_correction", [(1, True), (1000, True), (7, False)],
                          ids=["step1", "step1000", "no-correction"])
-@pytest.mark.parametrize("func", ["MsAccumAdamW", "MsAccumAdamWAcc", "MsAccumAdamWGrad"])
+@pytest.mark.parametrize("func", ["MsAccumAdamWUpdateAccGrad", "MsAccumAdamWUpdateAcc", "MsAccumAdamWUpdate"])
 def test_adamw(rng, mode, func, step, bias_correction):
-    has_acc = func in ("MsAccumAdamW", "MsAccumAdamWAcc")
-    has_grad = func in ("MsAccumAdamW", "MsAccumAdamWGrad")
+    has_acc = func in ("MsAccumAdamWUpdateAccGrad", "MsAccumAdamWUpdateAcc")
+    has_grad = func in ("MsAccumAdamWUpdateAccGrad", "MsAccumAdamWUpdate")
     n = len(SHAPES)
     p_np = [random_array(rng, s, np.float32) for s in SHAPES]
     m_np = [random_array(rng, s, np.float32, scale=0.1) for s in SHAPES]
@@ -280,7 +293,7 @@ def test_adamw(rng, mode, func, step, bias_correction):
     accs = [param(a) for a in a_np] if has_acc else []
     grads = [grad_tensor(g) for g in g_np] if has_grad else []
     lead = adamw_lead(wd=wd, **hyper)
-    out = run_aot(mode, func, lead, params + exp_avg + exp_avg_sq + accs, grads, FACTORY)
+    out = run_aot(mode, func, lead, params + exp_avg + exp_avg_sq + accs, grads, factory_for(func))
     check_placeholder(out)
     for i, (p, m, v, _) in enumerate(expected):
         assert_close_f32(params[i].asnumpy(), p, f"param[{i}]")
@@ -300,7 +313,7 @@ class AdamWWindowCell(nn.Cell):
         super().__init__()
         self.p, self.m, self.v, self.acc = p, m, v, acc
         self.accumulate = FACTORY("MsAccumAccumulate")
-        self.adamw = FACTORY("MsAccumAdamW")
+        self.adamw = factory_for("MsAccumAdamWUpdateAccGrad")("MsAccumAdamWUpdateAccGrad")
 
     def construct(self, g1, g2, hyper, wd):
         out1 = self.accumulate(Tensor(np.array([1.0, 1.0], np.float32)), self.acc, g1)
@@ -449,7 +462,7 @@ class WindowCell(nn.Cell):
         super().__init__()
         self.p, self.v, self.acc = p, v, acc
         self.accumulate = custom("MsAccumAccumulate")
-        self.flush = custom("MsAccumFlush")
+        self.flush = custom("MsAccumMomentumUpdateAccGrad")
 
     def construct(self, g1, g2, hyper, wd):
         out1 = self.accumulate(ops.ones((1,), ms.float32), self.acc, g1)
@@ -548,28 +561,31 @@ def _bad_calls():
         "accumulate-shape": ("MsAccumAccumulate", [f32_tensor([1.0])], [f], [f32_tensor(np.ones(5))]),
         "accumulate-float16-acc": ("MsAccumAccumulate", [f32_tensor([1.0])], [f.astype(np.float16)],
                                    [f32_tensor(f)]),
-        "flush-weight-decay-count": ("MsAccumFlush", [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0, 0.0])],
+        "flush-weight-decay-count": ("MsAccumMomentumUpdateAccGrad",
+                                     [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0, 0.0])],
                                      [f, f, f], [f32_tensor(f)]),
-        "flush-hyper-size": ("MsAccumFlush", [f32_tensor([0.1, 0.9, 1.0]), f32_tensor([0.0])], [f, f, f],
-                             [f32_tensor(f)]),
-        "flush-float64-moment": ("MsAccumFlushGrad", [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0])],
+        "flush-hyper-size": ("MsAccumMomentumUpdateAccGrad", [f32_tensor([0.1, 0.9, 1.0]), f32_tensor([0.0])],
+                             [f, f, f], [f32_tensor(f)]),
+        "flush-float64-moment": ("MsAccumMomentumUpdate", [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0])],
                                  [f, f.astype(np.float64)], [f32_tensor(f)]),
-        "flush-acc-missing": ("MsAccumFlushAcc", [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0])], [f, f], []),
-        "flush-int-grad": ("MsAccumFlushGrad", [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0])], [f, f],
+        "flush-acc-missing": ("MsAccumMomentumUpdateAcc", [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0])],
+                              [f, f], []),
+        "flush-int-grad": ("MsAccumMomentumUpdate", [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0])], [f, f],
                            [Tensor(np.ones(4, np.int64))]),
         # scale(1) and hyper(2) = {scale, overwrite} are accepted (test_accumulate_overwrite), three values not
         "accumulate-three-hyper": ("MsAccumAccumulate", [f32_tensor([1.0, 1.0, 0.0])], [f], [f32_tensor(f)]),
-        "adamw-hyper-size": ("MsAccumAdamW", [f32_tensor(ADAMW_HYPER[:6]), f32_tensor([0.0])], [f, f, f, f],
-                             [f32_tensor(f)]),
-        "adamw-weight-decay-count": ("MsAccumAdamW", [f32_tensor(ADAMW_HYPER), f32_tensor([0.0, 0.0])],
+        "adamw-hyper-size": ("MsAccumAdamWUpdateAccGrad", [f32_tensor(ADAMW_HYPER[:6]), f32_tensor([0.0])],
+                             [f, f, f, f], [f32_tensor(f)]),
+        "adamw-weight-decay-count": ("MsAccumAdamWUpdateAccGrad", [f32_tensor(ADAMW_HYPER), f32_tensor([0.0, 0.0])],
                                      [f, f, f, f], [f32_tensor(f)]),
-        "adamw-float16-exp-avg-sq": ("MsAccumAdamWGrad", [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])],
+        "adamw-float16-exp-avg-sq": ("MsAccumAdamWUpdate", [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])],
                                      [f, f, f.astype(np.float16)], [f32_tensor(f)]),
-        "adamw-acc-shape": ("MsAccumAdamWAcc", [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])],
+        "adamw-acc-shape": ("MsAccumAdamWUpdateAcc", [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])],
                             [f, f, f, np.ones(5, np.float32)], []),
-        "adamw-int-grad": ("MsAccumAdamWGrad", [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])], [f, f, f],
+        "adamw-int-grad": ("MsAccumAdamWUpdate", [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])], [f, f, f],
                            [Tensor(np.ones(4, np.int32))]),
-        "adamw-grad-missing": ("MsAccumAdamW", [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])], [f, f, f, f], []),
+        "adamw-grad-missing": ("MsAccumAdamWUpdateAccGrad", [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])],
+                               [f, f, f, f], []),
     }
 
 
@@ -663,8 +679,8 @@ def test_custom_aot_white_list(tmp_path):
     "func,lead_np,per_tensor",
     [
         ("MsAccumAccumulate", [[1.0]], 2),  # acc, acc | grad, grad
-        ("MsAccumFlushAcc", [[0.1, 0.9, 1.0, 0.0], [0.0, 0.0]], 3),  # param x2, moment x2, acc x2
-        ("MsAccumAdamWAcc", [ADAMW_HYPER, [0.0, 0.0]], 4),  # param, exp_avg, exp_avg_sq, acc: x2
+        ("MsAccumMomentumUpdateAcc", [[0.1, 0.9, 1.0, 0.0], [0.0, 0.0]], 3),  # param x2, moment x2, acc x2
+        ("MsAccumAdamWUpdateAcc", [ADAMW_HYPER, [0.0, 0.0]], 4),  # param, exp_avg, exp_avg_sq, acc: x2
         ("MsAccumZero", [], 1),
     ],
 )

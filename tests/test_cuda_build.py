@@ -1,6 +1,6 @@
 """The CUDA kernels build with nvcc for every configured architecture, warnings as errors.
 
-Compiles csrc/cuda/cuda_kernels.cu the way CMakeLists.txt does (the architecture list is read
+Compiles csrc/cuda/cuda_kernels.cu (with multi_tensor_apply.cuh) the way CMakeLists.txt does (the architecture list is read
 from it, or from $MSACCUM_CUDA_ARCHITECTURES like the build), then inspects the object with
 cuobjdump: sm_75, sm_80 and sm_90 machine code and compute_75 PTX (the lowest listed architecture,
 so any newer GPU can JIT it) must be there, and no kernel may use
@@ -8,7 +8,8 @@ local memory (spills) or a stack. Skipped only when there is no nvcc at all; wit
 without cuobjdump the test fails and says where to get one.
 
 When the installed extension itself was built with CUDA, its build_info() and the exported
-AOT entry points are checked too.
+AOT entry points are checked too (the shipped ones, and the Cuda twins of the test-only ones in the
+library the tests build).
 """
 import glob
 import os
@@ -18,12 +19,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from sanitizer_build import TEST_AOT_ENTRIES, aot_test_library
 
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = REPO / "csrc" / "cuda" / "cuda_kernels.cu"
 REQUIRED_ELF = {"sm_75", "sm_80", "sm_90"}  # T4, A100, H100 machine code
 REQUIRED_PTX = {"sm_75"}  # compute_75 PTX, JIT-compiled on newer GPUs; cuobjdump names it "<file>.sm_75.ptx"
-KERNEL_NAMES = ("accumulate_kernel", "flush_kernel", "adamw_kernel")
+# multi_tensor_kernel<Functor<Grad>>: one kernel per op functor and gradient type
+KERNEL_NAMES = ("AccumulateFunctor", "MomentumUpdateFunctor", "AdamWUpdateFunctor", "SquaresFunctor")
 GRAD_TYPES = ("GradF32", "GradF16", "GradBF16")
 
 
@@ -167,9 +170,15 @@ def test_installed_extension_when_built_with_cuda():
     if nm is None or not aot.is_file():
         pytest.skip("nm or libmsaccum_aot.so not found")
     symbols = subprocess.run([nm, "-D", "--defined-only", str(aot)], capture_output=True, text=True).stdout
-    for name in ("MsAccumAccumulateCuda", "MsAccumFlushCuda", "MsAccumFlushAccCuda", "MsAccumFlushGradCuda",
-                 "MsAccumAdamWCuda", "MsAccumAdamWAccCuda", "MsAccumAdamWGradCuda"):
-        assert re.search(rf"\bT {name}$", symbols, re.M), f"{aot} does not export {name}"
+    for name in ("MsAccumAccumulate", "MsAccumMomentumUpdate", "MsAccumAdamWUpdate", "MsAccumSumSquares"):
+        for entry in (name, name + "Cuda"):
+            assert re.search(rf"\bT {entry}$", symbols, re.M), f"{aot} does not export {entry}"
+    for name in TEST_AOT_ENTRIES:  # test-only: not shipped, but built by the tests with their Cuda twins
+        assert name not in symbols, f"{aot} exports the test-only entry {name}"
+    testing = subprocess.run([nm, "-D", "--defined-only", str(aot_test_library())], capture_output=True,
+                             text=True).stdout
+    for name in TEST_AOT_ENTRIES:
+        assert re.search(rf"\bT {name}Cuda$", testing, re.M), f"the test-only library lacks {name}Cuda"
     # the kernels live in libmsaccum_kernels.so, shared with _C (tests/test_one_kernel_lib.py)
     assert "msaccum4cuda" not in symbols, "libmsaccum_aot.so defines msaccum::cuda functions of its own"
     exported = subprocess.run([nm, "-D", "--defined-only", str(kernels)], capture_output=True, text=True).stdout

@@ -79,7 +79,7 @@ class T:
 def make_data(tensors, rng, op):
     for t in tensors:
         n = t.numel
-        if op in ("flush", "adamw"):
+        if op in ("momentum", "adamw"):
             t.arrays["param"] = rng.standard_normal(n, dtype=np.float32)
             t.arrays["moment"] = rng.standard_normal(n, dtype=np.float32) * np.float32(0.1)
         if op == "adamw":  # exp_avg_sq: non-negative, away from 0
@@ -106,7 +106,7 @@ def offsets5(t):
 
 def write_case(path, op, tensors, chunk, scalars):
     """scalars: 4 floats, 8 for adamw (lr, beta1, beta2, eps, grad_scale, bc1, bc2, 0)."""
-    opcode = {"accumulate": 0, "flush": 1, "squares": 3, "adamw": 4}[op]
+    opcode = {"accumulate": 0, "momentum": 1, "squares": 3, "adamw": 4}[op]
     assert len(scalars) == (8 if op == "adamw" else 4)
     with open(path, "wb") as f:
         f.write(struct.pack("<iiiq4f", 0x4341534D, opcode, len(tensors), chunk, *scalars[:4]))
@@ -152,14 +152,14 @@ def run_case(exe, tmp_path, op, tensors, scalars, chunk=0):
 
 
 def group_of(t, op):
-    if op in ("flush", "adamw") and t.grad is None:
+    if op in ("momentum", "adamw") and t.grad is None:
         return "f32"
     return t.grad
 
 
 def expected_counters(tensors, op, chunk, limits):
     """Launches, vector elements and scalar elements the launcher must produce."""
-    max_tensors = {"accumulate": limits["max_accumulate_tensors"], "flush": limits["max_flush_tensors"],
+    max_tensors = {"accumulate": limits["max_accumulate_tensors"], "momentum": limits["max_momentum_tensors"],
                    "squares": limits["max_squares_tensors"], "adamw": limits["max_adamw_tensors"]}[op]
     max_blocks = limits["max_blocks"]
     launches = vec = scal = 0
@@ -212,7 +212,7 @@ def check_accumulate(tensors, scale, outs, overwrite=False):
         assert np.array_equal(out["grad"], t.arrays["grad"]), f"tensor {i}: the gradient was written"
 
 
-def check_flush(tensors, hyper, outs):
+def check_momentum(tensors, hyper, outs):
     lr, mom, gs, nesterov = (float(np.float32(h)) for h in hyper)
     for i, (t, out) in enumerate(zip(tensors, outs)):
         p = t.arrays["param"].astype(np.float64)
@@ -305,7 +305,7 @@ def run_and_check(runner, limits, tmp_path, op, tensors, chunk=0, seed=0, nester
     elif op == "adamw":
         check_adamw(tensors, scalars, outs)
     else:
-        check_flush(tensors, scalars, outs)
+        check_momentum(tensors, scalars, outs)
     exp = expected_counters(tensors, op, chunk or limits["chunk_elems"], limits)
     assert (launches, vec, scal) == exp, "launches / vector elements / scalar elements differ from the model"
     return launches, vec, scal
@@ -370,30 +370,30 @@ def test_accumulate_empty_list(runner, limits, tmp_path):
     assert (rc, launches, vec, scal) == (0, 0, 0, 0)
 
 
-# ---------------------------------------------------------------- momentum_flush
+# ---------------------------------------------------------------- momentum_update
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("grad", ["f32", "f16", "bf16"])
-def test_flush_sizes(runner, limits, tmp_path, grad, nesterov):
+def test_momentum_sizes(runner, limits, tmp_path, grad, nesterov):
     tensors = [T(n, grad=grad, wd=0.01 * i) for i, n in enumerate(SIZES)]
-    launches, vec, scal = run_and_check(runner, limits, tmp_path, "flush", tensors, nesterov=nesterov, seed=5)
+    launches, vec, scal = run_and_check(runner, limits, tmp_path, "momentum", tensors, nesterov=nesterov, seed=5)
     assert launches == 1 and scal == 1 + 3 + 1 + 3 and vec > 1_000_000
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("acc,grad", [(True, None), (False, "f32"), (False, "f16"), (False, None)])
-def test_flush_acc_or_grad_absent(runner, limits, tmp_path, acc, grad, nesterov):
+def test_momentum_acc_or_grad_absent(runner, limits, tmp_path, acc, grad, nesterov):
     tensors = [T(n, grad=grad, acc=acc, wd=1e-4 * (i + 1)) for i, n in enumerate([0, 1, 3, 4097, 100_003])]
-    run_and_check(runner, limits, tmp_path, "flush", tensors, nesterov=nesterov, seed=6)
+    run_and_check(runner, limits, tmp_path, "momentum", tensors, nesterov=nesterov, seed=6)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_flush_mixed_many_tensors(runner, limits, tmp_path, nesterov):
+def test_momentum_mixed_many_tensors(runner, limits, tmp_path, nesterov):
     # per-tensor weight decay, acc and gradient presence and gradient dtype; more tensors than
     # one launch's struct holds in each group; random misalignment of every array
     rng = np.random.default_rng(7)
-    n = 3 * limits["max_flush_tensors"] + 25
+    n = 3 * limits["max_momentum_tensors"] + 25
     tensors = []
     for i in range(n):
         grad = [None, "f32", "f16", "bf16"][int(rng.integers(0, 4))]
@@ -402,28 +402,28 @@ def test_flush_mixed_many_tensors(runner, limits, tmp_path, nesterov):
                          wd=float(rng.choice([0.0, 1e-4, 5e-4, 0.1]))))
     tensors[3].numel = 0
     tensors[40] = T(1_000_003, "bf16", wd=1e-4)
-    launches, _, _ = run_and_check(runner, limits, tmp_path, "flush", tensors, nesterov=nesterov, seed=8)
+    launches, _, _ = run_and_check(runner, limits, tmp_path, "momentum", tensors, nesterov=nesterov, seed=8)
     assert launches >= 5
 
 
-def test_flush_chunk_split_and_block_table_overflow(runner, limits, tmp_path):
+def test_momentum_chunk_split_and_block_table_overflow(runner, limits, tmp_path):
     tensors = [T(300_001, "f32", wd=0.1), T(7, "f16", acc=False), T(50_000, "bf16"), T(64_000, None)]
-    launches, _, _ = run_and_check(runner, limits, tmp_path, "flush", tensors, chunk=1024, nesterov=True, seed=9)
+    launches, _, _ = run_and_check(runner, limits, tmp_path, "momentum", tensors, chunk=1024, nesterov=True, seed=9)
     assert launches >= 2
 
 
 @pytest.mark.parametrize("chunk", [4, 1001])
-def test_flush_odd_chunks(runner, limits, tmp_path, chunk):
+def test_momentum_odd_chunks(runner, limits, tmp_path, chunk):
     tensors = [T(n, grad=[None, "f32", "f16", "bf16"][n % 4], wd=0.01) for n in (1, 3, 4, 5, 9, 17, 4096, 10_007)]
-    run_and_check(runner, limits, tmp_path, "flush", tensors, chunk=chunk, nesterov=True, seed=10)
+    run_and_check(runner, limits, tmp_path, "momentum", tensors, chunk=chunk, nesterov=True, seed=10)
 
 
 @pytest.mark.parametrize("which", [0, 1, 2, 3])
-def test_flush_misaligned(runner, limits, tmp_path, which):
+def test_momentum_misaligned(runner, limits, tmp_path, which):
     offsets = [0, 0, 0, 0]
     offsets[which] = 1
     tensors = [T(4097, "f32", offsets=tuple(offsets)), T(4097, "f16", offsets=tuple(offsets)), T(4097, "f32")]
-    _, vec, scal = run_and_check(runner, limits, tmp_path, "flush", tensors, seed=11)
+    _, vec, scal = run_and_check(runner, limits, tmp_path, "momentum", tensors, seed=11)
     assert vec == 4096 and scal == 2 * 4097 + 1
 
 
@@ -553,7 +553,7 @@ def test_accumulate_overwrite_chunks_misaligned_many(runner, limits, tmp_path, c
     run_and_check(runner, limits, tmp_path, "accumulate", tensors, chunk=chunk, overwrite=True, seed=31)
 
 
-# ---------------------------------------------------------------- adamw_flush
+# ---------------------------------------------------------------- adamw_update
 
 
 @pytest.mark.parametrize("bias_correction", [True, False], ids=["bias-corrected", "no-correction"])

@@ -231,7 +231,7 @@ def test_kernel_library_soname_and_exports():
     names = {s.split("(")[0] for s in symbols}
     others = sorted(s for s in symbols if not s.startswith(("msaccum::cpu::", "msaccum::cuda::")))
     assert not others, f"exported beyond the msaccum API: {others[:10]}"
-    for name in ("accumulate", "momentum_flush", "sum_of_squares", "set_num_threads", "set_vector_isa",
+    for name in ("accumulate", "momentum_update", "sum_of_squares", "set_num_threads", "set_vector_isa",
                  "num_threads", "vector_isa", "pool_workers", "kernel_calls"):
         assert f"msaccum::cpu::{name}" in names, name
     assert not any("span_kernels" in s or "isa_" in s for s in names), sorted(names)

@@ -106,6 +106,15 @@ inline const void* offset_grad(const void* grad, GradType type, int64_t start) {
   return static_cast<const char*>(grad) + item * start;
 }
 
+inline float* offset_acc(float* acc, int64_t start) { return acc ? acc + start : nullptr; }
+
+template <typename Tensor>
+std::vector<int64_t> numel_of(const std::vector<Tensor>& tensors) {
+  std::vector<int64_t> numel(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) numel[i] = tensors[i].numel;
+  return numel;
+}
+
 }  // namespace
 
 int num_threads() {
@@ -130,33 +139,27 @@ bool set_vector_isa(const char* isa) {
 void accumulate(const std::vector<AccumulateTensor>& tensors, float scale, bool overwrite) {
   const SpanKernels& k = select_kernels();
   const auto span = overwrite ? k.assign : k.accumulate;
-  std::vector<int64_t> numel(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) numel[i] = tensors[i].numel;
-  for_each_balanced(numel, [&](size_t i, int64_t lo, int64_t hi) {
+  for_each_balanced(numel_of(tensors), [&](size_t i, int64_t lo, int64_t hi) {
     const AccumulateTensor& t = tensors[i];
     span(t.acc + lo, offset_grad(t.grad, t.grad_type, lo), t.grad_type, hi - lo, scale);
   });
 }
 
-void momentum_flush(const std::vector<FlushTensor>& tensors, const FlushScalars& scalars) {
+void momentum_update(const std::vector<MomentumTensor>& tensors, const MomentumScalars& scalars) {
   const SpanKernels& k = select_kernels();
-  std::vector<int64_t> numel(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) numel[i] = tensors[i].numel;
-  for_each_balanced(numel, [&](size_t i, int64_t lo, int64_t hi) {
-    const FlushTensor& t = tensors[i];
-    k.flush(t.param + lo, t.moment + lo, t.acc ? t.acc + lo : nullptr, offset_grad(t.grad, t.grad_type, lo),
-            t.grad_type, hi - lo, t.weight_decay, scalars);
+  for_each_balanced(numel_of(tensors), [&](size_t i, int64_t lo, int64_t hi) {
+    const MomentumTensor& t = tensors[i];
+    k.momentum_update(t.param + lo, t.moment + lo, offset_acc(t.acc, lo), offset_grad(t.grad, t.grad_type, lo),
+                      t.grad_type, hi - lo, t.weight_decay, scalars);
   });
 }
 
-void adamw_flush(const std::vector<AdamWTensor>& tensors, const AdamWScalars& scalars) {
+void adamw_update(const std::vector<AdamWTensor>& tensors, const AdamWScalars& scalars) {
   const SpanKernels& k = select_kernels();
-  std::vector<int64_t> numel(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) numel[i] = tensors[i].numel;
-  for_each_balanced(numel, [&](size_t i, int64_t lo, int64_t hi) {
+  for_each_balanced(numel_of(tensors), [&](size_t i, int64_t lo, int64_t hi) {
     const AdamWTensor& t = tensors[i];
-    k.adamw(t.param + lo, t.exp_avg + lo, t.exp_avg_sq + lo, t.acc ? t.acc + lo : nullptr,
-            offset_grad(t.grad, t.grad_type, lo), t.grad_type, hi - lo, t.weight_decay, scalars);
+    k.adamw_update(t.param + lo, t.exp_avg + lo, t.exp_avg_sq + lo, offset_acc(t.acc, lo),
+                   offset_grad(t.grad, t.grad_type, lo), t.grad_type, hi - lo, t.weight_decay, scalars);
   });
 }
 

@@ -5,74 +5,19 @@
 #include <cstdint>
 #include <vector>
 
+#include "../kernel_api.h"
+
 namespace msaccum {
-
-enum class GradType : uint8_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
-
-struct AccumulateTensor {
-  float* acc;
-  const void* grad;
-  GradType grad_type;
-  int64_t numel;
-};
-
-struct FlushTensor {
-  float* param;
-  float* moment;
-  float* acc;        // may be null
-  const void* grad;  // may be null
-  GradType grad_type;
-  int64_t numel;
-  float weight_decay;
-};
-
-// One tensor of adamw_flush: param and both moments float32, updated in place.
-struct AdamWTensor {
-  float* param;
-  float* exp_avg;
-  float* exp_avg_sq;
-  float* acc;        // may be null
-  const void* grad;  // may be null
-  GradType grad_type;
-  int64_t numel;
-  float weight_decay;
-};
-
-// A read-only tensor of float32, float16 or bfloat16 values (sum_of_squares).
-struct SquaresTensor {
-  const void* data;
-  GradType type;
-  int64_t numel;
-};
-
-struct FlushScalars {
-  float lr;
-  float momentum;
-  float grad_scale;
-  bool nesterov;
-};
-
-// Scalars of one adamw_flush call (accum_math.h AdamWArgs without the per-tensor weight decay).
-struct AdamWScalars {
-  float lr;
-  float beta1;
-  float beta2;
-  float eps;
-  float grad_scale;
-  float bias_correction1;  // 1 - beta1^t, or 1 without bias correction
-  float bias_correction2;  // 1 - beta2^t, or 1
-};
-
 namespace cpu {
 // The API of libmsaccum_kernels.so (the one kernel library that _C and libmsaccum_aot.so both
 // link): exported; everything after the matching pop stays internal to the library.
 #pragma GCC visibility push(default)
 
-// Spans a kernel works on: one contiguous piece of one tensor. Pointers are already offset.
 // overwrite: acc = scale * grad, never reading acc (the first micro-batch of a window).
 void accumulate(const std::vector<AccumulateTensor>& tensors, float scale, bool overwrite = false);
-void momentum_flush(const std::vector<FlushTensor>& tensors, const FlushScalars& scalars);
-void adamw_flush(const std::vector<AdamWTensor>& tensors, const AdamWScalars& scalars);
+// The window-end updates: a given acc is read, then set to 0 (kernel_api.h).
+void momentum_update(const std::vector<MomentumTensor>& tensors, const MomentumScalars& scalars);
+void adamw_update(const std::vector<AdamWTensor>& tensors, const AdamWScalars& scalars);
 
 // Sum over every element of every tensor of its square (accum_math.h square_value), in one
 // multi-threaded pass. The result depends on the vector ISA but not on the thread count:
@@ -93,7 +38,9 @@ double sum_of_squares(const std::vector<SquaresTensor>& tensors);
 void axpy_ceiling(const std::vector<float*>& a, const std::vector<const float*>& b,
                   const std::vector<int64_t>& numel, float s);
 
-// Sets every element of the listed float32 tensors to zero (the reset of a skipped window).
+// Sets every element of the listed float32 tensors to zero. The package no longer resets
+// accumulators (the first micro-batch of a window overwrites them): only the test-only AOT entry
+// MsAccumZero (tests/cpp/aot_test_entries.cpp) calls this.
 void zero(const std::vector<float*>& tensors, const std::vector<int64_t>& numel);
 
 int num_threads();
@@ -109,14 +56,15 @@ long long kernel_calls(const char* isa);
 
 #pragma GCC visibility pop
 
-// Per-ISA span kernels (defined once in cpu_kernels_impl.h, compiled per ISA).
+// Per-ISA span kernels: one contiguous piece of one tensor, pointers already offset (defined once
+// in span_kernels_isa.cpp, which CMakeLists.txt compiles once per ISA).
 struct SpanKernels {
   void (*accumulate)(float* acc, const void* grad, GradType type, int64_t n, float scale);
   void (*assign)(float* acc, const void* grad, GradType type, int64_t n, float scale);  // acc = scale * grad
-  void (*flush)(float* param, float* moment, float* acc, const void* grad, GradType type, int64_t n,
-                float weight_decay, const FlushScalars& s);
-  void (*adamw)(float* param, float* exp_avg, float* exp_avg_sq, float* acc, const void* grad, GradType type,
-                int64_t n, float weight_decay, const AdamWScalars& s);
+  void (*momentum_update)(float* param, float* moment, float* acc, const void* grad, GradType type, int64_t n,
+                          float weight_decay, const MomentumScalars& s);
+  void (*adamw_update)(float* param, float* exp_avg, float* exp_avg_sq, float* acc, const void* grad,
+                       GradType type, int64_t n, float weight_decay, const AdamWScalars& s);
   void (*axpy)(float* a, const float* b, int64_t n, float s);
   double (*sum_squares)(const void* x, GradType type, int64_t n);
 };

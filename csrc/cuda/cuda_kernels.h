@@ -1,28 +1,30 @@
 // Launchers of the CUDA kernels. Plain C++ header: no CUDA or pybind11 headers, so the host
-// frontends (aot.cpp, bindings.cpp) include it without nvcc.
+// frontends (frontends/mindspore_aot.cpp, frontends/python_bindings.cpp) include it without nvcc.
 //
 // Pointers are device pointers. Hyper-parameters are read by the kernels from device memory,
 // so a launch never waits for the host: `scale` is one float; `overwrite` is null (add) or one
 // float (0: acc += scale * grad, else acc = scale * grad); `hyper` is four floats
-// {lr, momentum, grad_scale, nesterov (0 or 1)} for momentum_flush and seven floats
-// {lr, beta1, beta2, eps, grad_scale, bias_correction1, bias_correction2} for adamw_flush;
-// `weight_decay` has one float per tensor (FlushTensor::weight_decay and
+// {lr, momentum, grad_scale, nesterov (0 or 1)} for momentum_update and seven floats
+// {lr, beta1, beta2, eps, grad_scale, bias_correction1, bias_correction2} for adamw_update;
+// `weight_decay` has one float per tensor (MomentumTensor::weight_decay and
 // AdamWTensor::weight_decay are ignored here). Launches go on `stream` (a cudaStream_t).
 #pragma once
 
-#include "../cpu/cpu_kernels.h"
+#include "../kernel_api.h"
 
 namespace msaccum {
 namespace cuda {
-// Exported by libmsaccum_kernels.so (see cpu_kernels.h); the launch internals stay hidden.
+// Exported by libmsaccum_kernels.so (as cpu/cpu_kernels.h's API); the launch internals stay hidden.
 #pragma GCC visibility push(default)
 
 // Return 0 on success, otherwise a cudaError_t value; error_string() describes it.
 int accumulate(const AccumulateTensor* tensors, int count, const float* scale, void* stream,
                const float* overwrite = nullptr);
-int momentum_flush(const FlushTensor* tensors, int count, const float* hyper, const float* weight_decay,
-                   void* stream);
-int adamw_flush(const AdamWTensor* tensors, int count, const float* hyper, const float* weight_decay, void* stream);
+// The window-end updates: a given acc is read, then set to 0 (kernel_api.h).
+int momentum_update(const MomentumTensor* tensors, int count, const float* hyper, const float* weight_decay,
+                    void* stream);
+int adamw_update(const AdamWTensor* tensors, int count, const float* hyper, const float* weight_decay,
+                 void* stream);
 // Sum over every element of every tensor of its square (accum_math.h), as one float32 stored at
 // `out` (device memory). Every thread of the first pass stores its partial sum in `workspace`
 // (device memory, `workspace_size` doubles, at least sum_of_squares_workspace() of them); two

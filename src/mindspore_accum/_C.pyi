@@ -1,4 +1,4 @@
-"""Type stub of the compiled extension (csrc/bindings.cpp)."""
+"""Type stub of the compiled extension (csrc/frontends/python_bindings.cpp)."""
 from typing import Optional, Sequence, TypedDict, Union
 
 import numpy as np
@@ -15,7 +15,7 @@ class BuildInfo(TypedDict):
 def accumulate(
     acc: Sequence[np.ndarray], grad: Sequence[np.ndarray], scale: float, *, overwrite: bool = False
 ) -> None: ...
-def momentum_flush(
+def momentum_update(
     param: Sequence[np.ndarray],
     moment: Sequence[np.ndarray],
     acc: Optional[Sequence[np.ndarray]],
@@ -27,7 +27,7 @@ def momentum_flush(
     weight_decay: Union[float, Sequence[float], np.ndarray] = 0.0,
     nesterov: bool = False,
 ) -> None: ...
-def adamw_flush(
+def adamw_update(
     param: Sequence[np.ndarray],
     exp_avg: Sequence[np.ndarray],
     exp_avg_sq: Sequence[np.ndarray],
@@ -43,6 +43,11 @@ def adamw_flush(
     grad_scale: float,
     bias_correction: bool,
 ) -> None: ...
+
+# Deprecated aliases (the same functions), kept for one release: the window-end kernels are updates.
+momentum_flush = momentum_update
+adamw_flush = adamw_update
+
 def sum_of_squares(tensors: Sequence[np.ndarray]) -> float: ...
 def sum_of_squares_workspace(numel: Sequence[int], device: str) -> int: ...
 def axpy_ceiling(a: Sequence[np.ndarray], b: Sequence[np.ndarray], s: float) -> None: ...

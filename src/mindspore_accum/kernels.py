@@ -70,7 +70,7 @@ def momentum_update(
     ``param``, ``moment`` and ``acc`` are float32; ``grad`` float32, float16 or bfloat16.
     Raises ``TypeError``/``ValueError`` naming the argument and index before anything is written.
     """
-    _C.momentum_flush(param, moment, acc, grad, lr=lr, momentum=momentum, grad_scale=grad_scale,
+    _C.momentum_update(param, moment, acc, grad, lr=lr, momentum=momentum, grad_scale=grad_scale,
                       weight_decay=weight_decay, nesterov=nesterov)
 
 
@@ -110,7 +110,7 @@ def adamw_update(
     ``eps > 0``, finite ``grad_scale`` and weight decays, ``step >= 1``, and the arrays as in
     :func:`momentum_update` (``TypeError``/``ValueError`` naming the argument and index).
     """
-    _C.adamw_flush(param, exp_avg, exp_avg_sq, acc, grad, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+    _C.adamw_update(param, exp_avg, exp_avg_sq, acc, grad, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                    weight_decay=weight_decay, step=step, grad_scale=grad_scale, bias_correction=bias_correction)
 
 

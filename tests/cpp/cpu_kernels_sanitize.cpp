@@ -3,7 +3,8 @@
 // computed here in double precision from the kernel contract (docs: "The kernel contract"; the
 // reference does not use accum_math.h). Built and run by tests/test_cpu_sanitizers.py:
 //
-//   g++ -std=c++17 -fsanitize=address,undefined ... csrc/cpu/*.cpp (per-ISA flags as in CMakeLists.txt)
+//   g++ -std=c++17 -fsanitize=address,undefined ... csrc/cpu/*.cpp (span_kernels_isa.cpp once per ISA,
+//       with the defines and flags of CMakeLists.txt)
 //       tests/cpp/cpu_kernels_sanitize.cpp -o cpu_kernels_sanitize
 //
 // Usage: cpu_kernels_sanitize [--quick] [--isa NAME] [--no-fork]
@@ -14,9 +15,9 @@
 // wrong value. What runs, for each ISA the CPU supports and thread counts 1..7 (more threads than
 // cores included): single tensors of tail sizes around the vector width, the widening block
 // (1024) and the per-thread minimum (32768); thousands of small tensors in one call (thread ranges
-// cut across tensor boundaries); fp32/fp16/bf16 gradients with subnormals, inf and nan; flush
+// cut across tensor boundaries); fp32/fp16/bf16 gradients with subnormals, inf and nan; momentum_update
 // with and without acc/grad, nesterov, per-tensor weight decay; accumulate with overwrite (NaN in
-// the accumulators before); adamw_flush with and without acc/grad and bias correction, per-tensor
+// the accumulators before); adamw_update with and without acc/grad and bias correction, per-tensor
 // weight decay; zero(), axpy_ceiling() and
 // sum_of_squares() (with and without inf/nan, squares overflowing float32); calls
 // alternating thread counts (the pool grows and idles workers); two threads calling the kernels at
@@ -51,8 +52,8 @@
 using msaccum::AccumulateTensor;
 using msaccum::AdamWScalars;
 using msaccum::AdamWTensor;
-using msaccum::FlushScalars;
-using msaccum::FlushTensor;
+using msaccum::MomentumScalars;
+using msaccum::MomentumTensor;
 using msaccum::GradType;
 namespace cpu = msaccum::cpu;
 
@@ -237,14 +238,14 @@ void run_accumulate(Rng& r, const std::vector<int64_t>& sizes, int grad_type, fl
   ++g_checks;
 }
 
-// ---------------------------------------------------------------- one momentum_flush case
+// ---------------------------------------------------------------- one momentum_update case
 
-void run_flush(Rng& r, const std::vector<int64_t>& sizes, int grad_type, bool nesterov) {
+void run_momentum(Rng& r, const std::vector<int64_t>& sizes, int grad_type, bool nesterov) {
   const size_t n = sizes.size();
-  const FlushScalars sc{0.05f, 0.9f, 0.125f, nesterov};
+  const MomentumScalars sc{0.05f, 0.9f, 0.125f, nesterov};
   std::vector<Buf<float>> param(n), moment(n), acc(n), g32(n);
   std::vector<Buf<uint16_t>> g16(n);
-  std::vector<FlushTensor> ts(n);
+  std::vector<MomentumTensor> ts(n);
   std::vector<std::vector<float>> p0(n), m0(n), a0(n);
   for (size_t k = 0; k < n; ++k) {
     const int64_t m = sizes[k];
@@ -279,10 +280,10 @@ void run_flush(Rng& r, const std::vector<int64_t>& sizes, int grad_type, bool ne
     const float wd = static_cast<float>(r.uniform(0, 3)) * 1e-3f;
     ts[k] = {param[k].data(), moment[k].data(), ap, g, t, m, wd};
   }
-  cpu::momentum_flush(ts, sc);
+  cpu::momentum_update(ts, sc);
   const double lr = sc.lr, mom = sc.momentum, gs = sc.grad_scale;
   for (size_t k = 0; k < n; ++k) {
-    const FlushTensor& t = ts[k];
+    const MomentumTensor& t = ts[k];
     const double wd = t.weight_decay;
     for (int64_t i = 0; i < sizes[k]; ++i) {
       double summed = 0, smag = 0;
@@ -298,16 +299,16 @@ void run_flush(Rng& r, const std::vector<int64_t>& sizes, int grad_type, bool ne
       const double gmag = smag * gs + wd * std::fabs(p);
       const double vmag = mom * std::fabs(v0) + gmag;
       const double pmag = std::fabs(p) + lr * (nesterov ? gmag + mom * vmag : vmag);
-      if (!close(moment[k][i], v, 4 * vmag, 4)) return fail(where("flush moment", k, i, moment[k][i], v));
-      if (!close(param[k][i], pn, 4 * pmag, 4)) return fail(where("flush param", k, i, param[k][i], pn));
-      if (t.acc && acc[k][i] != 0.0f) return fail(where("flush acc", k, i, acc[k][i], 0.0));
+      if (!close(moment[k][i], v, 4 * vmag, 4)) return fail(where("momentum_update moment", k, i, moment[k][i], v));
+      if (!close(param[k][i], pn, 4 * pmag, 4)) return fail(where("momentum_update param", k, i, param[k][i], pn));
+      if (t.acc && acc[k][i] != 0.0f) return fail(where("momentum_update acc", k, i, acc[k][i], 0.0));
     }
     g_elements += sizes[k];
   }
   ++g_checks;
 }
 
-// ---------------------------------------------------------------- one adamw_flush case
+// ---------------------------------------------------------------- one adamw_update case
 
 double finite_abs(double x) { return std::isfinite(x) ? std::fabs(x) : 0.0; }
 
@@ -358,7 +359,7 @@ void run_adamw(Rng& r, const std::vector<int64_t>& sizes, int grad_type, bool bi
     const float wd = static_cast<float>(r.uniform(0, 3)) * 1e-2f;
     ts[k] = {param[k].data(), m1[k].data(), m2[k].data(), ap, g, t, m, wd};
   }
-  cpu::adamw_flush(ts, sc);
+  cpu::adamw_update(ts, sc);
   const double lr = sc.lr, b1 = sc.beta1, b2 = sc.beta2, eps = sc.eps, gs = sc.grad_scale;
   const double bc1 = sc.bias_correction1, bc2 = sc.bias_correction2;
   for (size_t k = 0; k < n; ++k) {
@@ -525,7 +526,7 @@ void run_all_sizes(Rng& r, bool quick) {
     const int gt = index % 4 == 3 ? -1 : index % 4;  // f32, f16, bf16, or mixed per tensor
     run_accumulate(r, sizes, gt, index % 2 ? 0.37f : -1.5f);
     run_accumulate(r, sizes, gt, index % 2 ? -0.75f : 2.0f, /*overwrite=*/true);
-    run_flush(r, sizes, gt, index % 2 == 0);
+    run_momentum(r, sizes, gt, index % 2 == 0);
     run_adamw(r, sizes, gt, index % 2 == 1);
     if (index % 3 == 0) run_zero_axpy(r, sizes);
     run_squares(r, sizes, gt);
@@ -563,7 +564,7 @@ void scenario_varying_threads(bool quick) {
     cpu::set_num_threads(counts[i % 10]);
     const int64_t big = (1 + i % 4) * kPerThread + r.uniform(0, 100);
     run_accumulate(r, {big, r.uniform(0, 50)}, i % 3, 0.5f);
-    if (i % 5 == 0) run_flush(r, {r.uniform(0, 70000), 17}, i % 3, i % 2);
+    if (i % 5 == 0) run_momentum(r, {r.uniform(0, 70000), 17}, i % 3, i % 2);
     if (i % 5 == 1) run_squares(r, {big, r.uniform(0, 70000)}, i % 3);
     if (i % 5 == 2) run_adamw(r, {r.uniform(0, 70000), big}, i % 3, i % 2);
     if (i % 5 == 3) run_accumulate(r, {big, r.uniform(0, 50)}, i % 3, 1.5f, /*overwrite=*/true);
@@ -578,7 +579,7 @@ void scenario_concurrent_callers(bool quick) {
     Rng r(seed);
     for (int i = 0; i < (quick ? 6 : 20); ++i) {
       run_accumulate(r, {3 * kPerThread + r.uniform(0, 99), r.uniform(0, 9)}, -1, 2.0f);
-      run_flush(r, {2 * kPerThread + r.uniform(0, 99)}, -1, true);
+      run_momentum(r, {2 * kPerThread + r.uniform(0, 99)}, -1, true);
       run_adamw(r, {2 * kPerThread + r.uniform(0, 99)}, -1, true);
       run_squares(r, {3 * kPerThread + r.uniform(0, 99), r.uniform(0, 9)}, -1);
     }
@@ -608,7 +609,7 @@ void scenario_fork(bool quick) {
       for (int t : {4, 2, 3}) {
         cpu::set_num_threads(t);
         run_accumulate(rc, {4 * kPerThread + 3, 5}, -1, 0.25f);
-        run_flush(rc, {3 * kPerThread + 1}, -1, false);
+        run_momentum(rc, {3 * kPerThread + 1}, -1, false);
         run_adamw(rc, {3 * kPerThread + 1}, -1, true);
         run_accumulate(rc, {2 * kPerThread + 7}, -1, 0.5f, /*overwrite=*/true);
       }

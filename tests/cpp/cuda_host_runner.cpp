@@ -15,17 +15,17 @@
 // the kernels read).
 //
 // Case file (little endian):
-//   int32 magic 'MSAC'; int32 op (0 accumulate, 1 momentum_flush, 2 zero_fill, 3 sum_of_squares,
-//   4 adamw_flush); int32 count;
+//   int32 magic 'MSAC'; int32 op (0 accumulate, 1 momentum_update, 2 zero_fill, 3 sum_of_squares,
+//   4 adamw_update); int32 count;
 //   int64 chunk (0: the public launchers, else internal::*_chunked with this chunk size);
 //   float32[4] scalars (accumulate: scale, overwrite value, overwrite given (0: null pointer), 0;
-//                      momentum_flush: lr, momentum, grad_scale, nesterov;
+//                      momentum_update: lr, momentum, grad_scale, nesterov;
 //                      sum_of_squares: workspace elements beyond the required count (-1: one short), 0, 0, 0;
-//                      adamw_flush: lr, beta1, beta2, eps);
+//                      adamw_update: lr, beta1, beta2, eps);
 //   op 4 only: float32[4] more (grad_scale, bias_correction1, bias_correction2, 0);
 //   op 0/1/3/4: count x {int64 numel; int32 grad_type (0 f32, 1 f16, 2 bf16, -1 absent); int32 has_acc;
 //                    int32 offset[5] (elements before param, moment, acc, grad, exp_avg_sq); float32 weight_decay}
-//           then per tensor the arrays in the order param, moment (flush, adamw: exp_avg), exp_avg_sq (adamw),
+//           then per tensor the arrays in the order param, moment (momentum; adamw: exp_avg), exp_avg_sq (adamw),
 //           acc, grad (present ones);
 //           (sum_of_squares reads the "grad" arrays: its tensors have no acc);
 //   op 2:   count float32 values (zero_fill fills them with zeros).
@@ -100,10 +100,10 @@ int info() {
   namespace in = msaccum::cuda::internal;
   std::printf(
       "{\"block_threads\": %d, \"chunk_elems\": %lld, \"max_blocks\": %d, \"max_accumulate_tensors\": %d, "
-      "\"max_flush_tensors\": %d, \"max_squares_tensors\": %d, \"max_adamw_tensors\": %d, \"runtime_version\": \"%s\", "
+      "\"max_momentum_tensors\": %d, \"max_squares_tensors\": %d, \"max_adamw_tensors\": %d, \"runtime_version\": \"%s\", "
       "\"error_string_1\": \"%s\", \"bad_count\": %d, \"bad_chunk\": %d, \"bad_numel\": %d, \"empty\": %d, "
       "\"zero_fill_null\": %d, \"adamw_bad_numel\": %d, \"adamw_null_hyper\": %d, \"adamw_empty\": %d}\n",
-      in::kBlockThreads, in::kChunkElems, in::kMaxBlocksPerLaunch, in::kMaxAccumulateTensors, in::kMaxFlushTensors,
+      in::kBlockThreads, in::kChunkElems, in::kMaxBlocksPerLaunch, in::kMaxAccumulateTensors, in::kMaxMomentumTensors,
       in::kMaxSquaresTensors, in::kMaxAdamWTensors,
       msaccum::cuda::runtime_version(), msaccum::cuda::error_string(1),
       msaccum::cuda::accumulate(nullptr, -1, nullptr, nullptr),
@@ -114,22 +114,22 @@ int info() {
       }(),
       [] {
         float p = 0, m = 0, hyper[4] = {0, 0, 0, 0}, wd = 0;
-        msaccum::FlushTensor t{&p, &m, nullptr, nullptr, msaccum::GradType::kFloat32, -1, 0.0f};
-        return msaccum::cuda::momentum_flush(&t, 1, hyper, &wd, nullptr);
+        msaccum::MomentumTensor t{&p, &m, nullptr, nullptr, msaccum::GradType::kFloat32, -1, 0.0f};
+        return msaccum::cuda::momentum_update(&t, 1, hyper, &wd, nullptr);
       }(),
-      msaccum::cuda::momentum_flush(nullptr, 0, nullptr, nullptr, nullptr),
+      msaccum::cuda::momentum_update(nullptr, 0, nullptr, nullptr, nullptr),
       msaccum::cuda::zero_fill(nullptr, 4, nullptr),
       [] {
         float p = 0, m = 0, v = 0, hyper[7] = {0, 0, 0, 1, 0, 1, 1}, wd = 0;
         msaccum::AdamWTensor t{&p, &m, &v, nullptr, nullptr, msaccum::GradType::kFloat32, -1, 0.0f};
-        return msaccum::cuda::adamw_flush(&t, 1, hyper, &wd, nullptr);
+        return msaccum::cuda::adamw_update(&t, 1, hyper, &wd, nullptr);
       }(),
       [] {
         float p = 0, m = 0, v = 0, wd = 0;
         msaccum::AdamWTensor t{&p, &m, &v, nullptr, nullptr, msaccum::GradType::kFloat32, 1, 0.0f};
-        return msaccum::cuda::adamw_flush(&t, 1, nullptr, &wd, nullptr);
+        return msaccum::cuda::adamw_update(&t, 1, nullptr, &wd, nullptr);
       }(),
-      msaccum::cuda::adamw_flush(nullptr, 0, nullptr, nullptr, nullptr));
+      msaccum::cuda::adamw_update(nullptr, 0, nullptr, nullptr, nullptr));
   return 0;
 }
 
@@ -201,7 +201,7 @@ int main(int argc, char** argv) {
     rc = chunk > 0 ? msaccum::cuda::internal::accumulate_chunked(list.data(), count, scale, nullptr, chunk, flag)
                    : msaccum::cuda::accumulate(list.data(), count, scale, nullptr, flag);
   } else if (op == 1) {
-    std::vector<msaccum::FlushTensor> list(count);
+    std::vector<msaccum::MomentumTensor> list(count);
     for (int i = 0; i < count; ++i) {
       const Tensor& t = tensors[i];
       list[i] = {static_cast<float*>(t.param.data()),
@@ -213,8 +213,8 @@ int main(int argc, char** argv) {
                  -12345.0f};  // must be ignored by the CUDA launcher (weight decay comes from device memory)
     }
     rc = chunk > 0
-             ? msaccum::cuda::internal::momentum_flush_chunked(list.data(), count, hyper, weight_decay, nullptr, chunk)
-             : msaccum::cuda::momentum_flush(list.data(), count, hyper, weight_decay, nullptr);
+             ? msaccum::cuda::internal::momentum_update_chunked(list.data(), count, hyper, weight_decay, nullptr, chunk)
+             : msaccum::cuda::momentum_update(list.data(), count, hyper, weight_decay, nullptr);
   } else if (op == 4) {
     std::vector<msaccum::AdamWTensor> list(count);
     for (int i = 0; i < count; ++i) {
@@ -229,8 +229,8 @@ int main(int argc, char** argv) {
                  -12345.0f};  // must be ignored by the CUDA launcher (weight decay comes from device memory)
     }
     rc = chunk > 0
-             ? msaccum::cuda::internal::adamw_flush_chunked(list.data(), count, hyper, weight_decay, nullptr, chunk)
-             : msaccum::cuda::adamw_flush(list.data(), count, hyper, weight_decay, nullptr);
+             ? msaccum::cuda::internal::adamw_update_chunked(list.data(), count, hyper, weight_decay, nullptr, chunk)
+             : msaccum::cuda::adamw_update(list.data(), count, hyper, weight_decay, nullptr);
   } else if (op == 2) {
     rc = msaccum::cuda::zero_fill(static_cast<float*>(zeros.data()), count, nullptr);
   } else if (op == 3) {

@@ -49,10 +49,10 @@ ENTRIES = {
     "accumulate": AotEntry("MsAccumAccumulate", ("scale", "overwrite"), (), ("acc", "grad"), "placeholder"),
     "sum_of_squares": AotEntry("MsAccumSumSquares", (), (), ("x",), "sum_of_squares"),
     # the window end of FusedMomentum: param and moment updated from grad * grad_scale (nesterov 0/1)
-    "momentum_update": AotEntry("MsAccumFlushGrad", ("lr", "momentum", "grad_scale", "nesterov"),
+    "momentum_update": AotEntry("MsAccumMomentumUpdate", ("lr", "momentum", "grad_scale", "nesterov"),
                                 ("weight_decay",), ("param", "moment", "grad"), "placeholder"),
     # the window end of FusedAdamW; the bias corrections are precomputed (1 - beta^t, or 1)
-    "adamw_update": AotEntry("MsAccumAdamWGrad",
+    "adamw_update": AotEntry("MsAccumAdamWUpdate",
                              ("lr", "beta1", "beta2", "eps", "grad_scale", "bias_correction1", "bias_correction2"),
                              ("weight_decay",), ("param", "exp_avg", "exp_avg_sq", "grad"), "placeholder"),
 }

@@ -1,6 +1,6 @@
 // Detects arguments that share memory where that would corrupt the result: a buffer that is
 // written must not overlap any other buffer of the call (read-only buffers may overlap each
-// other). Used by both frontends, bindings.cpp and aot.cpp.
+// other). Used by both frontends, python_bindings.cpp and aot_ops.h (mindspore_aot.cpp).
 #pragma once
 
 #include <algorithm>

@@ -13,20 +13,20 @@
 #include <string>
 #include <vector>
 
-#include "cpu/cpu_kernels.h"
+#include "../cpu/cpu_kernels.h"
 #include "overlap.h"
 
 #ifdef MSACCUM_WITH_CUDA
-#include "cuda/cuda_kernels.h"
+#include "../cuda/cuda_kernels.h"
 #endif
 
 namespace py = pybind11;
 using msaccum::AccumulateTensor;
 using msaccum::AdamWScalars;
 using msaccum::AdamWTensor;
-using msaccum::FlushScalars;
-using msaccum::FlushTensor;
 using msaccum::GradType;
+using msaccum::MomentumScalars;
+using msaccum::MomentumTensor;
 
 namespace {
 
@@ -143,19 +143,25 @@ void check_no_overlap(const std::vector<std::pair<const ArrayList*, bool>>& list
                           "; arrays that are updated in place must not overlap any other argument");
 }
 
-float to_float(const py::handle& obj, const char* name) {
+// The one parser of Python numbers: a real number (int, float, NumPy scalar, anything with
+// __float__ or __index__, but not None, str or bytes) as a double; TypeError naming the argument.
+double real_number(const py::handle& obj, const char* name) {
   if (obj.is_none()) throw py::type_error(std::string(name) + " must be a real number, got None");
-  if (py::isinstance<py::str>(obj) || py::isinstance<py::bytes>(obj))
-    throw py::type_error(std::string(name) + " must be a real number, got " +
-                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  const auto not_real = [&] {
+    return py::type_error(std::string(name) + " must be a real number, got " +
+                          py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  };
+  if (py::isinstance<py::str>(obj) || py::isinstance<py::bytes>(obj)) throw not_real();
   const double v = PyFloat_AsDouble(obj.ptr());
   if (v == -1.0 && PyErr_Occurred()) {
     PyErr_Clear();
-    throw py::type_error(std::string(name) + " must be a real number, got " +
-                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+    throw not_real();
   }
-  return static_cast<float>(v);
+  return v;
 }
+
+// A real number rounded to float32 (no range check: the kernels' contract covers any value).
+float to_float(const py::handle& obj, const char* name) { return static_cast<float>(real_number(obj, name)); }
 
 // A Python bool or numpy.bool_ (not an int: overwrite=1 is more likely a mistake than a flag).
 bool to_bool(const py::handle& obj, const char* name) {
@@ -183,6 +189,22 @@ void accumulate(const py::object& acc_obj, const py::object& grad_obj, const py:
   }
   py::gil_scoped_release release;
   msaccum::cpu::accumulate(tensors, scale, overwrite);
+}
+
+float* float_data(ArrayList& l, size_t i) { return static_cast<float*>(l.arrays[i].mutable_data()); }
+
+// The fields every update tensor has (kernel_api.h MomentumTensor, AdamWTensor), for tensor i of
+// already checked lists: param, acc and grad (null when the list is None), the gradient type
+// (float32 when absent), the size and the weight decay.
+template <typename Tensor>
+void fill_update_tensor(Tensor& t, size_t i, ArrayList& param, ArrayList& acc, const ArrayList& grad,
+                        float weight_decay) {
+  t.param = float_data(param, i);
+  t.acc = acc.present ? float_data(acc, i) : nullptr;
+  t.grad = grad.present ? grad.arrays[i].data() : nullptr;
+  t.grad_type = grad.present ? grad_type_of(grad.arrays[i], label(grad, i)) : GradType::kFloat32;
+  t.numel = static_cast<int64_t>(param.arrays[i].size());
+  t.weight_decay = weight_decay;
 }
 
 // weight_decay: a real number, a 0-d array, or a 1-D list/tuple/array of one real number per tensor.
@@ -213,15 +235,15 @@ std::vector<float> weight_decay_list(const py::object& obj, size_t n, const char
   return weight_decay;
 }
 
-void momentum_flush(const py::object& param_obj, const py::object& moment_obj, const py::object& acc_obj,
+void momentum_update(const py::object& param_obj, const py::object& moment_obj, const py::object& acc_obj,
                     const py::object& grad_obj, const py::object& lr_obj, const py::object& momentum_obj,
                     const py::object& grad_scale_obj, const py::object& weight_decay_obj, bool nesterov) {
   ArrayList param = take_list(param_obj, "param", false);
   ArrayList moment = take_list(moment_obj, "moment", false);
   ArrayList acc = take_list(acc_obj, "acc", true);
   ArrayList grad = take_list(grad_obj, "grad", true);
-  const FlushScalars scalars{to_float(lr_obj, "lr"), to_float(momentum_obj, "momentum"),
-                             to_float(grad_scale_obj, "grad_scale"), nesterov};
+  const MomentumScalars scalars{to_float(lr_obj, "lr"), to_float(momentum_obj, "momentum"),
+                                to_float(grad_scale_obj, "grad_scale"), nesterov};
   const size_t n = param.arrays.size();
   const std::vector<float> weight_decay = weight_decay_list(weight_decay_obj, n, "param", false);
 
@@ -234,34 +256,20 @@ void momentum_flush(const py::object& param_obj, const py::object& moment_obj, c
   check_grad_list(grad);
   check_no_overlap({{&param, true}, {&moment, true}, {&acc, true}, {&grad, false}});
 
-  std::vector<FlushTensor> tensors(n);
+  std::vector<MomentumTensor> tensors(n);
   for (size_t i = 0; i < n; ++i) {
-    FlushTensor& t = tensors[i];
-    t.param = static_cast<float*>(param.arrays[i].mutable_data());
-    t.moment = static_cast<float*>(moment.arrays[i].mutable_data());
-    t.acc = acc.present ? static_cast<float*>(acc.arrays[i].mutable_data()) : nullptr;
-    t.grad = grad.present ? grad.arrays[i].data() : nullptr;
-    t.grad_type = grad.present ? grad_type_of(grad.arrays[i], label(grad, i)) : GradType::kFloat32;
-    t.numel = static_cast<int64_t>(param.arrays[i].size());
-    t.weight_decay = weight_decay[i];
+    MomentumTensor& t = tensors[i];
+    t.moment = float_data(moment, i);
+    fill_update_tensor(t, i, param, acc, grad, weight_decay[i]);
   }
   py::gil_scoped_release release;
-  msaccum::cpu::momentum_flush(tensors, scalars);
+  msaccum::cpu::momentum_update(tensors, scalars);
 }
 
 // A real number as a double, checked: finite, and within [lo, hi] (hi_open: hi excluded;
 // lo_open: lo excluded). The message names the argument and the rule it breaks.
 double checked_real(const py::handle& obj, const char* name, double lo, bool lo_open, double hi, bool hi_open) {
-  if (obj.is_none()) throw py::type_error(std::string(name) + " must be a real number, got None");
-  if (py::isinstance<py::str>(obj) || py::isinstance<py::bytes>(obj))
-    throw py::type_error(std::string(name) + " must be a real number, got " +
-                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
-  const double v = PyFloat_AsDouble(obj.ptr());
-  if (v == -1.0 && PyErr_Occurred()) {
-    PyErr_Clear();
-    throw py::type_error(std::string(name) + " must be a real number, got " +
-                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
-  }
+  const double v = real_number(obj, name);
   const auto bound = [](double b) { return py::str(py::float_(b)).cast<std::string>(); };
   if (!std::isfinite(v)) throw py::value_error(std::string(name) + " must be finite, got " + bound(v));
   if (static_cast<float>(v) != 0.0f && !std::isfinite(static_cast<float>(v)))
@@ -275,7 +283,7 @@ double checked_real(const py::handle& obj, const char* name, double lo, bool lo_
   return v;
 }
 
-void adamw_flush(const py::object& param_obj, const py::object& exp_avg_obj, const py::object& exp_avg_sq_obj,
+void adamw_update(const py::object& param_obj, const py::object& exp_avg_obj, const py::object& exp_avg_sq_obj,
                  const py::object& acc_obj, const py::object& grad_obj, const py::object& lr_obj,
                  const py::object& beta1_obj, const py::object& beta2_obj, const py::object& eps_obj,
                  const py::object& weight_decay_obj, const py::object& step_obj, const py::object& grad_scale_obj,
@@ -331,17 +339,12 @@ void adamw_flush(const py::object& param_obj, const py::object& exp_avg_obj, con
   std::vector<AdamWTensor> tensors(n);
   for (size_t i = 0; i < n; ++i) {
     AdamWTensor& t = tensors[i];
-    t.param = static_cast<float*>(param.arrays[i].mutable_data());
-    t.exp_avg = static_cast<float*>(exp_avg.arrays[i].mutable_data());
-    t.exp_avg_sq = static_cast<float*>(exp_avg_sq.arrays[i].mutable_data());
-    t.acc = acc.present ? static_cast<float*>(acc.arrays[i].mutable_data()) : nullptr;
-    t.grad = grad.present ? grad.arrays[i].data() : nullptr;
-    t.grad_type = grad.present ? grad_type_of(grad.arrays[i], label(grad, i)) : GradType::kFloat32;
-    t.numel = static_cast<int64_t>(param.arrays[i].size());
-    t.weight_decay = weight_decay[i];
+    t.exp_avg = float_data(exp_avg, i);
+    t.exp_avg_sq = float_data(exp_avg_sq, i);
+    fill_update_tensor(t, i, param, acc, grad, weight_decay[i]);
   }
   py::gil_scoped_release release;
-  msaccum::cpu::adamw_flush(tensors, scalars);
+  msaccum::cpu::adamw_update(tensors, scalars);
 }
 
 double sum_of_squares(const py::object& tensors_obj) {
@@ -410,20 +413,25 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "mindspore_accum kernels: fused gradient accumulation and momentum update over tensor lists";
+  m.doc() = "mindspore_accum kernels: fused gradient accumulation, window-end updates (momentum, AdamW) and sum of "
+            "squares over tensor lists";
   m.def("accumulate", &accumulate, py::arg("acc"), py::arg("grad"), py::arg("scale"), py::kw_only(),
         py::arg("overwrite") = false,
         "acc[i] += scale * grad[i] for every i, in place, in one multi-threaded call; with overwrite=True "
         "acc[i] = scale * grad[i], the accumulators' previous content never read.");
-  m.def("momentum_flush", &momentum_flush, py::arg("param"), py::arg("moment"), py::arg("acc"), py::arg("grad"),
+  m.def("momentum_update", &momentum_update, py::arg("param"), py::arg("moment"), py::arg("acc"), py::arg("grad"),
         py::kw_only(), py::arg("lr"), py::arg("momentum"), py::arg("grad_scale"), py::arg("weight_decay") = 0.0,
         py::arg("nesterov") = false,
         "Fused end of an accumulation window: momentum update of param from (acc + grad) * grad_scale, then acc = 0.");
-  m.def("adamw_flush", &adamw_flush, py::arg("param"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("acc"),
+  m.def("adamw_update", &adamw_update, py::arg("param"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("acc"),
         py::arg("grad"), py::kw_only(), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
         py::arg("weight_decay"), py::arg("step"), py::arg("grad_scale"), py::arg("bias_correction"),
         "Fused end of an accumulation window: AdamW update (decoupled weight decay) of param from "
         "(acc + grad) * grad_scale, then acc = 0; bias corrections 1 - beta**step when bias_correction.");
+  // The window-end kernels are updates; their 0.2 names stay as aliases of the same functions
+  // for one release (deprecated).
+  m.attr("momentum_flush") = m.attr("momentum_update");
+  m.attr("adamw_flush") = m.attr("adamw_update");
   m.def("sum_of_squares", &sum_of_squares, py::arg("tensors"),
         "Sum over all elements of all tensors (float32, float16 or bfloat16) of x*x, squares in float32, "
         "partial sums in double; one multi-threaded pass. NaN/inf (or overflow) make the result non-finite.");
