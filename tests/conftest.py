@@ -152,6 +152,33 @@ def random_array(rng, shape, dtype, scale=1.0):
     return np.array(rng.standard_normal(shape) * scale, dtype=np.float32).astype(dtype)
 
 
+# ---- markers: the tier of a test is its folder (registered in pyproject.toml) ----
+
+TIERS = ("kernels", "cell", "distributed", "examples", "benchmarks", "build")
+# The MindSpore-facing tests run on the oldest supported MindSpore release too (.ci/run,
+# `-m matrix`): the ones most sensitive to the release. test_cell.py and kill-and-resume run on
+# the newest release only, for time.
+MATRIX_FILES = {"test_aot.py", "test_items.py", "test_guards.py", "test_fused_adamw.py", "test_nonfinite.py",
+                "test_distributed.py", "test_compat.py"}
+# The long tests (over ~20 s each on the 2-core development machine, `pytest --durations`): left
+# out of the development loop `pytest -m "not slow"`, run by CI. A whole file by name, or one
+# test by its node id without the parameters.
+SLOW = set()
+
+
+def pytest_collection_modifyitems(config, items):
+    here = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        rel = os.path.relpath(str(item.path), here).split(os.sep)
+        if len(rel) > 1 and rel[0] in TIERS:
+            item.add_marker(rel[0])
+        if rel[-1] in MATRIX_FILES:
+            item.add_marker("matrix")
+        name = item.nodeid.split("[", 1)[0].rsplit("/", 1)[-1]
+        if rel[-1] in SLOW or name in SLOW:
+            item.add_marker("slow")
+
+
 @pytest.fixture
 def rng(request):
     # Seeded per test (by its node id) so every test is reproducible on its own.
