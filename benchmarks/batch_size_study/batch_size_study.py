@@ -20,9 +20,9 @@ in its own process (so peak memory is per configuration), and writes
   ||w_acc - w_plain|| / ||w_plain|| and max |w_acc - w_plain| after every update, for the
   BatchNorm ResNet50 and for a GroupNorm variant (per-sample normalisation: no batch statistics).
 
-    python benchmarks/batch_size_study.py --quick      # < 10 min on 2 quiet cores
-    python benchmarks/batch_size_study.py              # the full study (~35 min on 2 cores)
-    python benchmarks/batch_size_study.py --report-only  # rewrite the report from cached results
+    python -m benchmarks.batch_size_study.batch_size_study --quick      # < 10 min on 2 quiet cores
+    python -m benchmarks.batch_size_study.batch_size_study              # the full study (~35 min on 2 cores)
+    python -m benchmarks.batch_size_study.batch_size_study --report-only  # rewrite the report from cached results
 
 Each configuration's result is cached as JSON in ``<out-dir>/batch_size_study_runs/<profile>/``;
 a rerun skips configurations whose cached result matches the requested settings (``--force``
@@ -40,12 +40,11 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-EXAMPLES = os.path.join(ROOT, "examples")
-if HERE not in sys.path:  # run as a script it already is; imported from elsewhere it may not be
-    sys.path.insert(0, HERE)
-from proc_memory import import_mindspore, peak_rss_mib, reset_peak_rss, rss_mib  # noqa: E402
+from benchmarks.common.proc_memory import import_mindspore, peak_rss_mib, reset_peak_rss, rss_mib
+from benchmarks.common.rounds import REPO as ROOT
+from benchmarks.common.rounds import module_command, worker_env
+
+MODULE = "benchmarks.batch_size_study.batch_size_study"
 DEFAULT_DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "cifar10-subset",
                                              "cifar-10-batches-bin"))
 RESULT_VERSION = 3  # 3: zero-initialised last scale per block, ResNet50(norm=...)
@@ -103,16 +102,13 @@ def plan(args) -> list:
 # ============================================================================ the worker (one process per configuration)
 
 def _import_mindspore(mode: str):
-    ms = import_mindspore(mode)
-    if EXAMPLES not in sys.path:
-        sys.path.insert(0, EXAMPLES)
-    return ms
+    return import_mindspore(mode)
 
 
 def build_resnet50(norm: str = "batch"):
     """The example's ResNet50 (CIFAR stem, zero-initialised last scale per block);
     ``norm="group"``: GroupNorm instead of BatchNorm (per-sample statistics)."""
-    import resnet50 as rn
+    from examples.resnet50_cifar10 import model as rn
     return rn.ResNet50(num_classes=10, norm=norm)
 
 
@@ -188,7 +184,7 @@ def worker_train(config: dict) -> dict:
     t_start = time.perf_counter()
     import numpy as np
     ms = _import_mindspore(config["mode"])
-    import cifar10_data as cd
+    from examples.resnet50_cifar10 import data as cd
     from mindspore import nn
 
     micro, k, samples = config["micro_batch"], config["accum_steps"], config["samples"]
@@ -262,7 +258,7 @@ def worker_train(config: dict) -> dict:
 
 def _evaluate(net, config) -> dict:
     import numpy as np
-    import cifar10_data as cd
+    from examples.resnet50_cifar10 import data as cd
     images, labels, _ = cd.load_split(config["data_dir"], "test", limit=config["limit_test"])
     dataset = cd.make_dataset(images, labels, 100, augment=False, num_workers=1)
     net.set_train(False)
@@ -286,7 +282,7 @@ def worker_distance(config: dict) -> dict:
     t_start = time.perf_counter()
     import numpy as np
     ms = _import_mindspore(config["mode"])
-    import cifar10_data as cd
+    from examples.resnet50_cifar10 import data as cd
     from mindspore import Tensor, nn
 
     micro, k, updates = config["micro_batch"], config["accum_steps"], config["updates"]
@@ -398,10 +394,8 @@ def run_configuration(config: dict, path: str, force: bool, timeout: float | Non
                 return cached, "cached"
         except (OSError, ValueError):
             pass
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(config), "--worker-out", path]
-    env = dict(os.environ)
-    env.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-    env.setdefault("GLOG_v", "3")
+    cmd = module_command(MODULE, "--worker", json.dumps(config), "--worker-out", path)
+    env = worker_env()
     env.setdefault("PYTHONUNBUFFERED", "1")
     try:
         proc = subprocess.run(cmd, env=env, timeout=timeout, check=False)
@@ -478,8 +472,7 @@ def main(argv=None) -> int:
         print("error: --samples must be a multiple of 128 (the largest effective batch of the training panel)",
               file=sys.stderr)
         return 2
-    sys.path.insert(0, HERE)
-    import study_report
+    from benchmarks.batch_size_study import study_report
 
     configs = plan(args)
     if args.list:
@@ -508,9 +501,8 @@ def main(argv=None) -> int:
             status[c["name"]] = how
             print(f"[{i}/{len(configs)}] {c['name']}: {how} ({time.perf_counter() - t:.0f} s)", flush=True)
         meta = {"machine": machine, "profile": args.profile,
-                "command": "python " + " ".join(shlex.quote(a) for a in
-                                                [os.path.relpath(os.path.abspath(__file__), ROOT)] +
-                                                (argv if argv is not None else sys.argv[1:])),
+                "command": "python -m " + " ".join(shlex.quote(a) for a in
+                                                   [MODULE] + (argv if argv is not None else sys.argv[1:])),
                 "study_wall_s": time.perf_counter() - t0, "status": status,
                 "date": time.strftime("%Y-%m-%d %H:%M %Z")}
         # The wall time of the whole study is the sum of the configurations' own times when some were cached.

@@ -3,9 +3,9 @@
 2 CPU workers launched by msrun, accumulation 4, ResNet50/CIFAR-sized gradients (161 float32
 tensors, 23,520,842 values = 94 MB, shapes from resnet50_cifar_shapes.py), GRAPH mode.
 
-    python benchmarks/bench_dist.py                  # launches msrun itself, prints a table
-    python benchmarks/bench_dist.py --json out.json  # also writes the results as JSON
-    python benchmarks/bench_dist.py --updates 9 --accum 4 --port 18555
+    python -m benchmarks.dist.bench_dist                  # launches msrun itself, prints a table
+    python -m benchmarks.dist.bench_dist --json out.json  # also writes the results as JSON
+    python -m benchmarks.dist.bench_dist --updates 9 --accum 4 --port 18555
 
 What is measured: wall time of one whole update (``accum`` calls of the cell, the last of which
 ends the window and applies the update) on each worker, after ``--warmup`` untimed updates (compilation);
@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from benchmarks.common.rounds import worker_env
 
 
 # ---------------------------------------------------------------- the worker (under msrun)
@@ -60,8 +60,7 @@ def _worker(args) -> None:
     from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
     from mindspore.communication import get_group_size, get_rank, init
 
-    sys.path.insert(0, HERE)
-    from resnet50_cifar_shapes import NUM_TENSORS, NUM_VALUES, RESNET50_CIFAR_SHAPES
+    from benchmarks.common.resnet50_cifar_shapes import NUM_TENSORS, NUM_VALUES, RESNET50_CIFAR_SHAPES
 
     from mindspore_accum import FusedMomentum, GradAccumCell
 
@@ -168,7 +167,7 @@ def _free_port() -> int:
 
 def _launch(args, variant, tmp) -> list[dict]:
     bindir = os.path.dirname(sys.executable)
-    env = dict(os.environ)
+    env = worker_env(cpu_isa_fix=False)  # the repository root on PYTHONPATH: the workers run from tmp
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # msrun starts the workers with `python`
     env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
     env.setdefault("GLOG_v", "3")
@@ -178,7 +177,7 @@ def _launch(args, variant, tmp) -> list[dict]:
     logs = os.path.join(tmp, f"logs_{variant}")
     cmd = [msrun, f"--worker_num={args.workers}", f"--local_worker_num={args.workers}",
            "--master_addr=127.0.0.1", f"--master_port={args.port or _free_port()}", "--join=True",
-           f"--log_dir={logs}", os.path.abspath(__file__), "--run-as-worker", "--out", tmp,
+           f"--log_dir={logs}", "python", "-m", "benchmarks.dist.bench_dist", "--run-as-worker", "--out", tmp,
            "--variant", variant, "--accum", str(args.accum), "--updates", str(args.updates), "--warmup", str(args.warmup)]
     print(f"{variant}: launching {args.workers} workers with msrun (logs: {logs}) ...", flush=True)
     proc = subprocess.run(cmd, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -21,13 +21,10 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adamw_common import (  # noqa: E402
+from benchmarks.common.adamw_common import (
     BETA1,
     BETA2,
     EPS,
@@ -39,7 +36,7 @@ from adamw_common import (  # noqa: E402
     adamw_weight_decays,
     max_rel_err,
 )
-from resnet50_cifar_shapes import RESNET50_CIFAR_SHAPES, check_shapes  # noqa: E402
+from benchmarks.common.resnet50_cifar_shapes import RESNET50_CIFAR_SHAPES, check_shapes
 
 
 class TorchAdamW:

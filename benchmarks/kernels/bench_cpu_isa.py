@@ -5,7 +5,7 @@ MindSpore 2.10's oneDNN falls back to an unvectorised reference 3x3 convolution 
 CPUs for its plain NCHW layout; capping the ISA at AVX2 before MindSpore is imported avoids
 it. Each variant runs in its own process (the variable is read once, at start-up):
 
-    python benchmarks/bench_cpu_isa.py --batch-size 32 --warmup 1 --steps 2
+    python -m benchmarks.kernels.bench_cpu_isa --batch-size 32 --warmup 1 --steps 2
 
 prints one JSON line per variant and a final line with the speed-up factor. The step is a
 plain nn.TrainOneStepCell + nn.Momentum step (forward, backward, update), so the figure is
@@ -18,17 +18,16 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
+from benchmarks.common.rounds import module_command, run_worker, worker_env
+from examples.common import cpu_flags
 
 
 def child(args):
     t0 = time.perf_counter()
-    sys.path.insert(0, EXAMPLES)
     import numpy as np
     import mindspore as ms
     from mindspore import nn, Tensor
-    from resnet50 import ResNet50
+    from examples.resnet50_cifar10.model import ResNet50
 
     ms.set_seed(0)
     ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
@@ -72,20 +71,21 @@ def main():
         cpu = {"logical_cpus": psutil.cpu_count(), "loadavg_at_start": [round(v, 2) for v in load]}
     except Exception:  # psutil is optional
         cpu = {"logical_cpus": os.cpu_count()}
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    cpu["avx512f"] = " avx512f " in flags
+    cpu["avx512f"] = "avx512f" in (cpu_flags() or ())
     results = {}
     for name, isa in (("fixed", "AVX2"), ("unfixed", None)):
         if args.only and args.only != name:
             continue
-        env = dict(os.environ)
+        env = worker_env(cpu_isa_fix=False)
         env.pop("ONEDNN_MAX_CPU_ISA", None)
         if isa:
             env["ONEDNN_MAX_CPU_ISA"] = isa
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", "--batch-size", str(args.batch_size),
-               "--warmup", str(args.warmup), "--steps", str(args.steps), "--mode", args.mode]
-        out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True).stdout
-        results[name] = json.loads(out.strip().splitlines()[-1])
+        cmd = module_command("benchmarks.kernels.bench_cpu_isa", "--child", "--batch-size", args.batch_size,
+                             "--warmup", args.warmup, "--steps", args.steps, "--mode", args.mode)
+        run = run_worker(cmd, env=env, stderr=None)
+        if run.result is None:
+            raise subprocess.CalledProcessError(run.proc.returncode, cmd)
+        results[name] = run.result
         print(json.dumps({"variant": name, **results[name]}), flush=True)
     if len(results) == 2:
         factor = results["unfixed"]["median_step_s"] / results["fixed"]["median_step_s"]

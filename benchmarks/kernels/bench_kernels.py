@@ -26,14 +26,14 @@ ones), interleaved round by round so that every implementation sees the same mac
     mindspore   GRAPH_MODE Cell: per tensor cast, square, sum, added up (GradAccumCell's check
                 before it had the kernel)
 
-  adamw        the AdamW window end (benchmarks/adamw_common.py): the last gradient added, scaled,
+  adamw        the AdamW window end (benchmarks/common/adamw_common.py): the last gradient added, scaled,
                AdamW with decoupled weight decay, acc = 0                       36 B/element
                (reads param, exp_avg, exp_avg_sq, acc, grad; writes param, exp_avg, exp_avg_sq, acc)
     ceiling     the accumulate ceiling's bandwidth (axpy, same run, same round) at 36 B/element
     ours        mindspore_accum._C.adamw_flush (acc + grad, bias correction, step 10)
     mindspore   GRAPH_MODE Cell: HyperMap(add), HyperMap(mul by grad_scale), nn.AdamWeightDecay
                 (no bias correction: checked against that reference), HyperMap(assign(acc, zeros))
-    pytorch     --torch-python PATH: benchmarks/bench_adamw_torch.py in its own process (PyTorch
+    pytorch     --torch-python PATH: benchmarks/kernels/bench_adamw_torch.py in its own process (PyTorch
                 CPU: torch._foreach_add_, torch.optim.AdamW(fused=True) with grad_scale, _foreach_zero_),
                 told to run once per round over a pipe and timed inside that process
 
@@ -45,9 +45,9 @@ run); "x MindSpore" = MindSpore-native median time / this median time.
 Weight decay follows nn.Momentum's default filter: parameters whose name contains 'gamma' or
 'beta' get none; the fused kernel is given the same per-tensor list.
 
-Usage:  python benchmarks/bench_kernels.py [--repeats 7] [--warmup 2] [--threads N] [--json out.json]
-        python benchmarks/bench_kernels.py --quick
-        python benchmarks/bench_kernels.py --groups adamw --torch-python /tmp/torchvenv/bin/python
+Usage:  python -m benchmarks.kernels.bench_kernels [--repeats 7] [--warmup 2] [--threads N] [--json out.json]
+        python -m benchmarks.kernels.bench_kernels --quick
+        python -m benchmarks.kernels.bench_kernels --groups adamw --torch-python /tmp/torchvenv/bin/python
 """
 from __future__ import annotations
 
@@ -70,9 +70,9 @@ import subprocess
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import adamw_common as aw  # noqa: E402
-from resnet50_cifar_shapes import NUM_TENSORS, NUM_VALUES, RESNET50_CIFAR_SHAPES, check_shapes  # noqa: E402
+from benchmarks.common import adamw_common as aw  # noqa: E402
+from benchmarks.common.resnet50_cifar_shapes import NUM_TENSORS, NUM_VALUES, RESNET50_CIFAR_SHAPES, check_shapes  # noqa: E402
+from benchmarks.common.rounds import median_of_ratios, module_command, rounds, worker_env  # noqa: E402
 
 ACC_BYTES = 12    # read acc, read grad, write acc
 FLUSH_BYTES = 28  # read param, moment, acc, grad; write param, moment, acc
@@ -369,15 +369,16 @@ def build_mindspore_adamw(ms, init, shapes, wds):
 
 
 class TorchProcess:
-    """benchmarks/bench_adamw_torch.py in its own process, run once per request (see its docstring)."""
+    """benchmarks/kernels/bench_adamw_torch.py in its own process, run once per request (see its docstring)."""
 
     external_time = True  # the timing loop takes the time measured inside the PyTorch process
 
     def __init__(self, python, threads, quick):
-        cmd = [python, str(Path(__file__).resolve().parent / "bench_adamw_torch.py"), "--threads", str(threads)]
+        cmd = module_command("benchmarks.kernels.bench_adamw_torch", "--threads", threads, python=python)
         if quick:
             cmd.append("--quick")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                                     env=worker_env(cpu_isa_fix=False))
         self.hello = self._read()
         if not self.hello.get("ready"):
             raise RuntimeError(f"bench_adamw_torch.py did not start: {self.hello}")
@@ -477,7 +478,7 @@ def main(argv=None) -> int:
                     help="comma list of the op groups to time (default all; the accumulate ceiling always runs)")
     ap.add_argument("--torch-python", default=None,
                     help="a Python with torch installed: adds PyTorch's AdamW window end to the adamw group, run by "
-                         "benchmarks/bench_adamw_torch.py in its own process")
+                         "benchmarks/kernels/bench_adamw_torch.py in its own process")
     ap.add_argument("--no-verify", action="store_true", help="skip the correctness check against float64")
     args = ap.parse_args(argv)
     repeats = args.repeats if args.repeats is not None else (5 if args.quick else 7)
@@ -691,7 +692,7 @@ def main(argv=None) -> int:
     gc.collect()
     gc.disable()
     if args.order == "interleaved":
-        schedule = [(r, i) for r in range(warmup + repeats) for i in range(len(cases))]
+        schedule = [(r, i) for r, order in rounds(warmup + repeats, range(len(cases))) for i in order]
     else:
         schedule = [(r, i) for i in range(len(cases)) for r in range(warmup + repeats)]
     try:
@@ -737,14 +738,14 @@ def main(argv=None) -> int:
     ms_index = {op: i for i, (op, impl, *_rest) in enumerate(cases) if impl.startswith("mindspore")}
     for i, r in enumerate(rows):
         op = r["op"]
-        r["paired_ratio_vs_ceiling"] = statistics.median(
-            (r["bytes_per_element"] / t) / (CEIL_BYTES / tc) for t, tc in zip(times[i], times[0]))
-        r["paired_speedup_vs_mindspore"] = (statistics.median(tm / t for t, tm in zip(times[i], times[ms_index[op]]))
+        r["paired_ratio_vs_ceiling"] = median_of_ratios([r["bytes_per_element"] / t for t in times[i]],
+                                                        [CEIL_BYTES / tc for tc in times[0]])
+        r["paired_speedup_vs_mindspore"] = (median_of_ratios(times[ms_index[op]], times[i])
                                             if op in ms_index else None)
     torch_index = {op: i for i, (op, impl, *_rest) in enumerate(cases) if impl.startswith("pytorch")}
     for i, r in enumerate(rows):
         op = r["op"]
-        r["paired_speedup_vs_pytorch"] = (statistics.median(tp / t for t, tp in zip(times[i], times[torch_index[op]]))
+        r["paired_speedup_vs_pytorch"] = (median_of_ratios(times[torch_index[op]], times[i])
                                           if op in torch_index else None)
     ms_med = {r["op"]: r["median_ms"] for r in rows if r["impl"].startswith("mindspore")}
     for r in rows:

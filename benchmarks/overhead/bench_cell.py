@@ -7,8 +7,8 @@ Measures, each configuration in its own process (so peak RSS is per configuratio
     GradAccumCell with nn.Momentum;
   * peak resident memory: accumulation 32 x 4 vs a plain batch of 128 and of 32.
 
-    python benchmarks/bench_cell.py                 # GRAPH mode, micro-batch 32, 4 micro-steps
-    python benchmarks/bench_cell.py --quick         # fewer repeats, for a smoke run
+    python -m benchmarks.overhead.bench_cell                 # GRAPH mode, micro-batch 32, 4 micro-steps
+    python -m benchmarks.overhead.bench_cell --quick         # fewer repeats, for a smoke run
 
 Images are random (the speed of a step does not depend on pixel values). ONEDNN_MAX_CPU_ISA=AVX2
 is set before MindSpore is imported (see DESIGN.md).
@@ -20,12 +20,10 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from benchmarks.common.rounds import module_command, run_worker, worker_env
 
 
 def _worker(config: dict) -> dict:
@@ -34,8 +32,7 @@ def _worker(config: dict) -> dict:
     import mindspore as ms
     from mindspore import Tensor, nn
 
-    sys.path.insert(0, os.path.join(ROOT, "examples"))
-    from resnet50 import ResNet50  # noqa: E402  (the example's model)
+    from examples.resnet50_cifar10.model import ResNet50  # (the example's model)
 
     from mindspore_accum import FusedMomentum, GradAccumCell
 
@@ -85,12 +82,12 @@ def _is_last(index: int, per_call: int) -> bool:
 
 
 def run_config(config: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(config)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
+    run = run_worker(module_command("benchmarks.overhead.bench_cell", "--worker", json.dumps(config)),
+                     env=worker_env(cpu_isa_fix=False))
+    if run.result is None:
+        sys.stderr.write(run.proc.stderr[-4000:])
         raise SystemExit(f"configuration {config} failed")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run.result
 
 
 def main() -> None:

@@ -22,16 +22,16 @@ Reported: medians over rounds and the median of the per-round ratios ours / floo
 ratios on the lower quartile of each call position, because on 2 vCPUs MindSpore's runtime
 threads spin on sched_yield and a random 20-50 % of its calls take +20 ms of system time, so a
 median can land in either mode from one process to the next.
-The worker (one configuration in one process) is benchmarks/overhead_worker.py.
+The worker (one configuration in one process) is benchmarks/overhead/overhead_worker.py.
 
-Models: ``resnet50`` (examples/resnet50.py, CIFAR shapes, 32 x 4, FusedMomentum), ``mlp``
+Models: ``resnet50`` (examples/resnet50_cifar10/model.py, CIFAR shapes, 32 x 4, FusedMomentum), ``mlp``
 (6 x Dense(W, W) with ReLU, W = 2048: 25.2 M parameters, 16 x 4, FusedMomentum), ``gpt`` (the
-GPT-like LM of examples/gpt.py when it exists, FusedAdamW). ``--pynative-models`` repeats
+GPT-like LM of examples/gpt_lm/model.py when it exists, FusedAdamW). ``--pynative-models`` repeats
 models in PYNATIVE mode. For BatchNorm-free models a separate process checks that ours and the
 big batch give the same update (exactness).
 
-    python benchmarks/bench_overhead.py --rounds 3               # all models, GRAPH + MLP in PYNATIVE
-    python benchmarks/bench_overhead.py --quick --models mlp --mlp-width 64 --pynative-models ''
+    python -m benchmarks.overhead.bench_overhead --rounds 3               # all models, GRAPH + MLP in PYNATIVE
+    python -m benchmarks.overhead.bench_overhead --quick --models mlp --mlp-width 64 --pynative-models ''
 
 Every time is wall time around calls whose results are read back (``asnumpy``), so the work has
 finished. ``ONEDNN_MAX_CPU_ISA=AVX2`` is set before MindSpore is imported in every process.
@@ -39,17 +39,18 @@ finished. ``ONEDNN_MAX_CPU_ISA=AVX2`` is set before MindSpore is imported in eve
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
-WORKER = os.path.join(HERE, "overhead_worker.py")
+from benchmarks.common.rounds import median as _median
+from benchmarks.common.rounds import module_command, per_round_ratios, rounds, run_worker
+
+WORKER = "benchmarks.overhead.overhead_worker"
 MIB = 1024.0 * 1024.0
 
 CONFIGS = ("ours", "floor-time", "plain-micro", "plain-big")
@@ -65,32 +66,21 @@ MODELS = {
 # ============================================================================ the driver
 
 def run_child(cfg: dict, timeout: float) -> dict:
-    cmd = [sys.executable, WORKER, json.dumps(cfg)]
-    env = dict(os.environ)
-    env.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-    env.setdefault("GLOG_v", "3")
-    t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        run = run_worker(module_command(WORKER, json.dumps(cfg)), timeout=timeout)
     except subprocess.TimeoutExpired:
         raise SystemExit(f"bench_overhead: {cfg['model']}/{cfg['mode']}/{cfg['config']} timed out after {timeout:.0f} s")
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stderr[-6000:])
+    if run.result is None:
+        sys.stderr.write(run.proc.stderr[-6000:])
         raise SystemExit(f"bench_overhead: {cfg['model']}/{cfg['mode']}/{cfg['config']} failed "
-                         f"(exit code {proc.returncode})")
-    out = json.loads(lines[-1])
-    out["process_wall_s"] = time.perf_counter() - t0
+                         f"(exit code {run.proc.returncode})")
+    out = run.result
+    out["process_wall_s"] = run.wall_s
     try:
         out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         pass
     return out
-
-
-def _median(xs):
-    xs = [x for x in xs if x is not None]
-    return float(statistics.median(xs)) if xs else None
 
 
 def _quartile(xs):
@@ -137,7 +127,7 @@ def summarise(block: dict) -> dict:
     s["time_floor_s"] = s["floor-time"]["time_floor_s"]
 
     def ratios(num, den):
-        out = [None if (a is None or c is None) else a / c for a, c in zip(num, den)]
+        out = per_round_ratios(num, den)
         return {"median": _median(out), "per_round": out}
 
     ours = runs["ours"]
@@ -276,7 +266,7 @@ def machine_info() -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=None,
-                   help="comma-separated: resnet50,mlp,gpt (default: all; gpt only when examples/gpt.py exists)")
+                   help="comma-separated: resnet50,mlp,gpt (default: all; gpt only when examples/gpt_lm/model.py exists)")
     p.add_argument("--pynative-models", default="mlp", help="models also run in PYNATIVE mode ('' for none)")
     p.add_argument("--rounds", type=int, default=3, help="rounds of alternated configurations (>= 1)")
     p.add_argument("--windows", type=int, default=None, help="timed windows per process (default per model)")
@@ -305,13 +295,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from tqdm import tqdm
 
-    have_gpt = os.path.isfile(os.path.join(EXAMPLES, "gpt.py"))
+    have_gpt = importlib.util.find_spec("examples.gpt_lm.model") is not None
     models = args.models.split(",") if args.models else [m for m in MODELS if m != "gpt" or have_gpt]
     for m in models:
         if m not in MODELS:
             raise SystemExit(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
     if "gpt" in models and not have_gpt:
-        raise SystemExit("--models gpt: examples/gpt.py does not exist in this checkout")
+        raise SystemExit("--models gpt: examples/gpt_lm/model.py does not exist in this checkout")
     pyn = [m for m in args.pynative_models.split(",") if m] if args.pynative_models else []
     configs = CONFIGS
     blocks = []
@@ -329,10 +319,10 @@ def main(argv=None) -> int:
     total = args.rounds * len(blocks) * len(configs) + sum(1 for bl in blocks if bl["settings"]["bn_free"])
     bar = tqdm(total=total, file=sys.stderr, dynamic_ncols=True, desc="bench_overhead", unit="proc")
     loads = []
-    for r in range(args.rounds):
+    for r, order in rounds(args.rounds, configs):
         for bl in blocks:
             st = bl["settings"]
-            for name in configs:
+            for name in order:
                 bar.set_postfix_str(f"round {r + 1} {st['model']}/{st['mode']}/{name}")
                 cfg = dict(st, config=name, breakdown=(r == 0 and not args.no_breakdown))
                 res = run_child(cfg, args.timeout)

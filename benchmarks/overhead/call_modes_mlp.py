@@ -2,7 +2,7 @@
 system time of three graphs on the MLP of bench_overhead (6 x Dense(W, W), batch 16, GRAPH mode),
 each in its own process, rounds alternated.
 
-    python benchmarks/call_modes_mlp.py [--rounds 2] [--calls 300] [--width 2048]
+    python -m benchmarks.overhead.call_modes_mlp [--rounds 2] [--calls 300] [--width 2048]
 
 Graphs: MindSpore's gradients-only graph (a top-level Cell: the time floor's), the same graph
 followed by our accumulate op, and GradAccumCell's micro-step graph. A call is "slow" above
@@ -16,9 +16,10 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
+
+from benchmarks.common.rounds import module_command, rounds, run_worker, worker_env
 
 GRAPHS = ("grads-only", "grads-only + accumulate", "ours micro-step")
 
@@ -34,8 +35,7 @@ def child(graph: str, calls: int, width: int, slow_ms: float) -> dict:
     from mindspore_accum import FusedMomentum, GradAccumCell
     from mindspore_accum.optim import zeros_like_params
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from mlp_graphs import GradsOnly, make_mlp
+    from benchmarks.common.mlp_graphs import GradsOnly, make_mlp
 
     net, loss_cell = make_mlp(width)
     weights = net.trainable_params()
@@ -87,16 +87,16 @@ def main(argv=None) -> int:
     print(f"| round | graph (MLP 6 x {a.width}, batch 16) | median ms | 25th pct | 75th pct | "
           f"calls > {a.slow_ms:g} ms | system ms, fast / slow calls | user ms, fast / slow calls |")
     print("|--:|---|--:|--:|--:|--:|--:|--:|")
-    for rnd in range(1, a.rounds + 1):
-        for graph in GRAPHS:
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", graph,
-                                  "--calls", str(a.calls), "--width", str(a.width), "--slow-ms", str(a.slow_ms)],
-                                 capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.stderr.write(out.stderr[-3000:])
-                raise SystemExit(f"child '{graph}' failed with exit code {out.returncode}")
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"| {rnd} | {graph} | {r['median']:.1f} | {r['p25']:.1f} | {r['p75']:.1f} | "
+    for rnd, order in rounds(a.rounds, GRAPHS):
+        for graph in order:
+            run = run_worker(module_command("benchmarks.overhead.call_modes_mlp", "--child", graph, "--calls", a.calls,
+                                            "--width", a.width, "--slow-ms", a.slow_ms),
+                             env=worker_env(cpu_isa_fix=False))
+            if run.result is None:
+                sys.stderr.write(run.proc.stderr[-3000:])
+                raise SystemExit(f"child '{graph}' failed with exit code {run.proc.returncode}")
+            r = run.result
+            print(f"| {rnd + 1} | {graph} | {r['median']:.1f} | {r['p25']:.1f} | {r['p75']:.1f} | "
                   f"{100 * r['slow_share']:.0f} % | {r['fast_sys']:.1f} / {r['slow_sys']:.1f} | "
                   f"{r['fast_user']:.1f} / {r['slow_user']:.1f} |", flush=True)
     return 0

@@ -1,7 +1,7 @@
 """Paired, interleaved in one process: what a GradAccumCell micro-step costs against MindSpore's
 gradients-only graph, MLP 6 x Dense(W, W), batch 16, GRAPH mode.
 
-    python benchmarks/dispatch_probe_mlp.py [WIDTH=2048] [CALLS=40]
+    python -m benchmarks.overhead.dispatch_probe_mlp [WIDTH=2048] [CALLS=40]
 
 Rows (median / min ms): ours' micro-step graph (kernels and native backends), a top-level Cell
 that only returns loss and gradients (the time floor's graph), and that graph plus our accumulate
@@ -20,7 +20,7 @@ from mindspore import Tensor  # noqa: E402
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 from mindspore_accum import FusedMomentum, GradAccumCell  # noqa: E402
 from mindspore_accum.optim import zeros_like_params  # noqa: E402
-from mlp_graphs import GradsOnly, make_mlp  # noqa: E402
+from benchmarks.common.mlp_graphs import GradsOnly, make_mlp  # noqa: E402
 
 W = int(sys.argv[1]) if len(sys.argv) > 1 else 2048
 CALLS = int(sys.argv[2]) if len(sys.argv) > 2 else 40

@@ -1,7 +1,7 @@
 """Paired, interleaved in one process: ResNet50-CIFAR micro-step at batch 32, GRAPH mode --
 GradAccumCell's micro-step graph against nn.TrainOneStepCell (FusedMomentum).
 
-    python benchmarks/dispatch_probe_resnet50.py [CALLS=5]"""
+    python -m benchmarks.overhead.dispatch_probe_resnet50 [CALLS=5]"""
 import os
 import statistics
 import sys
@@ -9,14 +9,13 @@ import time
 
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 os.environ.setdefault("GLOG_v", "3")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
 from mindspore import Tensor, nn  # noqa: E402
 
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 from mindspore_accum import FusedMomentum, GradAccumCell  # noqa: E402
-from resnet50 import ResNet50  # noqa: E402
+from examples.resnet50_cifar10.model import ResNet50  # noqa: E402
 
 
 def make():

@@ -1,22 +1,17 @@
 #!/usr/bin/env python
-"""One configuration of benchmarks/bench_overhead.py in this process: builds the model, runs the
+"""One configuration of benchmarks/overhead/bench_overhead.py in this process: builds the model, runs the
 untimed and timed windows, and prints one JSON line (peak RSS, times, per-call breakdown).
 
-    python benchmarks/overhead_worker.py '<JSON settings>'     # run by bench_overhead.py
+    python -m benchmarks.overhead.overhead_worker '<JSON settings>'     # run by bench_overhead.py
 
 ``ONEDNN_MAX_CPU_ISA=AVX2`` is set before MindSpore is imported."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
-if HERE not in sys.path:  # run as a script it already is; imported from elsewhere it may not be
-    sys.path.insert(0, HERE)
-from proc_memory import import_mindspore, peak_rss_mib, reset_peak_rss, rss_mib  # noqa: E402
+from benchmarks.common.proc_memory import import_mindspore, peak_rss_mib, reset_peak_rss, rss_mib
 
 # ============================================================================ the worker
 
@@ -32,16 +27,14 @@ def build_model(cfg: dict):
     total = cfg["batch"] * cfg["accum"]
     ce = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
     if cfg["model"] == "resnet50":
-        if EXAMPLES not in sys.path:
-            sys.path.insert(0, EXAMPLES)
-        from resnet50 import ResNet50
+        from examples.resnet50_cifar10.model import ResNet50
 
         net = ResNet50(num_classes=10)
         data = (rs.randn(total, 3, 32, 32).astype(np.float32), rs.randint(0, 10, total).astype(np.int32))
         loss = nn.WithLossCell(net, ce)
         return net, loss, loss, data
     if cfg["model"] == "mlp":
-        from mlp_graphs import make_mlp
+        from benchmarks.common.mlp_graphs import make_mlp
 
         width = cfg["mlp_width"]
         net, loss = make_mlp(width, cfg["mlp_layers"], cfg.get("seed", 0))
@@ -53,15 +46,13 @@ def build_model(cfg: dict):
 
 
 def _build_gpt(cfg, rs, total):
-    """examples/gpt.py's GPT (its training script's default size: 4 layers, d_model 256, 4 heads,
+    """examples/gpt_lm/model.py's GPT (its training script's default size: 4 layers, d_model 256, 4 heads,
     context 128) on random byte tokens without padding. Ours gets the token-exact pair contract
     (``LMLoss``: loss_sum, num_items); the plain cells the token mean loss_sum / num_items, the
     same gradient when nothing is padded."""
     import numpy as np
 
-    if EXAMPLES not in sys.path:
-        sys.path.insert(0, EXAMPLES)
-    import gpt  # examples/gpt.py (merged from main)
+    from examples.gpt_lm import model as gpt
 
     seq = cfg["gpt_seq"]
     net = gpt.GPT(cfg["gpt_layers"], cfg["gpt_d_model"], cfg["gpt_heads"], max_positions=seq, seed=cfg.get("seed", 0))

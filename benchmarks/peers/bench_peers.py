@@ -5,10 +5,10 @@ Two models, six configurations, each configuration in its OWN process (peak RSS 
 rounds alternated (every round runs every configuration once, the order rotated by one per
 round); medians over rounds, ratios as the median of per-round ratios.
 
-* ``lm``: examples/gpt.py's GPT + ``LMLoss`` (loss_sum, num_items) on examples/lm_data.py's
+* ``lm``: examples/gpt_lm/model.py's GPT + ``LMLoss`` (loss_sum, num_items) on examples/gpt_lm/data.py's
   chunks of the Python standard library (real text, padded to --lm-seq). Default 7 layers,
   d_model 512, 8 heads, context 128: 22.2 M parameters; micro-batch 8 x 4.
-* ``resnet50``: examples/resnet50.py (CIFAR stem, BatchNorm) on real CIFAR-10 images from
+* ``resnet50``: examples/resnet50_cifar10/model.py (CIFAR stem, BatchNorm) on real CIFAR-10 images from
   --cifar-dir when present (else random images, said so); micro-batch 32 x 4.
 
 Configurations (every optimizer AdamW: lr 1e-3, betas 0.9/0.999, eps 1e-6, weight decay 0.01):
@@ -37,8 +37,8 @@ tokens -- at context 128 only ~0.7 % of the chunks are short file tails, so most
 equal counts, where the mean of micro-batch means equals the token mean; ``stream`` takes the
 stream's windows as they come. The token counts are printed.
 
-    python benchmarks/bench_peers.py                        # both models, 3 rounds, GRAPH
-    python benchmarks/bench_peers.py --quick --rounds 1     # tiny sizes: a smoke run
+    python -m benchmarks.peers.bench_peers                        # both models, 3 rounds, GRAPH
+    python -m benchmarks.peers.bench_peers --quick --rounds 1     # tiny sizes: a smoke run
 """
 from __future__ import annotations
 
@@ -55,13 +55,10 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-EXAMPLES = os.path.join(ROOT, "examples")
+from benchmarks.common.rounds import REPO as ROOT
+from benchmarks.common.rounds import module_command, rounds, run_worker
+
 DEFAULT_CIFAR = os.path.join(ROOT, "..", "shared", "data", "cifar10-subset")
-for _p in (HERE, EXAMPLES):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
 
 CONFIGS = {  # id -> table name (fixed)
     "big": "plain big batch",
@@ -79,7 +76,7 @@ DISTANCE_AFTER = 3  # updates
 
 def lm_windows(cfg: dict, count: int) -> dict:
     import numpy as np
-    import lm_data
+    from examples.gpt_lm import data as lm_data
 
     train, _, desc = lm_data.resolve_files()
     corpus = lm_data.Corpus(train, cfg["seq"])
@@ -104,7 +101,7 @@ def lm_windows(cfg: dict, count: int) -> dict:
 
 def resnet_windows(cfg: dict, count: int) -> dict:
     import numpy as np
-    import cifar10_data as cd
+    from examples.resnet50_cifar10 import data as cd
 
     n, b = cfg["accum"], cfg["batch"]
     need = count * n * b
@@ -136,12 +133,12 @@ def build(cfg: dict):
 
     ms.set_seed(0)
     if cfg["model"] == "lm":
-        import gpt
+        from examples.gpt_lm import model as gpt
 
         net = gpt.GPT(cfg["layers"], cfg["d_model"], cfg["heads"], max_positions=cfg["seq"], seed=0)
         pair = gpt.LMLoss(net)
         return net, gpt.TokenMeanLoss(pair), pair
-    import resnet50
+    from examples.resnet50_cifar10 import model as resnet50
 
     net = resnet50.ResNet50(num_classes=10, norm=cfg["norm"])
     loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
@@ -174,7 +171,7 @@ def worker(cfg: dict) -> dict:
 
     ms.set_context(mode=ms.GRAPH_MODE if cfg["mode"] == "graph" else ms.PYNATIVE_MODE, device_target="CPU")
     from mindspore_accum import FusedAdamW, GradAccumCell
-    import peer_cells
+    from benchmarks.peers import peer_cells
 
     net, mean_loss, ours_loss = build(cfg)
     checksum = _same_start(net, cfg["init_path"])
@@ -240,20 +237,14 @@ def _error_message(stderr: str, code) -> str:
 
 
 def run_child(cfg: dict, timeout: float) -> dict:
-    env = dict(os.environ)
-    env.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-    env.setdefault("GLOG_v", "3")
-    t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)],
-                              capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        run = run_worker(module_command("benchmarks.peers.bench_peers", "--worker", json.dumps(cfg)), timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"error": _error_message(proc.stderr, proc.returncode), "stderr_tail": proc.stderr[-3000:]}
-    out = json.loads(lines[-1])
-    out["process_wall_s"] = time.perf_counter() - t0
+    if run.result is None:
+        return {"error": _error_message(run.proc.stderr, run.proc.returncode), "stderr_tail": run.proc.stderr[-3000:]}
+    out = run.result
+    out["process_wall_s"] = run.wall_s
     out["load_average_after"] = list(os.getloadavg())
     return out
 
@@ -431,8 +422,7 @@ def main(argv=None) -> int:
     except ImportError:
         bar = None
     t_start = time.perf_counter()
-    for r in range(args.rounds):
-        order = configs[r % len(configs):] + configs[:r % len(configs)]
+    for r, order in rounds(args.rounds, configs, rotate=True):
         for bl in blocks:
             st = bl["settings"]
             snaps = os.path.join(work, f"snap_{st['model']}_round{r}")

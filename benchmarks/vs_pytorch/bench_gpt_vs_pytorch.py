@@ -2,15 +2,15 @@
 """The GPT example against its PyTorch twin: same recipe, identical initial weights, side by side.
 
 Writes the initial weights once (``train_gpt_lm.py --save-init``), then runs
-examples/train_gpt_lm.py (GradAccumCell + FusedAdamW, MindSpore GRAPH mode) and
-benchmarks/pytorch_gpt_lm.py (PyTorch, AdamW(fused=True), token-sum / window-tokens
+examples/gpt_lm/train.py (GradAccumCell + FusedAdamW, MindSpore GRAPH mode) and
+benchmarks/vs_pytorch/pytorch_gpt_lm.py (PyTorch, AdamW(fused=True), token-sum / window-tokens
 accumulation as Hugging Face transformers does it) alternately, each in its own process, both
 from those weights, and prints a table of medians over ``--repeats`` rounds, the largest
 relative difference between the two runs' first losses (micro-batch losses and per-update window
 losses), and writes both loss curves (JSON) and a plot (PNG). Nothing else should run meanwhile:
 the two share the same cores.
 
-    python benchmarks/bench_gpt_vs_pytorch.py --torch-python /tmp/torchvenv/bin/python \
+    python -m benchmarks.vs_pytorch.bench_gpt_vs_pytorch --torch-python /tmp/torchvenv/bin/python \
         --updates 200 --plot docs/gpt_vs_pytorch_loss.png --curves docs/gpt_vs_pytorch_curves.json
 
 Training flags not listed here can be passed after ``--`` and go to both scripts.
@@ -25,10 +25,11 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-OURS = os.path.join(REPO, "examples", "train_gpt_lm.py")
-THEIRS = os.path.join(HERE, "pytorch_gpt_lm.py")
+from benchmarks.common import rounds as harness
+from benchmarks.common.rounds import module_command, worker_env
+
+OURS = "examples.gpt_lm.train"
+THEIRS = "benchmarks.vs_pytorch.pytorch_gpt_lm"
 
 ROWS = [("wall_time_s", "wall time (s), process start to end", "{:.0f}"),
         ("train_time_s", "training (s), evaluations included", "{:.0f}"),
@@ -65,18 +66,8 @@ def parse_args(argv=None):
 
 
 def run_job(name, cmd, workdir, log_dir=None):
-    """Runs one job; returns its JSON summary (the last line of its stdout)."""
-    print(f"== {name}: {' '.join(cmd)}", flush=True)
-    proc = subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    if log_dir:
-        os.makedirs(log_dir, exist_ok=True)
-        with open(os.path.join(log_dir, name.replace(" #", "_") + ".log"), "w") as f:
-            f.write(proc.stdout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        sys.stdout.write(proc.stdout[-3000:])
-        raise SystemExit(f"{name} failed (exit {proc.returncode})")
-    s = json.loads(lines[-1])
+    """Runs one job (benchmarks.common.rounds.run_job); returns its JSON summary (the last line of its stdout)."""
+    s = harness.run_job(name, cmd, workdir, log_dir).result
     print(f"   {name}: wall {s['wall_time_s']:.0f} s, {s['tokens_per_s']:.0f} tokens/s, "
           f"held-out {s['eval_bits_per_byte']:.4f} bits/byte", flush=True)
     return s
@@ -129,14 +120,16 @@ def main(argv=None):
 def run_rounds(args, common, runs):
     with tempfile.TemporaryDirectory(prefix="bench_gpt_") as work:
         init = os.path.join(work, "init.npz")
-        subprocess.run([sys.executable, OURS, *common, "--save-init", init], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(module_command(OURS, *common, "--save-init", init), check=True, stdout=subprocess.DEVNULL,
+                       env=worker_env(cpu_isa_fix=False))
         common += ["--init-weights", init]
-        for r in range(args.repeats):
-            runs["ours"].append(run_job(f"ours #{r + 1}", [sys.executable, OURS, *common, "--mode", args.mode,
-                                                           "--ckpt-dir", os.path.join(work, f"ck{r}")], work,
-                                        args.log_dir))
-            runs["pytorch"].append(run_job(f"pytorch #{r + 1}", [args.torch_python, THEIRS, *common], work,
-                                           args.log_dir))
+        for r, order in harness.rounds(args.repeats, ("ours", "pytorch")):
+            for c in order:
+                if c == "ours":
+                    cmd = module_command(OURS, *common, "--mode", args.mode, "--ckpt-dir", os.path.join(work, f"ck{r}"))
+                else:
+                    cmd = module_command(THEIRS, *common, python=args.torch_python)
+                runs[c].append(run_job(f"{c} #{r + 1}", cmd, work, args.log_dir))
 
 
 def report(args, runs, t0):

@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """The example against PyTorch on the same machine: the same ResNet50 / CIFAR-10 job, side by side.
 
-Runs examples/train_resnet50_cifar10.py (GradAccumCell + FusedMomentum, MindSpore GRAPH mode)
-and benchmarks/pytorch_resnet50_cifar10.py (the same work in PyTorch: same model, data order,
+Runs examples/resnet50_cifar10/train.py (GradAccumCell + FusedMomentum, MindSpore GRAPH mode)
+and benchmarks/vs_pytorch/pytorch_resnet50_cifar10.py (the same work in PyTorch: same model, data order,
 augmentation, accumulation, schedule, checkpoint and evaluation of the written file) one after
 the other, alternating, each in its own process, and prints a table of medians over
 ``--repeats`` rounds with the ratio ours / PyTorch. Nothing else should run meanwhile: the two
 share the same 2 cores.
 
-    python benchmarks/bench_vs_pytorch.py                 # quick: 1,024 images, 1 epoch, 1,000 test images
-    python benchmarks/bench_vs_pytorch.py --full          # the acceptance job: all images, 2 epochs (~1 hour)
+    python -m benchmarks.vs_pytorch.bench_vs_pytorch                 # quick: 1,024 images, 1 epoch, 1,000 test images
+    python -m benchmarks.vs_pytorch.bench_vs_pytorch --full          # the acceptance job: all images, 2 epochs (~1 hour)
 
 PyTorch is not a dependency of the project. Give the interpreter that has it with
 ``--torch-python`` (default: this one), e.g. a venv made with ``pip install torch==2.13.0 tqdm``.
@@ -18,15 +18,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-OURS = os.path.join(REPO, "examples", "train_resnet50_cifar10.py")
-THEIRS = os.path.join(HERE, "pytorch_resnet50_cifar10.py")
+from benchmarks.common import rounds as harness
+from benchmarks.common.rounds import REPO, module_command
+
+OURS = "examples.resnet50_cifar10.train"
+THEIRS = "benchmarks.vs_pytorch.pytorch_resnet50_cifar10"
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data", "cifar10-subset")
 
 ROWS = [("wall_time_s", "wall time (s), process start to end", "{:.0f}"),
@@ -64,22 +63,11 @@ def parse_args(argv=None):
 
 
 def run_job(name, cmd, workdir, log_dir=None):
-    """Runs one job; returns its JSON summary (the last line of its stdout) plus the elapsed time.
-    With ``log_dir`` its whole stdout is kept there as ``<name>.log``."""
-    print(f"== {name}: {' '.join(cmd)}", flush=True)
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    elapsed = time.perf_counter() - t
-    if log_dir:
-        os.makedirs(log_dir, exist_ok=True)
-        with open(os.path.join(log_dir, name.replace(" #", "_") + ".log"), "w") as f:
-            f.write(proc.stdout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        sys.stdout.write(proc.stdout[-3000:])
-        raise SystemExit(f"{name} failed (exit {proc.returncode})")
-    summary = json.loads(lines[-1])
-    summary["elapsed_s"] = round(elapsed, 2)
+    """Runs one job (benchmarks.common.rounds.run_job); returns its JSON summary (the last line of
+    its stdout) plus the elapsed time. With ``log_dir`` its whole stdout is kept there as ``<name>.log``."""
+    run = harness.run_job(name, cmd, workdir, log_dir)
+    summary = run.result
+    summary["elapsed_s"] = round(run.wall_s, 2)
     print(f"   {name}: wall {summary['wall_time_s']:.0f} s, train {summary['train_time_s']:.0f} s, "
           f"test accuracy {summary['test_accuracy']}", flush=True)
     return summary
@@ -95,15 +83,15 @@ def main(argv=None):
         common += ["--limit-test", str(args.limit_test)]
     runs = {"ours": [], "pytorch": []}
     with tempfile.TemporaryDirectory(prefix="bench_vs_pytorch_") as work:
-        for r in range(args.repeats):
-            if not args.torch_only:
-                runs["ours"].append(run_job(f"ours #{r + 1}", [sys.executable, OURS, *common, "--no-progress",
-                                                               "--ckpt-dir", os.path.join(work, f"ours{r}")], work,
-                                            args.log_dir))
-            if not args.ours_only:
-                runs["pytorch"].append(run_job(f"pytorch #{r + 1}", [args.torch_python, THEIRS, *common,
-                                                                     "--ckpt-dir", os.path.join(work, f"pt{r}")], work,
-                                               args.log_dir))
+        contenders = [c for c, skip in (("ours", args.torch_only), ("pytorch", args.ours_only)) if not skip]
+        for r, order in harness.rounds(args.repeats, contenders):
+            for c in order:
+                if c == "ours":
+                    cmd = module_command(OURS, *common, "--no-progress", "--ckpt-dir", os.path.join(work, f"ours{r}"))
+                else:
+                    cmd = module_command(THEIRS, *common, "--ckpt-dir", os.path.join(work, f"pt{r}"),
+                                         python=args.torch_python)
+                runs[c].append(run_job(f"{c} #{r + 1}", cmd, work, args.log_dir))
     med = {k: {key: statistics.median(s[key] for s in v) for key, _, _ in ROWS if v and v[0].get(key) is not None}
            for k, v in runs.items()}
     first = (runs["ours"] or runs["pytorch"])[0]

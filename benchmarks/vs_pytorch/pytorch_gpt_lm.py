@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""The PyTorch twin of examples/train_gpt_lm.py: the same byte-level GPT trained the same way.
+"""The PyTorch twin of examples/gpt_lm/train.py: the same byte-level GPT trained the same way.
 
 Same command line (the example's own parser: same flags, same defaults; MindSpore-only flags
-such as --mode are accepted and ignored), same data (examples/lm_data.py: same files, chunks,
+such as --mode are accepted and ignored), same data (examples/gpt_lm/data.py: same files, chunks,
 padding and order), same model (same parameter names and (in, out) weight layout, initial
 weights from --init-weights, an .npz written by ``train_gpt_lm.py --save-init``, or the same
 NumPy GPT-2 init from --seed), same warm-up + cosine schedule (lm_data.lr_at, per update),
@@ -17,28 +17,25 @@ The last line of stdout is a JSON summary with the example's keys (eval_bits_per
 tokens_per_s, updates, wall_time_s, params, first_losses, update_losses, evals, ...).
 No checkpoints are written; --stop-after M ends the run at the first window end at or after M
 micro-batches (to compare the first losses of a long recipe quickly). Needs PyTorch (``pip install torch==2.13.0``), not a dependency
-of the project; benchmarks/bench_gpt_vs_pytorch.py runs it beside the example.
+of the project; benchmarks/vs_pytorch/bench_gpt_vs_pytorch.py runs it beside the example.
 """
 import math
-import os
 import sys
 import time
 
 _T0 = time.perf_counter()
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_EXAMPLES = os.path.join(os.path.dirname(_HERE), "examples")
-sys.path.insert(0, _EXAMPLES)
 
 import numpy as np  # noqa: E402
 
-import lm_data as ld  # noqa: E402  (NumPy only)
-from train_gpt_lm import check_seq_len, load_data, log, parse_args  # noqa: E402  (no MindSpore at import)
+from examples.common import emit_summary  # noqa: E402
+from examples.gpt_lm import data as ld  # noqa: E402  (NumPy only)
+from examples.gpt_lm.train import check_seq_len, load_data, log, parse_args  # noqa: E402  (no MindSpore at import)
 
 LN2 = math.log(2.0)
 
 
 def build_gpt(torch, layers, d_model, heads, max_positions, arrays):
-    """The example's GPT (examples/gpt.py) in PyTorch, loaded from {name: array}."""
+    """The example's GPT (examples/gpt_lm/model.py) in PyTorch, loaded from {name: array}."""
     nn, F = torch.nn, torch.nn.functional
 
     def param(shape):
@@ -237,7 +234,7 @@ def main(argv=None):
         "eval_tokens": final["eval_tokens"], "init_weights": args.init_weights,
     }
     summary["wall_time_s"] = round(time.perf_counter() - _T0, 2)
-    ld.emit_summary(summary, args.summary_json)
+    emit_summary(summary, args.summary_json)
     return 0
 
 

@@ -1,18 +1,18 @@
 #!/usr/bin/env python
-"""The competitor: examples/train_resnet50_cifar10.py's job done in PyTorch, for timing beside it.
+"""The competitor: examples/resnet50_cifar10/train.py's job done in PyTorch, for timing beside it.
 
 Same work, step for step: the same ResNet50 (CIFAR stem, bottlenecks [3, 4, 6, 3], He-normal
 fan-out init, zero-initialised last BatchNorm scale per block), the same data files, the same
-per-epoch shuffle and the same crops/flips (both read examples/cifar10_data.py's pure-NumPy
+per-epoch shuffle and the same crops/flips (both read examples/resnet50_cifar10/data.py's pure-NumPy
 reader and sample source), micro-batch B x K accumulation done the way PyTorch users do it
 (``(loss / K).backward()``, one ``SGD.step()`` per window), the same warm-up + cosine schedule
-stepped per update (examples/train_resnet50_cifar10.py's ``lr_at``), momentum 0.9, weight decay
+stepped per update (examples/resnet50_cifar10/train.py's ``lr_at``), momentum 0.9, weight decay
 on conv/dense weights only, a checkpoint written at each epoch end, and the evaluation of that
 checkpoint file on the test split. The last line of stdout is a JSON summary with the same keys
 as the example's (wall_time_s from process start, train_time_s, eval_time_s, test_accuracy ...).
 
 Needs PyTorch (CPU build), not a dependency of the project: ``pip install torch==2.13.0``.
-``benchmarks/bench_vs_pytorch.py`` runs this and the example side by side.
+``benchmarks/vs_pytorch/bench_vs_pytorch.py`` runs this and the example side by side.
 """
 import argparse
 import math
@@ -21,16 +21,13 @@ import sys
 import time
 
 _T0 = time.perf_counter()
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_EXAMPLES = os.path.join(os.path.dirname(_HERE), "examples")
-sys.path.insert(0, _EXAMPLES)
 
 import numpy as np  # noqa: E402
 
-import cifar10_data as cd  # noqa: E402  (NumPy only)
-from train_resnet50_cifar10 import emit_summary, lr_at  # noqa: E402  (no MindSpore at import)
+from examples.resnet50_cifar10 import data as cd  # noqa: E402  (NumPy only)
+from examples.resnet50_cifar10.train import emit_summary, lr_at  # noqa: E402  (no MindSpore at import)
 
-PARAMS_CIFAR = 23_520_842  # examples/resnet50.py's count for 10 classes (= torchvision's)
+PARAMS_CIFAR = 23_520_842  # examples/resnet50_cifar10/model.py's count for 10 classes (= torchvision's)
 
 
 def parse_args(argv=None):

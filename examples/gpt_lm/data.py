@@ -1,7 +1,7 @@
 """Byte-level language-model data for examples/gpt_lm/train.py and its PyTorch twin.
 
 NumPy and the standard library only (no MindSpore, no PyTorch): the example and
-benchmarks/pytorch_gpt_lm.py both import this module, so they see the same bytes, the same
+benchmarks/vs_pytorch/pytorch_gpt_lm.py both import this module, so they see the same bytes, the same
 chunks, the same shuffle and the same padding.
 
 * Vocabulary: the 256 byte values, plus ``PAD`` = 256 (an input embedding only; targets equal to

@@ -16,7 +16,7 @@
   master copy -- and are cast in the forward pass; LayerNorm, softmax and the loss are float32).
 
 Linear layers hold their weight as (in, out) and compute ``x @ W + b``, the layout of GPT-2's
-``Conv1D``; ``benchmarks/pytorch_gpt_lm.py`` uses the same layout and the same parameter names,
+``Conv1D``; ``benchmarks/vs_pytorch/pytorch_gpt_lm.py`` uses the same layout and the same parameter names,
 so ``--save-init`` / ``--init-weights`` move weights between the two by name.
 """
 from __future__ import annotations

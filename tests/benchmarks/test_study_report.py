@@ -48,7 +48,7 @@ def _results():
 
 
 META = {"machine": {"cpu": "Synthetic CPU 9000", "logical_cpus": 2, "memory_gib": 24.0},
-        "profile": "quick", "command": "python benchmarks/batch_size_study.py --quick", "study_wall_s": 543.0,
+        "profile": "quick", "command": "python -m benchmarks.batch_size_study.batch_size_study --quick", "study_wall_s": 543.0,
         "date": "2025-01-01 00:00 UTC", "status": {"plain32": "ran"}}
 
 
