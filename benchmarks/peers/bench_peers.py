@@ -32,7 +32,7 @@ weights (a file the first process writes) and see the same windows (a file the d
 the big batch is the concatenation of the window's N micro-batches).
 
 LM windows: with --lm-windows unequal (default) the windows are the first ones of the example's
-training stream (lm_data.TrainStream, seed 0) whose N micro-batches hold unequal numbers of real
+training stream (examples.gpt_lm.data.TrainStream, seed 0) whose N micro-batches hold unequal numbers of real
 tokens -- at context 128 only ~0.7 % of the chunks are short file tails, so most windows hold
 equal counts, where the mean of micro-batch means equals the token mean; ``stream`` takes the
 stream's windows as they come. The token counts are printed.

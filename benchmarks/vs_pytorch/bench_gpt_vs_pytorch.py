@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The GPT example against its PyTorch twin: same recipe, identical initial weights, side by side.
 
-Writes the initial weights once (``train_gpt_lm.py --save-init``), then runs
+Writes the initial weights once (``python -m examples.gpt_lm.train --save-init``), then runs
 examples/gpt_lm/train.py (GradAccumCell + FusedAdamW, MindSpore GRAPH mode) and
 benchmarks/vs_pytorch/pytorch_gpt_lm.py (PyTorch, AdamW(fused=True), token-sum / window-tokens
 accumulation as Hugging Face transformers does it) alternately, each in its own process, both

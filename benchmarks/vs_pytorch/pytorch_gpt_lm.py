@@ -4,8 +4,8 @@
 Same command line (the example's own parser: same flags, same defaults; MindSpore-only flags
 such as --mode are accepted and ignored), same data (examples/gpt_lm/data.py: same files, chunks,
 padding and order), same model (same parameter names and (in, out) weight layout, initial
-weights from --init-weights, an .npz written by ``train_gpt_lm.py --save-init``, or the same
-NumPy GPT-2 init from --seed), same warm-up + cosine schedule (lm_data.lr_at, per update),
+weights from --init-weights, an .npz written by ``python -m examples.gpt_lm.train --save-init``, or the same
+NumPy GPT-2 init from --seed), same warm-up + cosine schedule (examples.gpt_lm.data.lr_at, per update),
 same clipping of the window's gradient to --clip-grad-norm, and ``torch.optim.AdamW(fused=True)``
 with the example's betas, eps and weight decay groups (= FusedAdamW(bias_correction=True)).
 
