@@ -75,6 +75,35 @@ def apply_cpu_isa_fix(args, convolutions=False):
     return what
 
 
+# ============================================================================ schedule
+
+def make_lr_schedule(peak, warmup, total, final):
+    """Linear warm-up over ``warmup`` updates, then a cosine from ``peak`` to ``final`` by update
+    ``total``, as a MindSpore LearningRateSchedule evaluated at the optimizer's global_step (which
+    advances once per update, not per micro-batch). ``lr_at`` in each example's data or train
+    module is the same function in Python."""
+    import math
+
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    class WarmupCosineLR(nn.learning_rate_schedule.LearningRateSchedule):
+        def __init__(self):
+            super().__init__()
+            self.peak, self.final = float(peak), float(final)
+            self.warmup = float(warmup)
+            self.decay_len = float(max(1, total - warmup))
+
+        def construct(self, global_step):
+            s = ops.cast(global_step, ms.float32)
+            warm = self.peak * (s + 1.0) / max(self.warmup, 1.0)
+            prog = ops.clip_by_value((s - self.warmup) / self.decay_len, 0.0, 1.0)
+            cos = self.final + 0.5 * (self.peak - self.final) * (1.0 + ops.cos(prog * math.pi))
+            return ops.select(s < self.warmup, warm, cos)
+
+    return WarmupCosineLR()
+
+
 # ============================================================================ checkpoints
 
 def ckpt_name(prefix, updates, micro):

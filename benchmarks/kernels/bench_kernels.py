@@ -225,8 +225,69 @@ class NumpyImpl:
 # MindSpore-native (GRAPH_MODE)
 
 
+def window_end_cell(ms, name, weights, accs, grads, grad_scale, make_optimizer):
+    """MindSpore's own window end as one GRAPH_MODE cell: acc + grad, times ``grad_scale``, the
+    optimizer ``make_optimizer()`` builds (nn.Momentum, nn.AdamWeightDecay), acc = 0 -- each
+    element-wise step mapped over the tensor lists with HyperMap."""
+    from mindspore import nn, ops, Tensor
+
+    add_op, scale_op, zero_op = window_end_ops(name)
+
+    class MsWindowEnd(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.weights, self.accs, self.grads = weights, accs, grads
+            self.grad_scale = Tensor(grad_scale, ms.float32)
+            self.hyper_map = ops.HyperMap()
+            self.optimizer = make_optimizer()
+
+        def construct(self):
+            summed = self.hyper_map(add_op, self.accs, self.grads)
+            scaled = self.hyper_map(ops.partial(scale_op, self.grad_scale), summed)
+            done = self.optimizer(scaled)
+            zeroed = self.hyper_map(zero_op, self.accs)
+            return ops.depend(zeroed[-1], (done, zeroed))
+
+    return MsWindowEnd()
+
+
+def window_end_ops(name):
+    """The element-wise steps of the window end, for HyperMap: acc + grad, times the grad scale,
+    and acc = 0 (MultitypeFuncGraphs named ``<name>_add_op``, ...)."""
+    from mindspore import ops
+
+    add_op = ops.MultitypeFuncGraph(f"{name}_add_op")
+
+    @add_op.register("Tensor", "Tensor")
+    def _add(acc, grad):  # noqa: ANN001
+        return acc + grad
+
+    scale_op = ops.MultitypeFuncGraph(f"{name}_scale_op")
+
+    @scale_op.register("Tensor", "Tensor")
+    def _scale(s, x):  # noqa: ANN001
+        return x * s
+
+    zero_op = ops.MultitypeFuncGraph(f"{name}_zero_op")
+
+    @zero_op.register("Tensor")
+    def _zero(acc):  # noqa: ANN001
+        return ops.assign(acc, ops.zeros_like(acc))
+
+    return add_op, scale_op, zero_op
+
+
+def param_tuple(shapes, prefix, arrs):
+    """Copies of ``arrs`` as non-trainable Parameters named ``<prefix>.<tensor name>``."""
+    from mindspore import Parameter, ParameterTuple, Tensor
+
+    return ParameterTuple(
+        Parameter(Tensor(a.copy()), name=f"{prefix}.{n}", requires_grad=False) for (n, _), a in zip(shapes, arrs)
+    )
+
+
 def build_mindspore(ms, init, shapes, wds):
-    from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
+    from mindspore import nn, ops, Tensor
 
     acc_op = ops.MultitypeFuncGraph("bench_acc_op")
 
@@ -234,28 +295,9 @@ def build_mindspore(ms, init, shapes, wds):
     def _acc(scale, acc, grad):  # noqa: ANN001
         return ops.assign_add(acc, grad * scale)
 
-    add_op = ops.MultitypeFuncGraph("bench_add_op")
-
-    @add_op.register("Tensor", "Tensor")
-    def _add(acc, grad):  # noqa: ANN001
-        return acc + grad
-
-    scale_op = ops.MultitypeFuncGraph("bench_scale_op")
-
-    @scale_op.register("Tensor", "Tensor")
-    def _scale(s, x):  # noqa: ANN001
-        return x * s
-
-    zero_op = ops.MultitypeFuncGraph("bench_zero_op")
-
-    @zero_op.register("Tensor")
-    def _zero(acc):  # noqa: ANN001
-        return ops.assign(acc, ops.zeros_like(acc))
 
     def params(prefix, arrs):
-        return ParameterTuple(
-            Parameter(Tensor(a.copy()), name=f"{prefix}.{n}", requires_grad=False) for (n, _), a in zip(shapes, arrs)
-        )
+        return param_tuple(shapes, prefix, arrs)
 
     class MsAccumulate(nn.Cell):
         def __init__(self, accs, grads):
@@ -267,21 +309,6 @@ def build_mindspore(ms, init, shapes, wds):
         def construct(self):
             res = self.hyper_map(ops.partial(acc_op, self.scale), self.accs, self.grads)
             return ops.depend(res[-1], res)  # a small output that is ready only after every assign_add
-
-    class MsFlush(nn.Cell):
-        def __init__(self, weights, accs, grads):
-            super().__init__()
-            self.weights, self.accs, self.grads = weights, accs, grads
-            self.grad_scale = Tensor(GRAD_SCALE, ms.float32)
-            self.hyper_map = ops.HyperMap()
-            self.optimizer = nn.Momentum(weights, learning_rate=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-
-        def construct(self):
-            summed = self.hyper_map(add_op, self.accs, self.grads)
-            scaled = self.hyper_map(ops.partial(scale_op, self.grad_scale), summed)
-            done = self.optimizer(scaled)
-            zeroed = self.hyper_map(zero_op, self.accs)
-            return ops.depend(zeroed[-1], (done, zeroed))
 
     class MsSquares(nn.Cell):
         def __init__(self, accs, grads):
@@ -298,7 +325,9 @@ def build_mindspore(ms, init, shapes, wds):
     weights = params("param", init["param"])
     accs = params("acc", init["acc"])
     grads = params("grad", init["grad"])
-    acc_cell, flush_cell = MsAccumulate(accs, grads), MsFlush(weights, accs, grads)
+    acc_cell, flush_cell = MsAccumulate(accs, grads), window_end_cell(
+        ms, "bench", weights, accs, grads, GRAD_SCALE,
+        lambda: nn.Momentum(weights, learning_rate=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY))
     squares_cell = MsSquares(accs, grads)
     for cell in (acc_cell, flush_cell, squares_cell):
         cell.set_train(False)
@@ -313,51 +342,18 @@ def build_mindspore(ms, init, shapes, wds):
 def build_mindspore_adamw(ms, init, shapes, wds):
     """GRAPH_MODE: acc + grad, * grad_scale, nn.AdamWeightDecay, acc = 0 (MindSpore's own AdamW
     window end; nn.AdamWeightDecay has no bias correction)."""
-    from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
+    from mindspore import nn, Tensor
 
-    add_op = ops.MultitypeFuncGraph("bench_adamw_add_op")
-
-    @add_op.register("Tensor", "Tensor")
-    def _add(acc, grad):  # noqa: ANN001
-        return acc + grad
-
-    scale_op = ops.MultitypeFuncGraph("bench_adamw_scale_op")
-
-    @scale_op.register("Tensor", "Tensor")
-    def _scale(s, x):  # noqa: ANN001
-        return x * s
-
-    zero_op = ops.MultitypeFuncGraph("bench_adamw_zero_op")
-
-    @zero_op.register("Tensor")
-    def _zero(acc):  # noqa: ANN001
-        return ops.assign(acc, ops.zeros_like(acc))
 
     def params(prefix, arrs):
-        return ParameterTuple(
-            Parameter(Tensor(a.copy()), name=f"{prefix}.{n}", requires_grad=False) for (n, _), a in zip(shapes, arrs)
-        )
-
-    class MsAdamW(nn.Cell):
-        def __init__(self, weights, accs, grads):
-            super().__init__()
-            self.weights, self.accs, self.grads = weights, accs, grads
-            self.grad_scale = Tensor(aw.GRAD_SCALE, ms.float32)
-            self.hyper_map = ops.HyperMap()
-            self.optimizer = nn.AdamWeightDecay(weights, learning_rate=aw.LR, beta1=aw.BETA1, beta2=aw.BETA2,
-                                                eps=aw.EPS, weight_decay=aw.WEIGHT_DECAY)
-
-        def construct(self):
-            summed = self.hyper_map(add_op, self.accs, self.grads)
-            scaled = self.hyper_map(ops.partial(scale_op, self.grad_scale), summed)
-            done = self.optimizer(scaled)
-            zeroed = self.hyper_map(zero_op, self.accs)
-            return ops.depend(zeroed[-1], (done, zeroed))
+        return param_tuple(shapes, prefix, arrs)
 
     weights = params("aw_param", init["param"])
     accs = params("aw_acc", init["acc"])
     grads = params("aw_grad", init["grad"])
-    cell = MsAdamW(weights, accs, grads)
+    cell = window_end_cell(ms, "bench_adamw", weights, accs, grads, aw.GRAD_SCALE,
+                           lambda: nn.AdamWeightDecay(weights, learning_rate=aw.LR, beta1=aw.BETA1, beta2=aw.BETA2,
+                                                      eps=aw.EPS, weight_decay=aw.WEIGHT_DECAY))
     cell.set_train(False)
     opt = cell.optimizer
     for m, a in zip(opt.moments1, init["exp_avg"]):

@@ -27,7 +27,7 @@ _T0 = time.perf_counter()
 import numpy as np  # noqa: E402
 
 from examples import common  # noqa: E402  (no MindSpore at import)
-from examples.common import emit_summary, log  # noqa: E402,F401  (log: also the PyTorch twin's)
+from examples.common import emit_summary, log, make_lr_schedule  # noqa: E402,F401  (log: also the PyTorch twin's)
 from examples.gpt_lm import data as ld  # noqa: E402  (NumPy only)
 
 CKPT_PREFIX = "gpt_lm"
@@ -145,29 +145,6 @@ def load_data(args):
 
 
 # ============================================================================ schedule, optimizer, cell
-
-def make_lr_schedule(peak, warmup, total, min_lr):
-    """Linear warm-up then cosine, at the optimizer's global_step (advanced once per update);
-    examples.gpt_lm.data.lr_at is the same function in Python."""
-    import mindspore as ms
-    from mindspore import nn, ops
-
-    class WarmupCosineLR(nn.learning_rate_schedule.LearningRateSchedule):
-        def __init__(self):
-            super().__init__()
-            self.peak, self.min_lr = float(peak), float(min_lr)
-            self.warmup = float(warmup)
-            self.decay_len = float(max(1, total - warmup))
-
-        def construct(self, global_step):
-            s = ops.cast(global_step, ms.float32)
-            warm = self.peak * (s + 1.0) / max(self.warmup, 1.0)
-            prog = ops.clip_by_value((s - self.warmup) / self.decay_len, 0.0, 1.0)
-            cos = self.min_lr + 0.5 * (self.peak - self.min_lr) * (1.0 + ops.cos(prog * math.pi))
-            return ops.select(s < self.warmup, warm, cos)
-
-    return WarmupCosineLR()
-
 
 def param_groups(net, weight_decay):
     """Decay on matrices and embeddings (ndim >= 2), none on biases and LayerNorm (nanoGPT's split)."""

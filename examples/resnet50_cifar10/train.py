@@ -31,7 +31,7 @@ _T0 = time.perf_counter()
 import numpy as np  # noqa: E402
 
 from examples import common  # noqa: E402  (no MindSpore at import)
-from examples.common import cpu_has_avx512, emit_summary, log  # noqa: E402,F401  (the PyTorch twin's too)
+from examples.common import cpu_has_avx512, emit_summary, log, make_lr_schedule  # noqa: E402,F401  (the PyTorch twin's too)
 from examples.resnet50_cifar10 import data as cd  # noqa: E402  (no MindSpore import at module level)
 
 CKPT_PREFIX = "resnet50_cifar10"
@@ -163,33 +163,6 @@ def lr_at(step, peak, warmup, total, final=0.0):
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return final + 0.5 * (peak - final) * (1.0 + math.cos(math.pi * progress))
-
-
-def make_lr_schedule(peak, warmup, total, final):
-    from mindspore import nn, ops
-    import mindspore as ms
-
-    class WarmupCosineLR(nn.learning_rate_schedule.LearningRateSchedule):
-        """Linear warm-up then cosine decay, evaluated at the optimizer's global_step.
-
-        The optimizer advances global_step once per update (not per micro-batch), so the
-        schedule is stepped per update.
-        """
-
-        def __init__(self):
-            super().__init__()
-            self.peak, self.final = float(peak), float(final)
-            self.warmup, self.total = float(warmup), float(total)
-            self.decay_len = float(max(1, total - warmup))
-
-        def construct(self, global_step):
-            s = ops.cast(global_step, ms.float32)
-            warm = self.peak * (s + 1.0) / max(self.warmup, 1.0)
-            prog = ops.clip_by_value((s - self.warmup) / self.decay_len, 0.0, 1.0)
-            cos = self.final + 0.5 * (self.peak - self.final) * (1.0 + ops.cos(prog * math.pi))
-            return ops.select(s < self.warmup, warm, cos)
-
-    return WarmupCosineLR()
 
 
 # ============================================================================ model + train cell
