@@ -3,7 +3,7 @@
 #  1. `pip wheel . -w DIR` builds a wheel that installs into a fresh venv whose PATH has no
 #     compiler, no CMake and no nvcc (`pip install --no-build-isolation --no-deps WHEEL numpy`),
 #     imports, reports itself (`python -m mindspore_accum`, no MindSpore there) and passes
-#     tests/test_kernels.py from the installed wheel;
+#     tests/kernels/test_kernels.py from the installed wheel;
 #  2. the sdist holds exactly the tracked source files (what the build needs; nothing generated:
 #     no build/, .so, __pycache__, venvs, checkpoints), plus PKG-INFO;
 #  3. `pip install SDIST` builds and installs it in another fresh venv, which then imports.
@@ -64,11 +64,14 @@ step "python -m mindspore_accum (no MindSpore in this venv)"
 (cd "$WORK" && run_bare "$VENV/bin/python" -m mindspore_accum >"$WORK/self_report.txt")
 sed 's/^/   /' "$WORK/self_report.txt"
 grep -qx "MindSpore: not installed" "$WORK/self_report.txt" || { echo "check_wheel: the self-report is wrong" >&2; exit 1; }
-step "tests/test_kernels.py from the installed wheel"
-mkdir -p "$WORK/tests"
-cp "$SRC/tests/conftest.py" "$SRC/tests/test_kernels.py" "$WORK/tests/"
-if ! (cd "$WORK/tests" && run_bare "$VENV/bin/pytest" -q -p no:cacheprovider test_kernels.py >"$WORK/test_kernels.log" 2>&1); then
-  cat "$WORK/test_kernels.log"; echo "check_wheel: tests/test_kernels.py failed from the wheel" >&2; exit 1
+step "tests/kernels/test_kernels.py from the installed wheel"
+mkdir -p "$WORK/tests/kernels"
+# pyproject.toml for its pytest settings (markers, pythonpath "." = $WORK, where no source is)
+cp "$SRC/pyproject.toml" "$WORK/"
+cp "$SRC/tests/__init__.py" "$SRC/tests/conftest.py" "$WORK/tests/"
+cp "$SRC/tests/kernels/__init__.py" "$SRC/tests/kernels/test_kernels.py" "$WORK/tests/kernels/"
+if ! (cd "$WORK" && run_bare "$VENV/bin/pytest" -q -p no:cacheprovider tests/kernels/test_kernels.py >"$WORK/test_kernels.log" 2>&1); then
+  cat "$WORK/test_kernels.log"; echo "check_wheel: tests/kernels/test_kernels.py failed from the wheel" >&2; exit 1
 fi
 tail -1 "$WORK/test_kernels.log" | sed 's/^/   /'
 

@@ -5,7 +5,8 @@
 #
 # Data: --data-dir DIR (default: the project's shared CIFAR-10 copy when present, else ./data).
 # With no data there, the example runs on generated images and says so; pass --download to fetch
-# the official archive instead. Other arguments go to examples/train_resnet50_cifar10.py.
+# the official archive instead. Other arguments go to examples/resnet50_cifar10/train.py
+# (run as `python -m examples.resnet50_cifar10.train` from the repository root).
 # The peak learning rate is a conservative 0.01 for this 8-update demo (the example's default,
 # 0.1 x effective batch / 256, is what examples/README.md measures over 2 epochs).
 set -euo pipefail
@@ -43,6 +44,6 @@ if [ ! -e "$data_dir/cifar-10-batches-bin" ] && ! ls "$data_dir"/*.bin >/dev/nul
   data_args=(--synthetic --synthetic-size 1024)
 fi
 echo "== training (ResNet50, micro-batch 32 x 4 accumulation steps)"
-exec "$VENV/bin/python" examples/train_resnet50_cifar10.py "${data_args[@]}" \
+exec "$VENV/bin/python" -m examples.resnet50_cifar10.train "${data_args[@]}" \
   --batch-size 32 --accum-steps 4 --epochs 1 --limit-train 1024 --limit-test 1000 --lr 0.01 \
   --ckpt-dir "${TMPDIR:-/tmp}/mindspore_accum_example_ckpt" "${args[@]+"${args[@]}"}"

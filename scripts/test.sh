@@ -16,7 +16,7 @@ echo "== installing mindspore_accum[test] (builds the C++/CUDA extension, warnin
 # `pip install .` does not (CMakeLists.txt, option MSACCUM_WERROR, default OFF).
 "$VENV/bin/python" -m pip install --quiet --config-settings=cmake.define.MSACCUM_WERROR=ON ".[test]"
 if command -v nvcc >/dev/null 2>&1; then
-  # tests/test_cuda_build.py inspects the nvcc output with cuobjdump, which a bare nvcc lacks.
+  # tests/build/test_cuda_build.py inspects the nvcc output with cuobjdump, which a bare nvcc lacks.
   command -v cuobjdump >/dev/null 2>&1 || "$VENV/bin/python" -m pip install --quiet "nvidia-cuda-cuobjdump>=13,<14"
 fi
 (cd / && "$VENV/bin/python" -c "import mindspore_accum._C as C; print('build_info:', C.build_info())")

@@ -5,7 +5,7 @@
 # extras and `mindspore==<version>` pinned into every environment.
 #
 #   bash scripts/test_matrix.sh                                   # every release, whole suite
-#   MSACCUM_MS_VERSIONS="2.7.0 2.10.0" bash scripts/test_matrix.sh tests/test_cell.py -k graph
+#   MSACCUM_MS_VERSIONS="2.7.0 2.10.0" bash scripts/test_matrix.sh tests/cell/test_cell.py -k graph
 #
 # Arguments go to pytest (files, -k, -x, ...). Environment: MSACCUM_MS_VERSIONS (default: the
 # releases below), PYTHON (the interpreter the venvs are made from, default python3),

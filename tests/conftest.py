@@ -152,6 +152,55 @@ def random_array(rng, shape, dtype, scale=1.0):
     return np.array(rng.standard_normal(shape) * scale, dtype=np.float32).astype(dtype)
 
 
+# ---- markers: the tier of a test is its folder (registered in pyproject.toml) ----
+
+TIERS = ("kernels", "cell", "distributed", "examples", "benchmarks", "build")
+# The MindSpore-facing tests run on the oldest supported MindSpore release too (.ci/run,
+# `-m matrix`): the ones most sensitive to the release. test_cell.py and kill-and-resume run on
+# the newest release only, for time.
+MATRIX_FILES = {"test_aot.py", "test_items.py", "test_guards.py", "test_fused_adamw.py", "test_nonfinite.py",
+                "test_distributed.py", "test_compat.py"}
+# The long tests, left out of the development loop `pytest -m "not slow"` (CI runs them): those
+# that train in subprocesses or under msrun, build with sanitizers, or took >= 4 s a case in
+# `pytest --durations` on the shared 2-core machine. A file (path under tests/) or one test (its
+# node id under tests/, without the parameters).
+SLOW = {
+    "cell/test_kill_resume.py::test_kill_and_resume_ten_times_is_bit_identical",
+    "cell/test_guards.py::test_a_window_end_that_fails_leaves_the_state_of_before",
+    "cell/test_cell.py::test_resume_mid_window_from_checkpoint_is_bit_identical",
+    "distributed/test_distributed.py",
+    "examples/test_example.py::test_graph_two_updates",
+    "examples/test_example.py::test_pynative_two_updates_via_download",
+    "examples/test_example.py::test_resume_mid_epoch_and_mid_window",
+    "examples/test_example.py::test_resume_refuses_other_settings",
+    "examples/test_example.py::test_distributed_two_workers_msrun",
+    "examples/test_gpt_example.py::test_graph_two_updates",
+    "examples/test_gpt_example.py::test_pynative_two_updates",
+    "examples/test_gpt_example.py::test_resume_mid_window_is_bit_identical",
+    "examples/test_gpt_example.py::test_amp_float16_with_dynamic_loss_scale",
+    "examples/test_gpt_example.py::test_save_init_and_init_weights_round_trip",
+    "benchmarks/test_bench_overhead.py",
+    "benchmarks/test_bench_peers.py",
+    "benchmarks/test_call_modes.py::test_tiny_mlp_table",
+    "build/test_cpu_sanitizers.py",
+    "build/test_cuda_build.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    here = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        rel = os.path.relpath(str(item.path), here).split(os.sep)
+        if len(rel) > 1 and rel[0] in TIERS:
+            item.add_marker(rel[0])
+        if rel[-1] in MATRIX_FILES:
+            item.add_marker("matrix")
+        path = "/".join(rel)
+        test = path + "::" + item.nodeid.split("::", 1)[-1].split("[", 1)[0]
+        if path in SLOW or test in SLOW:
+            item.add_marker("slow")
+
+
 @pytest.fixture
 def rng(request):
     # Seeded per test (by its node id) so every test is reproducible on its own.

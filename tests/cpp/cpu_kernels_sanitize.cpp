@@ -1,7 +1,7 @@
 // Exercises the multi-threaded CPU kernels (csrc/cpu/*.cpp, every vector ISA, the thread pool)
 // under AddressSanitizer + UBSan, or ThreadSanitizer, and checks every result against a reference
 // computed here in double precision from the kernel contract (docs: "The kernel contract"; the
-// reference does not use accum_math.h). Built and run by tests/test_cpu_sanitizers.py:
+// reference does not use accum_math.h). Built and run by tests/build/test_cpu_sanitizers.py:
 //
 //   g++ -std=c++17 -fsanitize=address,undefined ... csrc/cpu/*.cpp (span_kernels_isa.cpp once per ISA,
 //       with the defines and flags of CMakeLists.txt)

@@ -1,10 +1,10 @@
 // Runs the CUDA kernels of csrc/cuda/cuda_kernels.cu on the host (through csrc/cuda/host_shim.h)
-// on a case written by tests/test_cuda_host.py, and writes the results back for comparison with
+// on a case written by tests/build/test_cuda_host.py, and writes the results back for comparison with
 // the NumPy reference. Built by the test, with AddressSanitizer and UBSan:
 //
 //   g++ -std=c++17 -DMSACCUM_HOST_SHIM -include csrc/cuda/host_shim.h -Icsrc -fsanitize=address,undefined
 //       -x c++ csrc/cuda/cuda_kernels.cu -x none tests/cpp/cuda_host_runner.cpp -o cuda_host_runner
-// (the exact command, with all flags, is in tests/test_cuda_host.py)
+// (the exact command, with all flags, is in tests/build/test_cuda_host.py)
 //
 // Usage: cuda_host_runner CASE OUT   |   cuda_host_runner --info
 //
