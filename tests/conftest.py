@@ -191,8 +191,10 @@ def pytest_collection_modifyitems(config, items):
     here = os.path.dirname(os.path.abspath(__file__))
     for item in items:
         rel = os.path.relpath(str(item.path), here).split(os.sep)
-        if len(rel) > 1 and rel[0] in TIERS:
-            item.add_marker(rel[0])
+        if len(rel) < 2 or rel[0] not in TIERS:
+            # CI selects tests by marker: a test outside the tier folders would escape every selection
+            raise pytest.UsageError(f"{item.nodeid}: tests live in a tier folder, one of tests/{{{','.join(TIERS)}}}/")
+        item.add_marker(rel[0])
         if rel[-1] in MATRIX_FILES:
             item.add_marker("matrix")
         path = "/".join(rel)
