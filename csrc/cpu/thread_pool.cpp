@@ -86,7 +86,7 @@ class Pool {
   }
 
   void loop(int index, unsigned long long seen) {
-    // Named so that tools (and tests/test_one_kernel_lib.py) can count the pool's threads in a
+    // Named so that tools (and tests/build/test_one_kernel_lib.py) can count the pool's threads in a
     // process: /proc/<pid>/task/*/comm reads "msaccum-pool" (at most 15 characters).
     pthread_setname_np(pthread_self(), "msaccum-pool");
     for (;;) {

@@ -3,7 +3,7 @@ function each, with a fallback where a release lacks it.
 
 The rest of the package calls only these functions, never ``mindspore.*._private`` names, so a
 MindSpore release that moves or drops one of them breaks one function here, and
-``tests/test_compat.py`` -- which checks each function against the installed MindSpore's real
+``tests/cell/test_compat.py`` -- which checks each function against the installed MindSpore's real
 behaviour -- says which. Supported releases: see README, "Supported MindSpore versions".
 
 Importing this module does not import MindSpore; each function does, when called.
@@ -97,7 +97,7 @@ def optimizer_parameters(optimizer):
 
 # ``save_checkpoint(..., crc_check=True)`` (.ckpt format, unencrypted) appends
 # b"crc_num" + the CRC-32 of every byte before the marker as a 10-byte big-endian integer;
-# ``load_checkpoint(..., crc_check=True)`` checks it (2.7-2.10; tests/test_compat.py re-checks).
+# ``load_checkpoint(..., crc_check=True)`` checks it (2.7-2.10; tests/cell/test_compat.py re-checks).
 CKPT_CRC_MARKER = b"crc_num"
 CKPT_CRC_BYTES = 10
 _TRAILER = len(CKPT_CRC_MARKER) + CKPT_CRC_BYTES
