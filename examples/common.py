@@ -4,6 +4,7 @@ checkpoints (names from the real counters, rotation, the newest one, resume with
 
 Never imports MindSpore at module level: the trainers set ONEDNN_MAX_CPU_ISA before it is.
 """
+
 import glob
 import json
 import os
@@ -25,6 +26,7 @@ def emit_summary(summary, path=None):
 
 
 # ============================================================================ CPU speed fix
+
 
 def cpu_flags():
     """The CPU's feature flags from /proc/cpuinfo (Linux), None where that cannot be read."""
@@ -56,8 +58,11 @@ def apply_cpu_isa_fix(args, convolutions=False):
     if args.device != "CPU":
         what = f"not applied (device {args.device})"
     elif args.no_cpu_isa_fix:
-        what = (f"disabled by --no-cpu-isa-fix (ONEDNN_MAX_CPU_ISA={cur})" if cur or not convolutions else
-                "disabled by --no-cpu-isa-fix: 3x3 convolutions may run ~50x slower on AVX-512 CPUs")
+        what = (
+            f"disabled by --no-cpu-isa-fix (ONEDNN_MAX_CPU_ISA={cur})"
+            if cur or not convolutions
+            else "disabled by --no-cpu-isa-fix: 3x3 convolutions may run ~50x slower on AVX-512 CPUs"
+        )
     elif cur is not None:
         what = f"ONEDNN_MAX_CPU_ISA={cur} already set by the user: left alone"
     elif "mindspore" in sys.modules:
@@ -68,14 +73,18 @@ def apply_cpu_isa_fix(args, convolutions=False):
         if convolutions:
             avx512 = cpu_has_avx512()
             what += " " + (
-                "(this CPU has AVX-512, where oneDNN would use a slow reference 3x3 conv)" if avx512 else
-                "(no AVX-512 on this CPU: the cap changes nothing here)" if avx512 is False else
-                "(avoids oneDNN's slow reference 3x3 conv on AVX-512 CPUs)")
+                "(this CPU has AVX-512, where oneDNN would use a slow reference 3x3 conv)"
+                if avx512
+                else "(no AVX-512 on this CPU: the cap changes nothing here)"
+                if avx512 is False
+                else "(avoids oneDNN's slow reference 3x3 conv on AVX-512 CPUs)"
+            )
     log(f"[cpu-isa] {what}")
     return what
 
 
 # ============================================================================ schedule
+
 
 def make_lr_schedule(peak, warmup, total, final):
     """Linear warm-up over ``warmup`` updates, then a cosine from ``peak`` to ``final`` by update
@@ -105,6 +114,7 @@ def make_lr_schedule(peak, warmup, total, final):
 
 
 # ============================================================================ checkpoints
+
 
 def ckpt_name(prefix, updates, micro):
     # Named from the real counters, never from assumed epoch/step numbers.
@@ -139,6 +149,7 @@ def load_resume(train_cell, path, run_cfg, run_keys, *, load, error, floats=(), 
     float for the names in ``floats``). Refusals raise ``error`` (the example's DataError), with
     ``hint`` appended to the different-run message."""
     import mindspore as ms
+
     if not os.path.isfile(path):
         raise error(f"--resume: {path} does not exist")
     pd = load(path)

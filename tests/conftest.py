@@ -3,6 +3,7 @@
 The reference here is written from the contract (docs: "The kernel contract"), independently of
 the code under test: nothing in it calls `mindspore_accum`.
 """
+
 import os
 import zlib
 
@@ -52,10 +53,10 @@ def ref_accumulate(acc, grad, scale):
 def ref_momentum_flush(param, moment, acc, grad, *, lr, momentum, grad_scale, weight_decay, nesterov):
     """One tensor of momentum_flush in float64. Returns (param, moment, acc) after the step.
 
-        g = (acc + grad) * grad_scale + weight_decay * param
-        v = momentum * v + g
-        param -= lr * (g + momentum * v)  if nesterov  else  lr * v
-        acc = 0
+    g = (acc + grad) * grad_scale + weight_decay * param
+    v = momentum * v + g
+    param -= lr * (g + momentum * v)  if nesterov  else  lr * v
+    acc = 0
     """
     p = f64(param)
     summed = np.zeros_like(p)
@@ -80,8 +81,9 @@ def to_f32(x):
     return float(np.float32(x))
 
 
-def ref_adamw_flush(param, exp_avg, exp_avg_sq, acc, grad, *, lr, beta1, beta2, eps, weight_decay, step,
-                    grad_scale, bias_correction):
+def ref_adamw_flush(
+    param, exp_avg, exp_avg_sq, acc, grad, *, lr, beta1, beta2, eps, weight_decay, step, grad_scale, bias_correction
+):
     """One tensor of adamw_flush in float64. Returns (param, exp_avg, exp_avg_sq, acc) after the step.
 
         g  = (acc + grad) * grad_scale
@@ -158,8 +160,15 @@ TIERS = ("kernels", "cell", "distributed", "examples", "benchmarks", "build")
 # The MindSpore-facing tests run on the oldest supported MindSpore release too (.ci/run,
 # `-m matrix`): the ones most sensitive to the release. test_cell.py and kill-and-resume run on
 # the newest release only, for time.
-MATRIX_FILES = {"test_aot.py", "test_items.py", "test_guards.py", "test_fused_adamw.py", "test_nonfinite.py",
-                "test_distributed.py", "test_compat.py"}
+MATRIX_FILES = {
+    "test_aot.py",
+    "test_items.py",
+    "test_guards.py",
+    "test_fused_adamw.py",
+    "test_nonfinite.py",
+    "test_distributed.py",
+    "test_compat.py",
+}
 # The long tests, left out of the development loop `pytest -m "not slow"` (CI runs them): those
 # that train in subprocesses or under msrun, build with sanitizers, or took >= 4 s a case in
 # `pytest --durations` on the shared 2-core machine. A file (path under tests/) or one test (its

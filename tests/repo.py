@@ -1,6 +1,7 @@
 """The repository's examples and benchmarks run as a user would: `python -m <module>` in a
 subprocess, with the repository root importable from whatever working directory the test gives
 it (PYTHONPATH, as `python -m` run from the root would have it)."""
+
 import os
 import sys
 

@@ -29,6 +29,7 @@ a rerun skips configurations whose cached result matches the requested settings 
 reruns them; ``--only NAME ...`` runs a subset). ``ONEDNN_MAX_CPU_ISA=AVX2`` is set before
 MindSpore is imported (see docs/DESIGN.md, "CPU speed trap").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,32 +46,52 @@ from benchmarks.common.rounds import REPO as ROOT
 from benchmarks.common.rounds import module_command, worker_env
 
 MODULE = "benchmarks.batch_size_study.batch_size_study"
-DEFAULT_DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "cifar10-subset",
-                                             "cifar-10-batches-bin"))
+DEFAULT_DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "cifar10-subset", "cifar-10-batches-bin"))
 RESULT_VERSION = 3  # 3: zero-initialised last scale per block, ResNet50(norm=...)
 
 # The two profiles. samples: training images per training-panel configuration; perf_updates:
 # updates per memory/throughput-only run (the first one, which compiles, is not timed);
 # dist_updates: updates compared in the equivalence panel; limit_test: test images evaluated.
 PROFILES = {
-    "quick": dict(samples=256, perf_updates=2, dist_updates=2, limit_test=200,
-                  perf_plain=(32, 64, 128), perf_accum=(2, 4)),
-    "full": dict(samples=2048, perf_updates=4, dist_updates=6, limit_test=2000,
-                 perf_plain=(32, 64, 128, 256), perf_accum=(2, 4, 8)),
+    "quick": dict(
+        samples=256, perf_updates=2, dist_updates=2, limit_test=200, perf_plain=(32, 64, 128), perf_accum=(2, 4)
+    ),
+    "full": dict(
+        samples=2048,
+        perf_updates=4,
+        dist_updates=6,
+        limit_test=2000,
+        perf_plain=(32, 64, 128, 256),
+        perf_accum=(2, 4, 8),
+    ),
 }
 
 
 # ============================================================================ configurations
+
 
 def plan(args) -> list:
     """The configurations of one study, in run order (each a JSON-able dict with a unique name)."""
     prof = PROFILES[args.profile]
     samples = args.samples or prof["samples"]
     micro = 32
-    common = dict(mode=args.mode, seed=args.seed, base_lr=args.base_lr, momentum=args.momentum,
-                  weight_decay=args.weight_decay, data_dir=os.path.abspath(args.data_dir))
-    train = dict(common, kind="train", samples=samples, limit_test=args.limit_test or prof["limit_test"],
-                 augment=True, lr_schedule=args.lr_schedule, warmup_frac=args.warmup_frac)
+    common = dict(
+        mode=args.mode,
+        seed=args.seed,
+        base_lr=args.base_lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        data_dir=os.path.abspath(args.data_dir),
+    )
+    train = dict(
+        common,
+        kind="train",
+        samples=samples,
+        limit_test=args.limit_test or prof["limit_test"],
+        augment=True,
+        lr_schedule=args.lr_schedule,
+        warmup_frac=args.warmup_frac,
+    )
     configs = [
         dict(train, name="plain32", method="plain", micro_batch=32, accum_steps=1),
         dict(train, name="plain128", method="plain", micro_batch=128, accum_steps=1),
@@ -82,14 +103,30 @@ def plan(args) -> list:
     perf = dict(common, kind="perf", limit_test=0, augment=True)
     for b in prof["perf_plain"]:
         if ("plain", b, 1) not in have:
-            configs.append(dict(perf, name=f"plain{b}", method="plain", micro_batch=b, accum_steps=1,
-                                samples=b * perf_updates))
+            configs.append(
+                dict(perf, name=f"plain{b}", method="plain", micro_batch=b, accum_steps=1, samples=b * perf_updates)
+            )
     for k in prof["perf_accum"]:
         if ("ours", micro, k) not in have:
-            configs.append(dict(perf, name=f"accum{micro}x{k}_ours", method="ours", micro_batch=micro,
-                                accum_steps=k, samples=micro * k * perf_updates))
-    dist = dict(common, kind="distance", micro_batch=micro, accum_steps=4,
-                updates=args.dist_updates or prof["dist_updates"], augment=False, lr=args.dist_lr)
+            configs.append(
+                dict(
+                    perf,
+                    name=f"accum{micro}x{k}_ours",
+                    method="ours",
+                    micro_batch=micro,
+                    accum_steps=k,
+                    samples=micro * k * perf_updates,
+                )
+            )
+    dist = dict(
+        common,
+        kind="distance",
+        micro_batch=micro,
+        accum_steps=4,
+        updates=args.dist_updates or prof["dist_updates"],
+        augment=False,
+        lr=args.dist_lr,
+    )
     configs.append(dict(dist, name="distance_batchnorm", norm="batch"))
     configs.append(dict(dist, name="distance_groupnorm", norm="group"))
     for c in configs:
@@ -99,7 +136,8 @@ def plan(args) -> list:
     return configs
 
 
-# ============================================================================ the worker (one process per configuration)
+# ====================================================================== the worker (one process per configuration)
+
 
 def _import_mindspore(mode: str):
     return import_mindspore(mode)
@@ -109,6 +147,7 @@ def build_resnet50(norm: str = "batch"):
     """The example's ResNet50 (CIFAR stem, zero-initialised last scale per block);
     ``norm="group"``: GroupNorm instead of BatchNorm (per-sample statistics)."""
     from examples.resnet50_cifar10 import model as rn
+
     return rn.ResNet50(num_classes=10, norm=norm)
 
 
@@ -144,6 +183,7 @@ def lr_per_update(config: dict) -> list:
     then a cosine to 0 (the example's schedule), or constant. A function of the fraction of the
     training samples seen, so every configuration follows the same curve in samples."""
     import math
+
     updates = config["samples"] // config["effective_batch"]
     peak = config["lr"]
     if config.get("lr_schedule", "constant") == "constant":
@@ -161,7 +201,9 @@ def lr_per_update(config: dict) -> list:
 
 def _make_step(method, loss_net, params, config):
     from mindspore import nn
+
     from mindspore_accum import FusedMomentum, GradAccumCell
+
     mom, wd = config["momentum"], config["weight_decay"]
     lr = config["lr"] if config["kind"] != "train" else lr_per_update(config)
     if method == "plain":
@@ -169,13 +211,13 @@ def _make_step(method, loss_net, params, config):
     if method == "ours":
         return GradAccumCell(loss_net, FusedMomentum(params, lr, mom, weight_decay=wd), config["accum_steps"])
     if method == "mindspore":
-        return MindSporeAccumStep.create(loss_net, nn.Momentum(params, lr, mom, weight_decay=wd),
-                                         config["accum_steps"])
+        return MindSporeAccumStep.create(loss_net, nn.Momentum(params, lr, mom, weight_decay=wd), config["accum_steps"])
     raise ValueError(method)
 
 
 def _tqdm(**kw):
     from tqdm import tqdm
+
     return tqdm(file=sys.stderr, dynamic_ncols=True, mininterval=1.0, **kw)
 
 
@@ -183,9 +225,11 @@ def worker_train(config: dict) -> dict:
     """A training-panel or perf run: train on ``samples`` images, time each update, then evaluate."""
     t_start = time.perf_counter()
     import numpy as np
+
     ms = _import_mindspore(config["mode"])
-    from examples.resnet50_cifar10 import data as cd
     from mindspore import nn
+
+    from examples.resnet50_cifar10 import data as cd
 
     micro, k, samples = config["micro_batch"], config["accum_steps"], config["samples"]
     eff = micro * k
@@ -193,11 +237,20 @@ def worker_train(config: dict) -> dict:
         raise SystemExit(f"{config['name']}: samples ({samples}) must be a multiple of the effective batch ({eff})")
     images, labels, _ = cd.load_split(config["data_dir"], "train", limit=samples)
     if len(labels) < samples:
-        raise SystemExit(f"{config['name']}: only {len(labels)} training images in {config['data_dir']}, "
-                         f"{samples} requested")
+        raise SystemExit(
+            f"{config['name']}: only {len(labels)} training images in {config['data_dir']}, {samples} requested"
+        )
     order = cd.epoch_order(samples, config["seed"], 0)
-    dataset = cd.make_dataset(images, labels, micro, order=order, augment=config["augment"],
-                              seed=config["seed"], drop_remainder=True, num_workers=1)
+    dataset = cd.make_dataset(
+        images,
+        labels,
+        micro,
+        order=order,
+        augment=config["augment"],
+        seed=config["seed"],
+        drop_remainder=True,
+        num_workers=1,
+    )
     rss_after_import = rss_mib()
 
     ms.set_seed(config["seed"])
@@ -240,14 +293,22 @@ def worker_train(config: dict) -> dict:
     peak_train = max(peak_first, peak_after_first)
     timed = update_times[1:] or update_times  # the first update compiles the graphs
     result = dict(
-        lr_per_update=lr_per_update(config), loss_per_micro=micro_losses, loss_per_update=update_losses, update_times_s=update_times,
-        updates=len(update_times), timed_updates=len(update_times) - 1 if len(update_times) > 1 else 0,
+        lr_per_update=lr_per_update(config),
+        loss_per_micro=micro_losses,
+        loss_per_update=update_losses,
+        update_times_s=update_times,
+        updates=len(update_times),
+        timed_updates=len(update_times) - 1 if len(update_times) > 1 else 0,
         first_update_s=update_times[0],
-        time_per_update_s=float(np.median(timed)), time_per_update_mean_s=float(np.mean(timed)),
+        time_per_update_s=float(np.median(timed)),
+        time_per_update_mean_s=float(np.mean(timed)),
         images_per_s=eff * len(timed) / float(np.sum(timed)),
-        peak_rss_mib=peak_train, rss_before_model_mib=rss_after_import, peak_rss_first_update_mib=peak_first,
+        peak_rss_mib=peak_train,
+        rss_before_model_mib=rss_after_import,
+        peak_rss_first_update_mib=peak_first,
         peak_rss_steady_mib=peak_after_first if (steady_ok and len(update_times) > 1) else None,
-        rss_end_of_training_mib=rss_mib(), rss_per_micro=rss_trace,
+        rss_end_of_training_mib=rss_mib(),
+        rss_per_micro=rss_trace,
     )
     if config.get("limit_test"):
         result.update(_evaluate(net, config))
@@ -258,7 +319,9 @@ def worker_train(config: dict) -> dict:
 
 def _evaluate(net, config) -> dict:
     import numpy as np
+
     from examples.resnet50_cifar10 import data as cd
+
     images, labels, _ = cd.load_split(config["data_dir"], "test", limit=config["limit_test"])
     dataset = cd.make_dataset(images, labels, 100, augment=False, num_workers=1)
     net.set_train(False)
@@ -281,9 +344,11 @@ def worker_distance(config: dict) -> dict:
     """Accumulation k x micro (ours) vs one plain batch of k*micro, same init, same samples."""
     t_start = time.perf_counter()
     import numpy as np
+
     ms = _import_mindspore(config["mode"])
-    from examples.resnet50_cifar10 import data as cd
     from mindspore import Tensor, nn
+
+    from examples.resnet50_cifar10 import data as cd
 
     micro, k, updates = config["micro_batch"], config["accum_steps"], config["updates"]
     eff = micro * k
@@ -328,8 +393,14 @@ def worker_distance(config: dict) -> dict:
         bar.set_postfix(rel_l2=f"{rel[-1]:.2e}")
         bar.update(1)
     bar.close()
-    return dict(update=list(range(1, len(rel) + 1)), rel_l2=rel, max_abs=max_abs, param_norm=norms,
-                loss_plain_vs_accum=losses, wall_s=time.perf_counter() - t_start)
+    return dict(
+        update=list(range(1, len(rel) + 1)),
+        rel_l2=rel,
+        max_abs=max_abs,
+        param_norm=norms,
+        loss_plain_vs_accum=losses,
+        wall_s=time.perf_counter() - t_start,
+    )
 
 
 def worker_main(config_json: str, out_path: str) -> None:
@@ -344,9 +415,9 @@ def worker_main(config_json: str, out_path: str) -> None:
 
 # ============================================================================ the driver
 
+
 def machine_info() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "logical_cpus": os.cpu_count()}
+    info = {"platform": platform.platform(), "python": platform.python_version(), "logical_cpus": os.cpu_count()}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -357,7 +428,7 @@ def machine_info() -> dict:
         info["cpu"] = platform.processor() or platform.machine()
     try:
         with open("/proc/meminfo") as f:
-            info["memory_gib"] = round(int(f.readline().split()[1]) / 1024 ** 2, 1)
+            info["memory_gib"] = round(int(f.readline().split()[1]) / 1024**2, 1)
     except (OSError, ValueError, IndexError):
         pass
     try:
@@ -366,12 +437,14 @@ def machine_info() -> dict:
         pass
     try:  # versions without importing MindSpore in the driver
         from importlib import metadata
+
         info["mindspore"] = metadata.version("mindspore")
         info["numpy"] = metadata.version("numpy")
     except Exception:  # noqa: BLE001
         pass
     try:
         import mindspore_accum
+
         b = mindspore_accum.build_info()
         info["mindspore_accum"] = f"{b.get('version')} ({b.get('vector_isa')}, {b.get('num_threads')} threads)"
     except Exception as e:  # noqa: BLE001
@@ -423,28 +496,46 @@ def load_results(configs: list, run_dir: str) -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--quick", action="store_true", help="the quick profile (< 10 min on 2 quiet cores)")
-    p.add_argument("--data-dir", default=DEFAULT_DATA if os.path.isdir(DEFAULT_DATA) else None,
-                   help="CIFAR-10 binary folder (default: ../shared/data/cifar10-subset/cifar-10-batches-bin "
-                        "when it exists)")
-    p.add_argument("--out-dir", default=os.path.join(ROOT, "docs"),
-                   help="where batch_size_study.md, the PNGs and the cached runs go (default: docs/)")
-    p.add_argument("--samples", type=int, help="training images per training-panel configuration "
-                                               "(quick 256, full 2048; a multiple of 128)")
+    p.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA if os.path.isdir(DEFAULT_DATA) else None,
+        help="CIFAR-10 binary folder (default: ../shared/data/cifar10-subset/cifar-10-batches-bin when it exists)",
+    )
+    p.add_argument(
+        "--out-dir",
+        default=os.path.join(ROOT, "docs"),
+        help="where batch_size_study.md, the PNGs and the cached runs go (default: docs/)",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        help="training images per training-panel configuration (quick 256, full 2048; a multiple of 128)",
+    )
     p.add_argument("--limit-test", type=int, help="test images evaluated (quick 200, full 2000)")
     p.add_argument("--perf-updates", type=int, help="updates per memory/throughput-only run (quick 2, full 4)")
     p.add_argument("--dist-updates", type=int, help="updates in the equivalence panel (quick 2, full 6)")
     p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     p.add_argument("--base-lr", type=float, default=0.1, help="peak lr = base_lr * effective batch / 256")
-    p.add_argument("--lr-schedule", choices=["warmup_cosine", "constant"], default="warmup_cosine",
-                   help="training panel: linear warm-up then cosine to 0 per update (the example's), or constant")
+    p.add_argument(
+        "--lr-schedule",
+        choices=["warmup_cosine", "constant"],
+        default="warmup_cosine",
+        help="training panel: linear warm-up then cosine to 0 per update (the example's), or constant",
+    )
     p.add_argument("--warmup-frac", type=float, default=0.125, help="fraction of the updates spent warming up")
-    p.add_argument("--dist-lr", type=float, default=0.01,
-                   help="constant lr of the equivalence panel (small enough that neither network diverges: "
-                        "a loss spike would amplify any difference)")
+    p.add_argument(
+        "--dist-lr",
+        type=float,
+        default=0.01,
+        help="constant lr of the equivalence panel (small enough that neither network diverges: "
+        "a loss spike would amplify any difference)",
+    )
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -469,8 +560,10 @@ def main(argv=None) -> int:
         print(f"error: no --data-dir given and the default {DEFAULT_DATA} does not exist", file=sys.stderr)
         return 2
     if args.samples is not None and args.samples % 128:
-        print("error: --samples must be a multiple of 128 (the largest effective batch of the training panel)",
-              file=sys.stderr)
+        print(
+            "error: --samples must be a multiple of 128 (the largest effective batch of the training panel)",
+            file=sys.stderr,
+        )
         return 2
     from benchmarks.batch_size_study import study_report
 
@@ -482,8 +575,10 @@ def main(argv=None) -> int:
     if args.only:
         unknown = set(args.only) - {c["name"] for c in configs}
         if unknown:
-            print(f"error: unknown configuration(s) {sorted(unknown)}; known: {[c['name'] for c in configs]}",
-                  file=sys.stderr)
+            print(
+                f"error: unknown configuration(s) {sorted(unknown)}; known: {[c['name'] for c in configs]}",
+                file=sys.stderr,
+            )
             return 2
     run_dir = os.path.join(args.out_dir, "batch_size_study_runs", args.profile)
     os.makedirs(run_dir, exist_ok=True)
@@ -500,11 +595,15 @@ def main(argv=None) -> int:
             result, how = run_configuration(c, os.path.join(run_dir, c["name"] + ".json"), args.force, args.timeout)
             status[c["name"]] = how
             print(f"[{i}/{len(configs)}] {c['name']}: {how} ({time.perf_counter() - t:.0f} s)", flush=True)
-        meta = {"machine": machine, "profile": args.profile,
-                "command": "python -m " + " ".join(shlex.quote(a) for a in
-                                                   [MODULE] + (argv if argv is not None else sys.argv[1:])),
-                "study_wall_s": time.perf_counter() - t0, "status": status,
-                "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+        meta = {
+            "machine": machine,
+            "profile": args.profile,
+            "command": "python -m "
+            + " ".join(shlex.quote(a) for a in [MODULE] + (argv if argv is not None else sys.argv[1:])),
+            "study_wall_s": time.perf_counter() - t0,
+            "status": status,
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        }
         # The wall time of the whole study is the sum of the configurations' own times when some were cached.
         with open(meta_path, "w") as f:
             json.dump(meta, f, indent=1)
@@ -526,11 +625,16 @@ def main(argv=None) -> int:
 
 
 def _describe(c: dict) -> str:
-    what = {"plain": "plain batch {micro_batch}", "ours": "GradAccumCell+FusedMomentum {micro_batch}x{accum_steps}",
-            "mindspore": "mindspore.boost.GradientAccumulation {micro_batch}x{accum_steps}"}
+    what = {
+        "plain": "plain batch {micro_batch}",
+        "ours": "GradAccumCell+FusedMomentum {micro_batch}x{accum_steps}",
+        "mindspore": "mindspore.boost.GradientAccumulation {micro_batch}x{accum_steps}",
+    }
     if c["kind"] == "distance":
-        return (f"equivalence, {c['norm']}norm ResNet50: ours {c['micro_batch']}x{c['accum_steps']} vs plain "
-                f"{c['effective_batch']}, {c['updates']} updates")
+        return (
+            f"equivalence, {c['norm']}norm ResNet50: ours {c['micro_batch']}x{c['accum_steps']} vs plain "
+            f"{c['effective_batch']}, {c['updates']} updates"
+        )
     return what[c["method"]].format(**c) + f", {c['samples']} samples, peak lr {c['lr']:g}"
 
 

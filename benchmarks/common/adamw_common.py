@@ -9,6 +9,7 @@ One window end, per element:
     param = param - lr * wd * param - lr * u;  acc = 0
 It reads param, m, v, acc, grad and writes param, m, v, acc: 36 B/element in float32.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,13 @@ def adamw_init(shapes, seed=1) -> dict[str, list[np.ndarray]]:
             out.append(np.square(a) + np.float32(1e-6) if square else a)
         return out
 
-    return {"param": lst(0.05), "exp_avg": lst(0.01), "exp_avg_sq": lst(0.01, square=True), "acc": lst(0.1),
-            "grad": lst(1.0)}
+    return {
+        "param": lst(0.05),
+        "exp_avg": lst(0.01),
+        "exp_avg_sq": lst(0.01, square=True),
+        "acc": lst(0.1),
+        "grad": lst(1.0),
+    }
 
 
 def adamw_weight_decays(shapes) -> list[float]:
@@ -49,8 +55,8 @@ def adamw_reference(init, wds, bias_correction: bool, step: int = STEP, float32_
     from the double values (PyTorch's fused kernel computes with double hyper-parameters)."""
     f = (lambda x: float(np.float32(x))) if float32_hyper else float  # noqa: E731
     lr, b1, b2, eps, gs = f(LR), f(BETA1), f(BETA2), f(EPS), f(GRAD_SCALE)
-    bc1 = f(1.0 - BETA1 ** step) if bias_correction else 1.0
-    bc2 = f(1.0 - BETA2 ** step) if bias_correction else 1.0
+    bc1 = f(1.0 - BETA1**step) if bias_correction else 1.0
+    bc2 = f(1.0 - BETA2**step) if bias_correction else 1.0
     out = {"param": [], "exp_avg": [], "exp_avg_sq": []}
     for p, m, v, a, g, wd in zip(init["param"], init["exp_avg"], init["exp_avg_sq"], init["acc"], init["grad"], wds):
         p, m, v, a, g = (x.astype(np.float64) for x in (p, m, v, a, g))

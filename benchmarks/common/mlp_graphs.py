@@ -1,6 +1,7 @@
 """The MLP of the overhead probes (6 x Dense(W, W) with ReLU, softmax cross-entropy) and the
 time floor's graph, shared by overhead_worker.py, dispatch_probe_mlp.py and call_modes_mlp.py.
 Import after mindspore.set_context: the cells are built in the caller's mode."""
+
 import mindspore as ms
 from mindspore import Tensor, nn
 

@@ -1,6 +1,7 @@
 """Resident memory of the calling process, for the benchmarks' one-configuration workers (Linux
 /proc; the peak falls back to ru_maxrss where /proc is absent), and MindSpore imported the way
 every worker needs it."""
+
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ def _status_mib(key: str) -> float:
         pass
     if key == "VmHWM":
         import resource
+
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return float("nan")
 
@@ -46,5 +48,6 @@ def import_mindspore(mode: str):
     os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
     os.environ.setdefault("GLOG_v", "3")
     import mindspore as ms
+
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE, device_target="CPU")
     return ms

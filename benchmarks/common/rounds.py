@@ -11,6 +11,7 @@ Workers are modules of this repository run as ``python -m benchmarks.<folder>.<f
 ``examples.<name>.train``), with the repository root first on PYTHONPATH so that they start from
 any working directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,13 +65,26 @@ class Run:
     wall_s: float
 
 
-def run_worker(cmd: list, env: Optional[dict] = None, cwd: Optional[str] = None, timeout: Optional[float] = None,
-               stderr=subprocess.PIPE) -> Run:
+def run_worker(
+    cmd: list,
+    env: Optional[dict] = None,
+    cwd: Optional[str] = None,
+    timeout: Optional[float] = None,
+    stderr=subprocess.PIPE,
+) -> Run:
     """Runs one worker process to its end (``subprocess.TimeoutExpired`` after ``timeout`` s) and
     reads its report. ``env`` default: ``worker_env()``."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=worker_env() if env is None else env, stdout=subprocess.PIPE,
-                          stderr=stderr, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=worker_env() if env is None else env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     result = last_json_line(proc.stdout) if proc.returncode == 0 else None
     return Run(proc, result, time.perf_counter() - t0)
 
@@ -80,8 +94,9 @@ def run_job(name: str, cmd: list, workdir: str, log_dir: Optional[str] = None, e
     summary): announced, run in ``workdir``, its stdout kept as ``log_dir/<name>.log``; a failure
     ends the benchmark with the job's last output."""
     print(f"== {name}: {' '.join(cmd)}", flush=True)
-    run = run_worker(cmd, env=worker_env(cpu_isa_fix=False) if env is None else env, cwd=workdir,
-                     stderr=subprocess.DEVNULL)
+    run = run_worker(
+        cmd, env=worker_env(cpu_isa_fix=False) if env is None else env, cwd=workdir, stderr=subprocess.DEVNULL
+    )
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
         with open(os.path.join(log_dir, name.replace(" #", "_") + ".log"), "w") as f:

@@ -15,6 +15,7 @@ the script prints one JSON line {"ready": ..., "verify": max relative error vs f
 checking one run against the float64 reference of adamw_common.py (from a fresh state), then
 for every line "run" on stdin runs once and prints {"ms": time of that run}; "quit" ends it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,15 +51,23 @@ class TorchAdamW:
         groups = {}
         for p, wd in zip(self.params, wds):
             groups.setdefault(wd, []).append(p)
-        self.opt = torch.optim.AdamW([{"params": ps, "weight_decay": wd} for wd, ps in groups.items()], lr=LR,
-                                     betas=(BETA1, BETA2), eps=EPS, fused=True)
+        self.opt = torch.optim.AdamW(
+            [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()],
+            lr=LR,
+            betas=(BETA1, BETA2),
+            eps=EPS,
+            fused=True,
+        )
         # GradScaler's interface of the fused kernels: grads are divided by grad_scale, skipped if found_inf
         self.opt.grad_scale = torch.tensor(1.0 / GRAD_SCALE, dtype=torch.float32)
         self.opt.found_inf = torch.tensor(0.0, dtype=torch.float32)
         # state as after STEP - 1 updates, with the given moments (the step is counted before the update)
         for p, m, v in zip(self.params, init["exp_avg"], init["exp_avg_sq"]):
-            self.opt.state[p] = {"step": torch.tensor(float(STEP - 1)), "exp_avg": torch.from_numpy(m.copy()),
-                                 "exp_avg_sq": torch.from_numpy(v.copy())}
+            self.opt.state[p] = {
+                "step": torch.tensor(float(STEP - 1)),
+                "exp_avg": torch.from_numpy(m.copy()),
+                "exp_avg_sq": torch.from_numpy(v.copy()),
+            }
 
     @torch.no_grad()
     def run(self):
@@ -84,16 +93,19 @@ def main() -> int:
     check = TorchAdamW(init, wds)
     check.run()
     ref = adamw_reference(init, wds, bias_correction=True, float32_hyper=False)
-    errs = {"param": max_rel_err([p.numpy() for p in check.params], ref["param"]),
-            "exp_avg": max_rel_err([check.opt.state[p]["exp_avg"].numpy() for p in check.params], ref["exp_avg"]),
-            "exp_avg_sq": max_rel_err([check.opt.state[p]["exp_avg_sq"].numpy() for p in check.params],
-                                      ref["exp_avg_sq"]),
-            "acc==0": float(max(float(a.abs().max()) for a in check.acc))}
+    errs = {
+        "param": max_rel_err([p.numpy() for p in check.params], ref["param"]),
+        "exp_avg": max_rel_err([check.opt.state[p]["exp_avg"].numpy() for p in check.params], ref["exp_avg"]),
+        "exp_avg_sq": max_rel_err([check.opt.state[p]["exp_avg_sq"].numpy() for p in check.params], ref["exp_avg_sq"]),
+        "acc==0": float(max(float(a.abs().max()) for a in check.acc)),
+    }
     del check, ref
     bench = TorchAdamW(init, wds)
     del init
-    print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "verify": errs}), flush=True)
+    print(
+        json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads(), "verify": errs}),
+        flush=True,
+    )
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "quit":

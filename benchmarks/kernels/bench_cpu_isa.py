@@ -11,6 +11,7 @@ prints one JSON line per variant and a final line with the speed-up factor. The 
 plain nn.TrainOneStepCell + nn.Momentum step (forward, backward, update), so the figure is
 about the convolution path, not about mindspore_accum.
 """
+
 import argparse
 import json
 import os
@@ -24,9 +25,10 @@ from examples.common import cpu_flags
 
 def child(args):
     t0 = time.perf_counter()
-    import numpy as np
     import mindspore as ms
-    from mindspore import nn, Tensor
+    import numpy as np
+    from mindspore import Tensor, nn
+
     from examples.resnet50_cifar10.model import ResNet50
 
     ms.set_seed(0)
@@ -44,14 +46,27 @@ def child(args):
         t = time.perf_counter()
         step(x, y).asnumpy()
         times.append(time.perf_counter() - t)
-        print(f"  [{os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')}] step {i}: {times[-1]:.2f} s",
-              file=sys.stderr, flush=True)
-    timed = times[args.warmup:]
-    print(json.dumps({"ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"), "mode": args.mode,
-                      "batch_size": args.batch_size, "warmup_steps_s": [round(t, 3) for t in times[:args.warmup]],
-                      "timed_steps_s": [round(t, 3) for t in timed], "median_step_s": float(np.median(timed)),
-                      "images_per_s": args.batch_size / float(np.median(timed)),
-                      "process_s": round(time.perf_counter() - t0, 1)}), flush=True)
+        print(
+            f"  [{os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')}] step {i}: {times[-1]:.2f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    timed = times[args.warmup :]
+    print(
+        json.dumps(
+            {
+                "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+                "mode": args.mode,
+                "batch_size": args.batch_size,
+                "warmup_steps_s": [round(t, 3) for t in times[: args.warmup]],
+                "timed_steps_s": [round(t, 3) for t in timed],
+                "median_step_s": float(np.median(timed)),
+                "images_per_s": args.batch_size / float(np.median(timed)),
+                "process_s": round(time.perf_counter() - t0, 1),
+            }
+        ),
+        flush=True,
+    )
 
 
 def main():
@@ -67,6 +82,7 @@ def main():
         return child(args)
     try:
         import psutil
+
         load = os.getloadavg()
         cpu = {"logical_cpus": psutil.cpu_count(), "loadavg_at_start": [round(v, 2) for v in load]}
     except Exception:  # psutil is optional
@@ -80,8 +96,18 @@ def main():
         env.pop("ONEDNN_MAX_CPU_ISA", None)
         if isa:
             env["ONEDNN_MAX_CPU_ISA"] = isa
-        cmd = module_command("benchmarks.kernels.bench_cpu_isa", "--child", "--batch-size", args.batch_size,
-                             "--warmup", args.warmup, "--steps", args.steps, "--mode", args.mode)
+        cmd = module_command(
+            "benchmarks.kernels.bench_cpu_isa",
+            "--child",
+            "--batch-size",
+            args.batch_size,
+            "--warmup",
+            args.warmup,
+            "--steps",
+            args.steps,
+            "--mode",
+            args.mode,
+        )
         run = run_worker(cmd, env=env, stderr=None)
         if run.result is None:
             raise subprocess.CalledProcessError(run.proc.returncode, cmd)

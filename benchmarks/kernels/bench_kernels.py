@@ -49,6 +49,7 @@ Usage:  python -m benchmarks.kernels.bench_kernels [--repeats 7] [--warmup 2] [-
         python -m benchmarks.kernels.bench_kernels --quick
         python -m benchmarks.kernels.bench_kernels --groups adamw --torch-python /tmp/torchvenv/bin/python
 """
+
 from __future__ import annotations
 
 import os
@@ -62,11 +63,10 @@ import json
 import math
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
-
-import subprocess
 
 import numpy as np
 
@@ -74,7 +74,7 @@ from benchmarks.common import adamw_common as aw  # noqa: E402
 from benchmarks.common.resnet50_cifar_shapes import NUM_TENSORS, NUM_VALUES, RESNET50_CIFAR_SHAPES, check_shapes  # noqa: E402
 from benchmarks.common.rounds import median_of_ratios, module_command, rounds, worker_env  # noqa: E402
 
-ACC_BYTES = 12    # read acc, read grad, write acc
+ACC_BYTES = 12  # read acc, read grad, write acc
 FLUSH_BYTES = 28  # read param, moment, acc, grad; write param, moment, acc
 SQUARES_BYTES = 8  # read acc and grad
 CEIL_BYTES = 12
@@ -141,7 +141,7 @@ def aligned_empty(shape, align: int, offset: int = 0) -> np.ndarray:
     n = math.prod(shape)
     raw = np.empty(n * 4 + align + offset, dtype=np.uint8)
     start = (-raw.ctypes.data) % align + offset
-    return raw[start:start + n * 4].view(np.float32).reshape(shape)
+    return raw[start : start + n * 4].view(np.float32).reshape(shape)
 
 
 class State:
@@ -209,16 +209,16 @@ class NumpyImpl:
                 j = min(n, i + B)
                 pp, vv, aa = p[i:j], v[i:j], a[i:j]
                 x, y = t1[: j - i], t2[: j - i]
-                np.add(aa, g[i:j], out=x)          # acc + grad
+                np.add(aa, g[i:j], out=x)  # acc + grad
                 np.multiply(x, GRAD_SCALE, out=x)  # * grad_scale
                 if wd:
-                    np.multiply(pp, wd, out=y)     # + wd * param
+                    np.multiply(pp, wd, out=y)  # + wd * param
                     np.add(x, y, out=x)
                 np.multiply(vv, MOMENTUM, out=vv)  # v = mu * v + g
                 np.add(vv, x, out=vv)
-                np.multiply(vv, LR, out=y)         # param -= lr * v
+                np.multiply(vv, LR, out=y)  # param -= lr * v
                 np.subtract(pp, y, out=pp)
-                aa.fill(0.0)                       # acc = 0
+                aa.fill(0.0)  # acc = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def window_end_cell(ms, name, weights, accs, grads, grad_scale, make_optimizer):
     """MindSpore's own window end as one GRAPH_MODE cell: acc + grad, times ``grad_scale``, the
     optimizer ``make_optimizer()`` builds (nn.Momentum, nn.AdamWeightDecay), acc = 0 -- each
     element-wise step mapped over the tensor lists with HyperMap."""
-    from mindspore import nn, ops, Tensor
+    from mindspore import Tensor, nn, ops
 
     add_op, scale_op, zero_op = window_end_ops(name)
 
@@ -287,14 +287,13 @@ def param_tuple(shapes, prefix, arrs):
 
 
 def build_mindspore(ms, init, shapes, wds):
-    from mindspore import nn, ops, Tensor
+    from mindspore import Tensor, nn, ops
 
     acc_op = ops.MultitypeFuncGraph("bench_acc_op")
 
     @acc_op.register("Tensor", "Tensor", "Tensor")
     def _acc(scale, acc, grad):  # noqa: ANN001
         return ops.assign_add(acc, grad * scale)
-
 
     def params(prefix, arrs):
         return param_tuple(shapes, prefix, arrs)
@@ -325,9 +324,18 @@ def build_mindspore(ms, init, shapes, wds):
     weights = params("param", init["param"])
     accs = params("acc", init["acc"])
     grads = params("grad", init["grad"])
-    acc_cell, flush_cell = MsAccumulate(accs, grads), window_end_cell(
-        ms, "bench", weights, accs, grads, GRAD_SCALE,
-        lambda: nn.Momentum(weights, learning_rate=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY))
+    acc_cell, flush_cell = (
+        MsAccumulate(accs, grads),
+        window_end_cell(
+            ms,
+            "bench",
+            weights,
+            accs,
+            grads,
+            GRAD_SCALE,
+            lambda: nn.Momentum(weights, learning_rate=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY),
+        ),
+    )
     squares_cell = MsSquares(accs, grads)
     for cell in (acc_cell, flush_cell, squares_cell):
         cell.set_train(False)
@@ -342,8 +350,7 @@ def build_mindspore(ms, init, shapes, wds):
 def build_mindspore_adamw(ms, init, shapes, wds):
     """GRAPH_MODE: acc + grad, * grad_scale, nn.AdamWeightDecay, acc = 0 (MindSpore's own AdamW
     window end; nn.AdamWeightDecay has no bias correction)."""
-    from mindspore import nn, Tensor
-
+    from mindspore import Tensor, nn
 
     def params(prefix, arrs):
         return param_tuple(shapes, prefix, arrs)
@@ -351,9 +358,17 @@ def build_mindspore_adamw(ms, init, shapes, wds):
     weights = params("aw_param", init["param"])
     accs = params("aw_acc", init["acc"])
     grads = params("aw_grad", init["grad"])
-    cell = window_end_cell(ms, "bench_adamw", weights, accs, grads, aw.GRAD_SCALE,
-                           lambda: nn.AdamWeightDecay(weights, learning_rate=aw.LR, beta1=aw.BETA1, beta2=aw.BETA2,
-                                                      eps=aw.EPS, weight_decay=aw.WEIGHT_DECAY))
+    cell = window_end_cell(
+        ms,
+        "bench_adamw",
+        weights,
+        accs,
+        grads,
+        aw.GRAD_SCALE,
+        lambda: nn.AdamWeightDecay(
+            weights, learning_rate=aw.LR, beta1=aw.BETA1, beta2=aw.BETA2, eps=aw.EPS, weight_decay=aw.WEIGHT_DECAY
+        ),
+    )
     cell.set_train(False)
     opt = cell.optimizer
     for m, a in zip(opt.moments1, init["exp_avg"]):
@@ -373,8 +388,9 @@ class TorchProcess:
         cmd = module_command("benchmarks.kernels.bench_adamw_torch", "--threads", threads, python=python)
         if quick:
             cmd.append("--quick")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-                                     env=worker_env(cpu_isa_fix=False))
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=worker_env(cpu_isa_fix=False)
+        )
         self.hello = self._read()
         if not self.hello.get("ready"):
             raise RuntimeError(f"bench_adamw_torch.py did not start: {self.hello}")
@@ -433,48 +449,92 @@ def fmt_table(rows) -> str:
     head = ("op", "implementation", "median ms", "min ms", "GB/s", "vs ceiling", "x MindSpore")
     body = []
     for r in rows:
-        body.append((
-            r["op"], r["impl"], f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}", f"{r['gbps']:.1f}",
-            "" if r["ratio_vs_ceiling"] is None else f"{r['ratio_vs_ceiling']:.2f}",
-            "" if r["speedup_vs_mindspore"] is None else f"{r['speedup_vs_mindspore']:.1f}x",
-        ))
+        body.append(
+            (
+                r["op"],
+                r["impl"],
+                f"{r['median_ms']:.2f}",
+                f"{r['min_ms']:.2f}",
+                f"{r['gbps']:.1f}",
+                "" if r["ratio_vs_ceiling"] is None else f"{r['ratio_vs_ceiling']:.2f}",
+                "" if r["speedup_vs_mindspore"] is None else f"{r['speedup_vs_mindspore']:.1f}x",
+            )
+        )
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) if i < 2 else c.rjust(w)  # noqa: E731
-                                           for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    def line(cells):
+        return (
+            "| " + " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        )
+
     sep = "|" + "|".join(("-" * (w + 1) + ":") if i >= 2 else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
     return "\n".join([line(head), sep] + [line(b) for b in body])
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs per implementation (default 7; 5 with --quick)")
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per implementation (default 7; 5 with --quick)"
+    )
     ap.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 2; 1 with --quick)")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="threads for our kernels and for MindSpore's CPU kernels (default: our default, the CPU affinity)")
-    ap.add_argument("--ms-threads", type=int, default=0,
-                    help="MindSpore's CPU kernel threads (default 0: the same as ours; -1: leave MindSpore's own default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads for our kernels and for MindSpore's CPU kernels (default: our default, the CPU affinity)",
+    )
+    ap.add_argument(
+        "--ms-threads",
+        type=int,
+        default=0,
+        help="MindSpore's CPU kernel threads (default 0: the same as ours; -1: leave MindSpore's own default)",
+    )
     ap.add_argument("--json", type=str, default=None, help="write machine-readable results here")
-    ap.add_argument("--quick", action="store_true",
-                    help="smaller run: stem + layer1..3 only (~8.5M values) and fewer repeats; not README numbers")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller run: stem + layer1..3 only (~8.5M values) and fewer repeats; not README numbers",
+    )
     ap.add_argument("--numpy-block", type=int, default=1 << 14, help="NumPy blocking, elements (default 16384)")
     ap.add_argument("--align", type=int, default=64, help="byte alignment of every array (default 64)")
-    ap.add_argument("--misalign", type=int, default=0,
-                    help="extra byte offset past the alignment, e.g. 16 to mimic malloc (default 0)")
-    ap.add_argument("--settle", type=float, default=0.005,
-                    help="seconds to sleep before every timed call, so that threads left spinning by the previous "
-                         "implementation (MindSpore's pool) do not steal the 2 cores from the next (default 0.005; "
-                         "longer idling, ~0.1 s, already slows the next call on this VM)")
-    ap.add_argument("--order", choices=["interleaved", "grouped"], default="interleaved",
-                    help="interleaved: every round runs every implementation once; grouped: all runs of one "
-                         "implementation back to back (default interleaved)")
-    ap.add_argument("--no-hugepages", action="store_true",
-                    help="allocate the arrays without NumPy's madvise(MADV_HUGEPAGE) (4 KiB pages: more TLB misses)")
+    ap.add_argument(
+        "--misalign",
+        type=int,
+        default=0,
+        help="extra byte offset past the alignment, e.g. 16 to mimic malloc (default 0)",
+    )
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.005,
+        help="seconds to sleep before every timed call, so that threads left spinning by the previous "
+        "implementation (MindSpore's pool) do not steal the 2 cores from the next (default 0.005; "
+        "longer idling, ~0.1 s, already slows the next call on this VM)",
+    )
+    ap.add_argument(
+        "--order",
+        choices=["interleaved", "grouped"],
+        default="interleaved",
+        help="interleaved: every round runs every implementation once; grouped: all runs of one "
+        "implementation back to back (default interleaved)",
+    )
+    ap.add_argument(
+        "--no-hugepages",
+        action="store_true",
+        help="allocate the arrays without NumPy's madvise(MADV_HUGEPAGE) (4 KiB pages: more TLB misses)",
+    )
     ap.add_argument("--skip", default="", help="comma list of implementations to leave out: numpy,mindspore")
-    ap.add_argument("--groups", default="accumulate,flush,squares,adamw",
-                    help="comma list of the op groups to time (default all; the accumulate ceiling always runs)")
-    ap.add_argument("--torch-python", default=None,
-                    help="a Python with torch installed: adds PyTorch's AdamW window end to the adamw group, run by "
-                         "benchmarks/kernels/bench_adamw_torch.py in its own process")
+    ap.add_argument(
+        "--groups",
+        default="accumulate,flush,squares,adamw",
+        help="comma list of the op groups to time (default all; the accumulate ceiling always runs)",
+    )
+    ap.add_argument(
+        "--torch-python",
+        default=None,
+        help="a Python with torch installed: adds PyTorch's AdamW window end to the adamw group, run by "
+        "benchmarks/kernels/bench_adamw_torch.py in its own process",
+    )
     ap.add_argument("--no-verify", action="store_true", help="skip the correctness check against float64")
     args = ap.parse_args(argv)
     repeats = args.repeats if args.repeats is not None else (5 if args.quick else 7)
@@ -485,6 +545,7 @@ def main(argv=None) -> int:
     groups = {s.strip() for s in args.groups.split(",") if s.strip()}
 
     import mindspore as ms
+
     import mindspore_accum._C as C
 
     check_shapes()
@@ -506,21 +567,33 @@ def main(argv=None) -> int:
 
     facts = machine_facts(C, ms, args, ms_threads)
     print("== machine")
-    print(f"cpu: {facts['cpu_model']}  logical cpus: {facts['logical_cpus']}  affinity: {facts['affinity_cpus']}"
-          f"  loadavg: {' '.join(f'{x:.2f}' for x in facts['loadavg_start'])}")
+    print(
+        f"cpu: {facts['cpu_model']}  logical cpus: {facts['logical_cpus']}  affinity: {facts['affinity_cpus']}"
+        f"  loadavg: {' '.join(f'{x:.2f}' for x in facts['loadavg_start'])}"
+    )
     bi = facts["build_info"]
-    print(f"mindspore_accum {bi['version']}: vector_isa={bi['vector_isa']} threads={ours_threads} "
-          f"cuda={bi['cuda']} compiler={bi['compiler']}")
-    print(f"python {facts['python']}  numpy {facts['numpy']} (1 thread)  mindspore {facts['mindspore']} "
-          f"(GRAPH_MODE, CPU, {ms_threads} kernel threads)")
-    print(f"ONEDNN_MAX_CPU_ISA={facts['ONEDNN_MAX_CPU_ISA']}  OPENBLAS_CORETYPE={facts['OPENBLAS_CORETYPE']}  "
-          f"THP: {facts['transparent_hugepage']}")
-    print(f"== workload: {'QUICK subset of ' if args.quick else ''}ResNet50-CIFAR parameters: {len(shapes)} float32 "
-          f"tensors, {n_values:,} values ({n_values * 4 / 2**20:.1f} MiB per list)"
-          + ("" if args.quick else f" [full set: {NUM_TENSORS} / {NUM_VALUES:,}]"))
-    print(f"median of {repeats} timed runs after {warmup} warm-up runs, order {args.order}, {args.settle} s settle "
-          f"before each call; arrays {args.align}-byte aligned + {args.misalign}"
-          f"{', no huge pages' if args.no_hugepages else ''}")
+    print(
+        f"mindspore_accum {bi['version']}: vector_isa={bi['vector_isa']} threads={ours_threads} "
+        f"cuda={bi['cuda']} compiler={bi['compiler']}"
+    )
+    print(
+        f"python {facts['python']}  numpy {facts['numpy']} (1 thread)  mindspore {facts['mindspore']} "
+        f"(GRAPH_MODE, CPU, {ms_threads} kernel threads)"
+    )
+    print(
+        f"ONEDNN_MAX_CPU_ISA={facts['ONEDNN_MAX_CPU_ISA']}  OPENBLAS_CORETYPE={facts['OPENBLAS_CORETYPE']}  "
+        f"THP: {facts['transparent_hugepage']}"
+    )
+    print(
+        f"== workload: {'QUICK subset of ' if args.quick else ''}ResNet50-CIFAR parameters: {len(shapes)} float32 "
+        f"tensors, {n_values:,} values ({n_values * 4 / 2**20:.1f} MiB per list)"
+        + ("" if args.quick else f" [full set: {NUM_TENSORS} / {NUM_VALUES:,}]")
+    )
+    print(
+        f"median of {repeats} timed runs after {warmup} warm-up runs, order {args.order}, {args.settle} s settle "
+        f"before each call; arrays {args.align}-byte aligned + {args.misalign}"
+        f"{', no huge pages' if args.no_hugepages else ''}"
+    )
     sys.stdout.flush()
 
     if args.no_hugepages:
@@ -558,9 +631,21 @@ def main(argv=None) -> int:
             print(f"(PyTorch {torch_proc.hello['torch']} in its own process, {torch_proc.hello['threads']} threads)")
 
     def ours_adamw():
-        C.adamw_flush(aw_ours["param"], aw_ours["exp_avg"], aw_ours["exp_avg_sq"], aw_ours["acc"], aw_ours["grad"],
-                      lr=aw.LR, beta1=aw.BETA1, beta2=aw.BETA2, eps=aw.EPS, weight_decay=aw_wds, step=aw.STEP,
-                      grad_scale=aw.GRAD_SCALE, bias_correction=True)
+        C.adamw_flush(
+            aw_ours["param"],
+            aw_ours["exp_avg"],
+            aw_ours["exp_avg_sq"],
+            aw_ours["acc"],
+            aw_ours["grad"],
+            lr=aw.LR,
+            beta1=aw.BETA1,
+            beta2=aw.BETA2,
+            eps=aw.EPS,
+            weight_decay=aw_wds,
+            step=aw.STEP,
+            grad_scale=aw.GRAD_SCALE,
+            bias_correction=True,
+        )
 
     def ms_adamw():
         ms_aw_cell().asnumpy()
@@ -569,8 +654,17 @@ def main(argv=None) -> int:
         C.accumulate(ours.acc, ours.grad, SCALE)
 
     def ours_flush():
-        C.momentum_flush(ours.param, ours.moment, ours.acc, ours.grad, lr=LR, momentum=MOMENTUM,
-                         grad_scale=GRAD_SCALE, weight_decay=wds, nesterov=False)
+        C.momentum_flush(
+            ours.param,
+            ours.moment,
+            ours.acc,
+            ours.grad,
+            lr=LR,
+            momentum=MOMENTUM,
+            grad_scale=GRAD_SCALE,
+            weight_decay=wds,
+            nesterov=False,
+        )
 
     def ceiling():
         C.axpy_ceiling(ceil_a, ceil_b, CEIL_S)
@@ -620,8 +714,9 @@ def main(argv=None) -> int:
             checks["mindspore flush param"] = max_rel_err([p.asnumpy() for p in ms_weights], ref["param"])
             checks["mindspore flush moment"] = max_rel_err([p.asnumpy() for p in ms_moments], ref["moment"])
             checks["mindspore flush acc==0"] = float(max(np.abs(p.asnumpy()).max() for p in ms_accs))
-            exact_ms = sum(float(np.sum(p.asnumpy().astype(np.float64) ** 2)) for p in list(ms_accs) +
-                           list(ms_squares_cell.grads))
+            exact_ms = sum(
+                float(np.sum(p.asnumpy().astype(np.float64) ** 2)) for p in list(ms_accs) + list(ms_squares_cell.grads)
+            )
             checks["mindspore squares"] = abs(ms_squares() - exact_ms) / exact_ms
             print(f"(MindSpore graphs built and compiled in {time.perf_counter() - t0:.1f} s)")
         del ref
@@ -637,16 +732,16 @@ def main(argv=None) -> int:
                 ms_adamw()
                 checks["mindspore adamw param"] = aw.max_rel_err([p.asnumpy() for p in ms_aw_weights], ref["param"])
                 checks["mindspore adamw exp_avg"] = aw.max_rel_err([p.asnumpy() for p in ms_aw_m], ref["exp_avg"])
-                checks["mindspore adamw exp_avg_sq"] = aw.max_rel_err([p.asnumpy() for p in ms_aw_v],
-                                                                      ref["exp_avg_sq"])
+                checks["mindspore adamw exp_avg_sq"] = aw.max_rel_err([p.asnumpy() for p in ms_aw_v], ref["exp_avg_sq"])
                 checks["mindspore adamw acc==0"] = float(max(np.abs(p.asnumpy()).max() for p in ms_aw_accs))
             if torch_proc:  # checked inside its process, from the same initial state, before timing
                 for k, v in torch_proc.hello["verify"].items():
                     checks[f"pytorch adamw {k}"] = v
             del ref
         bad = {k: v for k, v in checks.items() if not v <= 1e-5}
-        print("== verification vs float64 (max relative error): "
-              + ", ".join(f"{k} {v:.1e}" for k, v in checks.items()))
+        print(
+            "== verification vs float64 (max relative error): " + ", ".join(f"{k} {v:.1e}" for k, v in checks.items())
+        )
         if bad:
             print(f"VERIFICATION FAILED: {bad}")
             return 1
@@ -676,11 +771,9 @@ def main(argv=None) -> int:
         cases.append(("adamw", "ceiling: axpy bandwidth at 36 B/element", None, aw.ADAMW_BYTES, n_values))
         cases.append(("adamw", "ours: _C.adamw_flush", ours_adamw, aw.ADAMW_BYTES, n_values))
         if ms_objs:
-            cases.append(("adamw", "mindspore (add,mul,nn.AdamWeightDecay,zero)", ms_adamw, aw.ADAMW_BYTES,
-                          n_values))
+            cases.append(("adamw", "mindspore (add,mul,nn.AdamWeightDecay,zero)", ms_adamw, aw.ADAMW_BYTES, n_values))
         if torch_proc:
-            cases.append(("adamw", "pytorch 2.13 (foreach_add,AdamW fused,zero)", torch_proc, aw.ADAMW_BYTES,
-                          n_values))
+            cases.append(("adamw", "pytorch 2.13 (foreach_add,AdamW fused,zero)", torch_proc, aw.ADAMW_BYTES, n_values))
     # the accumulate ceiling (index 0) always runs: every ratio refers to it
     cases = [c for i, c in enumerate(cases) if i == 0 or c[0] in groups]
 
@@ -725,49 +818,66 @@ def main(argv=None) -> int:
     rows = []
     for i, (op, impl, _, bpe, n) in enumerate(cases):
         med = statistics.median(times[i])
-        rows.append({"op": op, "impl": impl, "bytes_per_element": bpe, "elements": n,
-                     "median_ms": med * 1e3, "min_ms": min(times[i]) * 1e3,
-                     "times_ms": [t * 1e3 for t in times[i]], "gbps": bpe * n / med / 1e9})
+        rows.append(
+            {
+                "op": op,
+                "impl": impl,
+                "bytes_per_element": bpe,
+                "elements": n,
+                "median_ms": med * 1e3,
+                "min_ms": min(times[i]) * 1e3,
+                "times_ms": [t * 1e3 for t in times[i]],
+                "gbps": bpe * n / med / 1e9,
+            }
+        )
     ceil_gbps = rows[0]["gbps"]
     # Paired figures: the same ratios computed within each round, then the median over rounds.
     # With interleaved order they cancel slow drifts of the machine (e.g. a neighbour's memory traffic).
     ms_index = {op: i for i, (op, impl, *_rest) in enumerate(cases) if impl.startswith("mindspore")}
     for i, r in enumerate(rows):
         op = r["op"]
-        r["paired_ratio_vs_ceiling"] = median_of_ratios([r["bytes_per_element"] / t for t in times[i]],
-                                                        [CEIL_BYTES / tc for tc in times[0]])
-        r["paired_speedup_vs_mindspore"] = (median_of_ratios(times[ms_index[op]], times[i])
-                                            if op in ms_index else None)
+        r["paired_ratio_vs_ceiling"] = median_of_ratios(
+            [r["bytes_per_element"] / t for t in times[i]], [CEIL_BYTES / tc for tc in times[0]]
+        )
+        r["paired_speedup_vs_mindspore"] = median_of_ratios(times[ms_index[op]], times[i]) if op in ms_index else None
     torch_index = {op: i for i, (op, impl, *_rest) in enumerate(cases) if impl.startswith("pytorch")}
     for i, r in enumerate(rows):
         op = r["op"]
-        r["paired_speedup_vs_pytorch"] = (median_of_ratios(times[torch_index[op]], times[i])
-                                          if op in torch_index else None)
+        r["paired_speedup_vs_pytorch"] = (
+            median_of_ratios(times[torch_index[op]], times[i]) if op in torch_index else None
+        )
     ms_med = {r["op"]: r["median_ms"] for r in rows if r["impl"].startswith("mindspore")}
     for r in rows:
         r["ratio_vs_ceiling"] = None if r["impl"].startswith("ceiling:") else r["gbps"] / ceil_gbps
-        r["speedup_vs_mindspore"] = (ms_med[r["op"]] / r["median_ms"]
-                                     if r["op"] in ms_med and not r["impl"].startswith("mindspore") else None)
+        r["speedup_vs_mindspore"] = (
+            ms_med[r["op"]] / r["median_ms"] if r["op"] in ms_med and not r["impl"].startswith("mindspore") else None
+        )
 
     facts["loadavg_end"] = os.getloadavg()
     print()
     print(fmt_table(rows))
-    print(f"\nceiling = {ceil_gbps:.1f} GB/s (axpy, 12 B/element, same arrays as ours-accumulate). "
-          f"GB/s counts the op's bytes (accumulate 12, flush 28, squares 8, adamw 36 B/element) for every row; "
-          f"ceiling* counts 24. loadavg at end: {' '.join(f'{x:.2f}' for x in facts['loadavg_end'])}"
-          + ("" if finite else "  WARNING: non-finite values appeared"))
+    print(
+        f"\nceiling = {ceil_gbps:.1f} GB/s (axpy, 12 B/element, same arrays as ours-accumulate). "
+        f"GB/s counts the op's bytes (accumulate 12, flush 28, squares 8, adamw 36 B/element) for every row; "
+        f"ceiling* counts 24. loadavg at end: {' '.join(f'{x:.2f}' for x in facts['loadavg_end'])}"
+        + ("" if finite else "  WARNING: non-finite values appeared")
+    )
 
     aw_rows = [r for r in rows if r["op"] == "adamw"]
     if aw_rows:
-        print("\n== adamw window end (36 B/element): medians over rounds of the per-round ratios "
-              "(every implementation ran once per round, in turn)")
+        print(
+            "\n== adamw window end (36 B/element): medians over rounds of the per-round ratios "
+            "(every implementation ran once per round, in turn)"
+        )
         print("| implementation | median ms | GB/s | vs ceiling (paired) | x MindSpore (paired) | x PyTorch (paired) |")
         print("|---|--:|--:|--:|--:|--:|")
         for r in aw_rows:
             ms_x = r["paired_speedup_vs_mindspore"]
             pt_x = r["paired_speedup_vs_pytorch"]
-            print(f"| {r['impl']} | {r['median_ms']:.2f} | {r['gbps']:.1f} | {r['paired_ratio_vs_ceiling']:.2f} | "
-                  f"{'' if ms_x is None else f'{ms_x:.2f}x'} | {'' if pt_x is None else f'{pt_x:.2f}x'} |")
+            print(
+                f"| {r['impl']} | {r['median_ms']:.2f} | {r['gbps']:.1f} | {r['paired_ratio_vs_ceiling']:.2f} | "
+                f"{'' if ms_x is None else f'{ms_x:.2f}x'} | {'' if pt_x is None else f'{pt_x:.2f}x'} |"
+            )
 
     targets = []
     by = {(r["op"], r["impl"].split(":")[0].split(" ")[0]): r for r in rows}
@@ -776,25 +886,49 @@ def main(argv=None) -> int:
         if r is None:  # group not run
             continue
         ok_c = r["ratio_vs_ceiling"] >= ceil_target
-        line = (f"{op}: {r['ratio_vs_ceiling']:.2f}x ceiling (paired {r['paired_ratio_vs_ceiling']:.2f}; "
-                f"target >= {ceil_target}) {'PASS' if ok_c else 'MISS'}")
+        line = (
+            f"{op}: {r['ratio_vs_ceiling']:.2f}x ceiling (paired {r['paired_ratio_vs_ceiling']:.2f}; "
+            f"target >= {ceil_target}) {'PASS' if ok_c else 'MISS'}"
+        )
         ok = ok_c
         if r["speedup_vs_mindspore"] is not None:
             ok_m = r["speedup_vs_mindspore"] >= 5
             ok &= ok_m
-            line += (f"; {r['speedup_vs_mindspore']:.1f}x MindSpore (paired {r['paired_speedup_vs_mindspore']:.1f}; "
-                     f"target >= 5) {'PASS' if ok_m else 'MISS'}")
+            line += (
+                f"; {r['speedup_vs_mindspore']:.1f}x MindSpore (paired {r['paired_speedup_vs_mindspore']:.1f}; "
+                f"target >= 5) {'PASS' if ok_m else 'MISS'}"
+            )
         targets.append({"op": op, "line": line, "pass": bool(ok)})
         print("target " + line)
 
     if args.json:
-        out = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-               "machine": facts, "quick": args.quick, "tensors": len(shapes), "values": n_values,
-               "repeats": repeats, "warmup": warmup, "align": args.align, "misalign": args.misalign,
-               "numpy_block": args.numpy_block, "hugepages": not args.no_hugepages, "settle_s": args.settle, "order": args.order, "values_finite": bool(finite),
-               "hyperparameters": {"scale": SCALE, "lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY,
-                                   "grad_scale": GRAD_SCALE, "nesterov": False},
-               "ceiling_gbps": ceil_gbps, "results": rows, "targets": targets}
+        out = {
+            "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+            "machine": facts,
+            "quick": args.quick,
+            "tensors": len(shapes),
+            "values": n_values,
+            "repeats": repeats,
+            "warmup": warmup,
+            "align": args.align,
+            "misalign": args.misalign,
+            "numpy_block": args.numpy_block,
+            "hugepages": not args.no_hugepages,
+            "settle_s": args.settle,
+            "order": args.order,
+            "values_finite": bool(finite),
+            "hyperparameters": {
+                "scale": SCALE,
+                "lr": LR,
+                "momentum": MOMENTUM,
+                "weight_decay": WEIGHT_DECAY,
+                "grad_scale": GRAD_SCALE,
+                "nesterov": False,
+            },
+            "ceiling_gbps": ceil_gbps,
+            "results": rows,
+            "targets": targets,
+        }
         Path(args.json).write_text(json.dumps(out, indent=2, default=float))
         print(f"wrote {args.json}")
     return 0 if finite else 1

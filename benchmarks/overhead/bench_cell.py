@@ -13,6 +13,7 @@ Measures, each configuration in its own process (so peak RSS is per configuratio
 Images are random (the speed of a step does not depend on pixel values). ONEDNN_MAX_CPU_ISA=AVX2
 is set before MindSpore is imported (see DESIGN.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,12 +29,11 @@ from benchmarks.common.rounds import module_command, run_worker, worker_env
 
 def _worker(config: dict) -> dict:
     os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-    import numpy as np
     import mindspore as ms
+    import numpy as np
     from mindspore import Tensor, nn
 
     from examples.resnet50_cifar10.model import ResNet50  # (the example's model)
-
     from mindspore_accum import FusedMomentum, GradAccumCell
 
     ms.set_context(mode=ms.GRAPH_MODE if config["mode"] == "graph" else ms.PYNATIVE_MODE, device_target="CPU")
@@ -82,8 +82,10 @@ def _is_last(index: int, per_call: int) -> bool:
 
 
 def run_config(config: dict) -> dict:
-    run = run_worker(module_command("benchmarks.overhead.bench_cell", "--worker", json.dumps(config)),
-                     env=worker_env(cpu_isa_fix=False))
+    run = run_worker(
+        module_command("benchmarks.overhead.bench_cell", "--worker", json.dumps(config)),
+        env=worker_env(cpu_isa_fix=False),
+    )
     if run.result is None:
         sys.stderr.write(run.proc.stderr[-4000:])
         raise SystemExit(f"configuration {config} failed")
@@ -109,9 +111,11 @@ def main() -> None:
     import mindspore_accum
 
     info = mindspore_accum.build_info()
-    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"mindspore_accum {info['version']} ({info['vector_isa']}, {info['num_threads']} threads); "
-          f"mode {args.mode}; ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'AVX2 (set by worker)')}")
+    print(
+        f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"mindspore_accum {info['version']} ({info['vector_isa']}, {info['num_threads']} threads); "
+        f"mode {args.mode}; ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'AVX2 (set by worker)')}"
+    )
     base = {"mode": args.mode, "repeats": args.repeats, "warmup": args.warmup}
     b, n = args.batch, args.accum
     configs = {
@@ -127,20 +131,30 @@ def main() -> None:
 
     plain, fused, momentum, big = (results[k] for k in ("plain_b", "accum_fused", "accum_momentum", "plain_nb"))
     print()
-    print(f"| measurement | ours | reference | ratio |")
-    print(f"|---|---|---|---|")
+    print("| measurement | ours | reference | ratio |")
+    print("|---|---|---|---|")
     overhead = fused["micro_step_s"] / plain["micro_step_s"]
-    print(f"| time per micro-step, batch {b} (s) | GradAccumCell {fused['micro_step_s']:.3f} | "
-          f"nn.TrainOneStepCell {plain['micro_step_s']:.3f} | {overhead:.3f} ({(overhead - 1) * 100:+.1f}%) |")
+    print(
+        f"| time per micro-step, batch {b} (s) | GradAccumCell {fused['micro_step_s']:.3f} | "
+        f"nn.TrainOneStepCell {plain['micro_step_s']:.3f} | {overhead:.3f} ({(overhead - 1) * 100:+.1f}%) |"
+    )
     ratio = fused["window_s"] / momentum["window_s"]
-    print(f"| time per update, {n} x {b} (s) | FusedMomentum {fused['window_s']:.3f} | "
-          f"nn.Momentum {momentum['window_s']:.3f} | {ratio:.3f} |")
-    print(f"| time per update vs plain batch {b * n} (s) | accumulation {n} x {b} {fused['window_s']:.3f} | "
-          f"batch {b * n} {big['window_s']:.3f} | {fused['window_s'] / big['window_s']:.3f} |")
-    print(f"| peak RSS (MiB) | accumulation {n} x {b} {fused['peak_rss_mib']:.0f} | "
-          f"batch {b * n} {big['peak_rss_mib']:.0f} | {fused['peak_rss_mib'] / big['peak_rss_mib']:.3f} |")
-    print(f"| peak RSS (MiB) | accumulation {n} x {b} {fused['peak_rss_mib']:.0f} | "
-          f"batch {b} {plain['peak_rss_mib']:.0f} | {fused['peak_rss_mib'] / plain['peak_rss_mib']:.3f} |")
+    print(
+        f"| time per update, {n} x {b} (s) | FusedMomentum {fused['window_s']:.3f} | "
+        f"nn.Momentum {momentum['window_s']:.3f} | {ratio:.3f} |"
+    )
+    print(
+        f"| time per update vs plain batch {b * n} (s) | accumulation {n} x {b} {fused['window_s']:.3f} | "
+        f"batch {b * n} {big['window_s']:.3f} | {fused['window_s'] / big['window_s']:.3f} |"
+    )
+    print(
+        f"| peak RSS (MiB) | accumulation {n} x {b} {fused['peak_rss_mib']:.0f} | "
+        f"batch {b * n} {big['peak_rss_mib']:.0f} | {fused['peak_rss_mib'] / big['peak_rss_mib']:.3f} |"
+    )
+    print(
+        f"| peak RSS (MiB) | accumulation {n} x {b} {fused['peak_rss_mib']:.0f} | "
+        f"batch {b} {plain['peak_rss_mib']:.0f} | {fused['peak_rss_mib'] / plain['peak_rss_mib']:.3f} |"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -36,6 +36,7 @@ big batch give the same update (exactness).
 Every time is wall time around calls whose results are read back (``asnumpy``), so the work has
 finished. ``ONEDNN_MAX_CPU_ISA=AVX2`` is set before MindSpore is imported in every process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,15 +66,19 @@ MODELS = {
 
 # ============================================================================ the driver
 
+
 def run_child(cfg: dict, timeout: float) -> dict:
     try:
         run = run_worker(module_command(WORKER, json.dumps(cfg)), timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise SystemExit(f"bench_overhead: {cfg['model']}/{cfg['mode']}/{cfg['config']} timed out after {timeout:.0f} s")
+        raise SystemExit(
+            f"bench_overhead: {cfg['model']}/{cfg['mode']}/{cfg['config']} timed out after {timeout:.0f} s"
+        ) from None
     if run.result is None:
         sys.stderr.write(run.proc.stderr[-6000:])
-        raise SystemExit(f"bench_overhead: {cfg['model']}/{cfg['mode']}/{cfg['config']} failed "
-                         f"(exit code {run.proc.returncode})")
+        raise SystemExit(
+            f"bench_overhead: {cfg['model']}/{cfg['mode']}/{cfg['config']} failed (exit code {run.proc.returncode})"
+        )
     out = run.result
     out["process_wall_s"] = run.wall_s
     try:
@@ -98,8 +103,10 @@ def _fast_calls(run: dict) -> dict:
     threads spin (sched_yield) and a random share of its calls takes +20 ms of system time; the
     lower quartile compares the calls that escaped it, where a median can fall either side."""
     calls = run["call_times_s"]
-    return {"inner": _quartile([t for times in calls for t in times[:-1]]),
-            "last": _quartile([times[-1] for times in calls])}
+    return {
+        "inner": _quartile([t for times in calls for t in times[:-1]]),
+        "last": _quartile([times[-1] for times in calls]),
+    }
 
 
 def summarise(block: dict) -> dict:
@@ -110,18 +117,31 @@ def summarise(block: dict) -> dict:
     s = {"accumulator_mib": acc_mib, "n_params": runs["ours"][0]["n_params"], "rounds": rounds}
     for name in CONFIGS:
         rs = runs[name]
-        s[name] = {k: _median([r[k] for r in rs]) for k in
-                   ("peak_rss_mib", "peak_steady_mib", "peak_first_windows_mib", "time_per_window_s",
-                    "first_step_s", "first_window_s")}
-    s["floor-time"].update(grads_only_s=_median([r["grads_only_s"] for r in runs["floor-time"]]),
-                           optimizer_step_s=_median([r["optimizer_step_s"] for r in runs["floor-time"]]),
-                           time_floor_s=_median([r["time_floor_s"] for r in runs["floor-time"]]),
-                           accumulation_floor_s=_median([r["accumulation_floor_s"] for r in runs["floor-time"]]))
-    s["ours"].update(micro_step_s=_median([r["micro_step_s"] for r in runs["ours"]]),
-                     last_call_s=_median([r["last_call_s"] for r in runs["ours"]]))
+        s[name] = {
+            k: _median([r[k] for r in rs])
+            for k in (
+                "peak_rss_mib",
+                "peak_steady_mib",
+                "peak_first_windows_mib",
+                "time_per_window_s",
+                "first_step_s",
+                "first_window_s",
+            )
+        }
+    s["floor-time"].update(
+        grads_only_s=_median([r["grads_only_s"] for r in runs["floor-time"]]),
+        optimizer_step_s=_median([r["optimizer_step_s"] for r in runs["floor-time"]]),
+        time_floor_s=_median([r["time_floor_s"] for r in runs["floor-time"]]),
+        accumulation_floor_s=_median([r["accumulation_floor_s"] for r in runs["floor-time"]]),
+    )
+    s["ours"].update(
+        micro_step_s=_median([r["micro_step_s"] for r in runs["ours"]]),
+        last_call_s=_median([r["last_call_s"] for r in runs["ours"]]),
+    )
     mem_floor = [p["peak_rss_mib"] + acc_mib for p in runs["plain-micro"]]
-    steady_floor = [None if p["peak_steady_mib"] is None else p["peak_steady_mib"] + acc_mib
-                    for p in runs["plain-micro"]]
+    steady_floor = [
+        None if p["peak_steady_mib"] is None else p["peak_steady_mib"] + acc_mib for p in runs["plain-micro"]
+    ]
     s["memory_floor_mib"] = _median(mem_floor)
     s["steady_memory_floor_mib"] = _median(steady_floor)
     s["time_floor_s"] = s["floor-time"]["time_floor_s"]
@@ -134,34 +154,46 @@ def summarise(block: dict) -> dict:
     s["ratios"] = {
         "ours_peak / memory_floor": ratios([r["peak_rss_mib"] for r in ours], mem_floor),
         "ours_steady_peak / steady_memory_floor": ratios([r["peak_steady_mib"] for r in ours], steady_floor),
-        "ours_time / time_floor": ratios([r["time_per_window_s"] for r in ours],
-                                         [r["time_floor_s"] for r in runs["floor-time"]]),
-        "ours_time / accumulation_floor": ratios([r["time_per_window_s"] for r in ours],
-                                                 [r["accumulation_floor_s"] for r in runs["floor-time"]]),
-        "ours_time / floor-time_window": ratios([r["time_per_window_s"] for r in ours],
-                                                [r["time_per_window_s"] for r in runs["floor-time"]]),
-        "ours_time / plain-micro_window": ratios([r["time_per_window_s"] for r in ours],
-                                                 [r["time_per_window_s"] for r in runs["plain-micro"]]),
-        "ours_peak / plain-big_peak": ratios([r["peak_rss_mib"] for r in ours],
-                                             [r["peak_rss_mib"] for r in runs["plain-big"]]),
-        "ours_time / plain-big_time": ratios([r["time_per_window_s"] for r in ours],
-                                             [r["time_per_window_s"] for r in runs["plain-big"]]),
-        "ours_micro_step / grads_only": ratios([r["micro_step_s"] for r in ours],
-                                               [r["grads_only_s"] for r in runs["floor-time"]]),
+        "ours_time / time_floor": ratios(
+            [r["time_per_window_s"] for r in ours], [r["time_floor_s"] for r in runs["floor-time"]]
+        ),
+        "ours_time / accumulation_floor": ratios(
+            [r["time_per_window_s"] for r in ours], [r["accumulation_floor_s"] for r in runs["floor-time"]]
+        ),
+        "ours_time / floor-time_window": ratios(
+            [r["time_per_window_s"] for r in ours], [r["time_per_window_s"] for r in runs["floor-time"]]
+        ),
+        "ours_time / plain-micro_window": ratios(
+            [r["time_per_window_s"] for r in ours], [r["time_per_window_s"] for r in runs["plain-micro"]]
+        ),
+        "ours_peak / plain-big_peak": ratios(
+            [r["peak_rss_mib"] for r in ours], [r["peak_rss_mib"] for r in runs["plain-big"]]
+        ),
+        "ours_time / plain-big_time": ratios(
+            [r["time_per_window_s"] for r in ours], [r["time_per_window_s"] for r in runs["plain-big"]]
+        ),
+        "ours_micro_step / grads_only": ratios(
+            [r["micro_step_s"] for r in ours], [r["grads_only_s"] for r in runs["floor-time"]]
+        ),
     }
     # the same comparisons on the lower quartile of the calls (_fast_calls)
     n = block["settings"]["accum"]
     fast_ours = [_fast_calls(r) for r in ours]
     fast_floor = [_fast_calls(r) for r in runs["floor-time"]]
     s["ratios"]["ours_micro_step / grads_only, lower quartiles of the calls"] = ratios(
-        [f["inner"] for f in fast_ours], [f["inner"] for f in fast_floor])
+        [f["inner"] for f in fast_ours], [f["inner"] for f in fast_floor]
+    )
     s["ratios"]["ours_time / accumulation_floor, lower quartiles of the calls"] = ratios(
         [(n - 1) * f["inner"] + f["last"] for f in fast_ours],
-        [n * f["inner"] + f["last"] + (r["accumulation_floor_s"] - r["time_floor_s"])
-         for f, r in zip(fast_floor, runs["floor-time"])])
+        [
+            n * f["inner"] + f["last"] + (r["accumulation_floor_s"] - r["time_floor_s"])
+            for f, r in zip(fast_floor, runs["floor-time"])
+        ],
+    )
     s["ours_minus_memory_floor_mib"] = _median([r["peak_rss_mib"] - f for r, f in zip(ours, mem_floor)])
-    s["ours_minus_plain_micro_mib"] = _median([r["peak_rss_mib"] - p["peak_rss_mib"]
-                                                for r, p in zip(ours, runs["plain-micro"])])
+    s["ours_minus_plain_micro_mib"] = _median(
+        [r["peak_rss_mib"] - p["peak_rss_mib"] for r, p in zip(ours, runs["plain-micro"])]
+    )
     return s
 
 
@@ -174,51 +206,75 @@ def render(block: dict) -> str:
     n, b = c["accum"], c["batch"]
     opt = {"momentum": "FusedMomentum", "adamw": "FusedAdamW"}[c["optimizer"]]
     floor_label = "grads-only graph" if c["mode"] == "graph" else "eager grads-only"
-    lines = [f"### {c['model']} ({c['mode'].upper()}), {n} x {b}, {opt}, {s['n_params']:,} parameters "
-             f"(accumulators {s['accumulator_mib']:,.1f} MiB); medians of {s['rounds']} round(s), "
-             f"{c['windows']} timed window(s) each", "",
-             f"| configuration | peak RSS (MiB) | steady-state peak (MiB) | time per {n} x {b} samples (s) "
-             "| first step (s) | first window (s) |",
-             "|---|--:|--:|--:|--:|--:|"]
-    names = {"ours": f"ours: GradAccumCell {n} x {b}",
-             "floor-time": f"floor-time: {n} x {floor_label} + optimizer",
-             "plain-micro": f"plain-micro: TrainOneStepCell {b} ({n} updates)",
-             "plain-big": f"plain-big: TrainOneStepCell {n * b}"}
+    lines = [
+        f"### {c['model']} ({c['mode'].upper()}), {n} x {b}, {opt}, {s['n_params']:,} parameters "
+        f"(accumulators {s['accumulator_mib']:,.1f} MiB); medians of {s['rounds']} round(s), "
+        f"{c['windows']} timed window(s) each",
+        "",
+        f"| configuration | peak RSS (MiB) | steady-state peak (MiB) | time per {n} x {b} samples (s) "
+        "| first step (s) | first window (s) |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    names = {
+        "ours": f"ours: GradAccumCell {n} x {b}",
+        "floor-time": f"floor-time: {n} x {floor_label} + optimizer",
+        "plain-micro": f"plain-micro: TrainOneStepCell {b} ({n} updates)",
+        "plain-big": f"plain-big: TrainOneStepCell {n * b}",
+    }
     for name in CONFIGS:
         r = s[name]
-        lines.append(f"| {names[name]} | {_f(r['peak_rss_mib'])} | {_f(r['peak_steady_mib'])} | "
-                     f"{_f(r['time_per_window_s'], '{:.3f}')} | {_f(r['first_step_s'], '{:.2f}')} | "
-                     f"{_f(r['first_window_s'], '{:.2f}')} |")
+        lines.append(
+            f"| {names[name]} | {_f(r['peak_rss_mib'])} | {_f(r['peak_steady_mib'])} | "
+            f"{_f(r['time_per_window_s'], '{:.3f}')} | {_f(r['first_step_s'], '{:.2f}')} | "
+            f"{_f(r['first_window_s'], '{:.2f}')} |"
+        )
     ft = s["floor-time"]
-    lines.append(f"| **memory floor**: plain-micro + accumulators | {_f(s['memory_floor_mib'])} | "
-                 f"{_f(s['steady_memory_floor_mib'])} | | | |")
-    lines.append(f"| **time floor**: {n} x {_f(ft['grads_only_s'], '{:.3f}')} s grads-only + "
-                 f"{_f(ft['optimizer_step_s'], '{:.3f}')} s optimizer | | | {_f(s['time_floor_s'], '{:.3f}')} | | |")
-    lines.append(f"| **accumulation floor**: time floor + the accumulators' bytes at a plain loop's speed | | | "
-                 f"{_f(ft['accumulation_floor_s'], '{:.3f}')} | | |")
+    lines.append(
+        f"| **memory floor**: plain-micro + accumulators | {_f(s['memory_floor_mib'])} | "
+        f"{_f(s['steady_memory_floor_mib'])} | | | |"
+    )
+    lines.append(
+        f"| **time floor**: {n} x {_f(ft['grads_only_s'], '{:.3f}')} s grads-only + "
+        f"{_f(ft['optimizer_step_s'], '{:.3f}')} s optimizer | | | {_f(s['time_floor_s'], '{:.3f}')} | | |"
+    )
+    lines.append(
+        f"| **accumulation floor**: time floor + the accumulators' bytes at a plain loop's speed | | | "
+        f"{_f(ft['accumulation_floor_s'], '{:.3f}')} | | |"
+    )
     lines += ["", "| ratio | median of per-round ratios | per round |", "|---|--:|---|"]
     for key, v in s["ratios"].items():
         per = ", ".join(_f(x, "{:.3f}") for x in v["per_round"])
         lines.append(f"| {key} | {_f(v['median'], '{:.3f}')} | {per} |")
     lines.append(f"| ours peak - memory floor (MiB) | {_f(s['ours_minus_memory_floor_mib'], '{:+,.0f}')} | |")
-    lines.append(f"| ours micro-step / last call (micro-step + window end) (s) | "
-                 f"{_f(s['ours']['micro_step_s'], '{:.3f}')} / {_f(s['ours']['last_call_s'], '{:.3f}')} | |")
+    lines.append(
+        f"| ours micro-step / last call (micro-step + window end) (s) | "
+        f"{_f(s['ours']['micro_step_s'], '{:.3f}')} / {_f(s['ours']['last_call_s'], '{:.3f}')} | |"
+    )
     ours0, ft0 = block["runs"]["ours"][0], block["runs"]["floor-time"][0]
-    window_end = (None if s["ours"]["last_call_s"] is None or s["ours"]["micro_step_s"] is None
-                  else s["ours"]["last_call_s"] - s["ours"]["micro_step_s"])
-    lines.append(f"| time: ours window end (last call - micro-step) vs optimizer step (s) | "
-                 f"{_f(window_end, '{:.3f}')} vs {_f(ft['optimizer_step_s'], '{:.3f}')} | |")
+    window_end = (
+        None
+        if s["ours"]["last_call_s"] is None or s["ours"]["micro_step_s"] is None
+        else s["ours"]["last_call_s"] - s["ours"]["micro_step_s"]
+    )
+    lines.append(
+        f"| time: ours window end (last call - micro-step) vs optimizer step (s) | "
+        f"{_f(window_end, '{:.3f}')} vs {_f(ft['optimizer_step_s'], '{:.3f}')} | |"
+    )
     kc = ours0.get("kernel_costs")
     if kc:
-        lines.append(f"| our kernels alone, round 1 (s): accumulate first / later micro-batch, sum of squares | "
-                     f"{kc['accumulate_first_s']:.4f} / {kc['accumulate_s']:.4f}, {kc['sum_of_squares_s']:.4f} | "
-                     f"window: {kc['accumulate_first_s'] + (c['accum'] - 1) * kc['accumulate_s'] + kc['sum_of_squares_s']:.4f} |")
+        lines.append(
+            f"| our kernels alone, round 1 (s): accumulate first / later micro-batch, sum of squares | "
+            f"{kc['accumulate_first_s']:.4f} / {kc['accumulate_s']:.4f}, {kc['sum_of_squares_s']:.4f} | "
+            f"window: {kc['accumulate_first_s'] + (c['accum'] - 1) * kc['accumulate_s'] + kc['sum_of_squares_s']:.4f} |"
+        )
     del ft0
     ex = block.get("exactness")
     if ex:
-        lines.append(f"| exactness, one update: max abs(w_ours - w_big) / max abs(update) | "
-                     f"{ex['rel_to_update']:.2e} ({'pass' if ex['passed'] else 'FAIL'}, tolerance {ex['tolerance']:g}) | "
-                     f"max abs diff {ex['max_abs_diff']:.2e} |")
+        lines.append(
+            f"| exactness, one update: max abs(w_ours - w_big) / max abs(update) | "
+            f"{ex['rel_to_update']:.2e} ({'pass' if ex['passed'] else 'FAIL'}, tolerance {ex['tolerance']:g}) | "
+            f"max abs diff {ex['max_abs_diff']:.2e} |"
+        )
     return "\n".join(lines)
 
 
@@ -227,24 +283,36 @@ def render_breakdown(block: dict) -> str:
     included), and the largest per-call peak of a steady window (HWM reset before each call)."""
     runs = block["runs"]
     c = block["settings"]
-    lines = [f"#### breakdown, {c['model']} ({c['mode'].upper()}), round 1: RSS (MiB) around each call", "",
-             "| configuration | phase | RSS before | peak | RSS after | s |", "|---|---|--:|--:|--:|--:|"]
+    lines = [
+        f"#### breakdown, {c['model']} ({c['mode'].upper()}), round 1: RSS (MiB) around each call",
+        "",
+        "| configuration | phase | RSS before | peak | RSS after | s |",
+        "|---|---|--:|--:|--:|--:|",
+    ]
     for name in CONFIGS:
         r = runs[name][0]
         for label, value in r["milestones"][:3]:
             lines.append(f"| {name} | {label} | | | {value:,.0f} | |")
         for row in r["first_window_phases"]:
-            lines.append(f"| {name} | first window: {row['phase']} | {row['rss_before_mib']:,.0f} | "
-                         f"{row['peak_mib']:,.0f} | {row['rss_after_mib']:,.0f} | {row['seconds']:.3f} |")
+            lines.append(
+                f"| {name} | first window: {row['phase']} | {row['rss_before_mib']:,.0f} | "
+                f"{row['peak_mib']:,.0f} | {row['rss_after_mib']:,.0f} | {row['seconds']:.3f} |"
+            )
         for row in r["steady_phases"] or []:
-            lines.append(f"| {name} | steady window: {row['phase']} | {row['rss_before_mib']:,.0f} | "
-                         f"{row['peak_mib']:,.0f} | {row['rss_after_mib']:,.0f} | {row['seconds']:.3f} |")
+            lines.append(
+                f"| {name} | steady window: {row['phase']} | {row['rss_before_mib']:,.0f} | "
+                f"{row['peak_mib']:,.0f} | {row['rss_after_mib']:,.0f} | {row['seconds']:.3f} |"
+            )
     return "\n".join(lines)
 
 
 def machine_info() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "logical_cpus": os.cpu_count(),
-            "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "logical_cpus": os.cpu_count(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -252,6 +320,7 @@ def machine_info() -> dict:
         pass
     try:
         from importlib import metadata
+
         info["mindspore"] = metadata.version("mindspore")
     except Exception:  # noqa: BLE001
         pass
@@ -265,8 +334,11 @@ def machine_info() -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=None,
-                   help="comma-separated: resnet50,mlp,gpt (default: all; gpt only when examples/gpt_lm/model.py exists)")
+    p.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated: resnet50,mlp,gpt (default: all; gpt only when examples/gpt_lm/model.py exists)",
+    )
     p.add_argument("--pynative-models", default="mlp", help="models also run in PYNATIVE mode ('' for none)")
     p.add_argument("--rounds", type=int, default=3, help="rounds of alternated configurations (>= 1)")
     p.add_argument("--windows", type=int, default=None, help="timed windows per process (default per model)")
@@ -308,14 +380,30 @@ def main(argv=None) -> int:
     for mode, names in (("graph", models), ("pynative", pyn)):
         for m in names:
             spec = MODELS[m]
-            settings = dict(model=m, mode=mode, batch=args.batch or spec["batch"], accum=args.accum or spec["accum"],
-                            optimizer=spec["optimizer"], windows=args.windows or spec["windows"], warmup=args.warmup,
-                            mlp_width=args.mlp_width, mlp_layers=args.mlp_layers, gpt_layers=args.gpt_layers,
-                            gpt_d_model=args.gpt_d_model, gpt_heads=args.gpt_heads, gpt_seq=args.gpt_seq, seed=0, bn_free=spec["bn_free"])
+            settings = dict(
+                model=m,
+                mode=mode,
+                batch=args.batch or spec["batch"],
+                accum=args.accum or spec["accum"],
+                optimizer=spec["optimizer"],
+                windows=args.windows or spec["windows"],
+                warmup=args.warmup,
+                mlp_width=args.mlp_width,
+                mlp_layers=args.mlp_layers,
+                gpt_layers=args.gpt_layers,
+                gpt_d_model=args.gpt_d_model,
+                gpt_heads=args.gpt_heads,
+                gpt_seq=args.gpt_seq,
+                seed=0,
+                bn_free=spec["bn_free"],
+            )
             blocks.append({"settings": settings, "runs": {c: [] for c in configs}})
     info = machine_info()
-    print(f"# {info.get('cpu', '?')}, {info['logical_cpus']} CPUs, MindSpore {info.get('mindspore', '?')}, "
-          f"load average at start {info.get('load_average_at_start')}", flush=True)
+    print(
+        f"# {info.get('cpu', '?')}, {info['logical_cpus']} CPUs, MindSpore {info.get('mindspore', '?')}, "
+        f"load average at start {info.get('load_average_at_start')}",
+        flush=True,
+    )
     total = args.rounds * len(blocks) * len(configs) + sum(1 for bl in blocks if bl["settings"]["bn_free"])
     bar = tqdm(total=total, file=sys.stderr, dynamic_ncols=True, desc="bench_overhead", unit="proc")
     loads = []
@@ -348,8 +436,10 @@ def main(argv=None) -> int:
         if bl.get("exactness") and not bl["exactness"]["passed"]:
             ok = False
     info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    print(f"load average (1 min) after each process: {[x[0] for x in loads if x]}; at the end "
-          f"{info['load_average_at_end']}")
+    print(
+        f"load average (1 min) after each process: {[x[0] for x in loads if x]}; at the end "
+        f"{info['load_average_at_end']}"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "args": vars(args), "blocks": blocks}, f, indent=1)

@@ -9,6 +9,7 @@ followed by our accumulate op, and GradAccumCell's micro-step graph. A call is "
 --slow-ms. On 2 vCPUs MindSpore's runtime threads spin on sched_yield while they wait; a random
 share of calls then pays ~30 ms of system time (strace -f -c shows the sched_yield calls).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,15 +28,14 @@ GRAPHS = ("grads-only", "grads-only + accumulate", "ours micro-step")
 def child(graph: str, calls: int, width: int, slow_ms: float) -> dict:
     os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
     os.environ.setdefault("GLOG_v", "3")
-    import numpy as np
     import mindspore as ms
+    import numpy as np
     from mindspore import Tensor
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    from benchmarks.common.mlp_graphs import GradsOnly, make_mlp
     from mindspore_accum import FusedMomentum, GradAccumCell
     from mindspore_accum._state import zeros_like_params
-
-    from benchmarks.common.mlp_graphs import GradsOnly, make_mlp
 
     net, loss_cell = make_mlp(width)
     weights = net.trainable_params()
@@ -65,9 +65,17 @@ def child(graph: str, calls: int, width: int, slow_ms: float) -> dict:
     slow = [r for r in rows if r[0] > slow_ms]
     fast = [r for r in rows if r[0] <= slow_ms]
     mean = lambda rs, k: statistics.fmean(r[k] for r in rs) if rs else float("nan")  # noqa: E731
-    return dict(graph=graph, median=statistics.median(walls), p25=walls[len(walls) // 4],
-                p75=walls[(3 * len(walls)) // 4], slow_share=len(slow) / len(rows),
-                fast_sys=mean(fast, 2), slow_sys=mean(slow, 2), fast_user=mean(fast, 1), slow_user=mean(slow, 1))
+    return dict(
+        graph=graph,
+        median=statistics.median(walls),
+        p25=walls[len(walls) // 4],
+        p75=walls[(3 * len(walls)) // 4],
+        slow_share=len(slow) / len(rows),
+        fast_sys=mean(fast, 2),
+        slow_sys=mean(slow, 2),
+        fast_user=mean(fast, 1),
+        slow_user=mean(slow, 1),
+    )
 
 
 def main(argv=None) -> int:
@@ -84,21 +92,37 @@ def main(argv=None) -> int:
     if a.child:
         print(json.dumps(child(a.child, a.calls, a.width, a.slow_ms)))
         return 0
-    print(f"| round | graph (MLP 6 x {a.width}, batch 16) | median ms | 25th pct | 75th pct | "
-          f"calls > {a.slow_ms:g} ms | system ms, fast / slow calls | user ms, fast / slow calls |")
+    print(
+        f"| round | graph (MLP 6 x {a.width}, batch 16) | median ms | 25th pct | 75th pct | "
+        f"calls > {a.slow_ms:g} ms | system ms, fast / slow calls | user ms, fast / slow calls |"
+    )
     print("|--:|---|--:|--:|--:|--:|--:|--:|")
     for rnd, order in rounds(a.rounds, GRAPHS):
         for graph in order:
-            run = run_worker(module_command("benchmarks.overhead.call_modes_mlp", "--child", graph, "--calls", a.calls,
-                                            "--width", a.width, "--slow-ms", a.slow_ms),
-                             env=worker_env(cpu_isa_fix=False))
+            run = run_worker(
+                module_command(
+                    "benchmarks.overhead.call_modes_mlp",
+                    "--child",
+                    graph,
+                    "--calls",
+                    a.calls,
+                    "--width",
+                    a.width,
+                    "--slow-ms",
+                    a.slow_ms,
+                ),
+                env=worker_env(cpu_isa_fix=False),
+            )
             if run.result is None:
                 sys.stderr.write(run.proc.stderr[-3000:])
                 raise SystemExit(f"child '{graph}' failed with exit code {run.proc.returncode}")
             r = run.result
-            print(f"| {rnd + 1} | {graph} | {r['median']:.1f} | {r['p25']:.1f} | {r['p75']:.1f} | "
-                  f"{100 * r['slow_share']:.0f} % | {r['fast_sys']:.1f} / {r['slow_sys']:.1f} | "
-                  f"{r['fast_user']:.1f} / {r['slow_user']:.1f} |", flush=True)
+            print(
+                f"| {rnd + 1} | {graph} | {r['median']:.1f} | {r['p25']:.1f} | {r['p75']:.1f} | "
+                f"{100 * r['slow_share']:.0f} % | {r['fast_sys']:.1f} / {r['slow_sys']:.1f} | "
+                f"{r['fast_user']:.1f} / {r['slow_user']:.1f} |",
+                flush=True,
+            )
     return 0
 
 

@@ -2,6 +2,7 @@
 GradAccumCell's micro-step graph against nn.TrainOneStepCell (FusedMomentum).
 
     python -m benchmarks.overhead.dispatch_probe_resnet50 [CALLS=5]"""
+
 import os
 import statistics
 import sys
@@ -9,13 +10,13 @@ import time
 
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 os.environ.setdefault("GLOG_v", "3")
-import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
+import numpy as np  # noqa: E402
 from mindspore import Tensor, nn  # noqa: E402
 
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-from mindspore_accum import FusedMomentum, GradAccumCell  # noqa: E402
 from examples.resnet50_cifar10.model import ResNet50  # noqa: E402
+from mindspore_accum import FusedMomentum, GradAccumCell  # noqa: E402
 
 
 def make():
@@ -33,8 +34,10 @@ cell.set_train()
 net2, loss_cell2 = make()
 plain = nn.TrainOneStepCell(loss_cell2, FusedMomentum(net2.trainable_params(), 0.01, 0.9, weight_decay=5e-4))
 plain.set_train()
-fns = {"ours: micro-step graph": lambda: cell._micro_step_graph(x, y).asnumpy(),
-       "nn.TrainOneStepCell (FusedMomentum)": lambda: plain(x, y).asnumpy()}
+fns = {
+    "ours: micro-step graph": lambda: cell._micro_step_graph(x, y).asnumpy(),
+    "nn.TrainOneStepCell (FusedMomentum)": lambda: plain(x, y).asnumpy(),
+}
 for k, fn in fns.items():
     t0 = time.perf_counter()
     fn()

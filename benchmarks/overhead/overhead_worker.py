@@ -5,6 +5,7 @@ untimed and timed windows, and prints one JSON line (peak RSS, times, per-call b
     python -m benchmarks.overhead.overhead_worker '<JSON settings>'     # run by bench_overhead.py
 
 ``ONEDNN_MAX_CPU_ISA=AVX2`` is set before MindSpore is imported."""
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,12 @@ from benchmarks.common.proc_memory import import_mindspore, peak_rss_mib, reset_
 
 # ============================================================================ the worker
 
+
 def build_model(cfg: dict):
     """(network, loss cell for the plain cells, loss cell for ours, numpy inputs of the big batch
     N*B). Same seed, same weights and data in every process."""
-    import numpy as np
     import mindspore as ms
+    import numpy as np
     from mindspore import nn
 
     ms.set_seed(cfg.get("seed", 0))
@@ -92,8 +94,9 @@ class _Phases:
         t0 = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - t0
-        self.rows.append(dict(phase=label, rss_before_mib=before, peak_mib=peak_rss_mib(), rss_after_mib=rss_mib(),
-                              seconds=seconds))
+        self.rows.append(
+            dict(phase=label, rss_before_mib=before, peak_mib=peak_rss_mib(), rss_after_mib=rss_mib(), seconds=seconds)
+        )
         return out
 
 
@@ -108,7 +111,7 @@ def worker(cfg: dict) -> dict:
     params = net.trainable_params()
     n_params = _param_count(params)
     n, b, kind = cfg["accum"], cfg["batch"], cfg["config"]
-    micro = [tuple(Tensor(a[i * b:(i + 1) * b]) for a in data) for i in range(n)]
+    micro = [tuple(Tensor(a[i * b : (i + 1) * b]) for a in data) for i in range(n)]
     big = tuple(Tensor(a) for a in data) if kind == "plain-big" else None
     milestones.append(("model and data built", rss_mib()))
     optimizer = make_optimizer(cfg, params)
@@ -123,13 +126,16 @@ def worker(cfg: dict) -> dict:
         def call(i):
             return float(cell(*micro[i]).asnumpy())
 
-        calls = [(f"micro-step {i + 1}" + (" + window end" if i == n - 1 else ""), lambda i=i: call(i))
-                 for i in range(n)]
+        calls = [
+            (f"micro-step {i + 1}" + (" + window end" if i == n - 1 else ""), lambda i=i: call(i)) for i in range(n)
+        ]
 
         def split_last():  # the last call as its two graphs (what cell(...) does), for the breakdown
             micro_fn = cell._micro_step_graph if graph else cell._micro_step
-            return [(f"micro-step {n} (micro-step graph)", lambda: float(micro_fn(*micro[n - 1]).asnumpy())),
-                    ("window end (window-end graph)", lambda: cell._finish_window())]
+            return [
+                (f"micro-step {n} (micro-step graph)", lambda: float(micro_fn(*micro[n - 1]).asnumpy())),
+                ("window end (window-end graph)", lambda: cell._finish_window()),
+            ]
     elif kind in ("plain-micro", "plain-big"):
         cell = nn.TrainOneStepCell(loss_cell, optimizer)
         cell.set_train()
@@ -210,15 +216,22 @@ def worker(cfg: dict) -> dict:
     kernel_costs = _kernel_costs(params) if ((breakdown and kind == "ours") or kind == "floor-time") else None
 
     result = dict(
-        n_params=n_params, accumulator_bytes=4 * n_params,
+        n_params=n_params,
+        accumulator_bytes=4 * n_params,
         peak_rss_mib=max(peak_first, peak_steady if steady_ok else peak_first),
-        peak_first_windows_mib=peak_first, peak_steady_mib=peak_steady if steady_ok else None,
-        window_s=windows, time_per_window_s=float(np.median(windows)),
-        first_step_s=first_times[0], first_window_s=first_window_s,
-        call_labels=[label for label, _ in calls], call_times_s=per_call,
-        milestones=milestones, first_window_phases=first_window_phases.rows,
+        peak_first_windows_mib=peak_first,
+        peak_steady_mib=peak_steady if steady_ok else None,
+        window_s=windows,
+        time_per_window_s=float(np.median(windows)),
+        first_step_s=first_times[0],
+        first_window_s=first_window_s,
+        call_labels=[label for label, _ in calls],
+        call_times_s=per_call,
+        milestones=milestones,
+        first_window_phases=first_window_phases.rows,
         steady_phases=steady_phases.rows if steady_phases else None,
-        global_step=int(optimizer.global_step.asnumpy()), kernel_costs=kernel_costs,
+        global_step=int(optimizer.global_step.asnumpy()),
+        kernel_costs=kernel_costs,
     )
     if kind == "floor-time":
         grads_times = [t for times in per_call for t in times[:-1]]
@@ -244,6 +257,7 @@ def _kernel_costs(params) -> dict:
     micro-batch, 12 after) and the window-end check (sum of squares, 4 B/element); and of a plain
     ``a += s * b`` loop over the same arrays (``ceiling_s``: the machine's streaming speed, 12 B/element)."""
     import numpy as np
+
     from mindspore_accum import _C, kernels
 
     rs = np.random.RandomState(1)
@@ -259,18 +273,21 @@ def _kernel_costs(params) -> dict:
             out.append(time.perf_counter() - t0)
         return float(np.median(out))
 
-    return dict(accumulate_s=timed(lambda: kernels.accumulate(acc, grad, 0.5)),
-                accumulate_first_s=timed(lambda: kernels.accumulate(acc, grad, 0.5, overwrite=True)),
-                sum_of_squares_s=timed(lambda: kernels.sum_of_squares(acc)),
-                ceiling_s=timed(lambda: _C.axpy_ceiling(acc, grad, 0.5)))
+    return dict(
+        accumulate_s=timed(lambda: kernels.accumulate(acc, grad, 0.5)),
+        accumulate_first_s=timed(lambda: kernels.accumulate(acc, grad, 0.5, overwrite=True)),
+        sum_of_squares_s=timed(lambda: kernels.sum_of_squares(acc)),
+        ceiling_s=timed(lambda: _C.axpy_ceiling(acc, grad, 0.5)),
+    )
 
 
 def worker_exact(cfg: dict) -> dict:
     """One update of ours (N micro-batches) and of plain-big (one batch of N*B) from the same
     weights on the same samples: the distance between the two updates."""
-    ms = import_mindspore(cfg["mode"])
+    import_mindspore(cfg["mode"])  # sets the mode before MindSpore builds anything
     import numpy as np
     from mindspore import Tensor, nn
+
     from mindspore_accum import GradAccumCell
 
     n, b = cfg["accum"], cfg["batch"]
@@ -288,7 +305,7 @@ def worker_exact(cfg: dict) -> dict:
     ours.set_train()
     big.set_train()
     for i in range(n):
-        ours(*(Tensor(a[i * b:(i + 1) * b]) for a in data))
+        ours(*(Tensor(a[i * b : (i + 1) * b]) for a in data))
     big(*(Tensor(a) for a in data))
     wa = [p.asnumpy().astype(np.float64) for p in net_a.trainable_params()]
     wb = [p.asnumpy().astype(np.float64) for p in net_b.trainable_params()]
@@ -296,9 +313,15 @@ def worker_exact(cfg: dict) -> dict:
     upd = max(float(np.max(np.abs(c - w0))) for c, w0 in zip(wb, before))
     wmax = max(float(np.max(np.abs(c))) for c in wb)
     rel_update = du / upd if upd > 0 else float("inf")
-    return dict(max_abs_diff=du, max_abs_update=upd, rel_to_update=rel_update, rel_to_weights=du / wmax,
-                updates_ours=int(ours.optimizer.global_step.asnumpy()), tolerance=cfg["exact_tol"],
-                passed=bool(rel_update <= cfg["exact_tol"] and upd > 0 and int(ours.optimizer.global_step.asnumpy()) == 1))
+    return dict(
+        max_abs_diff=du,
+        max_abs_update=upd,
+        rel_to_update=rel_update,
+        rel_to_weights=du / wmax,
+        updates_ours=int(ours.optimizer.global_step.asnumpy()),
+        tolerance=cfg["exact_tol"],
+        passed=bool(rel_update <= cfg["exact_tol"] and upd > 0 and int(ours.optimizer.global_step.asnumpy()) == 1),
+    )
 
 
 if __name__ == "__main__":

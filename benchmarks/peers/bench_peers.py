@@ -40,6 +40,7 @@ stream's windows as they come. The token counts are printed.
     python -m benchmarks.peers.bench_peers                        # both models, 3 rounds, GRAPH
     python -m benchmarks.peers.bench_peers --quick --rounds 1     # tiny sizes: a smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,10 @@ DISTANCE_AFTER = 3  # updates
 
 # ============================================================================ data (driver side, NumPy only)
 
+
 def lm_windows(cfg: dict, count: int) -> dict:
     import numpy as np
+
     from examples.gpt_lm import data as lm_data
 
     train, _, desc = lm_data.resolve_files()
@@ -95,12 +98,19 @@ def lm_windows(cfg: dict, count: int) -> dict:
             xs.append(np.stack([x for x, _ in batches]))
             ys.append(np.stack([y for _, y in batches]))
         scanned += 1
-    return {"x": np.stack(xs), "y": np.stack(ys), "windows": picked, "corpus": desc,
-            "stream_windows_scanned": scanned, "stream_windows_unequal": unequal}
+    return {
+        "x": np.stack(xs),
+        "y": np.stack(ys),
+        "windows": picked,
+        "corpus": desc,
+        "stream_windows_scanned": scanned,
+        "stream_windows_unequal": unequal,
+    }
 
 
 def resnet_windows(cfg: dict, count: int) -> dict:
     import numpy as np
+
     from examples.resnet50_cifar10 import data as cd
 
     n, b = cfg["accum"], cfg["batch"]
@@ -125,6 +135,7 @@ def resnet_windows(cfg: dict, count: int) -> dict:
 
 
 # ============================================================================ the worker
+
 
 def build(cfg: dict):
     """(net, mean-loss cell, ours' loss cell). Imports MindSpore (after the environment is set)."""
@@ -165,13 +176,13 @@ def _same_start(net, path: str) -> float:
 def worker(cfg: dict) -> dict:
     os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
     os.environ.setdefault("GLOG_v", "3")
-    import numpy as np
     import mindspore as ms
+    import numpy as np
     from mindspore import Tensor, nn
 
     ms.set_context(mode=ms.GRAPH_MODE if cfg["mode"] == "graph" else ms.PYNATIVE_MODE, device_target="CPU")
-    from mindspore_accum import FusedAdamW, GradAccumCell
     from benchmarks.peers import peer_cells
+    from mindspore_accum import FusedAdamW, GradAccumCell
 
     net, mean_loss, ours_loss = build(cfg)
     checksum = _same_start(net, cfg["init_path"])
@@ -181,14 +192,15 @@ def worker(cfg: dict) -> dict:
         wx, wy = z["x"], z["y"]
     windows = wx.shape[0]
     if kind == "big":  # one batch of N*B per window: the concatenation of its micro-batches
-        data = [[(Tensor(wx[w].reshape((-1,) + wx.shape[3:])), Tensor(wy[w].reshape((-1,) + wy.shape[3:])))]
-                for w in range(windows)]
+        data = [
+            [(Tensor(wx[w].reshape((-1,) + wx.shape[3:])), Tensor(wy[w].reshape((-1,) + wy.shape[3:])))]
+            for w in range(windows)
+        ]
     else:
         data = [[(Tensor(wx[w, i]), Tensor(wy[w, i])) for i in range(n)] for w in range(windows)]
     del wx, wy
 
-    optimizer = (FusedAdamW(params, **ADAMW) if kind == "ours"
-                 else nn.AdamWeightDecay(params, **ADAMW))
+    optimizer = FusedAdamW(params, **ADAMW) if kind == "ours" else nn.AdamWeightDecay(params, **ADAMW)
     if kind in ("big", "micro"):
         step = nn.TrainOneStepCell(mean_loss, optimizer)
     elif kind in ("ours", "ours_msadamw"):
@@ -220,14 +232,22 @@ def worker(cfg: dict) -> dict:
             for i, p in enumerate(params):  # one parameter at a time: little extra memory
                 np.save(os.path.join(cfg["snapshot_dir"], f"{i}.npy"), p.asnumpy())
     updates = int(optimizer.global_step.asnumpy()) if hasattr(optimizer, "global_step") else None
-    timed = times[cfg["warmup"]:cfg["warmup"] + cfg["updates"]]
-    return dict(first_update_s=times[0], update_s=timed, time_per_update_s=float(np.median(timed)),
-                peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-                peak_before_snapshot_mib=peak_before_snapshot, losses=losses, init_checksum=checksum,
-                optimizer_steps=updates, n_params=int(sum(int(np.prod(p.shape)) for p in params)))
+    timed = times[cfg["warmup"] : cfg["warmup"] + cfg["updates"]]
+    return dict(
+        first_update_s=times[0],
+        update_s=timed,
+        time_per_update_s=float(np.median(timed)),
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        peak_before_snapshot_mib=peak_before_snapshot,
+        losses=losses,
+        init_checksum=checksum,
+        optimizer_steps=updates,
+        n_params=int(sum(int(np.prod(p.shape)) for p in params)),
+    )
 
 
 # ============================================================================ the driver
+
 
 def _error_message(stderr: str, code) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
@@ -276,15 +296,24 @@ def summarise(block: dict) -> dict:
         rs = runs[c]
         ok = [r for r in rs if "error" not in r]
 
-        def ratio(key):
-            return _median([r[key] / o[key] if ("error" not in r and "error" not in o and o[key]) else None
-                            for r, o in zip(rs, ours)])
+        def ratio(key, rs=rs):
+            return _median(
+                [
+                    r[key] / o[key] if ("error" not in r and "error" not in o and o[key]) else None
+                    for r, o in zip(rs, ours)
+                ]
+            )
 
-        out[c] = dict(time_per_update_s=_median([r["time_per_update_s"] for r in ok]),
-                      time_ratio=ratio("time_per_update_s"), peak_rss_mib=_median([r["peak_rss_mib"] for r in ok]),
-                      rss_ratio=ratio("peak_rss_mib"), first_update_s=_median([r["first_update_s"] for r in ok]),
-                      distance=_median([r.get("distance") for r in ok]),
-                      errors=sorted({r["error"] for r in rs if "error" in r}), ok_rounds=len(ok))
+        out[c] = dict(
+            time_per_update_s=_median([r["time_per_update_s"] for r in ok]),
+            time_ratio=ratio("time_per_update_s"),
+            peak_rss_mib=_median([r["peak_rss_mib"] for r in ok]),
+            rss_ratio=ratio("peak_rss_mib"),
+            first_update_s=_median([r["first_update_s"] for r in ok]),
+            distance=_median([r.get("distance") for r in ok]),
+            errors=sorted({r["error"] for r in rs if "error" in r}),
+            ok_rounds=len(ok),
+        )
     return out
 
 
@@ -295,29 +324,49 @@ def _f(x, fmt):
 def render(block: dict) -> str:
     st, s = block["settings"], block["summary"]
     n, b = st["accum"], st["batch"]
-    what = (f"GPT {st['layers']} layers, d_model {st['d_model']}, {st['heads']} heads, context {st['seq']}"
-            if st["model"] == "lm" else f"ResNet50 ({st['norm']} norm), CIFAR-10 shapes")
+    what = (
+        f"GPT {st['layers']} layers, d_model {st['d_model']}, {st['heads']} heads, context {st['seq']}"
+        if st["model"] == "lm"
+        else f"ResNet50 ({st['norm']} norm), CIFAR-10 shapes"
+    )
     params = next((r["n_params"] for rs in block["runs"].values() for r in rs if "n_params" in r), None)
-    lines = [f"### {st['model']} ({st['mode'].upper()}): {what}, {_f(params, '{:,}')} parameters, "
-             f"{n} x {b} per update; AdamW (lr 1e-3, wd 0.01); medians of {len(block['runs']['ours'])} round(s), "
-             f"{st['updates']} timed update(s) per process", ""]
+    lines = [
+        f"### {st['model']} ({st['mode'].upper()}): {what}, {_f(params, '{:,}')} parameters, "
+        f"{n} x {b} per update; AdamW (lr 1e-3, wd 0.01); medians of {len(block['runs']['ours'])} round(s), "
+        f"{st['updates']} timed update(s) per process",
+        "",
+    ]
     if st["model"] == "lm":
         wins = block["data"]["windows"][:DISTANCE_AFTER]
-        lines.append(f"Data: {block['data']['corpus']}; the {DISTANCE_AFTER} updates of the distance use stream "
-                     f"windows {[w['stream_window'] for w in wins]} with real tokens per micro-batch "
-                     f"{[w['tokens'] for w in wins]} (--lm-windows {st['lm_windows']}; "
-                     f"{block['data']['stream_windows_unequal']} of the {block['data']['stream_windows_scanned']} "
-                     "stream windows scanned hold unequal counts).")
+        lines.append(
+            f"Data: {block['data']['corpus']}; the {DISTANCE_AFTER} updates of the distance use stream "
+            f"windows {[w['stream_window'] for w in wins]} with real tokens per micro-batch "
+            f"{[w['tokens'] for w in wins]} (--lm-windows {st['lm_windows']}; "
+            f"{block['data']['stream_windows_unequal']} of the {block['data']['stream_windows_scanned']} "
+            "stream windows scanned hold unequal counts)."
+        )
     else:
-        lines.append(f"Data: {block['data']['source']}."
-                     + (" BatchNorm: per-micro-batch statistics, so no accumulation equals the big batch "
-                        "(--resnet-norm group removes that)." if st["norm"] == "batch" else ""))
-    lines.append(f"Time/update: one window of {n} micro-batches (plain big batch: one step of {n * b}; plain micro-batch: "
-                 f"{n} steps of {b}), after {st['warmup']} untimed window(s) (the first: compilation, 'first update'). Distance: max|w - w_big| / "
-                 "max|w_big| over all trainable parameters after 3 updates, same start, same data.")
-    lines += ["", "| config | time/update median (s) | ratio to ours (FusedAdamW) | peak RSS MiB | "
-              "RSS ratio vs ours | distance after 3 updates from big batch | first update (s) |",
-              "|---|--:|--:|--:|--:|--:|--:|"]
+        lines.append(
+            f"Data: {block['data']['source']}."
+            + (
+                " BatchNorm: per-micro-batch statistics, so no accumulation equals the big batch "
+                "(--resnet-norm group removes that)."
+                if st["norm"] == "batch"
+                else ""
+            )
+        )
+    lines.append(
+        f"Time/update: one window of {n} micro-batches (plain big batch: one step of {n * b}; plain micro-batch: "
+        f"{n} steps of {b}), after {st['warmup']} untimed window(s) (the first: compilation, 'first update'). "
+        "Distance: max|w - w_big| / "
+        "max|w_big| over all trainable parameters after 3 updates, same start, same data."
+    )
+    lines += [
+        "",
+        "| config | time/update median (s) | ratio to ours (FusedAdamW) | peak RSS MiB | "
+        "RSS ratio vs ours | distance after 3 updates from big batch | first update (s) |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
     for c in block["configs"]:
         r = s[c]
         if r["ok_rounds"] == 0:
@@ -325,15 +374,21 @@ def render(block: dict) -> str:
             continue
         dist = "(reference)" if c == "big" else ("--" if c == "micro" else _f(r["distance"], "{:.2e}"))
         note = f" ({len(r['errors'])} round(s) failed: {'; '.join(r['errors'])})" if r["errors"] else ""
-        lines.append(f"| {CONFIGS[c]}{note} | {_f(r['time_per_update_s'], '{:.3f}')} | "
-                     f"{_f(r['time_ratio'], '{:.2f}')} | {_f(r['peak_rss_mib'], '{:,.0f}')} | {_f(r['rss_ratio'], '{:.2f}')} | {dist} | "
-                     f"{_f(r['first_update_s'], '{:.2f}')} |")
+        lines.append(
+            f"| {CONFIGS[c]}{note} | {_f(r['time_per_update_s'], '{:.3f}')} | "
+            f"{_f(r['time_ratio'], '{:.2f}')} | {_f(r['peak_rss_mib'], '{:,.0f}')} | "
+            f"{_f(r['rss_ratio'], '{:.2f}')} | {dist} | "
+            f"{_f(r['first_update_s'], '{:.2f}')} |"
+        )
     return "\n".join(lines)
 
 
 def machine_info() -> dict:
-    info = {"python": platform.python_version(), "logical_cpus": os.cpu_count(),
-            "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+    info = {
+        "python": platform.python_version(),
+        "logical_cpus": os.cpu_count(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
         for key, name in (("Model name", "cpu"), ("CPU(s)", "cpus"), ("Core(s) per socket", "cores_per_socket")):
@@ -344,6 +399,7 @@ def machine_info() -> dict:
         pass
     try:
         from importlib import metadata
+
         info["mindspore"] = metadata.version("mindspore")
     except Exception:  # noqa: BLE001
         info["mindspore"] = "?"
@@ -357,8 +413,9 @@ def parse_args(argv=None):
     p.add_argument("--mode", choices=("graph", "pynative"), default="graph")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--updates", type=int, default=3, help="timed updates per process (after the warm-up)")
-    p.add_argument("--warmup", type=int, default=1,
-                   help="untimed updates first (>= 1: the first holds the graph compilation)")
+    p.add_argument(
+        "--warmup", type=int, default=1, help="untimed updates first (>= 1: the first holds the graph compilation)"
+    )
     p.add_argument("--accum", type=int, default=4, help="micro-batches per update (N)")
     p.add_argument("--lm-batch", type=int, default=8)
     p.add_argument("--lm-layers", type=int, default=7)
@@ -370,8 +427,11 @@ def parse_args(argv=None):
     p.add_argument("--resnet-norm", choices=("batch", "group"), default="batch")
     p.add_argument("--cifar-dir", default=DEFAULT_CIFAR, help="CIFAR-10 binaries (else random images)")
     p.add_argument("--configs", default=",".join(CONFIGS), help="subset of: " + ",".join(CONFIGS))
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes (GPT 1 x 32, context 32, 4 x 4; ResNet50 4 x 4), 2 timed updates")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes (GPT 1 x 32, context 32, 4 x 4; ResNet50 4 x 4), 2 timed updates",
+    )
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per process")
     p.add_argument("--json", help="write every raw number here")
     p.add_argument("--work-dir", help="for the data, initial weights and snapshots (default: a temporary folder)")
@@ -395,29 +455,41 @@ def main(argv=None) -> int:
     if bad or "ours" not in configs or "big" not in configs:
         raise SystemExit(f"bench_peers: unknown {bad}; --configs must include 'big' and 'ours'")
     info = machine_info()
-    print(f"# machine: {info.get('cpu', '?')}, {info.get('cpus', info['logical_cpus'])} CPUs "
-          f"({info.get('cores_per_socket', '?')} cores per socket), MindSpore {info['mindspore']}, Python "
-          f"{info['python']}, ONEDNN_MAX_CPU_ISA=AVX2 in every worker; load average at start "
-          f"{info['load_average_at_start']}", flush=True)
+    print(
+        f"# machine: {info.get('cpu', '?')}, {info.get('cpus', info['logical_cpus'])} CPUs "
+        f"({info.get('cores_per_socket', '?')} cores per socket), MindSpore {info['mindspore']}, Python "
+        f"{info['python']}, ONEDNN_MAX_CPU_ISA=AVX2 in every worker; load average at start "
+        f"{info['load_average_at_start']}",
+        flush=True,
+    )
     work = args.work_dir or tempfile.mkdtemp(prefix="bench_peers_")
     os.makedirs(work, exist_ok=True)
     windows = max(DISTANCE_AFTER, args.warmup + args.updates)
     blocks = []
     for m in args.models.split(","):
         if m == "lm":
-            st = dict(model=m, batch=args.lm_batch, layers=args.lm_layers, d_model=args.lm_d_model,
-                      heads=args.lm_heads, seq=args.lm_seq, lm_windows=args.lm_windows)
+            st = dict(
+                model=m,
+                batch=args.lm_batch,
+                layers=args.lm_layers,
+                d_model=args.lm_d_model,
+                heads=args.lm_heads,
+                seq=args.lm_seq,
+                lm_windows=args.lm_windows,
+            )
         else:
             st = dict(model=m, batch=args.resnet_batch, norm=args.resnet_norm, cifar_dir=args.cifar_dir)
         st.update(mode=args.mode, accum=args.accum, updates=args.updates, warmup=args.warmup)
         data = lm_windows(st, windows) if m == "lm" else resnet_windows(st, windows)
         import numpy as np
+
         st["data_path"] = os.path.join(work, f"data_{m}.npz")
         np.savez(st["data_path"], x=data.pop("x"), y=data.pop("y"))
         st["init_path"] = os.path.join(work, f"init_{m}.npz")
         blocks.append({"settings": st, "data": data, "configs": configs, "runs": {c: [] for c in configs}})
     try:
         from tqdm import tqdm
+
         bar = tqdm(total=args.rounds * len(blocks) * len(configs), file=sys.stderr, desc="bench_peers", unit="proc")
     except ImportError:
         bar = None
@@ -455,8 +527,10 @@ def main(argv=None) -> int:
         bl["summary"] = summarise(bl)
         print(render(bl))
         print()
-    print(f"load average at start {info['load_average_at_start']}, at the end {info['load_average_at_end']}; "
-          f"wall {info['wall_s']:.0f} s")
+    print(
+        f"load average at start {info['load_average_at_start']}, at the end {info['load_average_at_end']}; "
+        f"wall {info['wall_s']:.0f} s"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "args": vars(args), "blocks": blocks}, f, indent=1)

@@ -23,6 +23,7 @@ MindSpore may be imported (``ONEDNN_MAX_CPU_ISA`` set).
   ``train_step`` is an ``@ms.jit`` function of ``ms.value_and_grad(forward_fn, None, weights)``
   followed by ``accumulator(grads)``. (The tutorial's unused ``clip_norm`` argument is left out.)
 """
+
 from __future__ import annotations
 
 
@@ -65,17 +66,17 @@ def tutorial_step(loss_net, optimizer, steps: int, weights):
             self.map = ops.HyperMap()
 
         def __call__(self, grads):
-            self.map(ops.partial(ops.assign_add), self.inner_grads, grads)   # accumulate
+            self.map(ops.partial(ops.assign_add), self.inner_grads, grads)  # accumulate
             if self.counter % self.accumulate_step == 0:
-                self.optimizer(self.inner_grads)                              # update every N-th step
-                self.map(ops.partial(ops.assign), self.inner_grads, self.zeros)   # then clear
+                self.optimizer(self.inner_grads)  # update every N-th step
+                self.map(ops.partial(ops.assign), self.inner_grads, self.zeros)  # then clear
             ops.assign_add(self.counter, Tensor(1, ms.int32))
             return True
 
     accumulator = Accumulator(optimizer, steps)
 
     def forward_fn(*inputs):
-        return loss_net(*inputs) / steps          # "loss divided by accumulate_step"
+        return loss_net(*inputs) / steps  # "loss divided by accumulate_step"
 
     grad_fn = ms.value_and_grad(forward_fn, None, weights)
 

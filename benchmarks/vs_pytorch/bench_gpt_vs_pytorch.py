@@ -16,6 +16,7 @@ the two share the same cores.
 Training flags not listed here can be passed after ``--`` and go to both scripts.
 PyTorch is not a dependency of the project: give the interpreter that has it with --torch-python.
 """
+
 import argparse
 import json
 import os
@@ -31,17 +32,20 @@ from benchmarks.common.rounds import module_command, worker_env
 OURS = "examples.gpt_lm.train"
 THEIRS = "benchmarks.vs_pytorch.pytorch_gpt_lm"
 
-ROWS = [("wall_time_s", "wall time (s), process start to end", "{:.0f}"),
-        ("train_time_s", "training (s), evaluations included", "{:.0f}"),
-        ("first_step_s", "first micro-batch (s, compilation included)", "{:.2f}"),
-        ("tokens_per_s", "training tokens/s", "{:.0f}"),
-        ("tokens_per_s_after_first_step", "training tokens/s after the first micro-batch", "{:.0f}"),
-        ("eval_bits_per_byte", "held-out bits per byte", "{:.4f}")]
+ROWS = [
+    ("wall_time_s", "wall time (s), process start to end", "{:.0f}"),
+    ("train_time_s", "training (s), evaluations included", "{:.0f}"),
+    ("first_step_s", "first micro-batch (s, compilation included)", "{:.2f}"),
+    ("tokens_per_s", "training tokens/s", "{:.0f}"),
+    ("tokens_per_s_after_first_step", "training tokens/s after the first micro-batch", "{:.0f}"),
+    ("eval_bits_per_byte", "held-out bits per byte", "{:.4f}"),
+]
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
@@ -59,8 +63,13 @@ def parse_args(argv=None):
     p.add_argument("--plot", default=None, help="write the loss-curve plot (PNG) here")
     p.add_argument("--json", default=None, help="write every run's summary and the medians here")
     p.add_argument("--log-dir", default=None, help="keep each run's stdout here")
-    p.add_argument("--from-json", nargs=2, default=None, metavar=("OURS", "PYTORCH"),
-                   help="run nothing: compare, plot and tabulate two summaries already written with --summary-json")
+    p.add_argument(
+        "--from-json",
+        nargs=2,
+        default=None,
+        metavar=("OURS", "PYTORCH"),
+        help="run nothing: compare, plot and tabulate two summaries already written with --summary-json",
+    )
     p.add_argument("extra", nargs="*", help="more flags for both scripts (after --)")
     return p.parse_args(argv)
 
@@ -68,8 +77,11 @@ def parse_args(argv=None):
 def run_job(name, cmd, workdir, log_dir=None):
     """Runs one job (benchmarks.common.rounds.run_job); returns its JSON summary (the last line of its stdout)."""
     s = harness.run_job(name, cmd, workdir, log_dir).result
-    print(f"   {name}: wall {s['wall_time_s']:.0f} s, {s['tokens_per_s']:.0f} tokens/s, "
-          f"held-out {s['eval_bits_per_byte']:.4f} bits/byte", flush=True)
+    print(
+        f"   {name}: wall {s['wall_time_s']:.0f} s, {s['tokens_per_s']:.0f} tokens/s, "
+        f"held-out {s['eval_bits_per_byte']:.4f} bits/byte",
+        flush=True,
+    )
     return s
 
 
@@ -79,8 +91,10 @@ def max_rel_diff(a, b):
 
 def plot_curves(path, ours, theirs):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=90)
     u = range(1, len(ours["update_losses"]) + 1)
     ax.plot(u, ours["update_losses"], lw=1.2, label="mindspore_accum (GradAccumCell + FusedAdamW)")
@@ -100,10 +114,28 @@ def plot_curves(path, ours, theirs):
 
 def main(argv=None):
     args = parse_args(argv)
-    common = ["--layers", str(args.layers), "--d-model", str(args.d_model), "--heads", str(args.heads),
-              "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--accum-steps",
-              str(args.accum_steps), "--lr", repr(args.lr), "--updates", str(args.updates), "--seed", str(args.seed),
-              "--no-progress", *args.extra]
+    common = [
+        "--layers",
+        str(args.layers),
+        "--d-model",
+        str(args.d_model),
+        "--heads",
+        str(args.heads),
+        "--seq-len",
+        str(args.seq_len),
+        "--batch-size",
+        str(args.batch_size),
+        "--accum-steps",
+        str(args.accum_steps),
+        "--lr",
+        repr(args.lr),
+        "--updates",
+        str(args.updates),
+        "--seed",
+        str(args.seed),
+        "--no-progress",
+        *args.extra,
+    ]
     runs = {"ours": [], "pytorch": []}
     t0 = time.perf_counter()
     if args.from_json:
@@ -120,8 +152,12 @@ def main(argv=None):
 def run_rounds(args, common, runs):
     with tempfile.TemporaryDirectory(prefix="bench_gpt_") as work:
         init = os.path.join(work, "init.npz")
-        subprocess.run(module_command(OURS, *common, "--save-init", init), check=True, stdout=subprocess.DEVNULL,
-                       env=worker_env(cpu_isa_fix=False))
+        subprocess.run(
+            module_command(OURS, *common, "--save-init", init),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env=worker_env(cpu_isa_fix=False),
+        )
         common += ["--init-weights", init]
         for r, order in harness.rounds(args.repeats, ("ours", "pytorch")):
             for c in order:
@@ -133,8 +169,10 @@ def run_rounds(args, common, runs):
 
 
 def report(args, runs, t0):
-    med = {k: {key: statistics.median(s[key] for s in v) for key, _, _ in ROWS if v[0].get(key) is not None}
-           for k, v in runs.items()}
+    med = {
+        k: {key: statistics.median(s[key] for s in v) for key, _, _ in ROWS if v[0].get(key) is not None}
+        for k, v in runs.items()
+    }
     ours, theirs = runs["ours"][0], runs["pytorch"][0]
     n = args.first
     rel_micro = max_rel_diff(ours["first_losses"][:n], theirs["first_losses"][:n])
@@ -142,12 +180,28 @@ def report(args, runs, t0):
     rel_all = max_rel_diff(ours["update_losses"], theirs["update_losses"])
     common_n = min(len(ours["update_losses"]), len(theirs["update_losses"]))
     print()
-    print(f"byte-level GPT {ours['params']:,} params ({ours['layers']} layers, d_model {ours['d_model']}), seq-len "
-          f"{ours['seq_len']}, micro-batch {ours['micro_batch']} x {ours['accum_steps']}, {ours['updates']} updates, "
-          f"lr {ours['peak_lr']:g}; " + (f"from {' and '.join(args.from_json)}" if args.from_json else
-                                        f"median of {args.repeats} run(s) each ({time.perf_counter() - t0:.0f} s in all)"))
-    for key in ("layers", "d_model", "heads", "seq_len", "micro_batch", "accum_steps", "peak_lr", "warmup_updates",
-                "total_updates", "params"):
+    print(
+        f"byte-level GPT {ours['params']:,} params ({ours['layers']} layers, d_model {ours['d_model']}), seq-len "
+        f"{ours['seq_len']}, micro-batch {ours['micro_batch']} x {ours['accum_steps']}, {ours['updates']} updates, "
+        f"lr {ours['peak_lr']:g}; "
+        + (
+            f"from {' and '.join(args.from_json)}"
+            if args.from_json
+            else f"median of {args.repeats} run(s) each ({time.perf_counter() - t0:.0f} s in all)"
+        )
+    )
+    for key in (
+        "layers",
+        "d_model",
+        "heads",
+        "seq_len",
+        "micro_batch",
+        "accum_steps",
+        "peak_lr",
+        "warmup_updates",
+        "total_updates",
+        "params",
+    ):
         if ours.get(key) != theirs.get(key):
             raise SystemExit(f"the two runs differ in {key}: {ours.get(key)} vs {theirs.get(key)}")
     print()
@@ -156,22 +210,37 @@ def report(args, runs, t0):
     for key, label, fmt in ROWS:
         a, b = med["ours"].get(key), med["pytorch"].get(key)
         ratio = f"{a / b:.3f}" if a is not None and b else ""
-        print(f"| {label} | {fmt.format(a) if a is not None else ''} | {fmt.format(b) if b is not None else ''} "
-              f"| {ratio} |")
+        print(
+            f"| {label} | {fmt.format(a) if a is not None else ''} | {fmt.format(b) if b is not None else ''} "
+            f"| {ratio} |"
+        )
     print()
     print(f"first {n} micro-batch losses, ours:    {['%.7f' % v for v in ours['first_losses'][:n]]}")
     print(f"first {n} micro-batch losses, PyTorch: {['%.7f' % v for v in theirs['first_losses'][:n]]}")
-    print(f"largest relative difference: {rel_micro:.2e} (micro-batch losses), {rel_update:.2e} (first {n} "
-          f"window losses, i.e. after 0..{n - 1} updates); over the {common_n} window losses both runs have: "
-          f"{rel_all:.2e}")
-    result = {"first_n": n, "compared_update_losses": common_n, "max_rel_diff_first_micro_losses": rel_micro,
-              "max_rel_diff_first_update_losses": rel_update, "max_rel_diff_all_update_losses": rel_all}
+    print(
+        f"largest relative difference: {rel_micro:.2e} (micro-batch losses), {rel_update:.2e} (first {n} "
+        f"window losses, i.e. after 0..{n - 1} updates); over the {common_n} window losses both runs have: "
+        f"{rel_all:.2e}"
+    )
+    result = {
+        "first_n": n,
+        "compared_update_losses": common_n,
+        "max_rel_diff_first_micro_losses": rel_micro,
+        "max_rel_diff_first_update_losses": rel_update,
+        "max_rel_diff_all_update_losses": rel_all,
+    }
     if args.curves:
         with open(args.curves, "w") as f:
-            json.dump({"args": vars(args), **result,
-                       "ours": {k: ours[k] for k in ("framework", "first_losses", "update_losses", "evals")},
-                       "pytorch": {k: theirs[k] for k in ("framework", "first_losses", "update_losses", "evals")}},
-                      f, indent=1)
+            json.dump(
+                {
+                    "args": vars(args),
+                    **result,
+                    "ours": {k: ours[k] for k in ("framework", "first_losses", "update_losses", "evals")},
+                    "pytorch": {k: theirs[k] for k in ("framework", "first_losses", "update_losses", "evals")},
+                },
+                f,
+                indent=1,
+            )
         print(f"curves -> {args.curves}")
     if args.plot:
         plot_curves(args.plot, ours, theirs)

@@ -9,11 +9,12 @@ the other, alternating, each in its own process, and prints a table of medians o
 share the same 2 cores.
 
     python -m benchmarks.vs_pytorch.bench_vs_pytorch                 # quick: 1,024 images, 1 epoch, 1,000 test images
-    python -m benchmarks.vs_pytorch.bench_vs_pytorch --full          # the acceptance job: all images, 2 epochs (~1 hour)
+    python -m benchmarks.vs_pytorch.bench_vs_pytorch --full   # the acceptance job: all images, 2 epochs (~1 hour)
 
 PyTorch is not a dependency of the project. Give the interpreter that has it with
 ``--torch-python`` (default: this one), e.g. a venv made with ``pip install torch==2.13.0 tqdm``.
 """
+
 import argparse
 import json
 import os
@@ -28,19 +29,25 @@ OURS = "examples.resnet50_cifar10.train"
 THEIRS = "benchmarks.vs_pytorch.pytorch_resnet50_cifar10"
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data", "cifar10-subset")
 
-ROWS = [("wall_time_s", "wall time (s), process start to end", "{:.0f}"),
-        ("train_time_s", "training (s)", "{:.0f}"),
-        ("first_step_s", "first micro-batch (s, compile included)", "{:.1f}"),
-        ("train_images_per_s_after_first_step", "training images/s after the first micro-batch", "{:.2f}"),
-        ("eval_time_s", "evaluation of the checkpoint (s)", "{:.0f}"),
-        ("test_accuracy", "test accuracy", "{:.4f}")]
+ROWS = [
+    ("wall_time_s", "wall time (s), process start to end", "{:.0f}"),
+    ("train_time_s", "training (s)", "{:.0f}"),
+    ("first_step_s", "first micro-batch (s, compile included)", "{:.1f}"),
+    ("train_images_per_s_after_first_step", "training images/s after the first micro-batch", "{:.2f}"),
+    ("eval_time_s", "evaluation of the checkpoint (s)", "{:.0f}"),
+    ("test_accuracy", "test accuracy", "{:.4f}"),
+]
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", default=SHARED_DATA if os.path.isdir(SHARED_DATA) else None,
-                   help="CIFAR-10 binary folder (default: the project's shared copy when present)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--data-dir",
+        default=SHARED_DATA if os.path.isdir(SHARED_DATA) else None,
+        help="CIFAR-10 binary folder (default: the project's shared copy when present)",
+    )
     p.add_argument("--full", action="store_true", help="all training and test images, 2 epochs")
     p.add_argument("--limit-train", type=int, default=1024)
     p.add_argument("--limit-test", type=int, default=1000)
@@ -68,15 +75,26 @@ def run_job(name, cmd, workdir, log_dir=None):
     run = harness.run_job(name, cmd, workdir, log_dir)
     summary = run.result
     summary["elapsed_s"] = round(run.wall_s, 2)
-    print(f"   {name}: wall {summary['wall_time_s']:.0f} s, train {summary['train_time_s']:.0f} s, "
-          f"test accuracy {summary['test_accuracy']}", flush=True)
+    print(
+        f"   {name}: wall {summary['wall_time_s']:.0f} s, train {summary['train_time_s']:.0f} s, "
+        f"test accuracy {summary['test_accuracy']}",
+        flush=True,
+    )
     return summary
 
 
 def main(argv=None):
     args = parse_args(argv)
-    common = ["--data-dir", os.path.abspath(args.data_dir), "--epochs", str(args.epochs),
-              "--batch-size", str(args.batch_size), "--accum-steps", str(args.accum_steps)]
+    common = [
+        "--data-dir",
+        os.path.abspath(args.data_dir),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--accum-steps",
+        str(args.accum_steps),
+    ]
     if args.limit_train:
         common += ["--limit-train", str(args.limit_train)]
     if args.limit_test:
@@ -89,24 +107,31 @@ def main(argv=None):
                 if c == "ours":
                     cmd = module_command(OURS, *common, "--no-progress", "--ckpt-dir", os.path.join(work, f"ours{r}"))
                 else:
-                    cmd = module_command(THEIRS, *common, "--ckpt-dir", os.path.join(work, f"pt{r}"),
-                                         python=args.torch_python)
+                    cmd = module_command(
+                        THEIRS, *common, "--ckpt-dir", os.path.join(work, f"pt{r}"), python=args.torch_python
+                    )
                 runs[c].append(run_job(f"{c} #{r + 1}", cmd, work, args.log_dir))
-    med = {k: {key: statistics.median(s[key] for s in v) for key, _, _ in ROWS if v and v[0].get(key) is not None}
-           for k, v in runs.items()}
+    med = {
+        k: {key: statistics.median(s[key] for s in v) for key, _, _ in ROWS if v and v[0].get(key) is not None}
+        for k, v in runs.items()
+    }
     first = (runs["ours"] or runs["pytorch"])[0]
     print()
-    print(f"ResNet50 / CIFAR-10, {first['train_images']:,} training images x {args.epochs} epoch(s), "
-          f"micro-batch {args.batch_size} x {args.accum_steps}, {first['updates']} updates, "
-          f"{first.get('test_images', 0):,} test images; median of {args.repeats} run(s) each")
+    print(
+        f"ResNet50 / CIFAR-10, {first['train_images']:,} training images x {args.epochs} epoch(s), "
+        f"micro-batch {args.batch_size} x {args.accum_steps}, {first['updates']} updates, "
+        f"{first.get('test_images', 0):,} test images; median of {args.repeats} run(s) each"
+    )
     print()
     print("| | mindspore_accum (GRAPH) | PyTorch | ours / PyTorch |")
     print("|---|---|---|---|")
     for key, label, fmt in ROWS:
         a, b = med["ours"].get(key), med["pytorch"].get(key)
         ratio = f"{a / b:.3f}" if a is not None and b else ""
-        print(f"| {label} | {fmt.format(a) if a is not None else ''} | {fmt.format(b) if b is not None else ''} "
-              f"| {ratio} |")
+        print(
+            f"| {label} | {fmt.format(a) if a is not None else ''} | {fmt.format(b) if b is not None else ''} "
+            f"| {ratio} |"
+        )
     if runs["pytorch"]:
         print(f"\n(PyTorch: {runs['pytorch'][0]['framework']}, {runs['pytorch'][0]['threads']} threads)")
     if args.json:

@@ -16,9 +16,11 @@ calls ``(loss_sum / window_tokens).backward()``; one optimizer step per window.
 The last line of stdout is a JSON summary with the example's keys (eval_bits_per_byte,
 tokens_per_s, updates, wall_time_s, params, first_losses, update_losses, evals, ...).
 No checkpoints are written; --stop-after M ends the run at the first window end at or after M
-micro-batches (to compare the first losses of a long recipe quickly). Needs PyTorch (``pip install torch==2.13.0``), not a dependency
-of the project; benchmarks/vs_pytorch/bench_gpt_vs_pytorch.py runs it beside the example.
+micro-batches (to compare the first losses of a long recipe quickly). Needs PyTorch
+(``pip install torch==2.13.0``), not a dependency of the project;
+benchmarks/vs_pytorch/bench_gpt_vs_pytorch.py runs it beside the example.
 """
+
 import math
 import sys
 import time
@@ -63,8 +65,9 @@ def build_gpt(torch, layers, d_model, heads, max_positions, arrays):
             self.c_attn, self.c_proj = Linear(d_model, 3 * d_model), Linear(d_model, d_model)
             self.h, self.hd = heads, d_model // heads
             self.scale = 1.0 / math.sqrt(self.hd)
-            self.register_buffer("mask", torch.triu(torch.full((max_positions, max_positions), -1e9), 1),
-                                 persistent=False)
+            self.register_buffer(
+                "mask", torch.triu(torch.full((max_positions, max_positions), -1e9), 1), persistent=False
+            )
 
         def forward(self, x):
             b, t, d = x.shape
@@ -101,7 +104,7 @@ def build_gpt(torch, layers, d_model, heads, max_positions, arrays):
             x = self.wte[tokens] + self.wpe[:t]
             for block in self.h:
                 x = block(x)
-            return self.ln_f(x) @ self.wte[:ld.VOCAB].t()
+            return self.ln_f(x) @ self.wte[: ld.VOCAB].t()
 
     net = GPT()
     named = dict(net.named_parameters())
@@ -122,15 +125,22 @@ def lm_loss(torch, net, x, y):
 
 
 def main(argv=None):
-    args = parse_args(argv, description=__doc__.split("\n\n")[0],
-                      extra=lambda p: p.add_argument("--threads", type=int, default=None,
-                                                     help="torch.set_num_threads (default: PyTorch's)"))
+    args = parse_args(
+        argv,
+        description=__doc__.split("\n\n")[0],
+        extra=lambda p: p.add_argument(
+            "--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)"
+        ),
+    )
     try:
         check_seq_len(args)
         data = load_data(args)
         shapes = ld.gpt_param_shapes(args.layers, args.d_model, args.max_positions)
-        arrays = (ld.load_npz(args.init_weights, shapes) if args.init_weights else
-                  ld.gpt2_init(args.layers, args.d_model, args.max_positions, args.seed))
+        arrays = (
+            ld.load_npz(args.init_weights, shapes)
+            if args.init_weights
+            else ld.gpt2_init(args.layers, args.d_model, args.max_positions, args.seed)
+        )
     except ld.DataError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
@@ -146,12 +156,18 @@ def main(argv=None):
     min_lr = args.lr * args.min_lr_frac
     decay = [p for p in net.parameters() if p.ndim >= 2]
     no_decay = [p for p in net.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr,
-                            betas=(args.beta1, args.beta2), eps=args.eps, fused=True)
-    log(f"[torch] PyTorch {torch.__version__}, {torch.get_num_threads()} threads; GPT {n_params:,} parameters"
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(args.beta1, args.beta2),
+        eps=args.eps,
+        fused=True,
+    )
+    log(
+        f"[torch] PyTorch {torch.__version__}, {torch.get_num_threads()} threads; GPT {n_params:,} parameters"
         + (f" from {args.init_weights}" if args.init_weights else f", GPT-2 init seed {args.seed}")
-        + f"; micro-batch {B} x {K}, {U} updates, AdamW(fused=True) lr {args.lr:g}")
+        + f"; micro-batch {B} x {K}, {U} updates, AdamW(fused=True) lr {args.lr:g}"
+    )
 
     def evaluate():
         net.eval()
@@ -170,8 +186,15 @@ def main(argv=None):
     since_sum, since_tok, run_tokens, run_positions, micro = 0.0, 0, 0, 0, 0
     t_train = time.perf_counter()
     t_first = None
-    bar = tqdm(total=U * K, unit="mb", desc="train", file=sys.stderr, disable=args.no_progress,
-               dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(
+        total=U * K,
+        unit="mb",
+        desc="train",
+        file=sys.stderr,
+        disable=args.no_progress,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     net.train()
     for u in range(U):
         window = [stream.batch(u * K + j) for j in range(K)]
@@ -199,8 +222,12 @@ def main(argv=None):
         update_losses.append(w_sum / window_tokens)
         since_sum += w_sum
         since_tok += window_tokens
-        bar.set_postfix(loss=f"{update_losses[-1]:.3f}", upd=u + 1,
-                        tok_s=f"{run_tokens / (time.perf_counter() - t_train):.0f}", refresh=False)
+        bar.set_postfix(
+            loss=f"{update_losses[-1]:.3f}",
+            upd=u + 1,
+            tok_s=f"{run_tokens / (time.perf_counter() - t_train):.0f}",
+            refresh=False,
+        )
         stopping = bool(args.stop_after and micro >= args.stop_after and u + 1 < U)
         if (u + 1) % args.eval_every == 0 or u + 1 == U:
             ev = evaluate()
@@ -208,30 +235,58 @@ def main(argv=None):
             since_sum, since_tok = 0.0, 0
             evals.append({"update": u + 1, "train_loss": tl, **ev})
             bar.clear()
-            log(f"[eval] update {u + 1}/{U}: train loss {tl:.4f}, eval loss {ev['eval_loss']:.4f}, "
-                f"eval bits/byte {ev['eval_bits_per_byte']:.4f} ({ev['eval_tokens']:,} held-out bytes)")
+            log(
+                f"[eval] update {u + 1}/{U}: train loss {tl:.4f}, eval loss {ev['eval_loss']:.4f}, "
+                f"eval bits/byte {ev['eval_bits_per_byte']:.4f} ({ev['eval_tokens']:,} held-out bytes)"
+            )
         if stopping:  # --stop-after M: at the first window end at or after M micro-batches (no resume here)
             break
     bar.close()
     train_time = time.perf_counter() - t_train
     first_tok = int((stream.batch(0)[1] != ld.PAD).sum())
-    final = evals[-1] if evals and evals[-1]["update"] == len(update_losses) else \
-        {"eval_loss": None, "eval_bits_per_byte": None, "eval_tokens": None}
+    final = (
+        evals[-1]
+        if evals and evals[-1]["update"] == len(update_losses)
+        else {"eval_loss": None, "eval_bits_per_byte": None, "eval_tokens": None}
+    )
     summary = {
-        "event": "summary", "model": "gpt", "framework": f"pytorch {torch.__version__}",
-        "threads": torch.get_num_threads(), "params": n_params, "layers": args.layers, "d_model": args.d_model,
-        "heads": args.heads, "max_positions": args.max_positions, "seq_len": args.seq_len, "tied_head": True,
-        "compute_dtype": "float32", "data": data["desc"], "micro_batch": B, "accum_steps": K, "peak_lr": args.lr,
-        "warmup_updates": args.warmup, "min_lr": min_lr, "total_updates": U, "updates": len(update_losses),
-        "micro_batches": micro, "stopped_early": f"--stop-after {args.stop_after}" if len(update_losses) < U else None,
-        "train_tokens_this_run": run_tokens, "padding_fraction": 1 - run_tokens / max(1, run_positions),
-        "first_step_s": round(t_first, 3), "train_time_s": round(train_time, 2),
+        "event": "summary",
+        "model": "gpt",
+        "framework": f"pytorch {torch.__version__}",
+        "threads": torch.get_num_threads(),
+        "params": n_params,
+        "layers": args.layers,
+        "d_model": args.d_model,
+        "heads": args.heads,
+        "max_positions": args.max_positions,
+        "seq_len": args.seq_len,
+        "tied_head": True,
+        "compute_dtype": "float32",
+        "data": data["desc"],
+        "micro_batch": B,
+        "accum_steps": K,
+        "peak_lr": args.lr,
+        "warmup_updates": args.warmup,
+        "min_lr": min_lr,
+        "total_updates": U,
+        "updates": len(update_losses),
+        "micro_batches": micro,
+        "stopped_early": f"--stop-after {args.stop_after}" if len(update_losses) < U else None,
+        "train_tokens_this_run": run_tokens,
+        "padding_fraction": 1 - run_tokens / max(1, run_positions),
+        "first_step_s": round(t_first, 3),
+        "train_time_s": round(train_time, 2),
         "tokens_per_s": round(run_tokens / train_time, 1),
-        "tokens_per_s_after_first_step": (round((run_tokens - first_tok) / (train_time - t_first), 1)
-                                          if micro > 1 else None),
-        "first_losses": first_losses, "update_losses": update_losses, "evals": evals,
-        "eval_loss": final["eval_loss"], "eval_bits_per_byte": final["eval_bits_per_byte"],
-        "eval_tokens": final["eval_tokens"], "init_weights": args.init_weights,
+        "tokens_per_s_after_first_step": (
+            round((run_tokens - first_tok) / (train_time - t_first), 1) if micro > 1 else None
+        ),
+        "first_losses": first_losses,
+        "update_losses": update_losses,
+        "evals": evals,
+        "eval_loss": final["eval_loss"],
+        "eval_bits_per_byte": final["eval_bits_per_byte"],
+        "eval_tokens": final["eval_tokens"],
+        "init_weights": args.init_weights,
     }
     summary["wall_time_s"] = round(time.perf_counter() - _T0, 2)
     emit_summary(summary, args.summary_json)

@@ -14,6 +14,7 @@ as the example's (wall_time_s from process start, train_time_s, eval_time_s, tes
 Needs PyTorch (CPU build), not a dependency of the project: ``pip install torch==2.13.0``.
 ``benchmarks/vs_pytorch/bench_vs_pytorch.py`` runs this and the example side by side.
 """
+
 import argparse
 import math
 import os
@@ -31,8 +32,9 @@ PARAMS_CIFAR = 23_520_842  # examples/resnet50_cifar10/model.py's count for 10 c
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--data-dir", default="data")
     p.add_argument("--limit-train", type=int, default=None)
     p.add_argument("--limit-test", type=int, default=None)
@@ -46,8 +48,12 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
-    p.add_argument("--eval-batch-size", type=int, default=16,
-                   help="PyTorch's fastest here: 20.4 img/s at 16 vs 18.4 at 100 (2-core CPU)")
+    p.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=16,
+        help="PyTorch's fastest here: 20.4 img/s at 16 vs 18.4 at 100 (2-core CPU)",
+    )
     p.add_argument("--ckpt-dir", default="checkpoints_torch")
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--summary-json", default=None)
@@ -142,11 +148,16 @@ def main(argv=None):
     warmup = max(1, round(args.warmup_frac * total)) if args.warmup_frac > 0 else 0
     decay = [p for p in net.parameters() if p.ndim > 1]
     no_decay = [p for p in net.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}], lr=peak, momentum=args.momentum)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=peak,
+        momentum=args.momentum,
+    )
     loss_fn = nn.CrossEntropyLoss()
-    log(f"[torch] PyTorch {torch.__version__}, {torch.get_num_threads()} threads; ResNet50 {n_params:,} params; "
-        f"{len(ytr):,} train / {len(yte):,} test images; micro-batch {B} x {K}, {total} updates, peak lr {peak:g}")
+    log(
+        f"[torch] PyTorch {torch.__version__}, {torch.get_num_threads()} threads; ResNet50 {n_params:,} params; "
+        f"{len(ytr):,} train / {len(yte):,} test images; micro-batch {B} x {K}, {total} updates, peak lr {peak:g}"
+    )
 
     os.makedirs(args.ckpt_dir, exist_ok=True)
     updates, micro_total, seen, correct_sum = 0, 0, 0, 0
@@ -154,11 +165,25 @@ def main(argv=None):
     t_first, ckpt, last_loss = None, None, None
     net.train()
     for ep in range(args.epochs):
-        source = cd._Source(xtr, ytr, cd.epoch_order(len(ytr), args.seed, ep), 0, micro_per_epoch * B,
-                            augment=True, seed=args.seed, epoch=ep)
+        source = cd._Source(
+            xtr,
+            ytr,
+            cd.epoch_order(len(ytr), args.seed, ep),
+            0,
+            micro_per_epoch * B,
+            augment=True,
+            seed=args.seed,
+            epoch=ep,
+        )
         pending, ep_loss, ep_seen, t_ep = 0, 0.0, 0, time.perf_counter()
-        bar = tqdm(total=micro_per_epoch, desc=f"epoch {ep + 1}/{args.epochs}", unit="mb", file=sys.stderr,
-                   mininterval=1.0, dynamic_ncols=True)
+        bar = tqdm(
+            total=micro_per_epoch,
+            desc=f"epoch {ep + 1}/{args.epochs}",
+            unit="mb",
+            file=sys.stderr,
+            mininterval=1.0,
+            dynamic_ncols=True,
+        )
         for xb, yb in batches(source, B, micro_per_epoch * B):
             x, y = torch.from_numpy(xb), torch.from_numpy(yb)
             logits = net(x)
@@ -180,8 +205,12 @@ def main(argv=None):
             if t_first is None:
                 t_first = time.perf_counter() - t_train
             bar.update(1)
-            bar.set_postfix(loss=f"{ep_loss / ep_seen:.3f}", img_s=f"{ep_seen / (time.perf_counter() - t_ep):.1f}",
-                            upd=updates, refresh=False)
+            bar.set_postfix(
+                loss=f"{ep_loss / ep_seen:.3f}",
+                img_s=f"{ep_seen / (time.perf_counter() - t_ep):.1f}",
+                upd=updates,
+                refresh=False,
+            )
         bar.close()
         if pending:  # a partial window: the mean over the micro-batches it holds
             for p in net.parameters():
@@ -194,18 +223,38 @@ def main(argv=None):
             updates += 1
         ckpt = os.path.join(args.ckpt_dir, f"torch_resnet50-u{updates:06d}-mb{micro_total:07d}.pt")
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "updates": updates}, ckpt)
-        log(f"[epoch {ep + 1}] loss {ep_loss / ep_seen:.4f} {ep_seen / (time.perf_counter() - t_ep):.1f} img/s, "
-            f"{updates} updates -> {ckpt}")
+        log(
+            f"[epoch {ep + 1}] loss {ep_loss / ep_seen:.4f} {ep_seen / (time.perf_counter() - t_ep):.1f} img/s, "
+            f"{updates} updates -> {ckpt}"
+        )
     train_time = time.perf_counter() - t_train
-    summary = {"event": "summary", "framework": f"pytorch {torch.__version__}", "threads": torch.get_num_threads(),
-               "params": n_params, "train_images": len(ytr), "epochs": args.epochs, "micro_batch": B,
-               "accum_steps": K, "effective_batch": B * K, "peak_lr": peak, "warmup_updates": warmup,
-               "updates": updates, "micro_batches": micro_total, "train_loss_last": last_loss,
-               "train_accuracy_this_run": correct_sum / max(1, seen), "first_step_s": round(t_first or 0.0, 2),
-               "train_time_s": round(train_time, 2), "train_images_per_s": round(seen / train_time, 2),
-               "train_images_per_s_after_first_step": (round((seen - B) / (train_time - t_first), 2)
-                                                       if micro_total > 1 else None),
-               "checkpoint": ckpt, "test_accuracy": None, "test_images": 0, "eval_time_s": None}
+    summary = {
+        "event": "summary",
+        "framework": f"pytorch {torch.__version__}",
+        "threads": torch.get_num_threads(),
+        "params": n_params,
+        "train_images": len(ytr),
+        "epochs": args.epochs,
+        "micro_batch": B,
+        "accum_steps": K,
+        "effective_batch": B * K,
+        "peak_lr": peak,
+        "warmup_updates": warmup,
+        "updates": updates,
+        "micro_batches": micro_total,
+        "train_loss_last": last_loss,
+        "train_accuracy_this_run": correct_sum / max(1, seen),
+        "first_step_s": round(t_first or 0.0, 2),
+        "train_time_s": round(train_time, 2),
+        "train_images_per_s": round(seen / train_time, 2),
+        "train_images_per_s_after_first_step": (
+            round((seen - B) / (train_time - t_first), 2) if micro_total > 1 else None
+        ),
+        "checkpoint": ckpt,
+        "test_accuracy": None,
+        "test_images": 0,
+        "eval_time_s": None,
+    }
     if not args.no_eval:
         t_eval = time.perf_counter()
         model = build_resnet50(torch, nn)
@@ -214,13 +263,17 @@ def main(argv=None):
         correct, loss_sum = 0, 0.0
         with torch.inference_mode():
             for s in range(0, len(yte), args.eval_batch_size):
-                xb = np.stack([cd.normalize_chw(img) for img in xte[s:s + args.eval_batch_size]])
-                yb = torch.from_numpy(yte[s:s + args.eval_batch_size].astype(np.int64))
+                xb = np.stack([cd.normalize_chw(img) for img in xte[s : s + args.eval_batch_size]])
+                yb = torch.from_numpy(yte[s : s + args.eval_batch_size].astype(np.int64))
                 logits = model(torch.from_numpy(xb))
                 loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
                 correct += int((logits.argmax(1) == yb).sum())
-        summary.update(test_accuracy=correct / len(yte), test_loss=loss_sum / len(yte), test_images=len(yte),
-                       eval_time_s=round(time.perf_counter() - t_eval, 2))
+        summary.update(
+            test_accuracy=correct / len(yte),
+            test_loss=loss_sum / len(yte),
+            test_images=len(yte),
+            eval_time_s=round(time.perf_counter() - t_eval, 2),
+        )
         log(f"[eval] test accuracy {summary['test_accuracy']:.4f} on {len(yte):,} images")
     summary["wall_time_s"] = round(time.perf_counter() - _T0, 2)
     emit_summary(summary, args.summary_json)

@@ -1,6 +1,7 @@
 """MkDocs hook: the docstrings use Sphinx roles (:class:`X`, :meth:`~A.b`), which Markdown leaves
 as literal text before the code span. Render them as the code span alone, as Sphinx shows them
 (``~`` keeps the last component of the name)."""
+
 import re
 
 _ROLE = re.compile(r":(?:attr|class|data|exc|func|meth|mod|obj):<code>(~?)\.?([^<]*)</code>")

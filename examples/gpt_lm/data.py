@@ -21,6 +21,7 @@ chunks, the same shuffle and the same padding.
   ``(seed, e)``. The batch is padded with ``PAD`` to ``seq_len`` (one fixed shape: GRAPH mode
   compiles once). ``x = chunk[:-1]``, ``y = chunk[1:]``.
 """
+
 from __future__ import annotations
 
 import glob
@@ -30,10 +31,10 @@ import sysconfig
 
 import numpy as np
 
-VOCAB = 256          # byte values: the output classes
-PAD = 256            # padding id: input embedding row 256, ignored as a target
+VOCAB = 256  # byte values: the output classes
+PAD = 256  # padding id: input embedding row 256, ignored as a target
 EMBED_ROWS = VOCAB + 1
-EVAL_STRIDE = 20     # default corpus: every 20th file (sorted) is held out
+EVAL_STRIDE = 20  # default corpus: every 20th file (sorted) is held out
 EVAL_ORDER_SEED = 12345  # the evaluation chunks are picked the same way whatever --seed is
 
 
@@ -42,6 +43,7 @@ class DataError(Exception):
 
 
 # ============================================================================ file lists
+
 
 def stdlib_root():
     return sysconfig.get_paths()["stdlib"]
@@ -74,8 +76,12 @@ def resolve_files(text_files=None, eval_text_files=None):
     """Returns (train_files, eval_files, description) from the command line's globs."""
     if not text_files and not eval_text_files:
         tr, ev = default_files()
-        return tr, ev, f"python-stdlib:{stdlib_root()} ({len(tr)} training files, every {EVAL_STRIDE}th of " \
-                       f"{len(tr) + len(ev)} held out: {len(ev)} files)"
+        return (
+            tr,
+            ev,
+            f"python-stdlib:{stdlib_root()} ({len(tr)} training files, every {EVAL_STRIDE}th of "
+            f"{len(tr) + len(ev)} held out: {len(ev)} files)",
+        )
     if text_files:
         tr = expand_globs(text_files, "--text-files")
     else:
@@ -85,8 +91,10 @@ def resolve_files(text_files=None, eval_text_files=None):
     elif text_files:
         # Held out from the given files: the same every-20th slice (never the same files).
         if len(tr) < 2:
-            raise DataError(f"--text-files matches {len(tr)} file: give --eval-text-files for the held-out text "
-                            "(evaluation never uses the training files)")
+            raise DataError(
+                f"--text-files matches {len(tr)} file: give --eval-text-files for the held-out text "
+                "(evaluation never uses the training files)"
+            )
         ev, tr = tr[::EVAL_STRIDE], [f for i, f in enumerate(tr) if i % EVAL_STRIDE]
     else:
         ev = default_files()[1]
@@ -97,6 +105,7 @@ def resolve_files(text_files=None, eval_text_files=None):
 
 
 # ============================================================================ chunks
+
 
 class Corpus:
     """All bytes of a file set in one uint8 buffer plus the chunk table (start, length)."""
@@ -138,9 +147,9 @@ class Corpus:
         y = np.full((n, L), PAD, np.int32)
         for r, c in enumerate(idx):
             s, ln = int(self.starts[c]), int(self.lengths[c])
-            piece = self.buf[s:s + ln].astype(np.int32)
-            x[r, :ln - 1] = piece[:-1]
-            y[r, :ln - 1] = piece[1:]
+            piece = self.buf[s : s + ln].astype(np.int32)
+            x[r, : ln - 1] = piece[:-1]
+            y[r, : ln - 1] = piece[1:]
         return x, y
 
 
@@ -157,15 +166,17 @@ class TrainStream:
         self.corpus, self.B, self.seed = corpus, int(batch_size), int(seed)
         self.per_epoch = len(corpus) // self.B
         if self.per_epoch == 0:
-            raise DataError(f"the training text gives {len(corpus)} chunk(s) of at most --seq-len+1 = "
-                            f"{corpus.seq_len + 1} bytes: fewer than one micro-batch of {self.B}")
+            raise DataError(
+                f"the training text gives {len(corpus)} chunk(s) of at most --seq-len+1 = "
+                f"{corpus.seq_len + 1} bytes: fewer than one micro-batch of {self.B}"
+            )
         self._epoch, self._order = None, None
 
     def indices(self, m):
         e, i = divmod(int(m), self.per_epoch)
         if e != self._epoch:
             self._epoch, self._order = e, epoch_order(len(self.corpus), self.seed, e)
-        return self._order[i * self.B:(i + 1) * self.B]
+        return self._order[i * self.B : (i + 1) * self.B]
 
     def batch(self, m):
         return self.corpus.batch(self.indices(m))
@@ -176,12 +187,13 @@ def eval_batches(corpus, batch_size, count):
     for every --seed), or all chunks when there are fewer. Yields (x, y)."""
     order = np.random.default_rng(EVAL_ORDER_SEED).permutation(len(corpus))
     if count:
-        order = order[:count * batch_size]
+        order = order[: count * batch_size]
     for s in range(0, len(order), batch_size):
-        yield corpus.batch(order[s:s + batch_size])
+        yield corpus.batch(order[s : s + batch_size])
 
 
 # ============================================================================ schedule
+
 
 def lr_at(step, peak, warmup, total, min_lr=0.0):
     """Learning rate of update ``step`` (0-based): linear warm-up over ``warmup`` updates
@@ -205,12 +217,22 @@ def gpt_param_shapes(layers, d_model, max_positions):
     shapes = {"wte": (EMBED_ROWS, d), "wpe": (max_positions, d)}
     for i in range(layers):
         p = f"h.{i}."
-        shapes.update({p + "ln_1.weight": (d,), p + "ln_1.bias": (d,),
-                       p + "attn.c_attn.weight": (d, 3 * d), p + "attn.c_attn.bias": (3 * d,),
-                       p + "attn.c_proj.weight": (d, d), p + "attn.c_proj.bias": (d,),
-                       p + "ln_2.weight": (d,), p + "ln_2.bias": (d,),
-                       p + "mlp.c_fc.weight": (d, 4 * d), p + "mlp.c_fc.bias": (4 * d,),
-                       p + "mlp.c_proj.weight": (4 * d, d), p + "mlp.c_proj.bias": (d,)})
+        shapes.update(
+            {
+                p + "ln_1.weight": (d,),
+                p + "ln_1.bias": (d,),
+                p + "attn.c_attn.weight": (d, 3 * d),
+                p + "attn.c_attn.bias": (3 * d,),
+                p + "attn.c_proj.weight": (d, d),
+                p + "attn.c_proj.bias": (d,),
+                p + "ln_2.weight": (d,),
+                p + "ln_2.bias": (d,),
+                p + "mlp.c_fc.weight": (d, 4 * d),
+                p + "mlp.c_fc.bias": (4 * d,),
+                p + "mlp.c_proj.weight": (4 * d, d),
+                p + "mlp.c_proj.bias": (d,),
+            }
+        )
     shapes.update({"ln_f.weight": (d,), "ln_f.bias": (d,)})
     return shapes
 
@@ -237,8 +259,8 @@ def count_params(layers, d_model, max_positions):
     return int(sum(np.prod(s) for s in gpt_param_shapes(layers, d_model, max_positions).values()))
 
 
-
 # ============================================================================ initial weights
+
 
 def save_npz(path, arrays):
     """Writes {name: float32 array} atomically (temporary name, then rename)."""
@@ -259,10 +281,15 @@ def load_npz(path, expected):
         got = {k: z[k] for k in z.files}
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
-    bad = [f"{k}: {got[k].shape} vs {tuple(expected[k])}" for k in expected
-           if k in got and tuple(got[k].shape) != tuple(expected[k])]
+    bad = [
+        f"{k}: {got[k].shape} vs {tuple(expected[k])}"
+        for k in expected
+        if k in got and tuple(got[k].shape) != tuple(expected[k])
+    ]
     if missing or extra or bad:
-        raise DataError(f"--init-weights {path} does not fit this model: missing {missing[:4]}, "
-                        f"unexpected {extra[:4]}, wrong shapes {bad[:4]} (same --layers/--d-model/--heads/"
-                        "--max-positions as with --save-init?)")
+        raise DataError(
+            f"--init-weights {path} does not fit this model: missing {missing[:4]}, "
+            f"unexpected {extra[:4]}, wrong shapes {bad[:4]} (same --layers/--d-model/--heads/"
+            "--max-positions as with --save-init?)"
+        )
     return got

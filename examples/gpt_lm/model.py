@@ -19,12 +19,13 @@ Linear layers hold their weight as (in, out) and compute ``x @ W + b``, the layo
 ``Conv1D``; ``benchmarks/vs_pytorch/pytorch_gpt_lm.py`` uses the same layout and the same parameter names,
 so ``--save-init`` / ``--init-weights`` move weights between the two by name.
 """
+
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from examples.gpt_lm.data import EMBED_ROWS, PAD, VOCAB, count_params, gpt2_init, gpt_param_shapes  # noqa: F401
@@ -77,13 +78,13 @@ class CausalSelfAttention(nn.Cell):
 
     def construct(self, x):
         b, t, d = x.shape
-        qkv = self.c_attn(x)                                          # (b, t, 3d)
+        qkv = self.c_attn(x)  # (b, t, 3d)
         qkv = ops.transpose(ops.reshape(qkv, (b, t, 3, self.h, self.hd)), (2, 0, 3, 1, 4))  # (3, b, h, t, hd)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        att = ops.BatchMatMul(transpose_b=True)(q, k)                 # (b, h, t, t)
+        att = ops.BatchMatMul(transpose_b=True)(q, k)  # (b, h, t, t)
         att = ops.cast(att, ms.float32) * self.scale + self.mask[:t, :t]
         att = ops.softmax(att, -1)
-        y = ops.BatchMatMul()(ops.cast(att, self.cdt), ops.cast(v, self.cdt))   # (b, h, t, hd)
+        y = ops.BatchMatMul()(ops.cast(att, self.cdt), ops.cast(v, self.cdt))  # (b, h, t, hd)
         y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (b, t, d))
         return self.c_proj(y)
 
@@ -108,7 +109,7 @@ class Block(nn.Cell):
         self.mlp = MLP(d_model, compute_dtype)
 
     def construct(self, x):
-        x = x + ops.cast(self.attn(self.ln_1(x)), ms.float32)   # residual stream in float32
+        x = x + ops.cast(self.attn(self.ln_1(x)), ms.float32)  # residual stream in float32
         return x + ops.cast(self.mlp(self.ln_2(x)), ms.float32)
 
 
@@ -148,12 +149,12 @@ class GPT(nn.Cell):
 
     def construct(self, tokens):
         t = tokens.shape[1]
-        x = ops.gather(self.wte, tokens, 0) + self.wpe[:t]          # (b, t, d) float32
+        x = ops.gather(self.wte, tokens, 0) + self.wpe[:t]  # (b, t, d) float32
         for block in self.h:
             x = block(x)
         x = self.ln_f(x)
         b = x.shape[0]
-        head = ops.cast(self.wte[:VOCAB], self.cdt)                 # tied: the 256 byte rows
+        head = ops.cast(self.wte[:VOCAB], self.cdt)  # tied: the 256 byte rows
         logits = ops.matmul(ops.reshape(ops.cast(x, self.cdt), (b * t, self.d_model)), ops.transpose(head, (1, 0)))
         return ops.reshape(ops.cast(logits, ms.float32), (b, t, VOCAB))
 
@@ -172,7 +173,7 @@ class LMLoss(nn.Cell):
         self.net = net
 
     def construct(self, x, y):
-        logits = self.net(x)                                         # (b, t, 256) float32
+        logits = self.net(x)  # (b, t, 256) float32
         logp = ops.log_softmax(logits, -1)
         real = ops.not_equal(y, PAD)
         target = ops.select(real, y, ops.zeros_like(y))

@@ -14,6 +14,7 @@ whatever the micro-batch split. The learning rate warms up linearly over --warmu
 follows a cosine to --min-lr-frac x peak, stepped once per update. The last line of stdout is
 a JSON summary.
 """
+
 import argparse
 import json
 import math
@@ -36,18 +37,34 @@ LN2 = math.log(2.0)
 
 # ============================================================================ arguments
 
+
 def parse_args(argv=None, description=None, extra=None):
     """The command line. ``extra(parser)`` may add options (the PyTorch twin adds its own and
     shares all of these, defaults included)."""
-    p = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=description or __doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     g = p.add_argument_group("data")
-    g.add_argument("--text-files", nargs="+", default=None, metavar="GLOB",
-                   help="training text (globs, ** recursive); default: the Python standard library's .py files")
-    g.add_argument("--eval-text-files", nargs="+", default=None, metavar="GLOB",
-                   help="held-out text; default: every 20th file of the training set, removed from it")
-    g.add_argument("--eval-batches", type=int, default=16,
-                   help="held-out batches of --batch-size chunks per evaluation (0: all held-out chunks)")
+    g.add_argument(
+        "--text-files",
+        nargs="+",
+        default=None,
+        metavar="GLOB",
+        help="training text (globs, ** recursive); default: the Python standard library's .py files",
+    )
+    g.add_argument(
+        "--eval-text-files",
+        nargs="+",
+        default=None,
+        metavar="GLOB",
+        help="held-out text; default: every 20th file of the training set, removed from it",
+    )
+    g.add_argument(
+        "--eval-batches",
+        type=int,
+        default=16,
+        help="held-out batches of --batch-size chunks per evaluation (0: all held-out chunks)",
+    )
 
     g = p.add_argument_group("model")
     g.add_argument("--layers", type=int, default=4)
@@ -55,13 +72,20 @@ def parse_args(argv=None, description=None, extra=None):
     g.add_argument("--heads", type=int, default=4)
     g.add_argument("--max-positions", type=int, default=512, help="rows of the position embedding")
     g.add_argument("--seq-len", type=int, default=128, help="context length (<= --max-positions)")
-    g.add_argument("--amp", action="store_true",
-                   help="half-precision matmuls (float32 master weights, LayerNorm/softmax/loss in float32) "
-                        "with a dynamic loss scale")
+    g.add_argument(
+        "--amp",
+        action="store_true",
+        help="half-precision matmuls (float32 master weights, LayerNorm/softmax/loss in float32) "
+        "with a dynamic loss scale",
+    )
     g.add_argument("--amp-dtype", choices=["float16", "bfloat16"], default="float16")
     g.add_argument("--init-weights", default=None, metavar="NPZ", help="initial weights written by --save-init")
-    g.add_argument("--save-init", default=None, metavar="NPZ",
-                   help="write the initial weights (GPT-2 init from --seed) to NPZ and exit")
+    g.add_argument(
+        "--save-init",
+        default=None,
+        metavar="NPZ",
+        help="write the initial weights (GPT-2 init from --seed) to NPZ and exit",
+    )
 
     g = p.add_argument_group("training")
     g.add_argument("--batch-size", type=int, default=8, help="micro-batch (sequences)")
@@ -70,8 +94,12 @@ def parse_args(argv=None, description=None, extra=None):
     g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     g.add_argument("--warmup", type=int, default=None, help="linear warm-up updates (default: updates // 10)")
     g.add_argument("--min-lr-frac", type=float, default=0.1, help="the cosine ends at this fraction of --lr")
-    g.add_argument("--weight-decay", type=float, default=0.1,
-                   help="AdamW decoupled decay on matrices and embeddings (not biases/LayerNorm)")
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.1,
+        help="AdamW decoupled decay on matrices and embeddings (not biases/LayerNorm)",
+    )
     g.add_argument("--beta1", type=float, default=0.9)
     g.add_argument("--beta2", type=float, default=0.95)
     g.add_argument("--eps", type=float, default=1e-8)
@@ -85,17 +113,36 @@ def parse_args(argv=None, description=None, extra=None):
     g.add_argument("--eval-every", type=int, default=50, help="evaluate every U updates (and after the last)")
     g.add_argument("--ckpt-dir", default="checkpoints_gpt")
     g.add_argument("--keep-ckpt", type=int, default=2)
-    g.add_argument("--resume", default="none", metavar="auto|PATH|none",
-                   help="auto: the newest checkpoint in --ckpt-dir if there is one (else start afresh)")
-    g.add_argument("--stop-after", type=int, default=None, metavar="M",
-                   help="stop after M micro-batches in this run with a resumable checkpoint (SIGINT/SIGTERM too)")
+    g.add_argument(
+        "--resume",
+        default="none",
+        metavar="auto|PATH|none",
+        help="auto: the newest checkpoint in --ckpt-dir if there is one (else start afresh)",
+    )
+    g.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="M",
+        help="stop after M micro-batches in this run with a resumable checkpoint (SIGINT/SIGTERM too)",
+    )
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("--summary-json", default=None, metavar="PATH")
     if extra is not None:
         extra(p)
     args = p.parse_args(argv)
-    for name in ("layers", "d_model", "heads", "max_positions", "seq_len", "batch_size", "accum_steps",
-                 "updates", "eval_every", "keep_ckpt"):
+    for name in (
+        "layers",
+        "d_model",
+        "heads",
+        "max_positions",
+        "seq_len",
+        "batch_size",
+        "accum_steps",
+        "updates",
+        "eval_every",
+        "keep_ckpt",
+    ):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.eval_batches < 0:
@@ -111,18 +158,23 @@ def parse_args(argv=None, description=None, extra=None):
 
 def check_amp_dtype(args):
     if args.amp and args.amp_dtype == "bfloat16" and args.device == "CPU":
-        raise ld.DataError("--amp-dtype bfloat16 does not run on MindSpore's CPU backend (2.10: MatMul, BatchMatMul "
-                           "and GeLU have no bfloat16 CPU kernel, 'Select CPU operator[MatMul] fail! Unsupported "
-                           "data type!'); use --amp-dtype float16 or a GPU/Ascend --device")
+        raise ld.DataError(
+            "--amp-dtype bfloat16 does not run on MindSpore's CPU backend (2.10: MatMul, BatchMatMul "
+            "and GeLU have no bfloat16 CPU kernel, 'Select CPU operator[MatMul] fail! Unsupported "
+            "data type!'); use --amp-dtype float16 or a GPU/Ascend --device"
+        )
 
 
 def check_seq_len(args):
     if args.seq_len > args.max_positions:
-        raise ld.DataError(f"--seq-len {args.seq_len} is longer than the model's {args.max_positions} positions "
-                           f"(--max-positions): the position embedding has no row for position {args.max_positions}")
+        raise ld.DataError(
+            f"--seq-len {args.seq_len} is longer than the model's {args.max_positions} positions "
+            f"(--max-positions): the position embedding has no row for position {args.max_positions}"
+        )
 
 
 # ============================================================================ CPU speed fix
+
 
 def apply_cpu_isa_fix(args):
     """ONEDNN_MAX_CPU_ISA=AVX2 before MindSpore is imported (see README: "the ISA trap")."""
@@ -131,6 +183,7 @@ def apply_cpu_isa_fix(args):
 
 # ============================================================================ data
 
+
 def load_data(args):
     """Train and held-out corpora. NumPy only: errors surface before MindSpore starts."""
     train_files, eval_files, desc = ld.resolve_files(args.text_files, args.eval_text_files)
@@ -138,13 +191,16 @@ def load_data(args):
     held = ld.Corpus(eval_files, args.seq_len, "held-out text")
     stream = ld.TrainStream(train, args.batch_size, args.seed)
     log(f"[data] {desc}")
-    log(f"[data] train: {train.num_bytes:,} bytes in {len(train_files)} files -> {len(train):,} chunks of <= "
+    log(
+        f"[data] train: {train.num_bytes:,} bytes in {len(train_files)} files -> {len(train):,} chunks of <= "
         f"{args.seq_len + 1} bytes ({stream.per_epoch:,} micro-batches per epoch); held-out: {held.num_bytes:,} "
-        f"bytes in {len(eval_files)} files -> {len(held):,} chunks")
+        f"bytes in {len(eval_files)} files -> {len(held):,} chunks"
+    )
     return {"train": train, "held": held, "stream": stream, "desc": desc}
 
 
 # ============================================================================ schedule, optimizer, cell
+
 
 def param_groups(net, weight_decay):
     """Decay on matrices and embeddings (ndim >= 2), none on biases and LayerNorm (nanoGPT's split)."""
@@ -165,32 +221,61 @@ def initial_loss_scale(args):
 def build_train_cell(loss_cell, groups, schedule, args):
     """THE place where mindspore_accum is used: FusedAdamW (torch AdamW semantics) + GradAccumCell
     on a loss cell returning (loss_sum, num_items)."""
-    import mindspore_accum
     from mindspore import nn
-    optimizer = mindspore_accum.FusedAdamW(groups, learning_rate=schedule, beta1=args.beta1, beta2=args.beta2,
-                                           eps=args.eps, bias_correction=True)
+
+    import mindspore_accum
+
+    optimizer = mindspore_accum.FusedAdamW(
+        groups, learning_rate=schedule, beta1=args.beta1, beta2=args.beta2, eps=args.eps, bias_correction=True
+    )
     loss_scale = None
     if args.amp:
-        loss_scale = nn.DynamicLossScaleUpdateCell(loss_scale_value=initial_loss_scale(args), scale_factor=2,
-                                                   scale_window=1000)
-    cell = mindspore_accum.GradAccumCell(loss_cell, optimizer, args.accum_steps,
-                                         clip_global_norm=args.clip_grad_norm or None, loss_scale=loss_scale)
+        loss_scale = nn.DynamicLossScaleUpdateCell(
+            loss_scale_value=initial_loss_scale(args), scale_factor=2, scale_window=1000
+        )
+    cell = mindspore_accum.GradAccumCell(
+        loss_cell, optimizer, args.accum_steps, clip_global_norm=args.clip_grad_norm or None, loss_scale=loss_scale
+    )
     return cell, optimizer
 
 
 # ============================================================================ checkpoints
 
-RUN_KEYS = ("layers", "d_model", "heads", "max_positions", "seq_len", "batch_size", "accum_steps", "updates",
-            "lr", "warmup", "min_lr_frac", "weight_decay", "beta1", "beta2", "eps", "clip_grad_norm", "seed",
-            "amp", "amp_dtype", "data")
+RUN_KEYS = (
+    "layers",
+    "d_model",
+    "heads",
+    "max_positions",
+    "seq_len",
+    "batch_size",
+    "accum_steps",
+    "updates",
+    "lr",
+    "warmup",
+    "min_lr_frac",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "eps",
+    "clip_grad_norm",
+    "seed",
+    "amp",
+    "amp_dtype",
+    "data",
+)
 
 
 def save_ckpt(train_cell, args, state, run_cfg, written):
     from mindspore_accum import save_checkpoint_atomic
+
     path = os.path.join(args.ckpt_dir, common.ckpt_name(CKPT_PREFIX, state["updates"], state["micro_total"]))
-    extra = {"run.micro_total": int(state["micro_total"]), "run.updates": int(state["updates"]),
-             "run.window_loss_sum": float(state["window_loss_sum"]), "run.window_tokens": int(state["window_tokens"]),
-             "run.config": json.dumps(run_cfg, sort_keys=True)}
+    extra = {
+        "run.micro_total": int(state["micro_total"]),
+        "run.updates": int(state["updates"]),
+        "run.window_loss_sum": float(state["window_loss_sum"]),
+        "run.window_tokens": int(state["window_tokens"]),
+        "run.config": json.dumps(run_cfg, sort_keys=True),
+    }
     path = save_checkpoint_atomic(train_cell, path, append_dict=extra)
     common.rotate_checkpoints(written, path, args.keep_ckpt)
     return path
@@ -198,15 +283,25 @@ def save_ckpt(train_cell, args, state, run_cfg, written):
 
 def load_resume(train_cell, path, run_cfg):
     from mindspore_accum import load_checkpoint_verified
-    return common.load_resume(train_cell, path, run_cfg, RUN_KEYS, load=load_checkpoint_verified, error=ld.DataError,
-                              floats=("window_loss_sum",))
+
+    return common.load_resume(
+        train_cell,
+        path,
+        run_cfg,
+        RUN_KEYS,
+        load=load_checkpoint_verified,
+        error=ld.DataError,
+        floats=("window_loss_sum",),
+    )
 
 
 # ============================================================================ evaluation
 
+
 def evaluate(loss_cell, held, args):
     """Held-out cross entropy per real byte (nats) and bits per byte, over --eval-batches batches."""
     from mindspore import Tensor
+
     loss_cell.set_train(False)
     total, items = 0.0, 0
     for x, y in ld.eval_batches(held, args.batch_size, args.eval_batches):
@@ -223,6 +318,7 @@ def evaluate(loss_cell, held, args):
 
 # ============================================================================ main
 
+
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -231,15 +327,16 @@ def main(argv=None):
         if args.save_init:
             arrays = ld.gpt2_init(args.layers, args.d_model, args.max_positions, args.seed)
             ld.save_npz(args.save_init, arrays)
-            log(f"[init] wrote the GPT-2 initial weights for --seed {args.seed} "
-                f"({sum(a.size for a in arrays.values()):,} values) to {args.save_init}")
+            log(
+                f"[init] wrote the GPT-2 initial weights for --seed {args.seed} "
+                f"({sum(a.size for a in arrays.values()):,} values) to {args.save_init}"
+            )
             return 0
         isa = apply_cpu_isa_fix(args)
         data = load_data(args)  # before MindSpore: data errors are reported fast
         init = None
         if args.init_weights:
-            init = ld.load_npz(args.init_weights,
-                               ld.gpt_param_shapes(args.layers, args.d_model, args.max_positions))
+            init = ld.load_npz(args.init_weights, ld.gpt_param_shapes(args.layers, args.d_model, args.max_positions))
         return train(args, data, isa, init)
     except ld.DataError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
@@ -250,6 +347,7 @@ def train(args, data, isa, init):
     import mindspore as ms
     from mindspore import Tensor
     from tqdm import tqdm
+
     from examples.gpt_lm.model import GPT, LMLoss
 
     ms.set_seed(args.seed)
@@ -263,16 +361,21 @@ def train(args, data, isa, init):
     loss_cell = LMLoss(net)
     B, K, U = args.batch_size, args.accum_steps, args.updates
     min_lr = args.lr * args.min_lr_frac
-    train_cell, optimizer = build_train_cell(loss_cell, param_groups(net, args.weight_decay),
-                                             make_lr_schedule(args.lr, args.warmup, U, min_lr), args)
+    train_cell, optimizer = build_train_cell(
+        loss_cell, param_groups(net, args.weight_decay), make_lr_schedule(args.lr, args.warmup, U, min_lr), args
+    )
     train_cell.set_train(True)
-    log(f"[model] GPT: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, {args.max_positions} "
+    log(
+        f"[model] GPT: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, {args.max_positions} "
         f"positions, vocabulary 256 bytes + padding, tied head: {n_params:,} parameters"
-        + (f"; initial weights from {args.init_weights}" if args.init_weights else f"; GPT-2 init, seed {args.seed}"))
-    log(f"[train] micro-batch {B} x {K} accumulation, {U} updates of <= {B * K * args.seq_len:,} tokens; "
+        + (f"; initial weights from {args.init_weights}" if args.init_weights else f"; GPT-2 init, seed {args.seed}")
+    )
+    log(
+        f"[train] micro-batch {B} x {K} accumulation, {U} updates of <= {B * K * args.seq_len:,} tokens; "
         f"AdamW lr {args.lr:g} (warm-up {args.warmup}, cosine to {min_lr:g}), betas ({args.beta1}, {args.beta2}), "
         f"eps {args.eps:g}, weight decay {args.weight_decay:g}, clip {args.clip_grad_norm or 'off'}, mode {args.mode}, "
-        f"compute {'float32' if not args.amp else args.amp_dtype}")
+        f"compute {'float32' if not args.amp else args.amp_dtype}"
+    )
 
     run_cfg = {k: getattr(args, k) for k in RUN_KEYS if k != "data"}
     run_cfg["data"] = data["desc"]
@@ -287,15 +390,20 @@ def train(args, data, isa, init):
             state.update(load_resume(train_cell, path, run_cfg))
             resumed_from = path
             if int(train_cell.pending) != state["micro_total"] % K:
-                raise RuntimeError(f"{path}: the cell holds {train_cell.pending} pending micro-batches, "
-                                   f"the loop state says {state['micro_total'] % K}")
-            log(f"[resume] {path}: {state['updates']} updates done, micro-batch {state['micro_total']}, "
-                f"{state['micro_total'] % K} micro-batch(es) pending in the window")
+                raise RuntimeError(
+                    f"{path}: the cell holds {train_cell.pending} pending micro-batches, "
+                    f"the loop state says {state['micro_total'] % K}"
+                )
+            log(
+                f"[resume] {path}: {state['updates']} updates done, micro-batch {state['micro_total']}, "
+                f"{state['micro_total'] % K} micro-batch(es) pending in the window"
+            )
 
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
         stop["signal"] = signal.Signals(signum).name
+
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
@@ -308,8 +416,16 @@ def train(args, data, isa, init):
     t_train = time.perf_counter()
     t_first = None
     stopped = None
-    pbar = tqdm(total=total_micro, initial=state["micro_total"], unit="mb", desc="train", file=sys.stderr,
-                disable=args.no_progress, dynamic_ncols=True, mininterval=1.0)
+    pbar = tqdm(
+        total=total_micro,
+        initial=state["micro_total"],
+        unit="mb",
+        desc="train",
+        file=sys.stderr,
+        disable=args.no_progress,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     while state["micro_total"] < total_micro:
         x, y = stream.batch(state["micro_total"])
         tokens = int((y != ld.PAD).sum())
@@ -334,12 +450,14 @@ def train(args, data, isa, init):
             since_eval_tok += state["window_tokens"]
             state["window_loss_sum"], state["window_tokens"] = 0.0, 0
         if int(train_cell.pending) != state["micro_total"] % K:
-            raise RuntimeError(f"train cell reports {train_cell.pending} pending micro-batches, "
-                               f"expected {state['micro_total'] % K}")
+            raise RuntimeError(
+                f"train cell reports {train_cell.pending} pending micro-batches, expected {state['micro_total'] % K}"
+            )
         pbar.update(1)
         elapsed = time.perf_counter() - t_train
-        pbar.set_postfix(loss=f"{loss:.3f}", upd=state["updates"], tok_s=f"{run_tokens / max(elapsed, 1e-9):.0f}",
-                         refresh=False)
+        pbar.set_postfix(
+            loss=f"{loss:.3f}", upd=state["updates"], tok_s=f"{run_tokens / max(elapsed, 1e-9):.0f}", refresh=False
+        )
         at_boundary = state["micro_total"] % K == 0
         if at_boundary and (state["updates"] % args.eval_every == 0 or state["updates"] == U):
             ev = evaluate(loss_cell, held, args)
@@ -347,8 +465,10 @@ def train(args, data, isa, init):
             since_eval_sum, since_eval_tok = 0.0, 0
             evals.append({"update": state["updates"], "train_loss": tl, **ev})
             pbar.clear()
-            log(f"[eval] update {state['updates']}/{U}: train loss {tl:.4f}, eval loss {ev['eval_loss']:.4f}, "
-                f"eval bits/byte {ev['eval_bits_per_byte']:.4f} ({ev['eval_tokens']:,} held-out bytes)")
+            log(
+                f"[eval] update {state['updates']}/{U}: train loss {tl:.4f}, eval loss {ev['eval_loss']:.4f}, "
+                f"eval bits/byte {ev['eval_bits_per_byte']:.4f} ({ev['eval_tokens']:,} held-out bytes)"
+            )
             last_ckpt = save_ckpt(train_cell, args, state, run_cfg, written)
         if stop["signal"] or (args.stop_after and run_micro >= args.stop_after):
             if state["micro_total"] < total_micro:
@@ -358,32 +478,63 @@ def train(args, data, isa, init):
     pbar.close()
     train_time = time.perf_counter() - t_train
     if stopped:
-        log(f"[train] stopped ({stopped}) at micro-batch {state['micro_total']}, {state['updates']} updates, "
-            f"{int(train_cell.pending)} pending; continue with --resume auto (or --resume {last_ckpt})")
+        log(
+            f"[train] stopped ({stopped}) at micro-batch {state['micro_total']}, {state['updates']} updates, "
+            f"{int(train_cell.pending)} pending; continue with --resume auto (or --resume {last_ckpt})"
+        )
     final = evals[-1] if evals and evals[-1]["update"] == state["updates"] and not stopped else None
     global_step = int(np.asarray(optimizer.global_step.asnumpy()).reshape(-1)[0])
     summary = {
-        "event": "summary", "model": "gpt", "framework": f"mindspore {ms.__version__}", "params": n_params,
-        "layers": args.layers, "d_model": args.d_model, "heads": args.heads, "max_positions": args.max_positions,
-        "seq_len": args.seq_len, "tied_head": True, "mode": args.mode, "device": args.device, "cpu_isa_fix": isa,
-        "amp": args.amp, "compute_dtype": args.amp_dtype if args.amp else "float32", "data": data["desc"],
+        "event": "summary",
+        "model": "gpt",
+        "framework": f"mindspore {ms.__version__}",
+        "params": n_params,
+        "layers": args.layers,
+        "d_model": args.d_model,
+        "heads": args.heads,
+        "max_positions": args.max_positions,
+        "seq_len": args.seq_len,
+        "tied_head": True,
+        "mode": args.mode,
+        "device": args.device,
+        "cpu_isa_fix": isa,
+        "amp": args.amp,
+        "compute_dtype": args.amp_dtype if args.amp else "float32",
+        "data": data["desc"],
         "loss_scale_initial": initial_loss_scale(args) if args.amp else None,
-        "loss_scale_last": (float(np.asarray(train_cell.loss_scale.asnumpy()).reshape(-1)[0])
-                            if args.amp and hasattr(train_cell, "loss_scale") else None),
-        "train_bytes": data["train"].num_bytes, "eval_bytes": data["held"].num_bytes, "micro_batch": B,
-        "accum_steps": K, "peak_lr": args.lr, "warmup_updates": args.warmup, "min_lr": min_lr,
-        "total_updates": U, "updates": state["updates"], "optimizer_global_step": global_step,
+        "loss_scale_last": (
+            float(np.asarray(train_cell.loss_scale.asnumpy()).reshape(-1)[0])
+            if args.amp and hasattr(train_cell, "loss_scale")
+            else None
+        ),
+        "train_bytes": data["train"].num_bytes,
+        "eval_bytes": data["held"].num_bytes,
+        "micro_batch": B,
+        "accum_steps": K,
+        "peak_lr": args.lr,
+        "warmup_updates": args.warmup,
+        "min_lr": min_lr,
+        "total_updates": U,
+        "updates": state["updates"],
+        "optimizer_global_step": global_step,
         "skipped_updates": int(np.asarray(train_cell.skipped_updates.asnumpy()).reshape(-1)[0]),
-        "micro_batches": state["micro_total"], "micro_batches_this_run": run_micro,
-        "train_tokens_this_run": run_tokens, "padding_fraction": 1 - run_tokens / max(1, run_positions),
-        "first_step_s": round(t_first, 3) if t_first is not None else None, "train_time_s": round(train_time, 2),
+        "micro_batches": state["micro_total"],
+        "micro_batches_this_run": run_micro,
+        "train_tokens_this_run": run_tokens,
+        "padding_fraction": 1 - run_tokens / max(1, run_positions),
+        "first_step_s": round(t_first, 3) if t_first is not None else None,
+        "train_time_s": round(train_time, 2),
         "tokens_per_s": round(run_tokens / train_time, 1) if run_micro else None,
         "tokens_per_s_after_first_step": None,
-        "first_losses": first_losses, "update_losses": update_losses, "evals": evals,
+        "first_losses": first_losses,
+        "update_losses": update_losses,
+        "evals": evals,
         "eval_loss": final["eval_loss"] if final else None,
         "eval_bits_per_byte": final["eval_bits_per_byte"] if final else None,
         "eval_tokens": final["eval_tokens"] if final else None,
-        "checkpoint": last_ckpt, "resumed_from": resumed_from, "stopped_early": stopped,
+        "checkpoint": last_ckpt,
+        "resumed_from": resumed_from,
+        "stopped_early": stopped,
     }
     if run_micro > 1 and t_first is not None:
         first_tok = int((stream.batch(state["micro_total"] - run_micro)[1] != ld.PAD).sum())

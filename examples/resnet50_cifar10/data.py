@@ -11,6 +11,7 @@ Nothing here imports MindSpore at module level: the training script must be able
 check data (and fail fast with a clear message) before MindSpore is imported, which in turn
 must happen after ``ONEDNN_MAX_CPU_ISA`` is set.
 """
+
 import glob
 import hashlib
 import os
@@ -40,6 +41,7 @@ class DataError(Exception):
 
 # --------------------------------------------------------------------------- reading
 
+
 def read_cifar10_bin(path, num_classes=NUM_CLASSES):
     """Read one CIFAR-10 binary file of any number of records.
 
@@ -50,15 +52,17 @@ def read_cifar10_bin(path, num_classes=NUM_CLASSES):
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}") from None
     if size == 0:
-        raise DataError(f"{path} is empty (0 bytes): the file is truncated; delete it and "
-                        f"download the data again (--download)")
+        raise DataError(
+            f"{path} is empty (0 bytes): the file is truncated; delete it and download the data again (--download)"
+        )
     if size % RECORD_BYTES:
         raise DataError(
             f"{path} is malformed: its size, {size:,} bytes, is not a multiple of the "
             f"{RECORD_BYTES}-byte CIFAR-10 record (1 label byte + 3,072 pixel bytes); "
             f"{size // RECORD_BYTES:,} whole records and {size % RECORD_BYTES} stray bytes. "
             f"The file is truncated or is not the *binary* CIFAR-10 format (the Python "
-            f"'pickle' version, cifar-10-python.tar.gz, is a different format).")
+            f"'pickle' version, cifar-10-python.tar.gz, is a different format)."
+        )
     raw = np.fromfile(path, dtype=np.uint8).reshape(-1, RECORD_BYTES)
     labels = raw[:, 0].astype(np.int32)
     bad = np.flatnonzero(labels >= num_classes)
@@ -66,7 +70,8 @@ def read_cifar10_bin(path, num_classes=NUM_CLASSES):
         raise DataError(
             f"{path} is malformed: record {bad[0]} has label {labels[bad[0]]}, outside "
             f"0..{num_classes - 1} ({bad.size:,} of {labels.size:,} records are out of range). "
-            f"This is not a CIFAR-10 binary file (CIFAR-100 binaries have 2 label bytes).")
+            f"This is not a CIFAR-10 binary file (CIFAR-100 binaries have 2 label bytes)."
+        )
     images = raw[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # CHW planes -> HWC
     return np.ascontiguousarray(images), labels
 
@@ -84,11 +89,13 @@ def resolve_data_dir(data_dir):
 
 
 def missing_data_message(data_dir):
-    return (f"no CIFAR-10 binary data found in {os.path.abspath(data_dir)!s} "
-            f"(looked for {TRAIN_GLOB} and {TEST_FILE} there and in {ARCHIVE_DIR}/). "
-            f"Run again with --download to fetch the official archive ({DEFAULT_URL}, 163 MB, "
-            f"MD5-checked) into --data-dir, or point --data-dir at a folder that holds the "
-            f"extracted {ARCHIVE_DIR} files, or use --synthetic for a smoke test without data.")
+    return (
+        f"no CIFAR-10 binary data found in {os.path.abspath(data_dir)!s} "
+        f"(looked for {TRAIN_GLOB} and {TEST_FILE} there and in {ARCHIVE_DIR}/). "
+        f"Run again with --download to fetch the official archive ({DEFAULT_URL}, 163 MB, "
+        f"MD5-checked) into --data-dir, or point --data-dir at a folder that holds the "
+        f"extracted {ARCHIVE_DIR} files, or use --synthetic for a smoke test without data."
+    )
 
 
 def load_split(data_dir, usage, limit=None):
@@ -138,6 +145,7 @@ def synthetic_cifar10(n, seed, num_classes=NUM_CLASSES):
 
 # --------------------------------------------------------------------------- download
 
+
 def _md5(path, chunk=1 << 20):
     h = hashlib.md5()
     with open(path, "rb") as f:
@@ -153,12 +161,17 @@ def _safe_extract(archive, dest):
         members = tar.getmembers()
         for m in members:
             target = os.path.realpath(os.path.join(dest, m.name))
-            if os.path.isabs(m.name) or ".." in m.name.replace("\\", "/").split("/") \
-                    or not (target == dest_real or target.startswith(dest_real + os.sep)):
+            if (
+                os.path.isabs(m.name)
+                or ".." in m.name.replace("\\", "/").split("/")
+                or not (target == dest_real or target.startswith(dest_real + os.sep))
+            ):
                 raise DataError(f"refusing to extract {archive}: member {m.name!r} points outside {dest}")
             if not (m.isreg() or m.isdir()):
-                raise DataError(f"refusing to extract {archive}: member {m.name!r} is not a regular "
-                                f"file or folder (links and devices are not expected in CIFAR-10)")
+                raise DataError(
+                    f"refusing to extract {archive}: member {m.name!r} is not a regular "
+                    f"file or folder (links and devices are not expected in CIFAR-10)"
+                )
         kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         tar.extractall(dest, members=members, **kwargs)
 
@@ -197,9 +210,11 @@ def download_cifar10(data_dir, url=DEFAULT_URL, md5=DEFAULT_MD5, log=print, time
                 raise DataError(f"download of {url} truncated: {got} of {total} bytes")
             digest = _md5(part)
             if md5 and digest != md5.lower():
-                raise DataError(f"MD5 mismatch for {url}: got {digest}, expected {md5.lower()}; "
-                                f"the download is corrupt or not the official archive "
-                                f"(nothing was extracted)")
+                raise DataError(
+                    f"MD5 mismatch for {url}: got {digest}, expected {md5.lower()}; "
+                    f"the download is corrupt or not the official archive "
+                    f"(nothing was extracted)"
+                )
             log(f"[data] MD5 {digest} ok" if md5 else f"[data] MD5 {digest} (not checked: empty --download-md5)")
             os.replace(part, archive)
         except OSError as e:  # URLError, HTTPError, socket timeouts, disk errors
@@ -210,13 +225,15 @@ def download_cifar10(data_dir, url=DEFAULT_URL, md5=DEFAULT_MD5, log=print, time
     _safe_extract(archive, data_dir)
     d = resolve_data_dir(data_dir)
     if d is None:
-        raise DataError(f"{archive} was extracted into {data_dir} but holds no CIFAR-10 binary "
-                        f"files ({TRAIN_GLOB}, {TEST_FILE})")
+        raise DataError(
+            f"{archive} was extracted into {data_dir} but holds no CIFAR-10 binary files ({TRAIN_GLOB}, {TEST_FILE})"
+        )
     log(f"[data] extracted to {d}")
     return d
 
 
 # --------------------------------------------------------------------------- pipeline
+
 
 def epoch_order(n, seed, epoch):
     """The shuffle of epoch ``epoch``: a pure function of (seed, epoch), so resume can rebuild it."""
@@ -255,23 +272,40 @@ class _Source:
             dy, dx, flip = rng.integers(0, 9), rng.integers(0, 9), rng.random() < 0.5
             padded = np.zeros((40, 40, 3), np.uint8)
             padded[4:36, 4:36] = img
-            img = padded[dy:dy + 32, dx:dx + 32]
+            img = padded[dy : dy + 32, dx : dx + 32]
             if flip:
                 img = img[:, ::-1]
         return normalize_chw(img), np.array(self.labels[idx], np.int32)
 
 
-def make_dataset(images, labels, batch_size, *, order=None, start=0, count=None,
-                 augment=False, seed=0, epoch=0, drop_remainder=False, num_workers=1):
+def make_dataset(
+    images,
+    labels,
+    batch_size,
+    *,
+    order=None,
+    start=0,
+    count=None,
+    augment=False,
+    seed=0,
+    epoch=0,
+    drop_remainder=False,
+    num_workers=1,
+):
     """A MindSpore dataset of (float32 NCHW images, int32 labels) batches."""
     import mindspore.dataset as ds
+
     n = len(labels)
     order = np.arange(n) if order is None else order
     count = n - start if count is None else count
     src = _Source(images, labels, order, start, count, augment, seed, epoch)
-    dataset = ds.GeneratorDataset(src, column_names=["image", "label"], shuffle=False,
-                                  num_parallel_workers=max(1, num_workers),
-                                  python_multiprocessing=False)
+    dataset = ds.GeneratorDataset(
+        src,
+        column_names=["image", "label"],
+        shuffle=False,
+        num_parallel_workers=max(1, num_workers),
+        python_multiprocessing=False,
+    )
     return dataset.batch(batch_size, drop_remainder=drop_remainder)
 
 

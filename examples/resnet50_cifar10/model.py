@@ -27,6 +27,7 @@ Parameter counts for 10 classes: 23,520,842 (cifar stem), 23,528,522 (imagenet s
 This module only imports MindSpore when it is imported itself: import it after the
 ONEDNN_MAX_CPU_ISA fix has been applied.
 """
+
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeNormal
@@ -57,9 +58,16 @@ def count_params(net):
 
 def _conv(cin, cout, k, stride=1):
     pad = k // 2
-    return nn.Conv2d(cin, cout, k, stride=stride,
-                     pad_mode="pad" if pad else "valid", padding=pad, has_bias=False,
-                     weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+    return nn.Conv2d(
+        cin,
+        cout,
+        k,
+        stride=stride,
+        pad_mode="pad" if pad else "valid",
+        padding=pad,
+        has_bias=False,
+        weight_init=HeNormal(mode="fan_out", nonlinearity="relu"),
+    )
 
 
 NORMS = ("batch", "group")

@@ -1,4 +1,5 @@
 """Type stub of the compiled extension (csrc/frontends/python_bindings.cpp)."""
+
 from typing import Optional, Sequence, TypedDict, Union
 
 import numpy as np

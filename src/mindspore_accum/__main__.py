@@ -6,6 +6,7 @@ for which architectures), and the oneDNN ISA advice on AVX-512 CPUs. Works witho
 with a broken build of the compiled extension (it says so instead of failing). Does not import
 MindSpore (only reads its package metadata).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -73,21 +74,30 @@ def report() -> List[str]:
 
         info = _C.build_info()
     except Exception as err:  # ImportError, or a broken extension  # noqa: BLE001
-        lines.append(f"Compiled extension: cannot be imported ({type(err).__name__}: {err}); the kernels are "
-                     "unavailable (reinstall the package: pip install --force-reinstall mindspore_accum)")
+        lines.append(
+            f"Compiled extension: cannot be imported ({type(err).__name__}: {err}); the kernels are "
+            "unavailable (reinstall the package: pip install --force-reinstall mindspore_accum)"
+        )
         info = None
     if info is not None:
         capped = os.environ.get("MSACCUM_CPU_ISA")
         threads_from = os.environ.get("MSACCUM_NUM_THREADS")
-        lines.append(f"CPU kernels: vector ISA {info['vector_isa']}"
-                     + (f" (MSACCUM_CPU_ISA={capped})" if capped else "")
-                     + f", {info['num_threads']} threads"
-                     + (f" (MSACCUM_NUM_THREADS={threads_from})" if threads_from else
-                        " (the CPUs this process may run on; MSACCUM_NUM_THREADS overrides)")
-                     + f"; compiler {info['compiler']}")
+        lines.append(
+            f"CPU kernels: vector ISA {info['vector_isa']}"
+            + (f" (MSACCUM_CPU_ISA={capped})" if capped else "")
+            + f", {info['num_threads']} threads"
+            + (
+                f" (MSACCUM_NUM_THREADS={threads_from})"
+                if threads_from
+                else " (the CPUs this process may run on; MSACCUM_NUM_THREADS overrides)"
+            )
+            + f"; compiler {info['compiler']}"
+        )
         if info["cuda"]:
-            lines.append(f"CUDA kernels: compiled in for architectures {info['cuda_architectures']}"
-                         f" (CUDA runtime {info['cuda_runtime']}, linked statically)")
+            lines.append(
+                f"CUDA kernels: compiled in for architectures {info['cuda_architectures']}"
+                f" (CUDA runtime {info['cuda_runtime']}, linked statically)"
+            )
         else:
             lines.append("CUDA kernels: not compiled in (built without nvcc)")
 
@@ -97,11 +107,15 @@ def report() -> List[str]:
         lines.append("oneDNN: CPU flags unknown (no /proc/cpuinfo)")
     elif AVX512_FLAGS <= flags:
         state = f"it is set to {onednn}" if onednn else "it is NOT set in this environment"
-        lines.append("oneDNN: this CPU has AVX-512: set ONEDNN_MAX_CPU_ISA=AVX2 before importing MindSpore "
-                     f"(MindSpore's CPU convolutions are many times faster); {state}")
+        lines.append(
+            "oneDNN: this CPU has AVX-512: set ONEDNN_MAX_CPU_ISA=AVX2 before importing MindSpore "
+            f"(MindSpore's CPU convolutions are many times faster); {state}"
+        )
     else:
-        lines.append("oneDNN: this CPU has no AVX-512: ONEDNN_MAX_CPU_ISA is not needed"
-                     + (f" (set to {onednn})" if onednn else ""))
+        lines.append(
+            "oneDNN: this CPU has no AVX-512: ONEDNN_MAX_CPU_ISA is not needed"
+            + (f" (set to {onednn})" if onednn else "")
+        )
     return lines
 
 

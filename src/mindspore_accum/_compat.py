@@ -8,6 +8,7 @@ behaviour -- says which. Supported releases: see README, "Supported MindSpore ve
 
 Importing this module does not import MindSpore; each function does, when called.
 """
+
 from __future__ import annotations
 
 import binascii
@@ -18,8 +19,16 @@ import re
 from typing import Callable, Optional, Tuple
 
 __all__ = [
-    "mindspore_version", "opt_init_args_register", "optimizer_parameters", "CKPT_CRC_MARKER", "CKPT_CRC_BYTES",
-    "checkpoint_crc_trailer", "checkpoint_payload_crc", "pynative_sync", "reset_pynative_grad", "jit_executor_class",
+    "mindspore_version",
+    "opt_init_args_register",
+    "optimizer_parameters",
+    "CKPT_CRC_MARKER",
+    "CKPT_CRC_BYTES",
+    "checkpoint_crc_trailer",
+    "checkpoint_payload_crc",
+    "pynative_sync",
+    "reset_pynative_grad",
+    "jit_executor_class",
     "mark_side_effect_mem",
 ]
 
@@ -113,9 +122,9 @@ def checkpoint_crc_trailer(path: str) -> Tuple[int, Optional[int]]:
             return size, None
         f.seek(size - _TRAILER)
         tail = f.read(_TRAILER)
-    if tail[:len(CKPT_CRC_MARKER)] != CKPT_CRC_MARKER:
+    if tail[: len(CKPT_CRC_MARKER)] != CKPT_CRC_MARKER:
         return size, None
-    return size, int.from_bytes(tail[len(CKPT_CRC_MARKER):], byteorder="big")
+    return size, int.from_bytes(tail[len(CKPT_CRC_MARKER) :], byteorder="big")
 
 
 def checkpoint_payload_crc(path: str) -> int:
@@ -152,8 +161,8 @@ def pynative_sync() -> None:
 
 
 def _sync_by_reading() -> None:
-    import numpy as np
     import mindspore as ms
+    import numpy as np
 
     ms.ops.add(ms.Tensor(np.zeros(1, np.float32)), 0.0).asnumpy()
 

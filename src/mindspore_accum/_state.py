@@ -6,6 +6,7 @@ format (unchanged since 0.2.0): ``accumulators.<weight name>``, ``accumulation.m
 ``accumulation.items``, ``accumulation.window_steps``, ``accumulation.world_size``,
 ``accumulation.skipped_updates``, ``accumulation.skip_reason``, ``accumulation.loss_scale``.
 """
+
 from __future__ import annotations
 
 import enum
@@ -34,7 +35,8 @@ def zeros_like_params(params, prefix: str):
     """Non-trainable float32 zero Parameters shaped like ``params``, named ``<prefix>.<name>``."""
     return ms.ParameterTuple(
         Parameter(initializer("zeros", p.shape, ms.float32), name=f"{prefix}.{p.name}", requires_grad=False)
-        for p in params)
+        for p in params
+    )
 
 
 def _counter(name: str, value: int, dtype) -> Parameter:
@@ -66,8 +68,7 @@ class AccumulationState(nn.Cell):
         self.window_world_size = _counter("accumulation.world_size", world_size, ms.int32)
         self.skipped_updates = _counter("accumulation.skipped_updates", 0, ms.int32)
         self.skip_reason = _counter("accumulation.skip_reason", APPLIED, ms.int32)
-        self.loss_scale = Parameter(Tensor(loss_scale, ms.float32), name="accumulation.loss_scale",
-                                    requires_grad=False)
+        self.loss_scale = Parameter(Tensor(loss_scale, ms.float32), name="accumulation.loss_scale", requires_grad=False)
 
     # ---- parts of the compiled graphs; each returns ``out`` kept after its writes
     def count_micro_batch(self, out, items, accumulation_steps, world_size):
@@ -81,8 +82,11 @@ class AccumulationState(nn.Cell):
     def close_window(self, out, finite, items, micro_batches):
         """After a window end: records why it skipped (or not), counts a skipped window, starts the
         next window. (The next micro-step writes the accumulators, so nothing needs zeroing.)"""
-        reason = ops.select(finite, ops.select(items > 0, Tensor(APPLIED, ms.int32), Tensor(NO_ITEMS, ms.int32)),
-                            Tensor(NONFINITE, ms.int32))
+        reason = ops.select(
+            finite,
+            ops.select(items > 0, Tensor(APPLIED, ms.int32), Tensor(NO_ITEMS, ms.int32)),
+            Tensor(NONFINITE, ms.int32),
+        )
         reason = ops.select(micro_batches > 0, reason, Tensor(EMPTY, ms.int32))
         skipped = ops.cast(ops.logical_and(reason != APPLIED, reason != EMPTY), ms.int32)
         out = ops.depend(out, ops.assign(self.skip_reason, reason))

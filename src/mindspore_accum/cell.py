@@ -11,13 +11,14 @@ Cell, see _MicroStepGraph); PYNATIVE runs the micro-step eagerly and compiles th
 sink mode). The window's state is one object (_state.AccumulationState); the backend -- our fused
 kernels or MindSpore's own operators (backends/) -- is the only thing that varies inside the stages.
 """
+
 from __future__ import annotations
 
 import warnings
 from typing import Optional
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Tensor, nn, ops
 from mindspore.train.callback import Callback
 
@@ -75,12 +76,22 @@ class GradAccumCell(nn.Cell):
     resume mid-window bit-identically, across backends too.
     """
 
-    def __init__(self, network_with_loss: nn.Cell, optimizer: nn.Optimizer, accumulation_steps: int, *,
-                 clip_global_norm: Optional[float] = None, loss_scale=None, nonfinite: str = "skip",
-                 micro_batch_weight: str = "size", backend: str = "auto"):
+    def __init__(
+        self,
+        network_with_loss: nn.Cell,
+        optimizer: nn.Optimizer,
+        accumulation_steps: int,
+        *,
+        clip_global_norm: Optional[float] = None,
+        loss_scale=None,
+        nonfinite: str = "skip",
+        micro_batch_weight: str = "size",
+        backend: str = "auto",
+    ):
         super().__init__(auto_prefix=False)
-        _check_arguments(network_with_loss, optimizer, accumulation_steps, clip_global_norm, nonfinite,
-                         micro_batch_weight)
+        _check_arguments(
+            network_with_loss, optimizer, accumulation_steps, clip_global_norm, nonfinite, micro_batch_weight
+        )
         self.accumulation_steps = int(accumulation_steps)
         self.clip_global_norm = None if clip_global_norm is None else float(clip_global_norm)
         self.nonfinite = nonfinite
@@ -120,14 +131,16 @@ class GradAccumCell(nn.Cell):
     accumulators = property(lambda self: self.state.accumulators, doc="The window's gradient sums (float32).")
     micro_step = property(lambda self: self.state.micro_step, doc="Micro-batches in the window (int32 Parameter).")
     items = property(lambda self: self.state.items, doc="Items in the window on this worker (int64 Parameter).")
-    window_steps = property(lambda self: self.state.window_steps,
-                            doc="accumulation_steps of the pending window (int32 Parameter).")
-    window_world_size = property(lambda self: self.state.window_world_size,
-                                 doc="World size of the pending window (int32 Parameter).")
-    skipped_updates = property(lambda self: self.state.skipped_updates,
-                               doc="Windows skipped so far (int32 Parameter).")
-    skip_reason = property(lambda self: self.state.skip_reason,
-                           doc="A SkipReason, of the last window end (int32 Parameter).")
+    window_steps = property(
+        lambda self: self.state.window_steps, doc="accumulation_steps of the pending window (int32 Parameter)."
+    )
+    window_world_size = property(
+        lambda self: self.state.window_world_size, doc="World size of the pending window (int32 Parameter)."
+    )
+    skipped_updates = property(lambda self: self.state.skipped_updates, doc="Windows skipped so far (int32 Parameter).")
+    skip_reason = property(
+        lambda self: self.state.skip_reason, doc="A SkipReason, of the last window end (int32 Parameter)."
+    )
     loss_scale = property(lambda self: self.state.loss_scale, doc="The current loss scale (float32 Parameter).")
 
     def __call__(self, *inputs):
@@ -187,24 +200,32 @@ class GradAccumCell(nn.Cell):
         out = self.network(*inputs)
         if isinstance(out, (tuple, list)):
             if len(out) != 2:
-                raise TypeError(f"GradAccumCell: the network must return a scalar mean loss or a pair (loss_sum, "
-                                f"num_items); it returned a tuple of {len(out)}")
+                raise TypeError(
+                    f"GradAccumCell: the network must return a scalar mean loss or a pair (loss_sum, "
+                    f"num_items); it returned a tuple of {len(out)}"
+                )
             loss_sum, items = out
             if loss_sum.ndim != 0 or items.ndim != 0:
-                raise TypeError(f"GradAccumCell: (loss_sum, num_items) must be two scalars; got shapes "
-                                f"{loss_sum.shape} and {items.shape}")
+                raise TypeError(
+                    f"GradAccumCell: (loss_sum, num_items) must be two scalars; got shapes "
+                    f"{loss_sum.shape} and {items.shape}"
+                )
             items = ops.cast(items, ms.int64)
             loss = loss_sum / ops.cast(ops.maximum(items, 1), loss_sum.dtype)
             return loss_sum * ops.cast(self.state.loss_scale, loss_sum.dtype), loss, items, self._one
         if out.ndim != 0:
-            raise TypeError(f"GradAccumCell: the network must return a scalar mean loss or a pair (loss_sum, "
-                            f"num_items); it returned a tensor of shape {out.shape}")
+            raise TypeError(
+                f"GradAccumCell: the network must return a scalar mean loss or a pair (loss_sum, "
+                f"num_items); it returned a tensor of shape {out.shape}"
+            )
         scaled = out * ops.cast(self.state.loss_scale, out.dtype)
         if self.micro_batch_weight == "equal":
             return scaled, out, Tensor(1, ms.int64), self._one
         if len(inputs) == 0 or inputs[0].ndim == 0:
-            raise TypeError("GradAccumCell: micro_batch_weight='size' weighs a mean loss by the leading dimension of "
-                            "the first input, which has none; return (loss_sum, num_items) or use 'equal'")
+            raise TypeError(
+                "GradAccumCell: micro_batch_weight='size' weighs a mean loss by the leading dimension of "
+                "the first input, which has none; return (loss_sum, num_items) or use 'equal'"
+            )
         size = inputs[0].shape[0]
         return scaled, out, Tensor(size, ms.int64), Tensor(float(size), ms.float32)
 
@@ -237,7 +258,7 @@ class GradAccumCell(nn.Cell):
         flat = self._allreduce(flat)
         # Slices, not ops.split: in GRAPH mode ops.split unrolls a Python loop over the sections
         # and exceeds MindSpore's function call depth limit (1000) from ~100 tensors (ResNet50: 161).
-        sums = tuple(ops.reshape(flat[o:o + n], w.shape) for o, n, w in zip(self._offsets, self._sizes, self.weights))
+        sums = tuple(ops.reshape(flat[o : o + n], w.shape) for o, n, w in zip(self._offsets, self._sizes, self.weights))
         total = sum(self._sizes)
         items = ops.cast(flat[total], ms.int64) * _ITEMS_SPLIT + ops.cast(flat[total + 1], ms.int64)
         return sums, items, flat[total + 2]
@@ -286,13 +307,20 @@ class GradAccumCell(nn.Cell):
 
     def _report_skipped(self, reason: SkipReason) -> None:
         skipped = int(self.state.skipped_updates.asnumpy())
-        what = ("a non-finite gradient in the accumulation window" if reason == SkipReason.NONFINITE
-                else "the accumulation window holds zero items (num_items summed to 0)")
-        message = (f"GradAccumCell: {what}; the update was skipped and weights left unchanged "
-                   f"({skipped} window(s) skipped so far)")
+        what = (
+            "a non-finite gradient in the accumulation window"
+            if reason == SkipReason.NONFINITE
+            else "the accumulation window holds zero items (num_items summed to 0)"
+        )
+        message = (
+            f"GradAccumCell: {what}; the update was skipped and weights left unchanged "
+            f"({skipped} window(s) skipped so far)"
+        )
         if self.nonfinite == "raise":
             raise FloatingPointError(message)
-        if reason == SkipReason.NO_ITEMS or self.scale_update_cell is None:  # with a dynamic scale, overflows are routine
+        if (
+            reason == SkipReason.NO_ITEMS or self.scale_update_cell is None
+        ):  # with a dynamic scale, overflows are routine
             warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     def _pending_window(self):
@@ -305,16 +333,22 @@ class GradAccumCell(nn.Cell):
             return 0, False
         stored_world = int(self.state.window_world_size.asnumpy())
         if stored_world != self.world_size:
-            raise ValueError(f"GradAccumCell: the pending window ({pending} micro-batches) was accumulated by "
-                             f"{stored_world} worker(s) and this job has {self.world_size}; its sum cannot be "
-                             "finished correctly under another world size. Resume with the original world size, "
-                             "or save checkpoints at window boundaries (after flush()).")
+            raise ValueError(
+                f"GradAccumCell: the pending window ({pending} micro-batches) was accumulated by "
+                f"{stored_world} worker(s) and this job has {self.world_size}; its sum cannot be "
+                "finished correctly under another world size. Resume with the original world size, "
+                "or save checkpoints at window boundaries (after flush())."
+            )
         stored_steps = int(self.state.window_steps.asnumpy())
         if stored_steps != self.accumulation_steps:
-            warnings.warn(f"GradAccumCell: the pending window ({pending} micro-batches) was accumulated with "
-                          f"accumulation_steps={stored_steps}, this cell has {self.accumulation_steps}; it is "
-                          "applied now as a partial window (the mean over the items it holds), then "
-                          "accumulation continues with the new setting", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"GradAccumCell: the pending window ({pending} micro-batches) was accumulated with "
+                f"accumulation_steps={stored_steps}, this cell has {self.accumulation_steps}; it is "
+                "applied now as a partial window (the mean over the items it holds), then "
+                "accumulation continues with the new setting",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return pending, True
         return pending, self._window_full(pending)
 
@@ -349,18 +383,24 @@ class _WindowEndGraph(nn.Cell):
 # ---------------------------------------------------------------------- construction helpers
 
 
-def _check_arguments(network_with_loss, optimizer, accumulation_steps, clip_global_norm, nonfinite,
-                     micro_batch_weight) -> None:
+def _check_arguments(
+    network_with_loss, optimizer, accumulation_steps, clip_global_norm, nonfinite, micro_batch_weight
+) -> None:
     if not isinstance(network_with_loss, nn.Cell):
         raise TypeError(f"network_with_loss must be an nn.Cell, got {type(network_with_loss).__name__}")
     if not isinstance(optimizer, nn.Optimizer):
         raise TypeError(f"optimizer must be an nn.Optimizer, got {type(optimizer).__name__}")
     if float(optimizer.loss_scale) != 1.0:
-        raise ValueError(f"optimizer was built with loss_scale={optimizer.loss_scale}; inside GradAccumCell pass "
-                         "the loss scale to the cell (loss_scale=...) and build the optimizer with loss_scale=1.0, "
-                         "so the window is unscaled exactly once")
-    if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, (int, np.integer)) \
-            or accumulation_steps < 1:
+        raise ValueError(
+            f"optimizer was built with loss_scale={optimizer.loss_scale}; inside GradAccumCell pass "
+            "the loss scale to the cell (loss_scale=...) and build the optimizer with loss_scale=1.0, "
+            "so the window is unscaled exactly once"
+        )
+    if (
+        isinstance(accumulation_steps, bool)
+        or not isinstance(accumulation_steps, (int, np.integer))
+        or accumulation_steps < 1
+    ):
         raise ValueError(f"accumulation_steps must be an integer >= 1, got {accumulation_steps!r}")
     if nonfinite not in ("skip", "raise"):
         raise ValueError(f"nonfinite must be 'skip' or 'raise', got {nonfinite!r}")
@@ -380,10 +420,12 @@ def _data_parallel_world_size() -> int:
         from mindspore.communication import get_group_size
 
         return int(get_group_size())
-    raise ValueError(f"GradAccumCell supports stand-alone and data-parallel training, not parallel_mode={mode!r}: "
-                     "in (semi-)auto and hybrid parallel the gradients of our separately compiled window are "
-                     "neither sharded nor reduced by MindSpore. Use parallel_mode='data_parallel', or MindSpore's "
-                     "own accumulation for those modes (set_auto_parallel_context(grad_accumulation_step=...)).")
+    raise ValueError(
+        f"GradAccumCell supports stand-alone and data-parallel training, not parallel_mode={mode!r}: "
+        "in (semi-)auto and hybrid parallel the gradients of our separately compiled window are "
+        "neither sharded nor reduced by MindSpore. Use parallel_mode='data_parallel', or MindSpore's "
+        "own accumulation for those modes (set_auto_parallel_context(grad_accumulation_step=...))."
+    )
 
 
 def _loss_scale_cell(loss_scale):
@@ -394,17 +436,25 @@ def _loss_scale_cell(loss_scale):
     if hasattr(loss_scale, "get_update_cell"):  # an amp loss-scale manager
         update_cell = loss_scale.get_update_cell()
         value = float(loss_scale.get_loss_scale())
-        if update_cell is None and hasattr(loss_scale, "get_drop_overflow_update") \
-                and not loss_scale.get_drop_overflow_update():
-            warnings.warn("GradAccumCell always skips windows with non-finite gradients; "
-                          "drop_overflow_update=False is not honoured", stacklevel=3)
+        if (
+            update_cell is None
+            and hasattr(loss_scale, "get_drop_overflow_update")
+            and not loss_scale.get_drop_overflow_update()
+        ):
+            warnings.warn(
+                "GradAccumCell always skips windows with non-finite gradients; "
+                "drop_overflow_update=False is not honoured",
+                stacklevel=3,
+            )
     elif isinstance(loss_scale, nn.Cell):
         update_cell, value = loss_scale, float(loss_scale.get_loss_scale())
     elif isinstance(loss_scale, (int, float)) and not isinstance(loss_scale, bool):
         value = float(loss_scale)
     else:
-        raise TypeError("loss_scale must be None, a float, a loss-scale update cell or an amp loss-scale manager, "
-                        f"got {type(loss_scale).__name__}")
+        raise TypeError(
+            "loss_scale must be None, a float, a loss-scale update cell or an amp loss-scale manager, "
+            f"got {type(loss_scale).__name__}"
+        )
     if not value > 0.0:
         raise ValueError(f"loss_scale must be positive, got {value}")
     return update_cell, value

@@ -12,6 +12,7 @@ being loaded. (``mindspore.load_checkpoint(..., crc_check=True)`` alone only *wa
 trailer is missing -- which is exactly what a truncated file looks like -- and then loads the
 parameters that precede the cut.)
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,9 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def save_checkpoint_atomic(save_obj: Any, ckpt_file_name: str, *, append_dict: Optional[dict] = None,
-                           fsync: bool = True, **kwargs) -> str:
+def save_checkpoint_atomic(
+    save_obj: Any, ckpt_file_name: str, *, append_dict: Optional[dict] = None, fsync: bool = True, **kwargs
+) -> str:
     """``mindspore.save_checkpoint`` made atomic: the file at ``ckpt_file_name`` is replaced in
     one step by a complete new checkpoint.
 
@@ -68,8 +70,9 @@ def save_checkpoint_atomic(save_obj: Any, ckpt_file_name: str, *, append_dict: O
     os.makedirs(directory, exist_ok=True)
     # A unique temporary name in the same directory (same file system: the rename is atomic). It
     # ends in .ckpt, else MindSpore would append the suffix itself.
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[:-len(".ckpt")] + ".", suffix=".partial.ckpt",
-                               dir=directory)
+    fd, tmp = tempfile.mkstemp(
+        prefix="." + os.path.basename(path)[: -len(".ckpt")] + ".", suffix=".partial.ckpt", dir=directory
+    )
     os.close(fd)
     try:
         ms.save_checkpoint(save_obj, tmp, append_dict=append_dict, **kwargs)
@@ -96,7 +99,9 @@ def load_checkpoint_verified(ckpt_file_name: str, net=None, **kwargs) -> dict:
     path = os.fspath(ckpt_file_name)
     size, stored_crc = _compat.checkpoint_crc_trailer(path)
     if stored_crc is None:
-        raise ValueError(f"checkpoint {path!r} ({size} bytes) has no CRC trailer: it is truncated or was not "
-                         "written with crc_check=True (save_checkpoint_atomic writes it)")
+        raise ValueError(
+            f"checkpoint {path!r} ({size} bytes) has no CRC trailer: it is truncated or was not "
+            "written with crc_check=True (save_checkpoint_atomic writes it)"
+        )
     kwargs["crc_check"] = True
     return ms.load_checkpoint(path, net=net, **kwargs)

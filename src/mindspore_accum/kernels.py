@@ -9,6 +9,7 @@ The functions that end an accumulation window are *updates* (:func:`momentum_upd
 :func:`adamw_update`); their 0.2 names ``momentum_flush``/``adamw_flush`` remain as deprecated
 aliases for one release.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,8 +23,16 @@ from . import _C
 
 ArrayList = Sequence[np.ndarray]
 
-__all__ = ["accumulate", "momentum_update", "adamw_update", "sum_of_squares", "aot_library_path", "build_info",
-           "momentum_flush", "adamw_flush"]
+__all__ = [
+    "accumulate",
+    "momentum_update",
+    "adamw_update",
+    "sum_of_squares",
+    "aot_library_path",
+    "build_info",
+    "momentum_flush",
+    "adamw_flush",
+]
 
 
 def build_info() -> dict:
@@ -70,8 +79,17 @@ def momentum_update(
     ``param``, ``moment`` and ``acc`` are float32; ``grad`` float32, float16 or bfloat16.
     Raises ``TypeError``/``ValueError`` naming the argument and index before anything is written.
     """
-    _C.momentum_update(param, moment, acc, grad, lr=lr, momentum=momentum, grad_scale=grad_scale,
-                      weight_decay=weight_decay, nesterov=nesterov)
+    _C.momentum_update(
+        param,
+        moment,
+        acc,
+        grad,
+        lr=lr,
+        momentum=momentum,
+        grad_scale=grad_scale,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+    )
 
 
 def adamw_update(
@@ -110,15 +128,32 @@ def adamw_update(
     ``eps > 0``, finite ``grad_scale`` and weight decays, ``step >= 1``, and the arrays as in
     :func:`momentum_update` (``TypeError``/``ValueError`` naming the argument and index).
     """
-    _C.adamw_update(param, exp_avg, exp_avg_sq, acc, grad, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                   weight_decay=weight_decay, step=step, grad_scale=grad_scale, bias_correction=bias_correction)
+    _C.adamw_update(
+        param,
+        exp_avg,
+        exp_avg_sq,
+        acc,
+        grad,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        step=step,
+        grad_scale=grad_scale,
+        bias_correction=bias_correction,
+    )
 
 
 def _deprecated_alias(new, old_name: str):
     @functools.wraps(new)
     def alias(*args, **kwargs):
-        warnings.warn(f"mindspore_accum.kernels.{old_name} is deprecated and will be removed in the next release; "
-                      f"use {new.__name__} (same arguments)", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"mindspore_accum.kernels.{old_name} is deprecated and will be removed in the next release; "
+            f"use {new.__name__} (same arguments)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return new(*args, **kwargs)
 
     alias.__name__ = alias.__qualname__ = old_name

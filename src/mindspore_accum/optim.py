@@ -11,13 +11,14 @@ operation (its AOT entry in ``backends/kernel.py`` and its per-tensor function i
 ``backends/native.py``), the hyper-parameters its :meth:`~FusedOptimizer._hyper` returns, and its
 state lists; the base class creates the state, makes the operators and checks the layouts.
 """
+
 from __future__ import annotations
 
 import math
 from typing import List, NamedTuple, Optional, Tuple
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ._compat import opt_init_args_register, optimizer_parameters
@@ -53,15 +54,19 @@ class FusedOptimizer(nn.Optimizer):
             raise ValueError(f"{name} does not support grad_centralization in parameter groups")
         for param in optimizer_parameters(self):
             if param.dtype != ms.float32:
-                raise TypeError(f"{name}: parameter {param.name!r} has dtype {param.dtype}; the fused update keeps "
-                                "float32 parameters (keep master weights in float32, e.g. amp level O2)")
+                raise TypeError(
+                    f"{name}: parameter {param.name!r} has dtype {param.dtype}; the fused update keeps "
+                    "float32 parameters (keep master weights in float32, e.g. amp level O2)"
+                )
         self.params = optimizer_parameters(self)
         self.backend, self.backend_reason = choose_backend(backend, owner=name)
         self._lr_groups = _lr_groups(self)
         self._static_decay = _static_weight_decay(self)
         if self._static_decay is not None:
             self._static_decay_vectors = tuple(
-                Tensor(np.asarray([self._static_decay[i] for i in indices], np.float32)) for indices, _ in self._lr_groups)
+                Tensor(np.asarray([self._static_decay[i] for i in indices], np.float32))
+                for indices, _ in self._lr_groups
+            )
             self._static_decay_scalars = tuple(Tensor(v, ms.float32) for v in self._static_decay)
         self._map = ops.HyperMap()
         self._create_states()
@@ -76,8 +81,9 @@ class FusedOptimizer(nn.Optimizer):
         self._updated = tuple(self.params) + tuple(t for state in states for t in state)
         count = len(self.params)
         # per learning-rate group: indices into _updated of its params, then each state's tensors
-        self._group_updated = tuple(tuple(k * count + i for k in range(len(states) + 1) for i in indices)
-                                    for indices, _ in self._lr_groups)
+        self._group_updated = tuple(
+            tuple(k * count + i for k in range(len(states) + 1) for i in indices) for indices, _ in self._lr_groups
+        )
 
     def _make_update(self) -> None:
         """The backend's update of ``spec.update``, its argument layout checked against ours."""
@@ -121,8 +127,9 @@ class FusedOptimizer(nn.Optimizer):
                 # MindSpore 2.10 ~35 s and 2.2 GB of compile memory for ResNet50's 161 tensors.
                 tensors = self._updated + tuple(sources)
             else:
-                tensors = tuple(self._updated[i] for i in self._group_updated[group]) \
-                    + tuple(sources[i] for i in indices)
+                tensors = tuple(self._updated[i] for i in self._group_updated[group]) + tuple(
+                    sources[i] for i in indices
+                )
             group_out = self._kernel(values, decay, *tensors)
             out = group_out if out is None else ops.depend(out, group_out)
         return out
@@ -136,13 +143,15 @@ class FusedOptimizer(nn.Optimizer):
             if len(self._states) == 1:
                 written = self._map(ops.partial(fn, hyper), lr, decay, self.params, self._states[0], sources)
             else:
-                written = self._map(ops.partial(fn, hyper), lr, decay, self.params, self._states[0],
-                                    self._states[1], sources)
+                written = self._map(
+                    ops.partial(fn, hyper), lr, decay, self.params, self._states[0], self._states[1], sources
+                )
         elif len(self._states) == 1:
             written = self._map(ops.partial(fn, hyper, lr), decay, self.params, self._states[0], sources)
         else:
-            written = self._map(ops.partial(fn, hyper, lr), decay, self.params, self._states[0], self._states[1],
-                                sources)
+            written = self._map(
+                ops.partial(fn, hyper, lr), decay, self.params, self._states[0], self._states[1], sources
+            )
         return ops.depend(ops.zeros((1,), ms.float32), written)
 
     # ---- weight decay as applied to the unscaled gradient (0 where it is off) ----
@@ -152,10 +161,13 @@ class FusedOptimizer(nn.Optimizer):
         decay = self.get_weight_decay()
         inverse_scale = 1.0 / self.loss_scale  # the base class multiplies by loss_scale
         if self.is_group:
-            return tuple(ops.cast(decay[i], ms.float32).reshape(()) * (inverse_scale if flag else 0.0)
-                         for i, flag in enumerate(self.decay_flags))
-        return tuple(ops.cast(decay, ms.float32).reshape(()) * (inverse_scale if flag else 0.0)
-                     for flag in self.decay_flags)
+            return tuple(
+                ops.cast(decay[i], ms.float32).reshape(()) * (inverse_scale if flag else 0.0)
+                for i, flag in enumerate(self.decay_flags)
+            )
+        return tuple(
+            ops.cast(decay, ms.float32).reshape(()) * (inverse_scale if flag else 0.0) for flag in self.decay_flags
+        )
 
     def _decay_vector(self, group, indices):
         if self._static_decay is not None:
@@ -185,8 +197,17 @@ class FusedMomentum(FusedOptimizer):
     spec = FusedSpec("momentum_update", ("momentum", "grad_scale", "nesterov"), (("moments", "moments"),))
 
     @opt_init_args_register
-    def __init__(self, params, learning_rate, momentum: float, weight_decay=0.0, nesterov: bool = False,
-                 loss_scale: float = 1.0, *, backend: str = "auto"):
+    def __init__(
+        self,
+        params,
+        learning_rate,
+        momentum: float,
+        weight_decay=0.0,
+        nesterov: bool = False,
+        loss_scale: float = 1.0,
+        *,
+        backend: str = "auto",
+    ):
         super().__init__(learning_rate, params, weight_decay, loss_scale)
         if isinstance(momentum, int) and not isinstance(momentum, bool):
             momentum = float(momentum)
@@ -221,12 +242,25 @@ class FusedAdamW(FusedOptimizer):
     from 1. Moments are float32, named ``adam_m.*`` and ``adam_v.*`` like ``nn.AdamWeightDecay``'s.
     """
 
-    spec = FusedSpec("adamw_update", ("beta1", "beta2", "eps", "grad_scale", "bias_correction1", "bias_correction2"),
-                     (("moments1", "adam_m"), ("moments2", "adam_v")))
+    spec = FusedSpec(
+        "adamw_update",
+        ("beta1", "beta2", "eps", "grad_scale", "bias_correction1", "bias_correction2"),
+        (("moments1", "adam_m"), ("moments2", "adam_v")),
+    )
 
     @opt_init_args_register
-    def __init__(self, params, learning_rate=1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-6,
-                 weight_decay=0.0, bias_correction: bool = False, *, backend: str = "auto"):
+    def __init__(
+        self,
+        params,
+        learning_rate=1e-3,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-6,
+        weight_decay=0.0,
+        bias_correction: bool = False,
+        *,
+        backend: str = "auto",
+    ):
         super().__init__(learning_rate, params, weight_decay)
         for name, value in (("beta1", beta1), ("beta2", beta2)):
             if isinstance(value, bool) or not isinstance(value, (float, int)) or not 0.0 <= value < 1.0:
@@ -241,8 +275,10 @@ class FusedAdamW(FusedOptimizer):
         self._betas = (Tensor(self.beta1, ms.float32), Tensor(self.beta2, ms.float32), Tensor(self.eps, ms.float32))
         # 1 - beta^t = -expm1(t * log(beta)): accurate in float32 where 1 - pow(beta, t) is not
         # (1 - 0.999f has a relative error of 1.3e-5).
-        self._log_betas = (Tensor(math.log(self.beta1) if self.beta1 > 0 else -math.inf, ms.float32),
-                           Tensor(math.log(self.beta2) if self.beta2 > 0 else -math.inf, ms.float32))
+        self._log_betas = (
+            Tensor(math.log(self.beta1) if self.beta1 > 0 else -math.inf, ms.float32),
+            Tensor(math.log(self.beta2) if self.beta2 > 0 else -math.inf, ms.float32),
+        )
 
     def _hyper(self, grad_scale):
         if self.bias_correction:
@@ -273,7 +309,8 @@ def _static_weight_decay(opt: nn.Optimizer) -> Optional[List[float]]:
         return None
     inverse_scale = 1.0 / opt.loss_scale  # nn.Optimizer stores weight_decay * loss_scale
     if opt.is_group:
-        return [float(wd.asnumpy()) * inverse_scale if flag else 0.0
-                for wd, flag in zip(opt.weight_decay, opt.decay_flags)]
+        return [
+            float(wd.asnumpy()) * inverse_scale if flag else 0.0 for wd, flag in zip(opt.weight_decay, opt.decay_flags)
+        ]
     base = float(opt.weight_decay.asnumpy()) * inverse_scale
     return [base if flag else 0.0 for flag in opt.decay_flags]

@@ -1,6 +1,7 @@
 """benchmarks/overhead/bench_overhead.py end to end on a tiny MLP (width 64): every configuration runs in
 its own process, the table and the JSON have their structure, the numbers are positive, the
 floors are derived from the right processes, and ours equals the big batch after one update."""
+
 import json
 import os
 import subprocess
@@ -16,16 +17,29 @@ CONFIGS = ("ours", "floor-time", "plain-micro", "plain-big")
 def test_quick_mlp(tmp_path):
     out = tmp_path / "overhead.json"
     env = module_env(dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", GLOG_v="3"))
-    p = subprocess.run(python_m(MODULE, "--quick", "--models", "mlp", "--mlp-width", "64",
-                        "--pynative-models", "", "--json", str(out)),
-                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        python_m(
+            MODULE, "--quick", "--models", "mlp", "--mlp-width", "64", "--pynative-models", "", "--json", str(out)
+        ),
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     table = p.stdout
     assert "### mlp (GRAPH), 4 x 16, FusedMomentum, 24,960 parameters" in table
-    for row in ("| ours: GradAccumCell 4 x 16 |", "| floor-time: 4 x grads-only graph + optimizer |",
-                "| plain-micro: TrainOneStepCell 16 (4 updates) |", "| plain-big: TrainOneStepCell 64 |",
-                "| **memory floor**: plain-micro + accumulators |", "| ours_peak / memory_floor |",
-                "| ours_time / time_floor |", "#### breakdown, mlp (GRAPH)"):
+    for row in (
+        "| ours: GradAccumCell 4 x 16 |",
+        "| floor-time: 4 x grads-only graph + optimizer |",
+        "| plain-micro: TrainOneStepCell 16 (4 updates) |",
+        "| plain-big: TrainOneStepCell 64 |",
+        "| **memory floor**: plain-micro + accumulators |",
+        "| ours_peak / memory_floor |",
+        "| ours_time / time_floor |",
+        "#### breakdown, mlp (GRAPH)",
+    ):
         assert row in table, row
     assert "(pass, tolerance" in table and "FAIL" not in table
 
@@ -59,13 +73,14 @@ def test_quick_mlp(tmp_path):
     # the floors come from the processes the issue names
     s = block["summary"]
     plain = block["runs"]["plain-micro"][0]
-    assert abs(s["memory_floor_mib"] - (plain["peak_rss_mib"] + 4 * n_params / 2 ** 20)) < 1e-6
+    assert abs(s["memory_floor_mib"] - (plain["peak_rss_mib"] + 4 * n_params / 2**20)) < 1e-6
     assert s["time_floor_s"] == floor["time_floor_s"]
     r = s["ratios"]["ours_peak / memory_floor"]
     assert r["per_round"] == [ours["peak_rss_mib"] / s["memory_floor_mib"]] and r["median"] > 0
     assert s["ratios"]["ours_time / time_floor"]["median"] > 0
     assert s["ratios"]["ours_time / accumulation_floor"]["per_round"] == [
-        ours["time_per_window_s"] / floor["accumulation_floor_s"]]
+        ours["time_per_window_s"] / floor["accumulation_floor_s"]
+    ]
     assert "| **accumulation floor**: time floor + the accumulators' bytes" in table
     # lower quartiles of the calls (NumPy's percentile as the reference): every call but the
     # window's last, and the last call, per position

@@ -3,6 +3,7 @@ every configuration runs in its own process from the same weights, the table lis
 on windows whose micro-batches hold unequal numbers of real tokens our token-exact accumulation
 equals the plain big batch while the mean-of-means peers (the tutorial's Accumulator and
 mindspore.boost) do not."""
+
 import json
 import os
 import re
@@ -11,16 +12,27 @@ import subprocess
 from tests.repo import module_env, python_m
 
 MODULE = "benchmarks.peers.bench_peers"
-NAMES = {"big": "plain big batch", "ours": "ours (FusedAdamW)", "ours_msadamw": "ours (nn.AdamWeightDecay)",
-         "boost": "mindspore.boost.GradientAccumulation", "tutorial": "tutorial Accumulator",
-         "micro": "plain micro-batch"}
+NAMES = {
+    "big": "plain big batch",
+    "ours": "ours (FusedAdamW)",
+    "ours_msadamw": "ours (nn.AdamWeightDecay)",
+    "boost": "mindspore.boost.GradientAccumulation",
+    "tutorial": "tutorial Accumulator",
+    "micro": "plain micro-batch",
+}
 
 
 def test_quick_lm(tmp_path):
     out = tmp_path / "peers.json"
     env = module_env(dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", GLOG_v="3"))
-    p = subprocess.run(python_m(MODULE, "--quick", "--rounds", "1", "--models", "lm", "--json", str(out)),
-                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        python_m(MODULE, "--quick", "--rounds", "1", "--models", "lm", "--json", str(out)),
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     table = p.stdout
     assert "# machine:" in table and "MindSpore" in table and "load average at start" in table

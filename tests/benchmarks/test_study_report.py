@@ -1,7 +1,7 @@
 """The batch-size study's report writer on tiny synthetic results (no MindSpore, no training, no data)."""
+
 import os
 import struct
-
 
 import matplotlib  # noqa: E402,F401  (a test dependency: the report writer draws with it)
 
@@ -10,28 +10,76 @@ from benchmarks.batch_size_study import study_report  # noqa: E402
 
 def _train(name, method, micro, k, samples=256, rss=1000.0, ips=10.0, kind="train", acc=0.25):
     eff = micro * k
-    config = dict(name=name, kind=kind, method=method, micro_batch=micro, accum_steps=k, effective_batch=eff,
-                  samples=samples, lr=0.1 * eff / 256, base_lr=0.1, momentum=0.9, weight_decay=5e-4, seed=0,
-                  mode="graph", data_dir="/data", lr_schedule="warmup_cosine", warmup_frac=0.125,
-                  limit_test=100 if kind == "train" else 0, augment=True)
+    config = dict(
+        name=name,
+        kind=kind,
+        method=method,
+        micro_batch=micro,
+        accum_steps=k,
+        effective_batch=eff,
+        samples=samples,
+        lr=0.1 * eff / 256,
+        base_lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        seed=0,
+        mode="graph",
+        data_dir="/data",
+        lr_schedule="warmup_cosine",
+        warmup_frac=0.125,
+        limit_test=100 if kind == "train" else 0,
+        augment=True,
+    )
     micro_losses = [[(i + 1) * micro, 2.3 - 0.001 * i * micro] for i in range(samples // micro)]
-    per_update = [[micro_losses[j + k - 1][0], sum(l for _, l in micro_losses[j:j + k]) / k]
-                  for j in range(0, len(micro_losses), k)]
+    per_update = [
+        [micro_losses[j + k - 1][0], sum(loss for _, loss in micro_losses[j : j + k]) / k]
+        for j in range(0, len(micro_losses), k)
+    ]
     times = [30.0] + [eff / ips] * (len(per_update) - 1)
-    r = dict(config=config, loss_per_micro=micro_losses, loss_per_update=per_update, update_times_s=times,
-             updates=len(per_update), first_update_s=times[0], time_per_update_s=eff / ips,
-             time_per_update_mean_s=eff / ips, images_per_s=ips, peak_rss_mib=rss, rss_before_model_mib=400.0,
-             wall_s=60.0)
+    r = dict(
+        config=config,
+        loss_per_micro=micro_losses,
+        loss_per_update=per_update,
+        update_times_s=times,
+        updates=len(per_update),
+        first_update_s=times[0],
+        time_per_update_s=eff / ips,
+        time_per_update_mean_s=eff / ips,
+        images_per_s=ips,
+        peak_rss_mib=rss,
+        rss_before_model_mib=400.0,
+        wall_s=60.0,
+    )
     if kind == "train":
         r.update(test_accuracy=acc, test_loss=2.1, test_images=100)
     return r
 
 
 def _dist(name, norm, rel):
-    config = dict(name=name, kind="distance", norm=norm, micro_batch=32, accum_steps=4, effective_batch=128,
-                  updates=len(rel), lr=0.05, base_lr=0.1, momentum=0.9, weight_decay=5e-4, seed=0, mode="graph")
-    return dict(config=config, update=list(range(1, len(rel) + 1)), rel_l2=rel, max_abs=[x * 10 for x in rel],
-                param_norm=[100.0] * len(rel), loss_plain_vs_accum=[[2.3, 2.3]] * len(rel), wall_s=30.0)
+    config = dict(
+        name=name,
+        kind="distance",
+        norm=norm,
+        micro_batch=32,
+        accum_steps=4,
+        effective_batch=128,
+        updates=len(rel),
+        lr=0.05,
+        base_lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        seed=0,
+        mode="graph",
+    )
+    return dict(
+        config=config,
+        update=list(range(1, len(rel) + 1)),
+        rel_l2=rel,
+        max_abs=[x * 10 for x in rel],
+        param_norm=[100.0] * len(rel),
+        loss_plain_vs_accum=[[2.3, 2.3]] * len(rel),
+        wall_s=30.0,
+    )
 
 
 def _results():
@@ -47,9 +95,14 @@ def _results():
     }
 
 
-META = {"machine": {"cpu": "Synthetic CPU 9000", "logical_cpus": 2, "memory_gib": 24.0},
-        "profile": "quick", "command": "python -m benchmarks.batch_size_study.batch_size_study --quick", "study_wall_s": 543.0,
-        "date": "2025-01-01 00:00 UTC", "status": {"plain32": "ran"}}
+META = {
+    "machine": {"cpu": "Synthetic CPU 9000", "logical_cpus": 2, "memory_gib": 24.0},
+    "profile": "quick",
+    "command": "python -m benchmarks.batch_size_study.batch_size_study --quick",
+    "study_wall_s": 543.0,
+    "date": "2025-01-01 00:00 UTC",
+    "status": {"plain32": "ran"},
+}
 
 
 def _png_size(path):
@@ -73,11 +126,27 @@ def test_report_full_results(tmp_path):
     assert len(paths) == 5 and all(os.path.isfile(p) for p in paths)
     _check_pngs(tmp_path)
     # the numbers appear in the tables
-    for needle in ("1234", "3456", "1300", "1500", "2000", "1280",  # peak RSS (MiB)
-                   "11.11", "12.34", "10.87", "10.50",  # images/s
-                   "31.25%", "25.00%",  # test accuracy
-                   "3.200e-03", "7.700e-03", "1.100e-07", "0.000e+00",  # distances
-                   "Synthetic CPU 9000", "--quick", "543"):
+    for needle in (
+        "1234",
+        "3456",
+        "1300",
+        "1500",
+        "2000",
+        "1280",  # peak RSS (MiB)
+        "11.11",
+        "12.34",
+        "10.87",
+        "10.50",  # images/s
+        "31.25%",
+        "25.00%",  # test accuracy
+        "3.200e-03",
+        "7.700e-03",
+        "1.100e-07",
+        "0.000e+00",  # distances
+        "Synthetic CPU 9000",
+        "--quick",
+        "543",
+    ):
         assert needle in md, needle
     # every image is linked from the markdown
     for name in study_report.PNG.values():

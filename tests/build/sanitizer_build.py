@@ -2,6 +2,7 @@
 test_aot.py and test_cuda_build.py): the compiler, sanitizer flags and options, the CPU kernel
 sources with the flags CMakeLists.txt gives them (read from it, so the test build cannot drift
 from the real one), and the test-only AOT library."""
+
 import atexit
 import functools
 import os
@@ -46,8 +47,10 @@ def run_checked(exe, args=(), env=None, timeout=600):
     """Runs a test program with the sanitizer options; fails the test on a non-zero exit."""
     env = {**os.environ, **SANITIZER_ENV, **(env or {})}
     proc = subprocess.run([str(exe), *map(str, args)], capture_output=True, env=env, timeout=timeout)
-    assert proc.returncode == 0, (f"{Path(str(exe)).name} {' '.join(map(str, args))} failed ({proc.returncode}):\n"
-                                  f"{proc.stdout.decode(errors='replace')}\n{proc.stderr.decode(errors='replace')}")
+    assert proc.returncode == 0, (
+        f"{Path(str(exe)).name} {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+        f"{proc.stdout.decode(errors='replace')}\n{proc.stderr.decode(errors='replace')}"
+    )
     return proc
 
 
@@ -67,8 +70,13 @@ def cpu_kernel_sources(repo=REPO):
     isas = re.findall(r'set\(MSACCUM_CPU_ISA_FLAGS_(\w+)\s+"([^"]*)"\)', text)
     assert {name for name, _ in isas} == {"baseline", "avx2", "avx512"}, isas
     for name, flags in isas:
-        out.append((repo / isa_src.group(1), common_flags + [f"-DMSACCUM_ISA={name}", *filter(None, flags.split(";"))],
-                    f"{Path(isa_src.group(1)).stem}_{name}"))
+        out.append(
+            (
+                repo / isa_src.group(1),
+                common_flags + [f"-DMSACCUM_ISA={name}", *filter(None, flags.split(";"))],
+                f"{Path(isa_src.group(1)).stem}_{name}",
+            )
+        )
     return out
 
 
@@ -95,8 +103,13 @@ def build_with_cpu_kernels(out_dir, main_source, sanitizer_flags, name, csrc=CSR
 
 # The AOT entry points only the tests use (tests/cpp/aot_test_entries.cpp): not in the shipped
 # libmsaccum_aot.so, but in a library the tests build against the installed kernel library.
-TEST_AOT_ENTRIES = ("MsAccumMomentumUpdateAccGrad", "MsAccumMomentumUpdateAcc", "MsAccumAdamWUpdateAccGrad",
-                    "MsAccumAdamWUpdateAcc", "MsAccumZero")
+TEST_AOT_ENTRIES = (
+    "MsAccumMomentumUpdateAccGrad",
+    "MsAccumMomentumUpdateAcc",
+    "MsAccumAdamWUpdateAccGrad",
+    "MsAccumAdamWUpdateAcc",
+    "MsAccumZero",
+)
 AOT_TEST_SOURCE = REPO / "tests" / "cpp" / "aot_test_entries.cpp"
 
 
@@ -112,9 +125,25 @@ def build_aot_test_library(out_dir):
     assert kernels.is_file(), kernels
     out = Path(out_dir) / "libmsaccum_aot_testing.so"
     cuda = ["-DMSACCUM_WITH_CUDA"] if C.build_info()["cuda"] else []
-    compile_or_fail([compiler(), "-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", *WARNINGS, *cuda,
-                     f"-I{CSRC}", str(AOT_TEST_SOURCE), str(kernels), f"-Wl,-rpath,{package}", "-o", str(out)],
-                    "the test-only AOT library")
+    compile_or_fail(
+        [
+            compiler(),
+            "-std=c++17",
+            "-O2",
+            "-fPIC",
+            "-shared",
+            "-fvisibility=hidden",
+            *WARNINGS,
+            *cuda,
+            f"-I{CSRC}",
+            str(AOT_TEST_SOURCE),
+            str(kernels),
+            f"-Wl,-rpath,{package}",
+            "-o",
+            str(out),
+        ],
+        "the test-only AOT library",
+    )
     return out
 
 

@@ -9,6 +9,7 @@
 
 These configure (never build) the project into temporary folders: a few seconds each.
 """
+
 import json
 import os
 import re
@@ -47,13 +48,24 @@ def cmake():
 
 def plain_env():
     """The environment without anything scikit-build-core or pip's build would set."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("SKBUILD", "CMAKE_", "CXXFLAGS", "CUDAFLAGS", "MSACCUM_"))}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SKBUILD", "CMAKE_", "CXXFLAGS", "CUDAFLAGS", "MSACCUM_"))
+    }
 
 
 def configure(build_dir, *defines, python=sys.executable):
-    cmd = [cmake(), "-S", str(REPO), "-B", str(build_dir), f"-DPython_EXECUTABLE={python}",
-           "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON", *defines]
+    cmd = [
+        cmake(),
+        "-S",
+        str(REPO),
+        "-B",
+        str(build_dir),
+        f"-DPython_EXECUTABLE={python}",
+        "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
+        *defines,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=plain_env(), timeout=600)
 
 

@@ -6,12 +6,14 @@ CMakeLists.txt gives them plus the sanitizer's, and checks every result against 
 precision reference of the contract (see the top of that file for the scenarios). A sanitizer
 report, a mismatch or a hang fails the test.
 """
+
 import re
 import subprocess
 
 import pytest
-from tests.conftest import supported_isas
+
 from tests.build.sanitizer_build import ASAN_FLAGS, REPO, TSAN_FLAGS, build_with_cpu_kernels, compiler, run_checked
+from tests.conftest import supported_isas
 
 PROGRAM = REPO / "tests" / "cpp" / "cpu_kernels_sanitize.cpp"
 
@@ -47,13 +49,18 @@ def tsan_program(tmp_path_factory):
     out = tmp_path_factory.mktemp("cpu_tsan")
     probe_src, probe = out / "racy.cpp", out / "racy"
     probe_src.write_text(RACY)
-    build = subprocess.run([compiler(), "-std=c++17", "-g", "-pthread", *TSAN_FLAGS, str(probe_src), "-o", str(probe)],
-                           capture_output=True, text=True)
+    build = subprocess.run(
+        [compiler(), "-std=c++17", "-g", "-pthread", *TSAN_FLAGS, str(probe_src), "-o", str(probe)],
+        capture_output=True,
+        text=True,
+    )
     if build.returncode != 0:
         pytest.skip(f"cannot build with -fsanitize=thread here: {build.stderr.strip()[-500:]}")
     run = subprocess.run([str(probe)], capture_output=True, text=True, timeout=120)
     if "WARNING: ThreadSanitizer: data race" not in run.stderr:
-        pytest.skip(f"ThreadSanitizer does not work on this machine (exit {run.returncode}): {run.stderr.strip()[-500:]}")
+        pytest.skip(
+            f"ThreadSanitizer does not work on this machine (exit {run.returncode}): {run.stderr.strip()[-500:]}"
+        )
     return build_with_cpu_kernels(out, PROGRAM, TSAN_FLAGS, "cpu_kernels_tsan")
 
 

@@ -1,7 +1,7 @@
 """The CUDA kernels build with nvcc for every configured architecture, warnings as errors.
 
-Compiles csrc/cuda/cuda_kernels.cu (with multi_tensor_apply.cuh) the way CMakeLists.txt does (the architecture list is read
-from it, or from $MSACCUM_CUDA_ARCHITECTURES like the build), then inspects the object with
+Compiles csrc/cuda/cuda_kernels.cu (with multi_tensor_apply.cuh) the way CMakeLists.txt does (the
+architecture list is read from it, or from $MSACCUM_CUDA_ARCHITECTURES like the build), then inspects the object with
 cuobjdump: sm_75, sm_80 and sm_90 machine code and compute_75 PTX (the lowest listed architecture,
 so any newer GPU can JIT it) must be there, and no kernel may use
 local memory (spills) or a stack. Skipped only when there is no nvcc at all; with nvcc but
@@ -11,6 +11,7 @@ When the installed extension itself was built with CUDA, its build_info() and th
 AOT entry points are checked too (the shipped ones, and the Cuda twins of the test-only ones in the
 library the tests build).
 """
+
 import glob
 import os
 import re
@@ -19,6 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from tests.build.sanitizer_build import TEST_AOT_ENTRIES, aot_test_library
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,8 +40,12 @@ def find_nvcc():
 
 
 def find_cuobjdump(nvcc):
-    candidates = [os.environ.get("CUOBJDUMP"), shutil.which("cuobjdump"),
-                  str(Path(nvcc).resolve().parent / "cuobjdump"), "/usr/local/cuda/bin/cuobjdump"]
+    candidates = [
+        os.environ.get("CUOBJDUMP"),
+        shutil.which("cuobjdump"),
+        str(Path(nvcc).resolve().parent / "cuobjdump"),
+        "/usr/local/cuda/bin/cuobjdump",
+    ]
     try:  # the nvidia-cuda-cuobjdump wheel (pip install nvidia-cuda-cuobjdump)
         import nvidia  # namespace package
 
@@ -83,8 +89,10 @@ def tools():
         pytest.skip("nvcc not found (no CUDA toolkit): the CUDA build cannot be checked here")
     cuobjdump = find_cuobjdump(nvcc)
     if cuobjdump is None:
-        pytest.fail("nvcc exists but cuobjdump was not found: install the toolkit's cuobjdump, "
-                    "`pip install nvidia-cuda-cuobjdump`, or set CUOBJDUMP=/path/to/cuobjdump")
+        pytest.fail(
+            "nvcc exists but cuobjdump was not found: install the toolkit's cuobjdump, "
+            "`pip install nvidia-cuda-cuobjdump`, or set CUOBJDUMP=/path/to/cuobjdump"
+        )
     return nvcc, cuobjdump
 
 
@@ -94,9 +102,20 @@ def cuda_object(tools, tmp_path_factory):
     obj = tmp_path_factory.mktemp("cuda_build") / "cuda_kernels.o"
     # The flags of CMakeLists.txt (C++17, -O3, -fPIC, warnings as errors in nvcc and the host
     # compiler), plus ptxas warnings as errors so a spill or local-memory use fails the build.
-    cmd = [nvcc, "-std=c++17", "-O3", "-Xcompiler=-fPIC", "-Werror=all-warnings",
-           "-Xcompiler=-Wall,-Wextra,-Werror", "-Xptxas=-warn-spills,-warn-lmem-usage,-Werror",
-           *gencode_flags(configured_architectures()), "-c", str(KERNELS), "-o", str(obj)]
+    cmd = [
+        nvcc,
+        "-std=c++17",
+        "-O3",
+        "-Xcompiler=-fPIC",
+        "-Werror=all-warnings",
+        "-Xcompiler=-Wall,-Wextra,-Werror",
+        "-Xptxas=-warn-spills,-warn-lmem-usage,-Werror",
+        *gencode_flags(configured_architectures()),
+        "-c",
+        str(KERNELS),
+        "-o",
+        str(obj),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, "nvcc failed:\n" + " ".join(cmd) + "\n" + proc.stdout + proc.stderr
     assert not proc.stderr.strip(), "nvcc printed diagnostics:\n" + proc.stderr
@@ -161,8 +180,9 @@ def test_installed_extension_when_built_with_cuda():
     assert re.fullmatch(r"\d+\.\d+", info["cuda_runtime"]), info["cuda_runtime"]
     nvcc = find_nvcc()
     if nvcc:  # the static runtime linked in is the toolkit's
-        release = re.search(r"release (\d+\.\d+)", subprocess.run([nvcc, "--version"], capture_output=True,
-                                                                   text=True).stdout)
+        release = re.search(
+            r"release (\d+\.\d+)", subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+        )
         assert release and info["cuda_runtime"] == release.group(1)
     nm = shutil.which("nm")
     package = Path(C.__file__).resolve().parent
@@ -175,8 +195,9 @@ def test_installed_extension_when_built_with_cuda():
             assert re.search(rf"\bT {entry}$", symbols, re.M), f"{aot} does not export {entry}"
     for name in TEST_AOT_ENTRIES:  # test-only: not shipped, but built by the tests with their Cuda twins
         assert name not in symbols, f"{aot} exports the test-only entry {name}"
-    testing = subprocess.run([nm, "-D", "--defined-only", str(aot_test_library())], capture_output=True,
-                             text=True).stdout
+    testing = subprocess.run(
+        [nm, "-D", "--defined-only", str(aot_test_library())], capture_output=True, text=True
+    ).stdout
     for name in TEST_AOT_ENTRIES:
         assert re.search(rf"\bT {name}Cuda$", testing, re.M), f"the test-only library lacks {name}Cuda"
     # the kernels live in libmsaccum_kernels.so, shared with _C (tests/build/test_one_kernel_lib.py)

@@ -7,14 +7,16 @@ values, the shim's counters are checked against a model of the launcher: the num
 launches (tensor slots / block table filling up) and how many elements took the vectorised and
 the scalar path (alignment dispatch and tails).
 """
+
 import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import pytest
+
 from tests.build.sanitizer_build import ASAN_FLAGS, CSRC, REPO, WARNINGS, compile_or_fail, compiler, run_checked
 
 RUNNER_SRC = REPO / "tests" / "cpp" / "cuda_host_runner.cpp"
@@ -31,10 +33,25 @@ def runner(tmp_path_factory):
     cxx = compiler()
     exe = tmp_path_factory.mktemp("cuda_host") / "cuda_host_runner"
     cmd = [
-        cxx, "-std=c++17", "-O1", "-g", *ASAN_FLAGS, "-fno-strict-aliasing", *WARNINGS,
-        "-DMSACCUM_HOST_SHIM", "-include", str(CSRC / "cuda" / "host_shim.h"), f"-I{CSRC}",
-        "-x", "c++", str(CSRC / "cuda" / "cuda_kernels.cu"), "-x", "none", str(RUNNER_SRC),
-        "-o", str(exe),
+        cxx,
+        "-std=c++17",
+        "-O1",
+        "-g",
+        *ASAN_FLAGS,
+        "-fno-strict-aliasing",
+        *WARNINGS,
+        "-DMSACCUM_HOST_SHIM",
+        "-include",
+        str(CSRC / "cuda" / "host_shim.h"),
+        f"-I{CSRC}",
+        "-x",
+        "c++",
+        str(CSRC / "cuda" / "cuda_kernels.cu"),
+        "-x",
+        "none",
+        str(RUNNER_SRC),
+        "-o",
+        str(exe),
     ]
     compile_or_fail(cmd, "the host-shim runner")
     return exe
@@ -83,7 +100,9 @@ def make_data(tensors, rng, op):
             t.arrays["param"] = rng.standard_normal(n, dtype=np.float32)
             t.arrays["moment"] = rng.standard_normal(n, dtype=np.float32) * np.float32(0.1)
         if op == "adamw":  # exp_avg_sq: non-negative, away from 0
-            t.arrays["moment2"] = np.square(rng.standard_normal(n, dtype=np.float32) * np.float32(0.1)) + np.float32(0.01)
+            t.arrays["moment2"] = np.square(rng.standard_normal(n, dtype=np.float32) * np.float32(0.1)) + np.float32(
+                0.01
+            )
         if t.acc:
             t.arrays["acc"] = rng.standard_normal(n, dtype=np.float32) * np.float32(3.0)
         if t.grad == "f32":
@@ -159,8 +178,12 @@ def group_of(t, op):
 
 def expected_counters(tensors, op, chunk, limits):
     """Launches, vector elements and scalar elements the launcher must produce."""
-    max_tensors = {"accumulate": limits["max_accumulate_tensors"], "momentum": limits["max_momentum_tensors"],
-                   "squares": limits["max_squares_tensors"], "adamw": limits["max_adamw_tensors"]}[op]
+    max_tensors = {
+        "accumulate": limits["max_accumulate_tensors"],
+        "momentum": limits["max_momentum_tensors"],
+        "squares": limits["max_squares_tensors"],
+        "adamw": limits["max_adamw_tensors"],
+    }[op]
     max_blocks = limits["max_blocks"]
     launches = vec = scal = 0
     for kind in ("f32", "f16", "bf16"):
@@ -245,8 +268,8 @@ def check_momentum(tensors, hyper, outs):
 
 def adamw_hyper(bias_correction=True, step=3, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, grad_scale=0.125):
     """The 7 AdamW hyper-parameters as the frontends compute them (+ one pad for the case file)."""
-    bc1 = 1.0 - beta1 ** step if bias_correction else 1.0
-    bc2 = 1.0 - beta2 ** step if bias_correction else 1.0
+    bc1 = 1.0 - beta1**step if bias_correction else 1.0
+    bc2 = 1.0 - beta2**step if bias_correction else 1.0
     return (lr, beta1, beta2, eps, grad_scale, bc1, bc2, 0.0)
 
 
@@ -273,8 +296,11 @@ def check_adamw(tensors, hyper, outs):
         v_mag = b2 * v0 + (1 - b2) * (summed_mag * gs) ** 2
         p_mag = np.abs(p) * (1 + lr * abs(wd)) + lr * m_mag / bc1 / den
         what = f"tensor {i} ({t.numel}, grad {t.grad}, acc {t.acc})"
-        for name, got, ref, mag in (("exp_avg", out["moment"], m, m_mag), ("exp_avg_sq", out["moment2"], v, v_mag),
-                                    ("param", out["param"], p_ref, p_mag)):
+        for name, got, ref, mag in (
+            ("exp_avg", out["moment"], m, m_mag),
+            ("exp_avg_sq", out["moment2"], v, v_mag),
+            ("param", out["param"], p_ref, p_mag),
+        ):
             err = rel_err(got, ref, mag)
             assert err <= RTOL, f"{what}: {name} relative error {err:.3g}"
         if t.acc:
@@ -283,8 +309,7 @@ def check_adamw(tensors, hyper, outs):
             assert np.array_equal(out["grad"], t.arrays["grad"]), f"{what}: the gradient was written"
 
 
-def run_and_check(runner, limits, tmp_path, op, tensors, chunk=0, seed=0, nesterov=False, overwrite=None,
-                  hyper=None):
+def run_and_check(runner, limits, tmp_path, op, tensors, chunk=0, seed=0, nesterov=False, overwrite=None, hyper=None):
     """overwrite (accumulate): None passes no flag (a null pointer), False/True a flag in "device
     memory"; with True the accumulators are filled with NaN first. hyper (adamw): adamw_hyper()."""
     rng = np.random.default_rng(seed)
@@ -397,9 +422,15 @@ def test_momentum_mixed_many_tensors(runner, limits, tmp_path, nesterov):
     tensors = []
     for i in range(n):
         grad = [None, "f32", "f16", "bf16"][int(rng.integers(0, 4))]
-        tensors.append(T(int(rng.integers(0, 2500)), grad=grad, acc=bool(rng.integers(0, 2)) or grad is None,
-                         offsets=tuple(int(o) for o in rng.integers(0, 5, size=4)) if i % 2 else (0, 0, 0, 0),
-                         wd=float(rng.choice([0.0, 1e-4, 5e-4, 0.1]))))
+        tensors.append(
+            T(
+                int(rng.integers(0, 2500)),
+                grad=grad,
+                acc=bool(rng.integers(0, 2)) or grad is None,
+                offsets=tuple(int(o) for o in rng.integers(0, 5, size=4)) if i % 2 else (0, 0, 0, 0),
+                wd=float(rng.choice([0.0, 1e-4, 5e-4, 0.1])),
+            )
+        )
     tensors[3].numel = 0
     tensors[40] = T(1_000_003, "bf16", wd=1e-4)
     launches, _, _ = run_and_check(runner, limits, tmp_path, "momentum", tensors, nesterov=nesterov, seed=8)
@@ -467,7 +498,8 @@ def run_squares(runner, limits, tmp_path, tensors, chunk=0, seed=0, workspace_ex
     workspace size. Returns (rc, launches, result)."""
     make_data(tensors, np.random.default_rng(seed), "squares")
     rc, launches, vec, scal, outs, result, needed = run_case(
-        runner, tmp_path, "squares", tensors, (float(workspace_extra), 0, 0, 0), chunk)
+        runner, tmp_path, "squares", tensors, (float(workspace_extra), 0, 0, 0), chunk
+    )
     chunk = chunk or limits["chunk_elems"]
     assert needed == (1 + sum(-(-t.numel // chunk) for t in tensors)) * limits["block_threads"]
     for i, (t, out) in enumerate(zip(tensors, outs)):
@@ -507,8 +539,10 @@ def test_squares_chunk_split_and_block_table_overflow(runner, limits, tmp_path):
 
 @pytest.mark.parametrize("chunk", [4, 1001])
 def test_squares_odd_chunks_and_misaligned(runner, limits, tmp_path, chunk):
-    tensors = [T(n, grad=["f32", "f16", "bf16"][n % 3], acc=False, offsets=(0, 0, 0, n % 4))
-               for n in (1, 3, 4, 5, 9, 17, 4096, 10_007)]
+    tensors = [
+        T(n, grad=["f32", "f16", "bf16"][n % 3], acc=False, offsets=(0, 0, 0, n % 4))
+        for n in (1, 3, 4, 5, 9, 17, 4096, 10_007)
+    ]
     rc, _, _ = run_squares(runner, limits, tmp_path, tensors, chunk=chunk, seed=23)
     assert rc == 0
 
@@ -546,8 +580,10 @@ def test_accumulate_overwrite_sizes(runner, limits, tmp_path, grad, overwrite):
 def test_accumulate_overwrite_chunks_misaligned_many(runner, limits, tmp_path, chunk):
     rng = np.random.default_rng(31)
     kinds = ["f32", "f16", "bf16"]
-    tensors = [T(int(rng.integers(0, 3000)), grad=kinds[i % 3], offsets=(0, 0, i % 4, (i // 4) % 4))
-               for i in range(2 * limits["max_accumulate_tensors"] + 9)]
+    tensors = [
+        T(int(rng.integers(0, 3000)), grad=kinds[i % 3], offsets=(0, 0, i % 4, (i // 4) % 4))
+        for i in range(2 * limits["max_accumulate_tensors"] + 9)
+    ]
     tensors[3].numel = 0
     tensors[10] = T(100_003, "f32", offsets=(0, 0, 1, 0))
     run_and_check(runner, limits, tmp_path, "accumulate", tensors, chunk=chunk, overwrite=True, seed=31)
@@ -560,8 +596,9 @@ def test_accumulate_overwrite_chunks_misaligned_many(runner, limits, tmp_path, c
 @pytest.mark.parametrize("grad", ["f32", "f16", "bf16"])
 def test_adamw_sizes(runner, limits, tmp_path, grad, bias_correction):
     tensors = [T(n, grad=grad, wd=0.01 * i) for i, n in enumerate(SIZES)]
-    launches, vec, scal = run_and_check(runner, limits, tmp_path, "adamw", tensors, seed=40,
-                                        hyper=adamw_hyper(bias_correction=bias_correction))
+    launches, vec, scal = run_and_check(
+        runner, limits, tmp_path, "adamw", tensors, seed=40, hyper=adamw_hyper(bias_correction=bias_correction)
+    )
     assert launches == 1 and scal == 1 + 3 + 1 + 3 and vec > 1_000_000
 
 
@@ -580,9 +617,15 @@ def test_adamw_mixed_many_tensors(runner, limits, tmp_path):
     tensors = []
     for i in range(n):
         grad = [None, "f32", "f16", "bf16"][int(rng.integers(0, 4))]
-        tensors.append(T(int(rng.integers(0, 2500)), grad=grad, acc=bool(rng.integers(0, 2)) or grad is None,
-                         offsets=tuple(int(o) for o in rng.integers(0, 5, size=5)) if i % 2 else (0,) * 5,
-                         wd=float(rng.choice([0.0, 1e-4, 5e-2, 0.1]))))
+        tensors.append(
+            T(
+                int(rng.integers(0, 2500)),
+                grad=grad,
+                acc=bool(rng.integers(0, 2)) or grad is None,
+                offsets=tuple(int(o) for o in rng.integers(0, 5, size=5)) if i % 2 else (0,) * 5,
+                wd=float(rng.choice([0.0, 1e-4, 5e-2, 0.1])),
+            )
+        )
     tensors[3].numel = 0
     tensors[40] = T(1_000_003, "bf16", wd=1e-2)
     launches, _, _ = run_and_check(runner, limits, tmp_path, "adamw", tensors, seed=43)

@@ -9,6 +9,7 @@ kernels were linked statically into both, the AOT ops ran a second pool with its
 Each scenario runs in a fresh interpreter, so that the pool starts empty and nothing another test
 did is counted; MSACCUM_NUM_THREADS=2 there (the default of any copy of the kernels).
 """
+
 import json
 import os
 import re
@@ -19,10 +20,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tests.conftest import supported_isas
 
 import mindspore_accum
 from mindspore_accum import _C
+from tests.conftest import supported_isas
 
 # where the compiled files are (an editable install keeps them apart from the Python sources)
 PACKAGE = Path(mindspore_accum._C.__file__).resolve().parent
@@ -136,14 +137,18 @@ def script(tmp_path_factory):
 
 
 def run_scenario(script, *args):
-    env = {k: v for k, v in os.environ.items() if k not in ("MS_CUSTOM_AOT_WHITE_LIST", "LD_LIBRARY_PATH",
-                                                            "MSACCUM_CPU_ISA")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MS_CUSTOM_AOT_WHITE_LIST", "LD_LIBRARY_PATH", "MSACCUM_CPU_ISA")
+    }
     env["MSACCUM_NUM_THREADS"] = "2"
-    proc = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True,
-                          timeout=600, cwd="/")
+    proc = subprocess.run(
+        [sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=600, cwd="/"
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 def assert_one_kernel_library(result):
@@ -225,14 +230,24 @@ def test_kernel_library_soname_and_exports():
     nm = shutil.which("nm")
     if nm is None:
         pytest.skip("nm (binutils) not found")
-    out = subprocess.run([nm, "-D", "--defined-only", "-C", str(KERNELS_SO)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [nm, "-D", "--defined-only", "-C", str(KERNELS_SO)], capture_output=True, text=True, check=True
+    ).stdout
     symbols = [line.split(" ", 2)[2] for line in out.splitlines() if line.count(" ") >= 2]
     names = {s.split("(")[0] for s in symbols}
     others = sorted(s for s in symbols if not s.startswith(("msaccum::cpu::", "msaccum::cuda::")))
     assert not others, f"exported beyond the msaccum API: {others[:10]}"
-    for name in ("accumulate", "momentum_update", "sum_of_squares", "set_num_threads", "set_vector_isa",
-                 "num_threads", "vector_isa", "pool_workers", "kernel_calls"):
+    for name in (
+        "accumulate",
+        "momentum_update",
+        "sum_of_squares",
+        "set_num_threads",
+        "set_vector_isa",
+        "num_threads",
+        "vector_isa",
+        "pool_workers",
+        "kernel_calls",
+    ):
         assert f"msaccum::cpu::{name}" in names, name
     assert not any("span_kernels" in s or "isa_" in s for s in names), sorted(names)
     if _C.build_info()["cuda"]:

@@ -2,6 +2,7 @@
 independently: the version from the package metadata, the vector ISA from /proc/cpuinfo flags,
 the thread count from the CPU affinity mask, CUDA from the build, the backends from choose_backend's
 contract. Also without MindSpore and with an extension that cannot be imported."""
+
 import importlib.metadata
 import os
 import subprocess
@@ -29,7 +30,11 @@ def run_report(prelude="", **env_changes):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MSACCUM_", "ONEDNN_"))}
     env.update(env_changes)
     if prelude:
-        cmd = [sys.executable, "-c", prelude + "\nimport runpy; runpy.run_module('mindspore_accum', run_name='__main__')"]
+        cmd = [
+            sys.executable,
+            "-c",
+            prelude + "\nimport runpy; runpy.run_module('mindspore_accum', run_name='__main__')",
+        ]
     else:
         cmd = [sys.executable, "-m", "mindspore_accum"]
     out = subprocess.run(cmd, cwd="/", env=env, capture_output=True, text=True, timeout=120)
@@ -65,8 +70,9 @@ def test_cpu_isa_threads_and_cuda():
     assert f", {len(os.sched_getaffinity(0))} threads" in line
     # an environment cap is honoured and shown
     capped = run_report(MSACCUM_CPU_ISA="baseline", MSACCUM_NUM_THREADS="1")
-    assert "vector ISA baseline (MSACCUM_CPU_ISA=baseline), 1 threads (MSACCUM_NUM_THREADS=1)" \
-        in line_starting(capped, "CPU kernels:")
+    assert "vector ISA baseline (MSACCUM_CPU_ISA=baseline), 1 threads (MSACCUM_NUM_THREADS=1)" in line_starting(
+        capped, "CPU kernels:"
+    )
     info = _C.build_info()
     cuda = line_starting(text, "CUDA kernels:")
     if info["cuda"]:

@@ -3,32 +3,17 @@
 Nothing here calls `mindspore_accum`: the references are MindSpore's own cells (nn.TrainOneStepCell
 with nn.Momentum / nn.Adam on the large batch) or NumPy written from the formulas.
 """
+
 import os
 
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")  # normally done by conftest.py already
 
-import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np  # noqa: E402
 from mindspore import Tensor, nn  # noqa: E402
 
 MODES = {"GRAPH": ms.GRAPH_MODE, "PYNATIVE": ms.PYNATIVE_MODE}
 BACKENDS = ["kernels", "native"]
-
-
-@pytest.fixture(params=list(MODES))
-def mode(request):
-    """Runs the test in GRAPH_MODE and in PYNATIVE_MODE (restoring the previous mode)."""
-    before = ms.get_context("mode")
-    ms.set_context(mode=MODES[request.param])
-    yield request.param
-    ms.set_context(mode=before)
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    """Runs the test with our fused kernels and with MindSpore's own operators."""
-    return request.param
 
 
 # ---------------------------------------------------------------- a tiny BatchNorm-free CNN
@@ -49,8 +34,14 @@ class TinyCNN(nn.Cell):
         return self.d(self.flatten(self.relu(self.c2(self.relu(self.c1(x))))))
 
 
-CNN_SHAPES = {"c1.weight": (4, 3, 3, 3), "c1.bias": (4,), "c2.weight": (4, 4, 3, 3), "c2.bias": (4,),
-              "d.weight": (10, 256), "d.bias": (10,)}
+CNN_SHAPES = {
+    "c1.weight": (4, 3, 3, 3),
+    "c1.bias": (4,),
+    "c2.weight": (4, 4, 3, 3),
+    "c2.bias": (4,),
+    "d.weight": (10, 256),
+    "d.bias": (10,),
+}
 
 
 def cnn_init(seed=0):
@@ -87,7 +78,7 @@ def cnn_data(seed, n_batches, batch=32):
 def micro_batches(x, y, n):
     """Splits one batch into n equal micro-batches (as Tensors)."""
     size = x.shape[0] // n
-    return [(Tensor(x[i * size:(i + 1) * size]), Tensor(y[i * size:(i + 1) * size])) for i in range(n)]
+    return [(Tensor(x[i * size : (i + 1) * size]), Tensor(y[i * size : (i + 1) * size])) for i in range(n)]
 
 
 def weights(params):

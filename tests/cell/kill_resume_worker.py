@@ -12,6 +12,7 @@ It can kill itself with SIGKILL at micro-step --kill-at, in one of these phases:
 
 Usage: python kill_resume_worker.py --mode GRAPH|PYNATIVE --dir D --out F [--kill-at K --kill-phase P]
 """
+
 import argparse
 import os
 import signal
@@ -23,8 +24,8 @@ os.environ.setdefault("MSACCUM_NUM_THREADS", "1")  # the same kernel threading i
 
 import warnings  # noqa: E402
 
-import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
+import numpy as np  # noqa: E402
 from mindspore import Tensor, nn  # noqa: E402
 
 import mindspore_accum  # noqa: E402
@@ -82,13 +83,14 @@ def arm_kill(phase):
                 data = f.read()
             os.chmod(path, 0o600)
             with open(path, "wb") as f:  # what the file holds while the writer is half way
-                f.write(data[:len(data) // 2])
+                f.write(data[: len(data) // 2])
                 f.flush()
                 os.fsync(f.fileno())
             die()
 
         ckpt_module.ms.save_checkpoint = half_save
     elif phase == "before_rename":
+
         def killed_replace(src, dst):
             die()
 
@@ -101,8 +103,9 @@ def main():
     ap.add_argument("--dir", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--kill-at", type=int, default=-1)
-    ap.add_argument("--kill-phase", choices=["before_save", "mid_write", "before_rename", "after_save"],
-                    default="after_save")
+    ap.add_argument(
+        "--kill-phase", choices=["before_save", "mid_write", "before_rename", "after_save"], default="after_save"
+    )
     args = ap.parse_args()
     ms.set_context(mode=ms.GRAPH_MODE if args.mode == "GRAPH" else ms.PYNATIVE_MODE, device_target="CPU")
     warnings.simplefilter("ignore", RuntimeWarning)  # the skipped window warns

@@ -29,6 +29,7 @@ MindSpore facts these tests rely on / establish (MindSpore 2.10, CPU):
 - MS_CUSTOM_AOT_WHITE_LIST is one folder (realpath; os.path.commonpath); a library outside it
   makes the ops.Custom constructor raise TypeError.
 """
+
 import itertools
 import json
 import os
@@ -37,8 +38,15 @@ import sys
 import textwrap
 from pathlib import Path
 
+import mindspore as ms
 import numpy as np
 import pytest
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+import mindspore_accum
+import mindspore_accum.backends.kernel
+from mindspore_accum import _compat
+from tests.build.sanitizer_build import TEST_AOT_ENTRIES, aot_library
 from tests.conftest import (
     GRAD_DTYPES,
     assert_close_f32,
@@ -50,17 +58,16 @@ from tests.conftest import (
     ref_momentum_flush,
 )
 
-import mindspore as ms
-from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
-
-import mindspore_accum
-import mindspore_accum.backends.kernel
-from mindspore_accum import _compat
-from tests.build.sanitizer_build import TEST_AOT_ENTRIES, aot_library
-
 AOT_SO = Path(mindspore_accum._C.__file__).with_name("libmsaccum_aot.so")
-FUNCS = ["MsAccumAccumulate", "MsAccumMomentumUpdateAccGrad", "MsAccumMomentumUpdateAcc", "MsAccumMomentumUpdate",
-         "MsAccumAdamWUpdateAccGrad", "MsAccumAdamWUpdateAcc", "MsAccumAdamWUpdate"]
+FUNCS = [
+    "MsAccumAccumulate",
+    "MsAccumMomentumUpdateAccGrad",
+    "MsAccumMomentumUpdateAcc",
+    "MsAccumMomentumUpdate",
+    "MsAccumAdamWUpdateAccGrad",
+    "MsAccumAdamWUpdateAcc",
+    "MsAccumAdamWUpdate",
+]
 
 try:
     ms.set_device("CPU")
@@ -193,8 +200,17 @@ def test_flush(rng, mode, func, nesterov):
     wd = np.array([0.0, 0.1, 0.01, 0.5, 1e-3, 0.2], np.float32)[:n]
     lr, momentum, grad_scale = 0.1, 0.9, 0.25
     expected = [
-        ref_momentum_flush(p_np[i], v_np[i], a_np[i], g_np[i], lr=lr, momentum=momentum, grad_scale=grad_scale,
-                           weight_decay=float(wd[i]), nesterov=nesterov)
+        ref_momentum_flush(
+            p_np[i],
+            v_np[i],
+            a_np[i],
+            g_np[i],
+            lr=lr,
+            momentum=momentum,
+            grad_scale=grad_scale,
+            weight_decay=float(wd[i]),
+            nesterov=nesterov,
+        )
         for i in range(n)
     ]
     params, moments = [param(p) for p in p_np], [param(v) for v in v_np]
@@ -203,7 +219,7 @@ def test_flush(rng, mode, func, nesterov):
     lead = [f32_tensor([lr, momentum, grad_scale, float(nesterov)]), f32_tensor(wd)]
     out = run_aot(mode, func, lead, params + moments + accs, grads)
     check_placeholder(out)
-    for i, (p, v, a) in enumerate(expected):
+    for i, (p, v, _acc) in enumerate(expected):
         assert_close_f32(params[i].asnumpy(), p, f"param[{i}]")
         assert_close_f32(moments[i].asnumpy(), v, f"moment[{i}]")
         if has_acc:
@@ -217,15 +233,23 @@ def test_window_exact_average(mode, grad_dtype):
     """Accumulate 1, 2, 3 with scale 1 and flush with the last gradient 4 fused, grad_scale 1/4,
     lr 1, momentum 0: the parameter moves by exactly 2.5."""
     shape = (257,)
-    p, v, acc = param(np.full(shape, 10.0, np.float32)), param(np.zeros(shape, np.float32)), param(
-        np.zeros(shape, np.float32))
+    p, v, acc = (
+        param(np.full(shape, 10.0, np.float32)),
+        param(np.zeros(shape, np.float32)),
+        param(np.zeros(shape, np.float32)),
+    )
     dt = np_dtype(grad_dtype)
     grads = [grad_tensor(np.full(shape, k, np.float32).astype(dt)) for k in (1, 2, 3, 4)]
     for g in grads[:3]:
         run_aot(mode, "MsAccumAccumulate", [f32_tensor([1.0])], [acc], [g])
     np.testing.assert_array_equal(acc.asnumpy(), np.full(shape, 6.0, np.float32))
-    run_aot(mode, "MsAccumMomentumUpdateAccGrad", [f32_tensor([1.0, 0.0, 0.25, 0.0]), f32_tensor([0.0])], [p, v, acc],
-            [grads[3]])
+    run_aot(
+        mode,
+        "MsAccumMomentumUpdateAccGrad",
+        [f32_tensor([1.0, 0.0, 0.25, 0.0]), f32_tensor([0.0])],
+        [p, v, acc],
+        [grads[3]],
+    )
     np.testing.assert_array_equal(p.asnumpy(), np.full(shape, 7.5, np.float32))
     np.testing.assert_array_equal(v.asnumpy(), np.full(shape, 2.5, np.float32))
     np.testing.assert_array_equal(acc.asnumpy(), np.zeros(shape, np.float32))
@@ -250,8 +274,9 @@ def test_accumulate_overwrite(rng, mode):
     old scale(1) form add."""
     accs = [param(np.full(s, np.nan, np.float32)) for s in SHAPES]
     grads = mixed_grads(rng, SHAPES)
-    check_placeholder(run_aot(mode, "MsAccumAccumulate", [f32_tensor([0.5, 1.0])], accs,
-                              [grad_tensor(g) for g in grads], FACTORY))
+    check_placeholder(
+        run_aot(mode, "MsAccumAccumulate", [f32_tensor([0.5, 1.0])], accs, [grad_tensor(g) for g in grads], FACTORY)
+    )
     ptrs = [a.data_ptr() for a in accs]  # after a first use: MindSpore 2.7 allocates lazily
     expected = [ref_assign(g, 0.5) for g in grads]
     for i, (a, e) in enumerate(zip(accs, expected)):
@@ -267,13 +292,14 @@ def test_accumulate_overwrite(rng, mode):
 
 def adamw_lead(lr, beta1, beta2, eps, grad_scale, step, bias_correction, wd):
     """hyper(7) as the caller must build it: bias corrections in double, rounded to float32."""
-    bc1 = 1.0 - beta1 ** step if bias_correction else 1.0
-    bc2 = 1.0 - beta2 ** step if bias_correction else 1.0
+    bc1 = 1.0 - beta1**step if bias_correction else 1.0
+    bc2 = 1.0 - beta2**step if bias_correction else 1.0
     return [f32_tensor([lr, beta1, beta2, eps, grad_scale, bc1, bc2]), f32_tensor(wd)]
 
 
-@pytest.mark.parametrize("step,bias_correction", [(1, True), (1000, True), (7, False)],
-                         ids=["step1", "step1000", "no-correction"])
+@pytest.mark.parametrize(
+    "step,bias_correction", [(1, True), (1000, True), (7, False)], ids=["step1", "step1000", "no-correction"]
+)
 @pytest.mark.parametrize("func", ["MsAccumAdamWUpdateAccGrad", "MsAccumAdamWUpdateAcc", "MsAccumAdamWUpdate"])
 def test_adamw(rng, mode, func, step, bias_correction):
     has_acc = func in ("MsAccumAdamWUpdateAccGrad", "MsAccumAdamWUpdateAcc")
@@ -285,10 +311,11 @@ def test_adamw(rng, mode, func, step, bias_correction):
     a_np = [random_array(rng, s, np.float32) for s in SHAPES] if has_acc else [None] * n
     g_np = mixed_grads(rng, SHAPES) if has_grad else [None] * n
     wd = np.array([0.0, 0.1, 0.01, 0.5, 1e-3, 0.2], np.float32)[:n]
-    hyper = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, grad_scale=0.25, step=step,
-                 bias_correction=bias_correction)
-    expected = [ref_adamw_flush(p_np[i], m_np[i], v_np[i], a_np[i], g_np[i], weight_decay=float(wd[i]), **hyper)
-                for i in range(n)]
+    hyper = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, grad_scale=0.25, step=step, bias_correction=bias_correction)
+    expected = [
+        ref_adamw_flush(p_np[i], m_np[i], v_np[i], a_np[i], g_np[i], weight_decay=float(wd[i]), **hyper)
+        for i in range(n)
+    ]
     params, exp_avg, exp_avg_sq = [param(p) for p in p_np], [param(m) for m in m_np], [param(v) for v in v_np]
     accs = [param(a) for a in a_np] if has_acc else []
     grads = [grad_tensor(g) for g in g_np] if has_grad else []
@@ -327,8 +354,12 @@ def test_graph_adamw_window(graph):
     step 1 with bias correction: m/bc1 = 2, sqrt(v/bc2) = 2, u = 1 (eps 1e-12);
     param = 1 - 0.1 * 0.5 * 1 - 0.1 * 1 = 0.85."""
     shape = (1000,)
-    p, m, v, acc = (param(np.ones(shape, np.float32)), param(np.zeros(shape, np.float32)),
-                    param(np.zeros(shape, np.float32)), param(np.full(shape, np.nan, np.float32)))
+    p, m, v, acc = (
+        param(np.ones(shape, np.float32)),
+        param(np.zeros(shape, np.float32)),
+        param(np.zeros(shape, np.float32)),
+        param(np.full(shape, np.nan, np.float32)),
+    )
     cell = AdamWWindowCell(p, m, v, acc)
     lead = adamw_lead(0.1, 0.9, 0.999, 1e-12, 0.5, 1, True, [0.5])
     cell(f32_tensor(np.full(shape, 1.0)), f32_tensor(np.full(shape, 3.0)), *lead).asnumpy()
@@ -418,8 +449,10 @@ def test_sum_of_squares_op_bad_input(pynative, capfd):
     capfd.readouterr()
     with pytest.raises(RuntimeError, match=r"function\(MsAccumSumSquares\) is 1"):
         op(f32_tensor(np.ones(3)), Tensor(np.ones(3, np.int32)))[0].asnumpy()
-    assert "[mindspore_accum] MsAccumSumSquares: input argument 1 (int32) must be float32, float16 or bfloat16" \
+    assert (
+        "[mindspore_accum] MsAccumSumSquares: input argument 1 (int32) must be float32, float16 or bfloat16"
         in capfd.readouterr().err
+    )
 
 
 # ---------------------------------------------------------------- keeping the op in the graph
@@ -473,11 +506,18 @@ class WindowCell(nn.Cell):
 
 def test_graph_two_ops_ordered_by_depend(graph):
     shape = (1000,)
-    p, v, acc = (param(np.full(shape, 1.0, np.float32)), param(np.zeros(shape, np.float32)),
-                 param(np.zeros(shape, np.float32)))
+    p, v, acc = (
+        param(np.full(shape, 1.0, np.float32)),
+        param(np.zeros(shape, np.float32)),
+        param(np.zeros(shape, np.float32)),
+    )
     cell = WindowCell(p, v, acc)
-    cell(f32_tensor(np.full(shape, 1.0)), f32_tensor(np.full(shape, 3.0)), f32_tensor([1.0, 0.0, 0.5, 0.0]),
-         f32_tensor([0.0])).asnumpy()
+    cell(
+        f32_tensor(np.full(shape, 1.0)),
+        f32_tensor(np.full(shape, 3.0)),
+        f32_tensor([1.0, 0.0, 0.5, 0.0]),
+        f32_tensor([0.0]),
+    ).asnumpy()
     np.testing.assert_array_equal(p.asnumpy(), np.full(shape, -1.0, np.float32))  # 1 - (1 + 3) / 2
     np.testing.assert_array_equal(acc.asnumpy(), np.zeros(shape, np.float32))
 
@@ -517,11 +557,21 @@ SYNC_CALLS = {
 }
 
 
-@pytest.mark.parametrize("how", [
-    pytest.param(how, marks=pytest.mark.xfail(
-        how == "unrelated.asnumpy" and _compat.mindspore_version() < (2, 7, 1), strict=False,
-        reason="MindSpore 2.7.0: asnumpy() of a tensor made from NumPy does not wait for the queue (2.7.1+ does)"))
-    for how in SYNC_CALLS])
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(
+            how,
+            marks=pytest.mark.xfail(
+                how == "unrelated.asnumpy" and _compat.mindspore_version() < (2, 7, 1),
+                strict=False,
+                reason="MindSpore 2.7.0: asnumpy() of a tensor made from NumPy does not wait for the queue "
+                "(2.7.1+ does)",
+            ),
+        )
+        for how in SYNC_CALLS
+    ],
+)
 def test_pynative_sync_makes_numpy_view_current(pynative, how):
     """A numpy view of a Parameter (asnumpy shares memory on CPU) taken BEFORE the op shows the
     op's in-place result only after one of these calls."""
@@ -559,33 +609,75 @@ def _bad_calls():
         "accumulate-int-grad": ("MsAccumAccumulate", [f32_tensor([1.0])], [f], [Tensor(np.ones(4, np.int32))]),
         "accumulate-missing-grad": ("MsAccumAccumulate", [f32_tensor([1.0])], [f], []),
         "accumulate-shape": ("MsAccumAccumulate", [f32_tensor([1.0])], [f], [f32_tensor(np.ones(5))]),
-        "accumulate-float16-acc": ("MsAccumAccumulate", [f32_tensor([1.0])], [f.astype(np.float16)],
-                                   [f32_tensor(f)]),
-        "flush-weight-decay-count": ("MsAccumMomentumUpdateAccGrad",
-                                     [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0, 0.0])],
-                                     [f, f, f], [f32_tensor(f)]),
-        "flush-hyper-size": ("MsAccumMomentumUpdateAccGrad", [f32_tensor([0.1, 0.9, 1.0]), f32_tensor([0.0])],
-                             [f, f, f], [f32_tensor(f)]),
-        "flush-float64-moment": ("MsAccumMomentumUpdate", [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0])],
-                                 [f, f.astype(np.float64)], [f32_tensor(f)]),
-        "flush-acc-missing": ("MsAccumMomentumUpdateAcc", [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0])],
-                              [f, f], []),
-        "flush-int-grad": ("MsAccumMomentumUpdate", [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0])], [f, f],
-                           [Tensor(np.ones(4, np.int64))]),
+        "accumulate-float16-acc": ("MsAccumAccumulate", [f32_tensor([1.0])], [f.astype(np.float16)], [f32_tensor(f)]),
+        "flush-weight-decay-count": (
+            "MsAccumMomentumUpdateAccGrad",
+            [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0, 0.0])],
+            [f, f, f],
+            [f32_tensor(f)],
+        ),
+        "flush-hyper-size": (
+            "MsAccumMomentumUpdateAccGrad",
+            [f32_tensor([0.1, 0.9, 1.0]), f32_tensor([0.0])],
+            [f, f, f],
+            [f32_tensor(f)],
+        ),
+        "flush-float64-moment": (
+            "MsAccumMomentumUpdate",
+            [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0])],
+            [f, f.astype(np.float64)],
+            [f32_tensor(f)],
+        ),
+        "flush-acc-missing": (
+            "MsAccumMomentumUpdateAcc",
+            [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0])],
+            [f, f],
+            [],
+        ),
+        "flush-int-grad": (
+            "MsAccumMomentumUpdate",
+            [f32_tensor([0.1, 0.9, 1.0, 0.0]), f32_tensor([0.0])],
+            [f, f],
+            [Tensor(np.ones(4, np.int64))],
+        ),
         # scale(1) and hyper(2) = {scale, overwrite} are accepted (test_accumulate_overwrite), three values not
         "accumulate-three-hyper": ("MsAccumAccumulate", [f32_tensor([1.0, 1.0, 0.0])], [f], [f32_tensor(f)]),
-        "adamw-hyper-size": ("MsAccumAdamWUpdateAccGrad", [f32_tensor(ADAMW_HYPER[:6]), f32_tensor([0.0])],
-                             [f, f, f, f], [f32_tensor(f)]),
-        "adamw-weight-decay-count": ("MsAccumAdamWUpdateAccGrad", [f32_tensor(ADAMW_HYPER), f32_tensor([0.0, 0.0])],
-                                     [f, f, f, f], [f32_tensor(f)]),
-        "adamw-float16-exp-avg-sq": ("MsAccumAdamWUpdate", [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])],
-                                     [f, f, f.astype(np.float16)], [f32_tensor(f)]),
-        "adamw-acc-shape": ("MsAccumAdamWUpdateAcc", [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])],
-                            [f, f, f, np.ones(5, np.float32)], []),
-        "adamw-int-grad": ("MsAccumAdamWUpdate", [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])], [f, f, f],
-                           [Tensor(np.ones(4, np.int32))]),
-        "adamw-grad-missing": ("MsAccumAdamWUpdateAccGrad", [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])],
-                               [f, f, f, f], []),
+        "adamw-hyper-size": (
+            "MsAccumAdamWUpdateAccGrad",
+            [f32_tensor(ADAMW_HYPER[:6]), f32_tensor([0.0])],
+            [f, f, f, f],
+            [f32_tensor(f)],
+        ),
+        "adamw-weight-decay-count": (
+            "MsAccumAdamWUpdateAccGrad",
+            [f32_tensor(ADAMW_HYPER), f32_tensor([0.0, 0.0])],
+            [f, f, f, f],
+            [f32_tensor(f)],
+        ),
+        "adamw-float16-exp-avg-sq": (
+            "MsAccumAdamWUpdate",
+            [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])],
+            [f, f, f.astype(np.float16)],
+            [f32_tensor(f)],
+        ),
+        "adamw-acc-shape": (
+            "MsAccumAdamWUpdateAcc",
+            [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])],
+            [f, f, f, np.ones(5, np.float32)],
+            [],
+        ),
+        "adamw-int-grad": (
+            "MsAccumAdamWUpdate",
+            [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])],
+            [f, f, f],
+            [Tensor(np.ones(4, np.int32))],
+        ),
+        "adamw-grad-missing": (
+            "MsAccumAdamWUpdateAccGrad",
+            [f32_tensor(ADAMW_HYPER), f32_tensor([0.0])],
+            [f, f, f, f],
+            [],
+        ),
     }
 
 
@@ -657,11 +749,14 @@ def test_custom_aot_white_list(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MS_CUSTOM_AOT_WHITE_LIST"}
     proc = subprocess.run(
         [sys.executable, "-c", _WHITELIST_SCRIPT, str(AOT_SO), json.dumps(folders)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
-    results = json.loads(line[len("RESULT"):])
+    results = json.loads(line[len("RESULT") :])
     so_real = os.path.realpath(AOT_SO)
     for label in ("unrelated", "missing"):
         kind, message = results[label]

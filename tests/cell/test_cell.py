@@ -4,44 +4,43 @@ callbacks + checkpoint resume, and ordering under asynchronous execution.
 References are MindSpore's own nn.TrainOneStepCell on the large batch (nn.Momentum / nn.Adam) or
 NumPy written in the tests. Most tests run in GRAPH_MODE and in PYNATIVE_MODE (`mode` fixture).
 """
-import functools
 
-import numpy as np
-import pytest
+import functools
 
 import mindspore as ms
 import mindspore.dataset as ds
+import numpy as np
+import pytest
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.train import Model
 from mindspore.train.callback import CheckpointConfig, LossMonitor, ModelCheckpoint, TimeMonitor
 
-from tests.cell.accum_models import (  # noqa: F401  (mode and backend are fixtures)
-    clip_by_norm_numpy,
+from mindspore_accum import FlushAtEpochEnd, FusedMomentum, GradAccumCell
+from tests.cell.accum_models import (
     CNN_SHAPES,
-    backend,
-    DenseCE,
     MODES,
+    DenseCE,
     assert_weights_close,
+    clip_by_norm_numpy,
     cnn_data,
     cnn_init,
     cnn_with_loss,
     max_rel_diff,
     micro_batches,
-    mode,
     np_dense_ce_grads,
     np_momentum_step,
     run_big_batch,
     weights,
 )
-from mindspore_accum import FlushAtEpochEnd, FusedMomentum, GradAccumCell
 
 LR, MOMENTUM, WD = 0.1, 0.9, 1e-3
 RTOL = 1e-5  # acceptance: max|dw| <= 1e-5 * max|w|
 
 OPTIMIZERS = {
     "Momentum": lambda params, backend="auto": nn.Momentum(params, LR, MOMENTUM, weight_decay=WD),
-    "FusedMomentum": lambda params, backend="auto": FusedMomentum(params, LR, MOMENTUM, weight_decay=WD,
-                                                                  backend=backend),
+    "FusedMomentum": lambda params, backend="auto": FusedMomentum(
+        params, LR, MOMENTUM, weight_decay=WD, backend=backend
+    ),
     "Adam": lambda params, backend="auto": nn.Adam(params, learning_rate=1e-2, weight_decay=WD),
 }
 REFERENCE = {"Momentum": "Momentum", "FusedMomentum": "Momentum", "Adam": "Adam"}
@@ -54,8 +53,7 @@ def state(cell):
 
 def accum_cell(init, opt_name, steps, float16=False, backend="auto", **kwargs):
     net = cnn_with_loss(init, float16=float16)
-    cell = GradAccumCell(net, OPTIMIZERS[opt_name](net.trainable_params(), backend), steps, backend=backend,
-                         **kwargs)
+    cell = GradAccumCell(net, OPTIMIZERS[opt_name](net.trainable_params(), backend), steps, backend=backend, **kwargs)
     cell.set_train()
     return cell, net
 
@@ -113,8 +111,15 @@ def nesterov_numpy_reference(w, b, batches, *, lr, momentum, weight_decay, sizes
     moments = [np.zeros_like(p) for p in params]
     for x, y in batches:
         grads = np_dense_ce_grads(params[0], params[1], x.astype(np.float64), y)
-        np_momentum_step(params, moments, list(grads), lr=lr, momentum=momentum,
-                         weight_decay=[weight_decay, weight_decay], nesterov=True)
+        np_momentum_step(
+            params,
+            moments,
+            list(grads),
+            lr=lr,
+            momentum=momentum,
+            weight_decay=[weight_decay, weight_decay],
+            nesterov=True,
+        )
     return {"dense.weight": params[0], "dense.bias": params[1]}
 
 
@@ -139,8 +144,15 @@ def test_nesterov_accumulated_matches_numpy_reference(mode):
     params = [w.astype(np.float64), b.astype(np.float64)]
     moments = [np.zeros_like(p) for p in params]
     for xb, yb in zip(x, y):
-        np_momentum_step(params, moments, list(np_dense_ce_grads(params[0], params[1], xb.astype(np.float64), yb)),
-                         lr=0.5, momentum=0.9, weight_decay=[1e-2, 1e-2], nesterov=False)
+        np_momentum_step(
+            params,
+            moments,
+            list(np_dense_ce_grads(params[0], params[1], xb.astype(np.float64), yb)),
+            lr=0.5,
+            momentum=0.9,
+            weight_decay=[1e-2, 1e-2],
+            nesterov=False,
+        )
     plain = {"dense.weight": params[0], "dense.bias": params[1]}
     assert max_rel_diff(weights(net), plain) > 100 * RTOL
 
@@ -203,10 +215,10 @@ def test_flush_on_a_fresh_cell_is_a_no_op(mode):
 
 
 SCHEDULED = {
-    "FusedMomentum": lambda params: FusedMomentum(params, nn.ExponentialDecayLR(0.2, 0.5, 1), MOMENTUM,
-                                                  weight_decay=WD),
-    "Momentum": lambda params: nn.Momentum(params, nn.ExponentialDecayLR(0.2, 0.5, 1), MOMENTUM,
-                                           weight_decay=WD),
+    "FusedMomentum": lambda params: FusedMomentum(
+        params, nn.ExponentialDecayLR(0.2, 0.5, 1), MOMENTUM, weight_decay=WD
+    ),
+    "Momentum": lambda params: nn.Momentum(params, nn.ExponentialDecayLR(0.2, 0.5, 1), MOMENTUM, weight_decay=WD),
 }
 
 
@@ -262,8 +274,9 @@ def numpy_clipped_momentum(w, b, windows, clip, lr, momentum, wd):
         mean = np.mean([x.astype(np.float64) for x in window], axis=0)
         if clip is not None:
             mean = mean * min(1.0, clip / np.linalg.norm(mean))
-        np_momentum_step(params, moments, [mean[:4], mean[4:]], lr=lr, momentum=momentum,
-                         weight_decay=[wd, wd], nesterov=False)
+        np_momentum_step(
+            params, moments, [mean[:4], mean[4:]], lr=lr, momentum=momentum, weight_decay=[wd, wd], nesterov=False
+        )
     return {"w": params[0], "b": params[1]}
 
 
@@ -278,8 +291,11 @@ def test_clip_global_norm_clips_the_window_mean(mode, backend, opt_name, case):
 
     def train(clip):
         net = LinearLoss(w0, b0)
-        opt = (FusedMomentum(net.trainable_params(), lr, MOMENTUM, weight_decay=wd, backend=backend)
-               if opt_name == "FusedMomentum" else nn.Momentum(net.trainable_params(), lr, MOMENTUM, weight_decay=wd))
+        opt = (
+            FusedMomentum(net.trainable_params(), lr, MOMENTUM, weight_decay=wd, backend=backend)
+            if opt_name == "FusedMomentum"
+            else nn.Momentum(net.trainable_params(), lr, MOMENTUM, weight_decay=wd)
+        )
         cell = GradAccumCell(net, opt, 2, clip_global_norm=clip, micro_batch_weight="equal", backend=backend)
         for window in windows:
             for x in window:
@@ -304,7 +320,7 @@ def test_clip_global_norm_clips_the_window_mean(mode, backend, opt_name, case):
 def test_static_loss_scale_gives_the_unscaled_update(mode, backend, opt_name):
     ref_w, _ = big_batch_reference(mode, opt_name, 1, (32, 32, 32))
     x, y = cnn_data(1, 3)
-    cell, net = accum_cell(cnn_init(0), opt_name, 4, loss_scale=2.0 ** 10, backend=backend)
+    cell, net = accum_cell(cnn_init(0), opt_name, 4, loss_scale=2.0**10, backend=backend)
     run_windows(cell, zip(x, y), 4)
     assert_weights_close(weights(net), ref_w, RTOL, "static loss scale 1024")
     assert float(cell.loss_scale.asnumpy()) == 1024.0
@@ -319,12 +335,12 @@ def test_dynamic_loss_scale_that_grows_still_unscales_correctly(mode, backend, o
     ref_w, _ = big_batch_reference(mode, opt_name, 1, (32, 32, 32))
     x, y = cnn_data(1, 3)
     if kind == "update_cell":
-        loss_scale = nn.DynamicLossScaleUpdateCell(loss_scale_value=2.0 ** 10, scale_factor=2, scale_window=1)
+        loss_scale = nn.DynamicLossScaleUpdateCell(loss_scale_value=2.0**10, scale_factor=2, scale_window=1)
     else:
-        loss_scale = ms.amp.DynamicLossScaleManager(init_loss_scale=2.0 ** 10, scale_factor=2, scale_window=1)
+        loss_scale = ms.amp.DynamicLossScaleManager(init_loss_scale=2.0**10, scale_factor=2, scale_window=1)
     cell, net = accum_cell(cnn_init(0), opt_name, 4, loss_scale=loss_scale, backend=backend)
     run_windows(cell, zip(x, y), 4)
-    assert float(cell.loss_scale.asnumpy()) == 2.0 ** 13
+    assert float(cell.loss_scale.asnumpy()) == 2.0**13
     assert_weights_close(weights(net), ref_w, RTOL, "dynamic loss scale, growing")
 
 
@@ -348,7 +364,7 @@ def test_non_finite_gradient_skips_the_whole_window(mode, backend, opt_name):
     ref_net, ref_opt = _finite_windows_reference(mode, opt_name, x, y)
     net = MultipliedLoss(cnn_with_loss(cnn_init(0)))
     opt = OPTIMIZERS[opt_name](net.trainable_params(), backend)
-    scaler = nn.DynamicLossScaleUpdateCell(loss_scale_value=2.0 ** 10, scale_factor=2, scale_window=1000)
+    scaler = nn.DynamicLossScaleUpdateCell(loss_scale_value=2.0**10, scale_factor=2, scale_window=1000)
     cell = GradAccumCell(net, opt, 4, loss_scale=scaler, backend=backend)
     one, inf = Tensor(1.0, ms.float32), Tensor(np.inf, ms.float32)
     poisoned = {(1, 1), (3, 3)}  # (window, micro-batch)
@@ -424,7 +440,7 @@ def test_resume_mid_window_from_checkpoint_is_bit_identical(mode, backend, opt_n
     micro = [mb for i in range(3) for mb in micro_batches(x[i], y[i], 4)]
 
     def make(init):
-        scaler = nn.DynamicLossScaleUpdateCell(loss_scale_value=2.0 ** 10, scale_factor=2, scale_window=2)
+        scaler = nn.DynamicLossScaleUpdateCell(loss_scale_value=2.0**10, scale_factor=2, scale_window=2)
         return accum_cell(init, opt_name, 4, loss_scale=scaler, backend=backend)[0]
 
     full = make(cnn_init(0))
@@ -440,8 +456,13 @@ def test_resume_mid_window_from_checkpoint_is_bit_identical(mode, backend, opt_n
     ms.save_checkpoint(first, path)
     saved = ms.load_checkpoint(path)
     names = set(saved)
-    assert {"accumulation.micro_step", "accumulation.items", "accumulation.loss_scale",
-            "accumulation.skipped_updates", "global_step"} <= names
+    assert {
+        "accumulation.micro_step",
+        "accumulation.items",
+        "accumulation.loss_scale",
+        "accumulation.skipped_updates",
+        "global_step",
+    } <= names
     for weight in cnn_init(0):
         assert f"accumulators.{weight}" in names
         assert weight in names
@@ -479,16 +500,21 @@ def test_model_train_with_callbacks_then_resume_from_model_checkpoint(mode, tmp_
     y = rng.integers(0, 10, 48).astype(np.int32)
 
     cell, net = accum_cell(cnn_init(0), "FusedMomentum", 4)
-    ckpt = ModelCheckpoint(prefix="accum", directory=str(tmp_path),
-                           config=CheckpointConfig(save_checkpoint_steps=6, keep_checkpoint_max=10))
-    Model(cell).train(2, micro_dataset(x, y, 8), callbacks=[LossMonitor(), TimeMonitor(), ckpt],
-                      dataset_sink_mode=False)
+    ckpt = ModelCheckpoint(
+        prefix="accum",
+        directory=str(tmp_path),
+        config=CheckpointConfig(save_checkpoint_steps=6, keep_checkpoint_max=10),
+    )
+    Model(cell).train(
+        2, micro_dataset(x, y, 8), callbacks=[LossMonitor(), TimeMonitor(), ckpt], dataset_sink_mode=False
+    )
     assert "loss is" in capsys.readouterr().out
     assert step_of(cell.optimizer) == 3 and cell.pending == 0
     # the large-batch equivalent: samples 0-31, 32-47 + 0-15, 16-47
     seq_x, seq_y = np.concatenate([x, x]), np.concatenate([y, y])
-    ref_net, _ = run_big_batch(cnn_init(0), [(seq_x[i:i + 32], seq_y[i:i + 32]) for i in (0, 32, 64)],
-                               OPTIMIZERS["Momentum"])
+    ref_net, _ = run_big_batch(
+        cnn_init(0), [(seq_x[i : i + 32], seq_y[i : i + 32]) for i in (0, 32, 64)], OPTIMIZERS["Momentum"]
+    )
     assert_weights_close(weights(net), weights(ref_net), RTOL, "Model.train vs big batch")
     expected = state(cell)
 
@@ -534,8 +560,9 @@ class WideMLP(nn.Cell):
         self.relu = nn.ReLU()
         for layer in (self.l1, self.l2, self.l3):
             fan_in = layer.weight.shape[1]
-            layer.weight.set_data(Tensor((rng.standard_normal(layer.weight.shape) * np.sqrt(2 / fan_in))
-                                         .astype(np.float32)))
+            layer.weight.set_data(
+                Tensor((rng.standard_normal(layer.weight.shape) * np.sqrt(2 / fan_in)).astype(np.float32))
+            )
             layer.bias.set_data(Tensor((rng.standard_normal(layer.bias.shape) * 0.1).astype(np.float32)))
 
     def construct(self, x):
@@ -596,8 +623,11 @@ def test_graph_update_is_not_pruned_when_the_loss_is_unused(backend, opt_name, s
     try:
         ref_w, _ = big_batch_reference("GRAPH", opt_name, 1, (32, 32, 32))
         x, y = cnn_data(1, 3)
-        loss_scale = (nn.DynamicLossScaleUpdateCell(loss_scale_value=2.0 ** 10, scale_factor=2, scale_window=1)
-                      if scale == "growing" else None)
+        loss_scale = (
+            nn.DynamicLossScaleUpdateCell(loss_scale_value=2.0**10, scale_factor=2, scale_window=1)
+            if scale == "growing"
+            else None
+        )
         cell, net = accum_cell(cnn_init(0), opt_name, 4, loss_scale=loss_scale, backend=backend)
         outer = DiscardingLoss(cell)
         for i in range(3):
@@ -605,7 +635,7 @@ def test_graph_update_is_not_pruned_when_the_loss_is_unused(backend, opt_name, s
                 outer(xb, yb)
                 assert cell.pending == (j + 1) % 4
         assert step_of(cell.optimizer) == 3
-        assert float(cell.loss_scale.asnumpy()) == (2.0 ** 13 if scale == "growing" else 1.0)
+        assert float(cell.loss_scale.asnumpy()) == (2.0**13 if scale == "growing" else 1.0)
         assert_weights_close(weights(net), ref_w, RTOL, "loss unused")
     finally:
         ms.set_context(mode=before)
@@ -634,12 +664,17 @@ def test_dataset_sink_mode_with_clipping_and_a_non_finite_skip_in_graph(backend)
         opt = nn.Momentum(ref.trainable_params(), LR, MOMENTUM, weight_decay=WD)
         grad_fn = ms.value_and_grad(ref, None, opt.parameters)
         for lo in (0, 64):
-            _, grads = grad_fn(Tensor(x[lo:lo + 32]), Tensor(y[lo:lo + 32]))
+            _, grads = grad_fn(Tensor(x[lo : lo + 32]), Tensor(y[lo : lo + 32]))
             opt(clip_by_norm_numpy(grads, clip))
 
         net = DenseCE(w, b)
-        cell = GradAccumCell(net, FusedMomentum(net.trainable_params(), LR, MOMENTUM, weight_decay=WD, backend=backend),
-                             4, clip_global_norm=clip, backend=backend)
+        cell = GradAccumCell(
+            net,
+            FusedMomentum(net.trainable_params(), LR, MOMENTUM, weight_decay=WD, backend=backend),
+            4,
+            clip_global_norm=clip,
+            backend=backend,
+        )
         data = ds.NumpySlicesDataset({"x": x_poisoned, "y": y}, shuffle=False).batch(8)
         Model(cell).train(1, data, dataset_sink_mode=True)
         assert step_of(cell.optimizer) == 2 and int(cell.skipped_updates.asnumpy()) == 1 and cell.pending == 0

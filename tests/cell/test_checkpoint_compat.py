@@ -3,6 +3,7 @@
 The fixture (tests/fixtures/ckpt_0_2_1/, written by 0.2.1's own code) holds two mid-window
 checkpoints and every Parameter after 0.2.1 continued training from them; the reference here is
 0.2.1's run, not today's code."""
+
 from pathlib import Path
 
 import numpy as np

@@ -4,6 +4,7 @@ against the same facts, by hiding that name.
 
 A failure here on a new MindSpore release names the private API that moved or changed.
 """
+
 import binascii
 import importlib
 import re
@@ -22,6 +23,7 @@ from mindspore_accum.backends import kernel  # noqa: E402
 def hide(request, monkeypatch):
     """Runs a test twice: with MindSpore's private name, and with it hidden (``hide(module, name)``
     deletes it for the test's duration), which makes _compat take its fallback."""
+
     def hide_name(module, name):
         if request.param == "fallback":
             try:
@@ -90,8 +92,11 @@ def test_opt_init_args_register_records_as_mindspore_does(hide, lr_kind):
     """Our decorator records what nn.Momentum (decorated by MindSpore itself) records."""
     path = hide("mindspore.nn.optim.optimizer", "opt_init_args_register")
     probe_class = type("ProbeNow", (_ProbeLate,), {"__init__": _compat.opt_init_args_register(_ProbeLate.__init__)})
-    lr = {"float": 0.1, "tensor": Tensor(np.array([0.1, 0.05], np.float32)),
-          "schedule": nn.ExponentialDecayLR(0.1, 0.9, 4)}[lr_kind]
+    lr = {
+        "float": 0.1,
+        "tensor": Tensor(np.array([0.1, 0.05], np.float32)),
+        "schedule": nn.ExponentialDecayLR(0.1, 0.9, 4),
+    }[lr_kind]
     params = [Parameter(Tensor(np.ones(3, np.float32)), name=f"w_{path}_{lr_kind}")]
     ours = probe_class(params, lr, 0.9, weight_decay=1e-4)
     theirs = nn.Momentum(params, lr, 0.9, weight_decay=1e-4)
@@ -100,8 +105,11 @@ def test_opt_init_args_register_records_as_mindspore_does(hide, lr_kind):
     assert ours.init_learning_rate == theirs.init_learning_rate
     if lr_kind == "schedule":
         assert ours.init_learning_rate is None
-    assert ours.init_args == theirs.init_args == {"momentum": 0.9, "weight_decay": 1e-4, "use_nesterov": False,
-                                                  "loss_scale": 1.0}
+    assert (
+        ours.init_args
+        == theirs.init_args
+        == {"momentum": 0.9, "weight_decay": 1e-4, "use_nesterov": False, "loss_scale": 1.0}
+    )
     if path == "private":  # the class decorated at import used MindSpore's own function
         assert _Probe(params, lr, 0.9).init_args["momentum"] == 0.9
 
@@ -148,7 +156,7 @@ def test_checkpoint_crc_trailer_is_mindspores(tmp_path):
     assert size == len(data) and stored is not None
     # the layout: marker + 10-byte big-endian CRC-32 of every byte before the marker
     trailer = len(_compat.CKPT_CRC_MARKER) + _compat.CKPT_CRC_BYTES
-    assert data[-trailer:-_compat.CKPT_CRC_BYTES] == _compat.CKPT_CRC_MARKER
+    assert data[-trailer : -_compat.CKPT_CRC_BYTES] == _compat.CKPT_CRC_MARKER
     assert stored == binascii.crc32(data[:-trailer]) == _compat.checkpoint_payload_crc(with_crc)
     assert _compat.checkpoint_crc_trailer(without) == (len(open(without, "rb").read()), None)
     assert _compat.checkpoint_payload_crc(without) == binascii.crc32(open(without, "rb").read())
@@ -208,8 +216,10 @@ def test_jit_executor_class_compiles_and_exposes_the_graph(request, hide, pynati
     """What tests/distributed/dist_worker.py relies on: every ms.jit call goes through this class's compile
     (returning the phase) and __call__, and the compiled graph can be read back."""
     if _compat.mindspore_version() >= (2, 9) and request.node.callspec.params["hide"] == "fallback":
-        pytest.skip("from 2.9 mindspore.common.api forwards to mindspore.graph.api, so the fallback cannot be "
-                    "separated; it is the only path on 2.7-2.8, where the matrix runs it")
+        pytest.skip(
+            "from 2.9 mindspore.common.api forwards to mindspore.graph.api, so the fallback cannot be "
+            "separated; it is the only path on 2.7-2.8, where the matrix runs it"
+        )
     path = hide("mindspore.graph.api", "_JitExecutor")
     executor_class = _compat.jit_executor_class()
     compiled, calls = [], []
@@ -253,8 +263,9 @@ class _ReadAfterWrite(nn.Cell):
     def __init__(self, acc, mark):
         super().__init__()
         self.acc = acc
-        self.op = ops.Custom(f"{kernels.aot_library_path()}:MsAccumAccumulate", out_shape=[1],
-                             out_dtype=ms.float32, func_type="aot")
+        self.op = ops.Custom(
+            f"{kernels.aot_library_path()}:MsAccumAccumulate", out_shape=[1], out_dtype=ms.float32, func_type="aot"
+        )
         if mark:
             _compat.mark_side_effect_mem(self.op)
         self.one = Tensor(np.ones(1, np.float32))

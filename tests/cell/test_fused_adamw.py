@@ -4,24 +4,22 @@ of torch.optim.AdamW; inside GradAccumCell against nn.TrainOneStepCell on the la
 The references are MindSpore's own optimizer and cells, or NumPy written here from PyTorch's
 documented algorithm; nothing in them calls mindspore_accum.
 """
-import numpy as np
-import pytest
 
 import mindspore as ms
-from mindspore import Tensor, nn, ops
+import numpy as np
+import pytest
+from mindspore import Tensor, nn
 
-from tests.cell.accum_models import (  # noqa: F401  (mode and backend are fixtures)
-    clip_by_norm_numpy,
+from mindspore_accum import FusedAdamW, GradAccumCell
+from tests.cell.accum_models import (
     assert_weights_close,
-    backend,
+    clip_by_norm_numpy,
     cnn_data,
     cnn_init,
     cnn_with_loss,
     micro_batches,
-    mode,
     weights,
 )
-from mindspore_accum import FusedAdamW, GradAccumCell
 
 RTOL = 1e-5
 
@@ -75,8 +73,16 @@ def test_bias_correction_matches_numpy_transcription_of_torch_adamw(mode, backen
     c = np.abs(rng.standard_normal(50)).astype(np.float32)
     d = rng.standard_normal(50).astype(np.float32)
     net = Quadratic(w0, c, d)
-    opt = FusedAdamW(net.trainable_params(), 1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1,
-                     bias_correction=True, backend=backend)
+    opt = FusedAdamW(
+        net.trainable_params(),
+        1e-2,
+        beta1=0.9,
+        beta2=0.99,
+        eps=1e-8,
+        weight_decay=0.1,
+        bias_correction=True,
+        backend=backend,
+    )
     step = nn.TrainOneStepCell(net, opt)
     # torch.optim.AdamW (amsgrad=False), float64, transcribed from its documentation; the
     # gradient 2 c w + d is evaluated at the reference's own weights
@@ -88,13 +94,15 @@ def test_bias_correction_matches_numpy_transcription_of_torch_adamw(mode, backen
         ref = ref * (1 - lr * wd)
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g * g
-        ref = ref - lr / (1 - beta1 ** t) * m / (np.sqrt(v) / np.sqrt(1 - beta2 ** t) + eps)
+        ref = ref - lr / (1 - beta1**t) * m / (np.sqrt(v) / np.sqrt(1 - beta2**t) + eps)
     params = [ref]
     assert_weights_close({"w": net.w.asnumpy()}, {"w": params[0]}, RTOL, "bias-corrected AdamW vs NumPy torch")
     # without bias correction the first steps are ~sqrt(1 - beta2) / (1 - beta1) smaller: far away
     net2 = Quadratic(w0, c, d)
-    step2 = nn.TrainOneStepCell(net2, FusedAdamW(net2.trainable_params(), 1e-2, beta1=0.9, beta2=0.99, eps=1e-8,
-                                                 weight_decay=0.1, backend=backend))
+    step2 = nn.TrainOneStepCell(
+        net2,
+        FusedAdamW(net2.trainable_params(), 1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, backend=backend),
+    )
     for _ in range(5):
         step2()
     assert np.abs(net2.w.asnumpy() - params[0]).max() > 1e-3
@@ -116,6 +124,7 @@ def _reference_accumulated(mode_name, x, y, clip=None):
         def step(xb, yb):
             _, grads = grad_fn(xb, yb)
             opt(clip_by_norm_numpy(grads, clip))
+
     for i in range(3):
         step(Tensor(x[i]), Tensor(y[i]))
     return weights(net)
@@ -128,17 +137,26 @@ def test_accumulated_4x8_equals_adam_weight_decay_on_32(mode, backend, variant):
     expected = _reference_accumulated(mode, x, y[:, :32], clip)
     x8, y8 = x[:, :32], y[:, :32]
     net = cnn_with_loss(cnn_init(0))
-    loss_scale = (nn.DynamicLossScaleUpdateCell(loss_scale_value=2.0 ** 12, scale_factor=2, scale_window=2)
-                  if variant == "dynamic_loss_scale" else None)
-    cell = GradAccumCell(net, FusedAdamW(net.trainable_params(), 1e-2, weight_decay=0.01, backend=backend), 4,
-                         clip_global_norm=clip, loss_scale=loss_scale, backend=backend)
+    loss_scale = (
+        nn.DynamicLossScaleUpdateCell(loss_scale_value=2.0**12, scale_factor=2, scale_window=2)
+        if variant == "dynamic_loss_scale"
+        else None
+    )
+    cell = GradAccumCell(
+        net,
+        FusedAdamW(net.trainable_params(), 1e-2, weight_decay=0.01, backend=backend),
+        4,
+        clip_global_norm=clip,
+        loss_scale=loss_scale,
+        backend=backend,
+    )
     for i in range(3):
         for xb, yb in micro_batches(x8[i], y8[i], 4):
             cell(xb, yb)
     assert int(cell.optimizer.global_step.asnumpy().item()) == 3
     assert_weights_close(weights(net), expected, RTOL, f"FusedAdamW accumulated, {variant}")
     if variant == "dynamic_loss_scale":
-        assert float(cell.loss_scale.asnumpy()) == 2.0 ** 13  # grew once, after window 2
+        assert float(cell.loss_scale.asnumpy()) == 2.0**13  # grew once, after window 2
 
 
 def test_mid_window_checkpoint_resumes_bit_identically(mode, backend, tmp_path):
@@ -169,10 +187,15 @@ def test_mid_window_checkpoint_resumes_bit_identically(mode, backend, tmp_path):
         assert np.array_equal(p.asnumpy(), expected[p.name]), f"{p.name} differs after resume"
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"beta1": 1.0}, "beta1"), ({"beta2": -0.1}, "beta2"), ({"eps": 0.0}, "eps"),
-    ({"bias_correction": 1}, "bias_correction"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"beta1": 1.0}, "beta1"),
+        ({"beta2": -0.1}, "beta2"),
+        ({"eps": 0.0}, "eps"),
+        ({"bias_correction": 1}, "bias_correction"),
+    ],
+)
 def test_bad_hyper_parameters_are_rejected(kwargs, match):
     net = cnn_with_loss(cnn_init(0))
     with pytest.raises((TypeError, ValueError), match=match):

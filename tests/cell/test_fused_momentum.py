@@ -1,24 +1,23 @@
 """FusedMomentum used alone (issue 3, acceptance 2): nn.Momentum's results with its arguments
 (weight decay, parameter groups, learning-rate schedules, loss_scale), and real Nesterov momentum
 against NumPy (MindSpore's CPU ApplyMomentum ignores use_nesterov, so it is no reference)."""
+
 import numpy as np
 import pytest
-
 from mindspore import Tensor, nn
 
-from tests.cell.accum_models import (  # noqa: F401  (mode is a fixture)
+from mindspore_accum import FusedMomentum
+from tests.cell.accum_models import (
     DenseCE,
     assert_weights_close,
     cnn_data,
     cnn_init,
     cnn_with_loss,
     max_rel_diff,
-    mode,
     np_dense_ce_grads,
     np_momentum_step,
     weights,
 )
-from mindspore_accum import FusedMomentum
 
 RTOL = 1e-5
 
@@ -47,6 +46,7 @@ def grouped(cls):
         groups = [{"params": conv, "lr": 0.05, "weight_decay": 1e-2}, {"params": rest}]
         schedule = nn.ExponentialDecayLR(0.1, 0.8, 1)  # changes every step
         return cls(groups, schedule, 0.9, weight_decay=1e-3)
+
     return make
 
 
@@ -85,10 +85,13 @@ class DenseLayerNorm(nn.Cell):
 
 def test_ungrouped_weight_decay_skips_gamma_and_beta_like_nn_momentum(mode):
     rng = np.random.default_rng(22)
-    batches = [(rng.standard_normal((16, 12)).astype(np.float32), rng.integers(0, 3, 16).astype(np.int32))
-               for _ in range(5)]
-    make = {cls: (lambda n, cls=cls: cls(n.trainable_params(), 0.1, 0.9, weight_decay=0.5))
-            for cls in (nn.Momentum, FusedMomentum)}
+    batches = [
+        (rng.standard_normal((16, 12)).astype(np.float32), rng.integers(0, 3, 16).astype(np.int32)) for _ in range(5)
+    ]
+    make = {
+        cls: (lambda n, cls=cls: cls(n.trainable_params(), 0.1, 0.9, weight_decay=0.5))
+        for cls in (nn.Momentum, FusedMomentum)
+    }
     ref_net, _ = train(make[nn.Momentum], batches, DenseLayerNorm())
     net, _ = train(make[FusedMomentum], batches, DenseLayerNorm())
     assert {"norm.gamma", "norm.beta"} <= set(weights(net))
@@ -98,8 +101,10 @@ def test_ungrouped_weight_decay_skips_gamma_and_beta_like_nn_momentum(mode):
 def test_loss_scale_argument_matches_nn_momentum(mode):
     """Gradients scaled by 1024 (TrainOneStepCell's sens) and loss_scale=1024: unscaled once."""
     x, y = cnn_data(23, 3)
-    make = {cls: (lambda n, cls=cls: cls(n.trainable_params(), 0.1, 0.9, weight_decay=1e-3, loss_scale=1024.0))
-            for cls in (nn.Momentum, FusedMomentum)}
+    make = {
+        cls: (lambda n, cls=cls: cls(n.trainable_params(), 0.1, 0.9, weight_decay=1e-3, loss_scale=1024.0))
+        for cls in (nn.Momentum, FusedMomentum)
+    }
     ref_net, _ = train(make[nn.Momentum], zip(x, y), sens=1024.0)
     net, _ = train(make[FusedMomentum], zip(x, y), sens=1024.0)
     assert_weights_close(weights(net), weights(ref_net), RTOL, "loss_scale=1024")
@@ -121,14 +126,16 @@ def test_nesterov_alone_matches_numpy(mode):
     b = (rng.standard_normal(5) * 0.1).astype(np.float32)
     x = rng.standard_normal((5, 32, 12)).astype(np.float32)
     y = rng.integers(0, 5, (5, 32)).astype(np.int32)
-    net, opt = train(lambda n: FusedMomentum(n.trainable_params(), 0.5, 0.9, weight_decay=1e-2, nesterov=True),
-                     zip(x, y), DenseCE(w, b))
+    net, opt = train(
+        lambda n: FusedMomentum(n.trainable_params(), 0.5, 0.9, weight_decay=1e-2, nesterov=True),
+        zip(x, y),
+        DenseCE(w, b),
+    )
     params = [w.astype(np.float64), b.astype(np.float64)]
     velocity = [np.zeros_like(p) for p in params]
     for xb, yb in zip(x, y):
         grads = np_dense_ce_grads(params[0], params[1], xb.astype(np.float64), yb)
-        np_momentum_step(params, velocity, list(grads), lr=0.5, momentum=0.9, weight_decay=[1e-2, 1e-2],
-                         nesterov=True)
+        np_momentum_step(params, velocity, list(grads), lr=0.5, momentum=0.9, weight_decay=[1e-2, 1e-2], nesterov=True)
     expected = {"dense.weight": params[0], "dense.bias": params[1]}
     assert_weights_close(weights(net), expected, RTOL, "nesterov vs NumPy")
     assert_weights_close(moments(opt), {"dense.weight": velocity[0], "dense.bias": velocity[1]}, RTOL, "velocity")

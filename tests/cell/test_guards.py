@@ -5,26 +5,24 @@ checkpoints, and a window end that fails part-way.
 References are nn.TrainOneStepCell on the large batch or uninterrupted runs; nothing compares
 the code under test with itself on the same path.
 """
+
 import os
 import subprocess
 import sys
 import textwrap
 
+import mindspore as ms
 import numpy as np
 import pytest
-
-import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from tests.cell.accum_models import (  # noqa: F401  (mode and backend are fixtures)
-    DenseCE,
-    assert_weights_close,
-    backend,
-    mode,
-    weights,
-)
 import mindspore_accum.cell as cell_module
 from mindspore_accum import FusedAdamW, FusedMomentum, GradAccumCell
+from tests.cell.accum_models import (
+    DenseCE,
+    assert_weights_close,
+    weights,
+)
 
 LR, MOMENTUM = 0.1, 0.9
 RTOL = 1e-5
@@ -82,8 +80,9 @@ def test_auto_picks_native_when_the_aot_library_is_refused(tmp_path):
     """)
     env = dict(os.environ, GLOG_v="3")
     # cwd: not the repository root, whose source folder (no compiled extension) would shadow the install
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
-                         cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout
     assert "backends native native" in lines
@@ -102,10 +101,13 @@ def test_unknown_backend_is_rejected():
 # ====================================================================== construction guards
 
 
-@pytest.mark.parametrize("make", [
-    lambda p: nn.Momentum(p, LR, MOMENTUM, loss_scale=8.0),
-    lambda p: FusedMomentum(p, LR, MOMENTUM, loss_scale=8.0),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: nn.Momentum(p, LR, MOMENTUM, loss_scale=8.0),
+        lambda p: FusedMomentum(p, LR, MOMENTUM, loss_scale=8.0),
+    ],
+)
 def test_an_optimizer_with_its_own_loss_scale_is_rejected(make):
     net = DenseCE(*problem()[:2])
     with pytest.raises(ValueError, match="loss_scale=8.0"):
@@ -180,9 +182,12 @@ def test_a_checkpoint_crosses_backends_bit_identically(mode, opt_name, tmp_path)
     bit-identically, and the training that continues matches the first backend's within
     float32 rounding (the two compute the same formulas in different operation orders)."""
     w, b, x, y = problem(3, batches=6)
-    make_opt = {"FusedMomentum": lambda p, be: FusedMomentum(p, LR, MOMENTUM, weight_decay=1e-3, backend=be),
-                "FusedAdamW": lambda p, be: FusedAdamW(p, 1e-2, weight_decay=1e-2, bias_correction=True, backend=be)}
+    make_opt = {
+        "FusedMomentum": lambda p, be: FusedMomentum(p, LR, MOMENTUM, weight_decay=1e-3, backend=be),
+        "FusedAdamW": lambda p, be: FusedAdamW(p, 1e-2, weight_decay=1e-2, bias_correction=True, backend=be),
+    }
     for first, second in (("kernels", "native"), ("native", "kernels")):
+
         def make(be):
             net = DenseCE(w, b)
             return GradAccumCell(net, make_opt[opt_name](net.trainable_params(), be), 4, backend=be)
@@ -250,10 +255,16 @@ def test_a_window_end_that_fails_leaves_the_state_of_before(mode, backend, stage
     at any stage leaves every Parameter as it was before the window end (the full window still
     pending), and finishing the window afterwards gives the uninterrupted result."""
     w, b, x, y = problem(4, batches=4)
-    loss_scale = nn.DynamicLossScaleUpdateCell(loss_scale_value=2.0 ** 4, scale_factor=2, scale_window=1)
+    loss_scale = nn.DynamicLossScaleUpdateCell(loss_scale_value=2.0**4, scale_factor=2, scale_window=1)
     net = DenseCE(w, b)
-    cell = _inject(stage)(net, FusedMomentum(net.trainable_params(), LR, MOMENTUM, backend=backend), 2,
-                          loss_scale=loss_scale, clip_global_norm=0.5, backend=backend)
+    cell = _inject(stage)(
+        net,
+        FusedMomentum(net.trainable_params(), LR, MOMENTUM, backend=backend),
+        2,
+        loss_scale=loss_scale,
+        clip_global_norm=0.5,
+        backend=backend,
+    )
     cell(Tensor(x[0]), Tensor(y[0]))
     before = state(cell)
     with pytest.raises(RuntimeError, match="injected failure"):
@@ -262,23 +273,34 @@ def test_a_window_end_that_fails_leaves_the_state_of_before(mode, backend, stage
     changed = [k for k in before if not np.array_equal(before[k], after[k])]
     # only the micro-step's own state moved: the second micro-batch is in the window
     assert set(changed) <= {"accumulation.micro_step", "accumulation.items"} | {
-        k for k in before if k.startswith("accumulators.")}, changed
+        k for k in before if k.startswith("accumulators.")
+    }, changed
     assert cell.pending == 2 and int(cell.items.asnumpy()) == 16
     assert after["global_step"] == before["global_step"]
     assert float(after["accumulation.loss_scale"]) == 16.0
 
     # the same window finished by a healthy cell holding this state equals the uninterrupted run
     healthy_net = DenseCE(w, b)
-    healthy = GradAccumCell(healthy_net, FusedMomentum(healthy_net.trainable_params(), LR, MOMENTUM, backend=backend),
-                            2, loss_scale=nn.DynamicLossScaleUpdateCell(2.0 ** 4, 2, 1), clip_global_norm=0.5,
-                            backend=backend)
+    healthy = GradAccumCell(
+        healthy_net,
+        FusedMomentum(healthy_net.trainable_params(), LR, MOMENTUM, backend=backend),
+        2,
+        loss_scale=nn.DynamicLossScaleUpdateCell(2.0**4, 2, 1),
+        clip_global_norm=0.5,
+        backend=backend,
+    )
     ms.load_param_into_net(healthy, {k: ms.Parameter(Tensor(v), name=k) for k, v in after.items()})
     assert healthy.flush() is True
 
     ref_net = DenseCE(w, b)
-    ref = GradAccumCell(ref_net, FusedMomentum(ref_net.trainable_params(), LR, MOMENTUM, backend=backend), 2,
-                        loss_scale=nn.DynamicLossScaleUpdateCell(2.0 ** 4, 2, 1), clip_global_norm=0.5,
-                        backend=backend)
+    ref = GradAccumCell(
+        ref_net,
+        FusedMomentum(ref_net.trainable_params(), LR, MOMENTUM, backend=backend),
+        2,
+        loss_scale=nn.DynamicLossScaleUpdateCell(2.0**4, 2, 1),
+        clip_global_norm=0.5,
+        backend=backend,
+    )
     ref(Tensor(x[0]), Tensor(y[0]))
     ref(Tensor(x[1]), Tensor(y[1]))
     for name, value in state(ref).items():

@@ -4,26 +4,24 @@ a varying number of tokens, give exactly the update of the large batch.
 References are MindSpore's own nn.TrainOneStepCell on the concatenated batch (or a hand-written
 MindSpore step with clipping), or NumPy written here: nothing in them calls mindspore_accum.
 """
+
 import warnings
 
+import mindspore as ms
 import numpy as np
 import pytest
-
-import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from tests.cell.accum_models import (  # noqa: F401  (mode and backend are fixtures)
-    clip_by_norm_numpy,
+from mindspore_accum import FusedMomentum, GradAccumCell
+from tests.cell.accum_models import (
     DenseCE,
     assert_weights_close,
-    backend,
+    clip_by_norm_numpy,
     max_rel_diff,
-    mode,
     np_dense_ce_grads,
     np_momentum_step,
     weights,
 )
-from mindspore_accum import FusedMomentum, GradAccumCell
 
 SIZES = (8, 8, 8, 5)
 LR, MOMENTUM, WD = 0.1, 0.9, 1e-3
@@ -78,8 +76,10 @@ def _mean_of_means_numpy(w, b, x, y):
     moments = [np.zeros_like(p) for p in params]
     for i in range(x.shape[0]):
         bounds = np.cumsum((0,) + SIZES)
-        grads = [np_dense_ce_grads(params[0], params[1], x[i][lo:hi].astype(np.float64), y[i][lo:hi])
-                 for lo, hi in zip(bounds[:-1], bounds[1:])]
+        grads = [
+            np_dense_ce_grads(params[0], params[1], x[i][lo:hi].astype(np.float64), y[i][lo:hi])
+            for lo, hi in zip(bounds[:-1], bounds[1:])
+        ]
         mean = [np.mean([g[k] for g in grads], axis=0) for k in range(2)]
         np_momentum_step(params, moments, mean, lr=LR, momentum=MOMENTUM, weight_decay=[WD, WD], nesterov=False)
     return {"dense.weight": params[0], "dense.bias": params[1]}
@@ -88,8 +88,13 @@ def _mean_of_means_numpy(w, b, x, y):
 def test_equal_weighting_reproduces_the_mean_of_micro_batch_means(mode, backend):
     w, b, x, y = dense_problem(0, 3, sum(SIZES))
     net = DenseCE(w, b)
-    cell = GradAccumCell(net, make_optimizer("FusedMomentum", net.trainable_params(), backend), 4,
-                         micro_batch_weight="equal", backend=backend)
+    cell = GradAccumCell(
+        net,
+        make_optimizer("FusedMomentum", net.trainable_params(), backend),
+        4,
+        micro_batch_weight="equal",
+        backend=backend,
+    )
     for i in range(3):
         for xb, yb in split(x[i], y[i], SIZES):
             cell(xb, yb)
@@ -116,8 +121,8 @@ class TinyLM(nn.Cell):
         self.mean_loss = mean_loss
 
     def construct(self, tokens, targets):
-        h = ops.matmul(self.causal, ops.gather(self.emb, tokens, 0))           # (B, SEQ, DIM)
-        logits = ops.matmul(h, self.w.T) + self.b                              # (B, SEQ, VOCAB)
+        h = ops.matmul(self.causal, ops.gather(self.emb, tokens, 0))  # (B, SEQ, DIM)
+        logits = ops.matmul(h, self.w.T) + self.b  # (B, SEQ, VOCAB)
         ce = self.ce(logits.reshape(-1, VOCAB), targets.reshape(-1))
         mask = ops.cast(targets.reshape(-1) != PAD, ms.float32)
         loss_sum, count = (ce * mask).sum(), ops.cast(mask.sum(), ms.int32)
@@ -128,9 +133,11 @@ class TinyLM(nn.Cell):
 
 def lm_init(seed=0):
     rng = np.random.default_rng(seed)
-    return ((rng.standard_normal((VOCAB, DIM)) * 0.5).astype(np.float32),
-            (rng.standard_normal((VOCAB, DIM)) * 0.3).astype(np.float32),
-            (rng.standard_normal(VOCAB) * 0.1).astype(np.float32))
+    return (
+        (rng.standard_normal((VOCAB, DIM)) * 0.5).astype(np.float32),
+        (rng.standard_normal((VOCAB, DIM)) * 0.3).astype(np.float32),
+        (rng.standard_normal(VOCAB) * 0.1).astype(np.float32),
+    )
 
 
 def lm_batches(seed, windows, lengths):
@@ -168,6 +175,7 @@ def reference_lm_step(windows, clip=None):
         def step(tokens, targets):
             _, grads = grad_fn(tokens, targets)
             opt(clip_by_norm_numpy(grads, clip))
+
     for window in windows:
         step(Tensor(np.concatenate([t for t, _ in window])), Tensor(np.concatenate([g for _, g in window])))
     return {p.name: p.asnumpy().copy() for p in net.trainable_params()}
@@ -178,8 +186,13 @@ def test_loss_sum_and_num_items_equal_the_token_mean_of_the_large_batch(mode, ba
     windows = lm_batches(1, 3, LENGTHS)
     expected = reference_lm_step(windows, clip)
     net = TinyLM(*lm_init())
-    cell = GradAccumCell(net, FusedMomentum(net.trainable_params(), LR, MOMENTUM, weight_decay=WD, backend=backend),
-                         4, clip_global_norm=clip, backend=backend)
+    cell = GradAccumCell(
+        net,
+        FusedMomentum(net.trainable_params(), LR, MOMENTUM, weight_decay=WD, backend=backend),
+        4,
+        clip_global_norm=clip,
+        backend=backend,
+    )
     for window in windows:
         losses = [cell(Tensor(t), Tensor(g)) for t, g in window]
         # the cell returns each micro-batch's token mean (0 for the all-padding one)
@@ -192,8 +205,7 @@ def test_loss_sum_and_num_items_equal_the_token_mean_of_the_large_batch(mode, ba
 
 def test_a_window_with_zero_items_is_skipped_with_a_warning(mode, backend):
     net = TinyLM(*lm_init())
-    cell = GradAccumCell(net, FusedMomentum(net.trainable_params(), LR, MOMENTUM, backend=backend), 2,
-                         backend=backend)
+    cell = GradAccumCell(net, FusedMomentum(net.trainable_params(), LR, MOMENTUM, backend=backend), 2, backend=backend)
     before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
     (empty,) = lm_batches(2, 1, [(0, 0, 0), (0, 0, 0)])
     with pytest.warns(RuntimeWarning, match="zero items"):
@@ -204,8 +216,9 @@ def test_a_window_with_zero_items_is_skipped_with_a_warning(mode, backend):
         assert np.array_equal(p.asnumpy(), before[p.name]), p.name
     assert np.isfinite(np.concatenate([p.asnumpy().ravel() for p in net.trainable_params()])).all()
 
-    strict = GradAccumCell(net, FusedMomentum(net.trainable_params(), LR, MOMENTUM, backend=backend), 2,
-                           nonfinite="raise", backend=backend)
+    strict = GradAccumCell(
+        net, FusedMomentum(net.trainable_params(), LR, MOMENTUM, backend=backend), 2, nonfinite="raise", backend=backend
+    )
     strict(Tensor(empty[0][0]), Tensor(empty[0][1]))
     with pytest.raises(FloatingPointError, match="zero items"):
         strict(Tensor(empty[1][0]), Tensor(empty[1][1]))
@@ -227,8 +240,9 @@ class BadOutput(nn.Cell):
         return self.w * x  # "vector_loss"
 
 
-@pytest.mark.parametrize("kind, match", [("triple", "tuple of 3"), ("vector_count", "two scalars"),
-                                         ("vector_loss", "scalar mean loss")])
+@pytest.mark.parametrize(
+    "kind, match", [("triple", "tuple of 3"), ("vector_count", "two scalars"), ("vector_loss", "scalar mean loss")]
+)
 def test_a_wrong_network_output_names_the_contract(mode, kind, match):
     net = BadOutput(kind)
     cell = GradAccumCell(net, nn.SGD(net.trainable_params(), 0.1), 2)
@@ -269,8 +283,7 @@ def test_mid_window_checkpoint_with_unequal_micro_batches_resumes_bit_identicall
 
     def make():
         net = DenseCE(w, b)
-        return GradAccumCell(net, make_optimizer("FusedMomentum", net.trainable_params(), backend), 4,
-                             backend=backend)
+        return GradAccumCell(net, make_optimizer("FusedMomentum", net.trainable_params(), backend), 4, backend=backend)
 
     full = make()
     for xb, yb in micro:
@@ -294,7 +307,7 @@ def test_mid_window_checkpoint_with_unequal_micro_batches_resumes_bit_identicall
 class ScaledLinear(nn.Cell):
     """(K * <w, x>, K) with K = 2**24 + 1: the item count is beyond float32's exact integers."""
 
-    K = 2 ** 24 + 1
+    K = 2**24 + 1
 
     def __init__(self):
         super().__init__()

@@ -14,6 +14,7 @@ Both modes run, 10 trials each: PYNATIVE (the CPU host path: kernels on zero-cop
 Parameters, so the checkpoint must see memory written behind MindSpore's back) and GRAPH (AOT
 custom ops inside compiled graphs; the restarted process recompiles).
 """
+
 import os
 import random
 import signal
@@ -35,8 +36,20 @@ STEP_KEY = "kill_resume.micro_batches_done"
 def run_worker(mode, ckpt_dir, out, kill_at=-1, phase="after_save"):
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", GLOG_v="3", MSACCUM_NUM_THREADS="1")
     env.pop("MS_CUSTOM_AOT_WHITE_LIST", None)
-    cmd = [sys.executable, str(WORKER), "--mode", mode, "--dir", str(ckpt_dir), "--out", str(out),
-           "--kill-at", str(kill_at), "--kill-phase", phase]
+    cmd = [
+        sys.executable,
+        str(WORKER),
+        "--mode",
+        mode,
+        "--dir",
+        str(ckpt_dir),
+        "--out",
+        str(out),
+        "--kill-at",
+        str(kill_at),
+        "--kill-phase",
+        phase,
+    ]
     # cwd outside the source tree: the worker imports the installed package
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ckpt_dir), timeout=300)
 
@@ -49,6 +62,7 @@ def load_npz(path):
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
     """Uninterrupted runs, one per mode (computed in parallel)."""
+
     def one(mode):
         d = tmp_path_factory.mktemp(f"reference_{mode}")
         proc = run_worker(mode, d, d / "final.npz")
@@ -76,6 +90,7 @@ def trial(mode, index, base):
     saved = kill_at + 1 if phase == "after_save" else kill_at
     ckpt = d / "last.ckpt"
     from mindspore_accum import load_checkpoint_verified
+
     if saved == 0:
         if ckpt.exists():
             return f"{where} a checkpoint exists although no save completed"
@@ -131,12 +146,14 @@ class TinyNet:
     def make():
         import mindspore as ms
         from mindspore import nn
+
         ms.set_seed(1)
         return nn.Dense(8, 4)
 
 
 def test_truncated_or_damaged_checkpoint_is_rejected(tmp_path):
     from mindspore_accum import load_checkpoint_verified, save_checkpoint_atomic
+
     net = TinyNet.make()
     path = save_checkpoint_atomic(net, tmp_path / "model", append_dict={"step": 3})
     assert path == str(tmp_path / "model.ckpt")
@@ -159,7 +176,9 @@ def test_truncated_or_damaged_checkpoint_is_rejected(tmp_path):
 
 def test_atomic_save_replaces_in_one_step_and_leaves_no_temporary(tmp_path):
     import mindspore as ms
+
     from mindspore_accum import load_checkpoint_verified, save_checkpoint_atomic
+
     net = TinyNet.make()
     path = tmp_path / "state.ckpt"
     save_checkpoint_atomic(net, path, append_dict={"step": 1})
@@ -169,7 +188,7 @@ def test_atomic_save_replaces_in_one_step_and_leaves_no_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.ckpt"]
     assert int(load_checkpoint_verified(path)["step"].asnumpy()) == 2
     # a failing save leaves the previous checkpoint and no temporary file
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError, match="save_obj"):
         save_checkpoint_atomic(object(), path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.ckpt"]
     assert int(load_checkpoint_verified(path)["step"].asnumpy()) == 2

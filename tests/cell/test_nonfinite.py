@@ -8,12 +8,12 @@ raises FloatingPointError at the end of that window and training continues corre
 The end state equals, bit for bit, a cell trained on the finite windows only. In GRAPH_MODE and
 PYNATIVE_MODE, with FusedMomentum (fused last add) and nn.Momentum (optimizer path).
 """
+
 import warnings
 
+import mindspore as ms
 import numpy as np
 import pytest
-
-import mindspore as ms
 from mindspore import Tensor, nn
 
 from mindspore_accum import FusedMomentum, GradAccumCell
@@ -21,7 +21,6 @@ from mindspore_accum import FusedMomentum, GradAccumCell
 STEPS = 3
 WINDOWS = 5
 POISON = {1: (1, np.nan), 3: (2, np.inf)}  # window: (micro-batch, value)
-from tests.cell.accum_models import mode  # noqa: E402,F401  (the GRAPH/PYNATIVE fixture)
 
 
 class Mlp(nn.Cell):
@@ -42,8 +41,11 @@ def make_cell(opt_name, nonfinite):
         p.set_data(Tensor((rng.standard_normal(p.shape) * 0.4).astype(np.float32)))
     loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
     params = net.trainable_params()
-    opt = (FusedMomentum(params, 0.1, 0.9, weight_decay=1e-3) if opt_name == "FusedMomentum"
-           else nn.Momentum(params, 0.1, 0.9, weight_decay=1e-3))
+    opt = (
+        FusedMomentum(params, 0.1, 0.9, weight_decay=1e-3)
+        if opt_name == "FusedMomentum"
+        else nn.Momentum(params, 0.1, 0.9, weight_decay=1e-3)
+    )
     cell = GradAccumCell(loss, opt, STEPS, nonfinite=nonfinite)
     cell.set_train()
     return cell, net

@@ -1,6 +1,7 @@
 """The package's NumPy-level surface: the *_update kernels and their deprecated *_flush aliases
 (a warning naming the new name, the same result), and the names that raise ImportError on a
 broken build (the compiled extension cannot be imported; simulated in a subprocess)."""
+
 import os
 import subprocess
 import sys
@@ -11,8 +12,16 @@ import pytest
 import mindspore_accum
 from mindspore_accum import kernels
 
-BROKEN_BUILD_NAMES = ("_C", "accumulate", "momentum_update", "adamw_update", "sum_of_squares", "build_info",
-                      "momentum_flush", "adamw_flush")
+BROKEN_BUILD_NAMES = (
+    "_C",
+    "accumulate",
+    "momentum_update",
+    "adamw_update",
+    "sum_of_squares",
+    "build_info",
+    "momentum_flush",
+    "adamw_flush",
+)
 
 
 def momentum_reference(param, moment, acc, grad, *, lr, momentum, grad_scale, weight_decay, nesterov):
@@ -28,7 +37,7 @@ def adamw_reference(param, m, v, acc, grad, *, lr, beta1, beta2, eps, weight_dec
     g = (acc.astype(np.float64) + grad) * grad_scale
     m = beta1 * m + (1 - beta1) * g
     v = beta2 * v + (1 - beta2) * g * g
-    u = (m / (1 - beta1 ** step)) / (np.sqrt(v) / np.sqrt(1 - beta2 ** step) + eps)
+    u = (m / (1 - beta1**step)) / (np.sqrt(v) / np.sqrt(1 - beta2**step) + eps)
     return param - lr * weight_decay * param - lr * u, m, v, np.zeros_like(acc)
 
 
@@ -74,8 +83,9 @@ def test_adamw_update_matches_numpy():
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("old, new, run", [("momentum_flush", "momentum_update", run_momentum),
-                                           ("adamw_flush", "adamw_update", run_adamw)])
+@pytest.mark.parametrize(
+    "old, new, run", [("momentum_flush", "momentum_update", run_momentum), ("adamw_flush", "adamw_update", run_adamw)]
+)
 def test_deprecated_flush_alias_warns_and_matches_update(old, new, run):
     with pytest.warns(DeprecationWarning, match=f"{old} is deprecated.*use {new}"):
         got = run(getattr(kernels, old))
@@ -136,4 +146,6 @@ def test_fused_optimizer_specs_match_both_backends_tables():
     with pytest.raises(ValueError, match="tensor lists"):
         kernel.entry("adamw_update", kernel.ENTRIES["adamw_update"].hyper, tensors=3)
     with pytest.raises(ValueError, match="unpacks"):
-        native.update("adamw_update", ("beta2", "beta1", "eps", "grad_scale", "bias_correction1", "bias_correction2"), 2)
+        native.update(
+            "adamw_update", ("beta2", "beta1", "eps", "grad_scale", "bias_correction1", "bias_correction2"), 2
+        )

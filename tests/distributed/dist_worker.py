@@ -27,6 +27,7 @@ Counting AllReduce launches (class AllReduceCounter)
 Both are read before and after every micro-step / flush(): per event,
 launches = Python-level calls + sum over graph runs of AllReduce nodes in that graph.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,13 +37,13 @@ import sys
 
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")  # before mindspore is imported (DESIGN.md)
 
-import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
+import numpy as np  # noqa: E402
 from mindspore import Tensor, nn  # noqa: E402
 
 IN, HIDDEN, OUT = 6, 16, 4
-MICRO = 8            # samples per micro-batch
-ACCUM = 2            # micro-batches per worker per update
+MICRO = 8  # samples per micro-batch
+ACCUM = 2  # micro-batches per worker per update
 UPDATES = 3
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-3
 N_SAMPLES = 256
@@ -63,8 +64,12 @@ def make_data():
 
 def initial_weights():
     rs = np.random.RandomState(1)
-    return [(rs.randn(HIDDEN, IN) * 0.5).astype(np.float32), (rs.randn(HIDDEN) * 0.1).astype(np.float32),
-            (rs.randn(OUT, HIDDEN) * 0.5).astype(np.float32), (rs.randn(OUT) * 0.1).astype(np.float32)]
+    return [
+        (rs.randn(HIDDEN, IN) * 0.5).astype(np.float32),
+        (rs.randn(HIDDEN) * 0.1).astype(np.float32),
+        (rs.randn(OUT, HIDDEN) * 0.5).astype(np.float32),
+        (rs.randn(OUT) * 0.1).astype(np.float32),
+    ]
 
 
 def build_loss_net():
@@ -128,8 +133,7 @@ def reference_weights(case, world):
     _, _, _, refs = schedule(case, 0, world)
     x, y = make_data()
     net, loss_net = build_loss_net()
-    step = nn.TrainOneStepCell(loss_net, nn.Momentum(net.trainable_params(), LR, MOMENTUM,
-                                                     weight_decay=WEIGHT_DECAY))
+    step = nn.TrainOneStepCell(loss_net, nn.Momentum(net.trainable_params(), LR, MOMENTUM, weight_decay=WEIGHT_DECAY))
     for lo, hi in refs:
         step(Tensor(x[lo:hi]), Tensor(y[lo:hi]))
     return [p.asnumpy().copy() for p in net.trainable_params()]
@@ -150,15 +154,17 @@ class AllReduceCounter:
         self.py_calls = 0
         self.graph_launches = 0
         self.graph_runs = {}
-        self.nodes_per_phase = {}   # phase -> (function name, AllReduce nodes, all nodes)
+        self.nodes_per_phase = {}  # phase -> (function name, AllReduce nodes, all nodes)
         self._restore = None
 
     def install(self):
         """Installs the class-level patches (idempotent); :meth:`uninstall` removes them."""
         if self._restore is not None:
             return
-        from mindspore_accum import _compat
         from mindspore.ops.operations.comm_ops import AllReduce
+
+        from mindspore_accum import _compat
+
         counter = self
 
         orig_prim_call = AllReduce.__call__
@@ -222,6 +228,7 @@ class AllReduceCounter:
         """Reads a newly compiled phase's AllReduce nodes from the graph itself."""
         if phase not in self.nodes_per_phase:
             from mindspore.train import anf_ir_pb2
+
             model = anf_ir_pb2.ModelProto()
             model.ParseFromString(executor._graph_executor.get_func_graph_proto(phase, "anf_ir"))
             ops_ = [node.op_type for node in model.graph.node]
@@ -297,20 +304,22 @@ def run_case(case, mode, rank, world):
             result = bool(cell.flush())
         else:
             size = ev[2] if len(ev) > 2 else MICRO
-            xb, yb = x[ev[1]:ev[1] + size].copy(), y[ev[1]:ev[1] + size]
+            xb, yb = x[ev[1] : ev[1] + size].copy(), y[ev[1] : ev[1] + size]
             if ev[0] == "inf":
                 xb[0, 0] = np.inf
             _ = cell(Tensor(xb), Tensor(yb)).asnumpy()
         _ = params[0].asnumpy()  # the step has finished
         after = COUNTER.snapshot()
-        record["events"].append({
-            "kind": ev[0],
-            "py_allreduce": after[0] - before[0],
-            "graph_allreduce": after[1] - before[1],
-            "graph_runs": {k: v - before[2].get(k, 0) for k, v in after[2].items() if v != before[2].get(k, 0)},
-            "result": result,
-            "pending_after": cell.pending,
-        })
+        record["events"].append(
+            {
+                "kind": ev[0],
+                "py_allreduce": after[0] - before[0],
+                "graph_allreduce": after[1] - before[1],
+                "graph_runs": {k: v - before[2].get(k, 0) for k, v in after[2].items() if v != before[2].get(k, 0)},
+                "result": result,
+                "pending_after": cell.pending,
+            }
+        )
     record["skipped_updates"] = int(cell.skipped_updates.asnumpy())
     record["phases"] = {ph: list(v) for ph, v in COUNTER.nodes_per_phase.items()}
     snapshots.append([p.asnumpy().copy() for p in params])
@@ -343,6 +352,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from mindspore.communication import get_group_size, get_rank, init
+
     init()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
     rank, world = get_rank(), get_group_size()

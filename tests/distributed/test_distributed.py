@@ -32,6 +32,7 @@ micro-steps that only accumulate, on every worker, in both modes; in GRAPH mode 
 one AllReduce sits in the window-end phase (1 node; ``_WindowEndGraph`` in GRAPH mode,
 ``_graph_window_end`` in PYNATIVE) and no other compiled phase has one.
 """
+
 import functools
 import json
 import os
@@ -85,22 +86,34 @@ def dist(tmp_path_factory):
         pytest.skip("msrun (installed with MindSpore) not found next to the Python interpreter")
     tmp = tmp_path_factory.mktemp("dist")
     out, logs = tmp / "out", tmp / "logs"
-    cmd = [msrun, f"--worker_num={WORLD}", f"--local_worker_num={WORLD}", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "--join=True", f"--log_dir={logs}",
-           WORKER, "--out", str(out)]
+    cmd = [
+        msrun,
+        f"--worker_num={WORLD}",
+        f"--local_worker_num={WORLD}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "--join=True",
+        f"--log_dir={logs}",
+        WORKER,
+        "--out",
+        str(out),
+    ]
     t0 = time.time()
     try:
-        proc = subprocess.run(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=TIMEOUT_S)
+        proc = subprocess.run(
+            cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT_S
+        )
         rc, console = proc.returncode, proc.stdout.decode(errors="replace")
     except subprocess.TimeoutExpired as e:
         rc, console = "timeout", (e.stdout or b"").decode(errors="replace")
     elapsed = time.time() - t0
     missing = [r for r in range(WORLD) if not (out / f"rank{r}.json").exists()]
     if rc != 0 or missing:
-        report = [f"msrun exit {rc} after {elapsed:.0f} s; results missing for ranks {missing}",
-                  "---- msrun console (tail) ----", "\n".join(ln for ln in console.splitlines()[-40:]
-                                                          if not ln.startswith("[INFO]"))]
+        report = [
+            f"msrun exit {rc} after {elapsed:.0f} s; results missing for ranks {missing}",
+            "---- msrun console (tail) ----",
+            "\n".join(ln for ln in console.splitlines()[-40:] if not ln.startswith("[INFO]")),
+        ]
         for name in sorted(os.listdir(logs)) if logs.exists() else []:
             report += [f"---- {name} (tail) ----", _tail(logs / name)]
         pytest.fail("\n".join(report), pytrace=False)

@@ -1,4 +1,5 @@
 """Small generated CIFAR-10 binary fixtures for the example's tests (never the real data)."""
+
 import hashlib
 import os
 import tarfile
@@ -29,8 +30,9 @@ def write_cifar_dir(root, train_counts=(6, 6), n_test=10, seed=0):
     with open(os.path.join(d, "test_batch.bin"), "wb") as f:
         f.write(cifar_records(n_test, seed + 100))
     with open(os.path.join(d, "batches.meta.txt"), "w") as f:
-        f.write("\n".join(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                           "ship", "truck"]) + "\n")
+        f.write(
+            "\n".join(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]) + "\n"
+        )
     return d
 
 

@@ -2,6 +2,7 @@
 fixtures only. The real ResNet50 is trained for 2 updates (micro-batch 2 x 2) in GRAPH and
 PYNATIVE mode; resume, --download (local HTTP server) and data errors are checked too.
 """
+
 import functools
 import glob
 import http.server
@@ -22,8 +23,19 @@ MODULE = "examples.resnet50_cifar10.train"
 
 # 12 training images (two files of 6: not 10,000 per file), 10 test images.
 # --limit-train 8 at micro-batch 2 x 2 = 4 micro-batches = 2 updates; eval batch 4 -> 4, 4, 2.
-SMALL = ["--batch-size", "2", "--accum-steps", "2", "--epochs", "1", "--limit-train", "8",
-         "--eval-batch-size", "4", "--no-progress"]
+SMALL = [
+    "--batch-size",
+    "2",
+    "--accum-steps",
+    "2",
+    "--epochs",
+    "1",
+    "--limit-train",
+    "8",
+    "--eval-batch-size",
+    "4",
+    "--no-progress",
+]
 RESNET50_PARAMS = 23_520_842
 TIMEOUT = 600
 
@@ -32,11 +44,12 @@ def run(args, cwd, expect_rc=0):
     env = module_env()
     env.pop("ONEDNN_MAX_CPU_ISA", None)  # the script must set it itself
     env["PYTHONUNBUFFERED"] = "1"
-    p = subprocess.run(python_m(MODULE, *args), cwd=str(cwd), env=env, capture_output=True,
-                       text=True, timeout=TIMEOUT)
+    p = subprocess.run(python_m(MODULE, *args), cwd=str(cwd), env=env, capture_output=True, text=True, timeout=TIMEOUT)
     if p.returncode != expect_rc:
-        raise AssertionError(f"exit {p.returncode} (wanted {expect_rc}) for {args}\n--- stdout\n{p.stdout[-4000:]}"
-                             f"\n--- stderr\n{p.stderr[-4000:]}")
+        raise AssertionError(
+            f"exit {p.returncode} (wanted {expect_rc}) for {args}\n--- stdout\n{p.stdout[-4000:]}"
+            f"\n--- stderr\n{p.stderr[-4000:]}"
+        )
     return p
 
 
@@ -50,6 +63,7 @@ def summary_of(p):
 def load_ckpt(path):
     os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
     import mindspore as ms
+
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(path).items() if not k.startswith("run.")}
 
 
@@ -80,8 +94,23 @@ def pynative_run(tmp_path_factory, http_archive):
     """Uninterrupted PYNATIVE run whose data comes from --download off the local server."""
     url, md5 = http_archive
     work = tmp_path_factory.mktemp("pynative")
-    p = run(["--data-dir", "dl", "--download", "--download-url", url, "--download-md5", md5,
-             "--mode", "pynative", "--ckpt-dir", "ck", *SMALL], work)
+    p = run(
+        [
+            "--data-dir",
+            "dl",
+            "--download",
+            "--download-url",
+            url,
+            "--download-md5",
+            md5,
+            "--mode",
+            "pynative",
+            "--ckpt-dir",
+            "ck",
+            *SMALL,
+        ],
+        work,
+    )
     return work, p, summary_of(p)
 
 
@@ -158,6 +187,7 @@ def test_resume_refuses_other_settings(tmp_path, data_root):
 
 # ------------------------------------------------------------------ data errors (fail before MindSpore)
 
+
 def test_missing_data_says_how_to_get_it(tmp_path):
     p = run(["--data-dir", str(tmp_path / "nothing")], tmp_path, expect_rc=2)
     assert "no CIFAR-10 binary data found" in p.stderr
@@ -186,19 +216,22 @@ def test_malformed_label(tmp_path):
 
 def test_download_md5_mismatch_extracts_nothing(tmp_path, http_archive):
     url, _ = http_archive
-    p = run(["--data-dir", "dl", "--download", "--download-url", url, "--download-md5", "0" * 32], tmp_path,
-            expect_rc=2)
+    p = run(
+        ["--data-dir", "dl", "--download", "--download-url", url, "--download-md5", "0" * 32], tmp_path, expect_rc=2
+    )
     assert "MD5 mismatch" in p.stderr
     assert not glob.glob(str(tmp_path / "dl" / "**" / "*.bin"), recursive=True)
 
 
 def test_download_unreachable(tmp_path):
-    p = run(["--data-dir", "dl", "--download", "--download-url", "http://127.0.0.1:9/none.tar.gz"], tmp_path,
-            expect_rc=2)
+    p = run(
+        ["--data-dir", "dl", "--download", "--download-url", "http://127.0.0.1:9/none.tar.gz"], tmp_path, expect_rc=2
+    )
     assert "download of http://127.0.0.1:9/none.tar.gz failed" in p.stderr
 
 
 # ------------------------------------------------------------------ in-process (NumPy only)
+
 
 def test_reader_any_record_count_and_layout(tmp_path):
     path = tmp_path / "x.bin"
@@ -212,6 +245,7 @@ def test_reader_any_record_count_and_layout(tmp_path):
 
 def test_unsafe_archive_is_refused(tmp_path):
     import tarfile
+
     evil = tmp_path / "evil.tar.gz"
     (tmp_path / "f").write_bytes(b"x")
     with tarfile.open(evil, "w:gz") as t:
@@ -238,6 +272,7 @@ def test_augmentation_is_deterministic_and_normalised():
 
 def test_lr_schedule_shape():
     import examples.resnet50_cifar10.train as t
+
     lrs = [t.lr_at(s, 0.05, 20, 156) for s in range(156)]
     assert lrs[0] == pytest.approx(0.05 / 20) and lrs[19] == pytest.approx(0.05)
     assert all(a < b for a, b in zip(lrs[:19], lrs[1:20]))
@@ -252,6 +287,7 @@ def test_distributed_two_workers_msrun(tmp_path):
     the summary."""
     import shutil
     import socket
+
     bindir = os.path.dirname(sys.executable)
     env = module_env()
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # msrun starts workers with `python`
@@ -264,14 +300,42 @@ def test_distributed_two_workers_msrun(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     logs = tmp_path / "logs"
-    cmd = [msrun, "--worker_num=2", "--local_worker_num=2", "--master_addr=127.0.0.1", f"--master_port={port}",
-           "--join=True", f"--log_dir={logs}", "python", "-m", MODULE, "--distributed", "--synthetic", "--synthetic-size", "32",
-           "--batch-size", "2", "--accum-steps", "2", "--epochs", "1", "--limit-test", "8", "--mode", "pynative",
-           "--no-progress", "--ckpt-dir", "ck"]
-    p = subprocess.run(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True, timeout=TIMEOUT)
-    out = {r: (logs / f"worker_{r}.log").read_text(errors="replace") if (logs / f"worker_{r}.log").exists() else ""
-           for r in (0, 1)}
+    cmd = [
+        msrun,
+        "--worker_num=2",
+        "--local_worker_num=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        "--join=True",
+        f"--log_dir={logs}",
+        "python",
+        "-m",
+        MODULE,
+        "--distributed",
+        "--synthetic",
+        "--synthetic-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--accum-steps",
+        "2",
+        "--epochs",
+        "1",
+        "--limit-test",
+        "8",
+        "--mode",
+        "pynative",
+        "--no-progress",
+        "--ckpt-dir",
+        "ck",
+    ]
+    p = subprocess.run(
+        cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT
+    )
+    out = {
+        r: (logs / f"worker_{r}.log").read_text(errors="replace") if (logs / f"worker_{r}.log").exists() else ""
+        for r in (0, 1)
+    }
     assert p.returncode == 0, (p.stdout[-3000:], out[0][-3000:], out[1][-3000:])
     sums = {}
     for r in (0, 1):

@@ -5,6 +5,7 @@ A 1-layer GPT (d_model 16) trains 2 updates of 2 x 2 micro-batches in GRAPH and 
 a run stopped mid-window and resumed must end with the very weights of the uninterrupted run;
 an empty corpus and a too-long --seq-len must be refused with a clear message.
 """
+
 import json
 import os
 import subprocess
@@ -17,19 +18,66 @@ from tests.repo import module_env, python_m
 
 MODULE = "examples.gpt_lm.train"
 
-TINY = ["--layers", "1", "--d-model", "16", "--heads", "2", "--max-positions", "32", "--seq-len", "16",
-        "--batch-size", "2", "--accum-steps", "2", "--updates", "2", "--eval-every", "1", "--eval-batches", "2",
-        "--lr", "3e-3", "--warmup", "1", "--no-progress"]
-TINY_PARAMS = (257 * 16 + 32 * 16) + (2 * 16 + 16 * 48 + 48 + 16 * 16 + 16 + 2 * 16 + 16 * 64 + 64 + 64 * 16 + 16) \
-    + 2 * 16
+TINY = [
+    "--layers",
+    "1",
+    "--d-model",
+    "16",
+    "--heads",
+    "2",
+    "--max-positions",
+    "32",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "2",
+    "--accum-steps",
+    "2",
+    "--updates",
+    "2",
+    "--eval-every",
+    "1",
+    "--eval-batches",
+    "2",
+    "--lr",
+    "3e-3",
+    "--warmup",
+    "1",
+    "--no-progress",
+]
+TINY_PARAMS = (
+    (257 * 16 + 32 * 16) + (2 * 16 + 16 * 48 + 48 + 16 * 16 + 16 + 2 * 16 + 16 * 64 + 64 + 64 * 16 + 16) + 2 * 16
+)
 TIMEOUT = 600
 
 
 def write_corpus(root, n_files, seed, sizes=None):
     """Python-like text files of varied length (so chunk tails are short), in nested folders."""
     rng = np.random.default_rng(seed)
-    words = ["def", "return", "self", "import", "class", "for", "in", "if", "else", "None", "x", "y", "(", ")",
-             ":", "=", "+", "\n", "    ", "'text'", "0", "1"]
+    words = [
+        "def",
+        "return",
+        "self",
+        "import",
+        "class",
+        "for",
+        "in",
+        "if",
+        "else",
+        "None",
+        "x",
+        "y",
+        "(",
+        ")",
+        ":",
+        "=",
+        "+",
+        "\n",
+        "    ",
+        "'text'",
+        "0",
+        "1",
+    ]
     files = []
     for i in range(n_files):
         n = int(sizes[i]) if sizes is not None else int(rng.integers(40, 400))
@@ -51,19 +99,24 @@ def corpus(tmp_path_factory):
 
 
 def data_args(corpus):
-    return ["--text-files", os.path.join(corpus, "train", "**", "*.py"),
-            "--eval-text-files", os.path.join(corpus, "held", "**", "*.py")]
+    return [
+        "--text-files",
+        os.path.join(corpus, "train", "**", "*.py"),
+        "--eval-text-files",
+        os.path.join(corpus, "held", "**", "*.py"),
+    ]
 
 
 def run(args, cwd, expect_rc=0):
     env = module_env()
     env.pop("ONEDNN_MAX_CPU_ISA", None)  # the script sets it itself
     env["PYTHONUNBUFFERED"] = "1"
-    p = subprocess.run(python_m(MODULE, *args), cwd=str(cwd), env=env, capture_output=True, text=True,
-                       timeout=TIMEOUT)
+    p = subprocess.run(python_m(MODULE, *args), cwd=str(cwd), env=env, capture_output=True, text=True, timeout=TIMEOUT)
     if p.returncode != expect_rc:
-        raise AssertionError(f"exit {p.returncode} (wanted {expect_rc}) for {args}\n--- stdout\n{p.stdout[-4000:]}"
-                             f"\n--- stderr\n{p.stderr[-4000:]}")
+        raise AssertionError(
+            f"exit {p.returncode} (wanted {expect_rc}) for {args}\n--- stdout\n{p.stdout[-4000:]}"
+            f"\n--- stderr\n{p.stderr[-4000:]}"
+        )
     return p
 
 
@@ -75,6 +128,7 @@ def summary_of(p):
 
 def load_ckpt(path):
     import mindspore as ms
+
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(path).items() if not k.startswith("run.")}
 
 
@@ -87,8 +141,7 @@ def check_two_updates(s, p, mode):
     assert all(np.isfinite(s["first_losses"]))
     assert abs(s["first_losses"][0] - np.log(256)) < 0.5  # GPT-2 init: near-uniform predictions
     assert [e["update"] for e in s["evals"]] == [1, 2]
-    assert np.isfinite(s["eval_bits_per_byte"]) and s["eval_bits_per_byte"] == pytest.approx(
-        s["eval_loss"] / np.log(2))
+    assert np.isfinite(s["eval_bits_per_byte"]) and s["eval_bits_per_byte"] == pytest.approx(s["eval_loss"] / np.log(2))
     assert s["eval_tokens"] > 0 and s["tokens_per_s"] > 0 and s["wall_time_s"] > 0
     assert p.stdout.count("[eval] update ") == 2 and "eval bits/byte" in p.stdout
     assert os.path.basename(s["checkpoint"]) == "gpt_lm-u000002-mb0000004.ckpt"
@@ -147,7 +200,7 @@ def test_amp_float16_with_dynamic_loss_scale(tmp_path, corpus, pynative_run):
     the scale must start low enough that no window overflows, and the losses follow float32's."""
     p = run([*data_args(corpus), *TINY, "--amp", "--mode", "pynative", "--ckpt-dir", "ck"], tmp_path)
     s = summary_of(p)
-    assert s["compute_dtype"] == "float16" and s["loss_scale_initial"] == 2.0 ** 11  # 2**16 / (2 x 16 tokens)
+    assert s["compute_dtype"] == "float16" and s["loss_scale_initial"] == 2.0**11  # 2**16 / (2 x 16 tokens)
     assert s["skipped_updates"] == 0 and s["updates"] == 2 and s["optimizer_global_step"] == 2
     _, _, f32 = pynative_run
     np.testing.assert_allclose(s["update_losses"], f32["update_losses"], rtol=1e-3)
@@ -164,14 +217,30 @@ def test_save_init_and_init_weights_round_trip(tmp_path, corpus):
     for k in ref:
         np.testing.assert_array_equal(arrays[k], ref[k])
     # (the init statistics are checked in test_gpt2_init_statistics)
-    p = run([*data_args(corpus), *TINY, "--updates", "1", "--eval-every", "1", "--init-weights", str(npz),
-             "--mode", "pynative", "--ckpt-dir", "ck"], tmp_path)
+    p = run(
+        [
+            *data_args(corpus),
+            *TINY,
+            "--updates",
+            "1",
+            "--eval-every",
+            "1",
+            "--init-weights",
+            str(npz),
+            "--mode",
+            "pynative",
+            "--ckpt-dir",
+            "ck",
+        ],
+        tmp_path,
+    )
     assert "initial weights from" in p.stdout
     p = run([*data_args(corpus), *TINY, "--d-model", "32", "--init-weights", str(npz)], tmp_path, expect_rc=2)
     assert "does not fit this model" in p.stderr
 
 
 # ------------------------------------------------------------------ clear errors
+
 
 def test_empty_corpus_no_files_match(tmp_path, corpus):
     p = run(["--text-files", str(tmp_path / "nothing" / "**" / "*.txt"), *TINY], tmp_path, expect_rc=2)
@@ -182,8 +251,17 @@ def test_empty_corpus_no_files_match(tmp_path, corpus):
 def test_empty_corpus_all_files_empty(tmp_path, corpus):
     for i in range(3):
         (tmp_path / f"e{i}.txt").write_text("")
-    p = run(["--text-files", str(tmp_path / "*.txt"), "--eval-text-files", os.path.join(corpus, "held", "**", "*.py"),
-             *TINY], tmp_path, expect_rc=2)
+    p = run(
+        [
+            "--text-files",
+            str(tmp_path / "*.txt"),
+            "--eval-text-files",
+            os.path.join(corpus, "held", "**", "*.py"),
+            *TINY,
+        ],
+        tmp_path,
+        expect_rc=2,
+    )
     assert "training text: the 3 file(s) hold no text" in p.stderr
     assert "Traceback" not in p.stderr
 
@@ -195,6 +273,7 @@ def test_seq_len_above_max_positions(tmp_path, corpus):
 
 
 # ------------------------------------------------------------------ in process: loss cell, data
+
 
 def numpy_lm_loss(logits, y, pad):
     """Cross entropy (float64) summed over the targets that are not padding, and their count."""
@@ -213,7 +292,9 @@ def numpy_lm_loss(logits, y, pad):
 @pytest.mark.parametrize("mode", ["pynative", "graph"])
 def test_loss_cell_matches_numpy_cross_entropy(mode):
     import mindspore as ms
+
     from examples.gpt_lm.model import GPT, LMLoss
+
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     try:
         net = GPT(layers=1, d_model=16, heads=2, max_positions=8, seed=3)
@@ -223,9 +304,9 @@ def test_loss_cell_matches_numpy_cross_entropy(mode):
         x = rng.integers(0, 256, (3, 8)).astype(np.int32)
         y = rng.integers(0, 256, (3, 8)).astype(np.int32)
         x[1, 5:] = ld.PAD
-        y[1, 4:] = ld.PAD   # a short sequence: 4 real targets
-        y[2, :] = ld.PAD    # a row of padding only
-        y[0, 7] = 255       # the highest byte value is a real class
+        y[1, 4:] = ld.PAD  # a short sequence: 4 real targets
+        y[2, :] = ld.PAD  # a row of padding only
+        y[0, 7] = 255  # the highest byte value is a real class
         loss_sum, num_items = LMLoss(net)(ms.Tensor(x), ms.Tensor(y))
         logits = net(ms.Tensor(x)).asnumpy()
         assert logits.shape == (3, 8, 256) and logits.dtype == np.float32

@@ -3,6 +3,7 @@
 The GroupNorm variant exists for the batch-size study's equivalence panel: its statistics are
 per sample, so a sample's output must not depend on the rest of the batch (BatchNorm's must).
 """
+
 import numpy as np
 import pytest
 
@@ -48,7 +49,7 @@ def test_last_scale_of_each_block_starts_at_zero(norm):
 
 @pytest.mark.parametrize("bad", [dict(norm="layer"), dict(stem="tiny")])
 def test_bad_option_names_the_argument(bad):
-    (name, value), = bad.items()
+    ((name, value),) = bad.items()
     with pytest.raises(ValueError, match=f"{name} must be .*{value}"):
         resnet50.ResNet50(**bad)
 

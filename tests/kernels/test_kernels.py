@@ -1,15 +1,17 @@
 """Parity of the `_C` CPU kernels with the float64 NumPy reference in conftest.py."""
+
 import os
 
 import numpy as np
 import pytest
+
+from mindspore_accum import _C
 from tests.conftest import (
     GRAD_DTYPES,
     ISA_CPU_FLAGS,
+    assert_close_f32,
     cpu_flags,
     extension_isas,
-    supported_isas,
-    assert_close_f32,
     f64,
     np_dtype,
     random_array,
@@ -17,9 +19,8 @@ from tests.conftest import (
     ref_adamw_flush,
     ref_assign,
     ref_momentum_flush,
+    supported_isas,
 )
-
-from mindspore_accum import _C
 
 SIZES = [0, 1, 3, 4097, 1_000_003]
 # Shapes of one mixed list: 3-D, 0-d, empty (two ways), a vector tail, a single element.
@@ -89,7 +90,7 @@ def run_flush_and_check(rng, shapes, grad_dtypes, *, with_acc, with_grad, weight
     ]
     grads_before = None if grads is None else [g.copy() for g in grads]
     _C.momentum_flush(params, moments, accs, grads, **kwargs)
-    for i, (p, v, a) in enumerate(expected):
+    for i, (p, v, _acc) in enumerate(expected):
         assert_close_f32(params[i], p, f"param[{i}]")
         assert_close_f32(moments[i], v, f"moment[{i}]")
         if accs is not None:
@@ -180,7 +181,8 @@ def test_accumulate_read_only_and_repeated_grad_is_fine(rng):
 
 @pytest.mark.parametrize("nesterov", [False, True], ids=["plain", "nesterov"])
 @pytest.mark.parametrize(
-    "with_acc,with_grad", [(True, True), (True, False), (False, True), (False, False)],
+    "with_acc,with_grad",
+    [(True, True), (True, False), (False, True), (False, False)],
     ids=["acc+grad", "acc-only", "grad-only", "neither"],
 )
 @pytest.mark.parametrize("size", SIZES)
@@ -197,7 +199,12 @@ def test_flush_large_reduced_precision(rng, isa, grad_dtype, nesterov, with_acc)
     """Half-precision gradients are widened block by block (1024 at a time): a large odd size
     crosses many blocks, thread ranges and a partial last block."""
     run_flush_and_check(
-        rng, [(5,), (1_000_003,)], [grad_dtype] * 2, with_acc=with_acc, with_grad=True, weight_decay=1e-3,
+        rng,
+        [(5,), (1_000_003,)],
+        [grad_dtype] * 2,
+        with_acc=with_acc,
+        with_grad=True,
+        weight_decay=1e-3,
         nesterov=nesterov,
     )
 
@@ -206,9 +213,7 @@ def test_flush_large_reduced_precision(rng, isa, grad_dtype, nesterov, with_acc)
 @pytest.mark.parametrize("grad_dtype", GRAD_DTYPES + ["mixed"])
 def test_flush_grad_dtypes_mixed_shapes(rng, grad_dtype, nesterov):
     dtypes = [GRAD_DTYPES[i % 3] if grad_dtype == "mixed" else grad_dtype for i in range(len(MIXED_SHAPES))]
-    run_flush_and_check(
-        rng, MIXED_SHAPES, dtypes, with_acc=True, with_grad=True, weight_decay=3e-3, nesterov=nesterov
-    )
+    run_flush_and_check(rng, MIXED_SHAPES, dtypes, with_acc=True, with_grad=True, weight_decay=3e-3, nesterov=nesterov)
 
 
 @pytest.mark.parametrize(
@@ -234,8 +239,16 @@ def test_flush_weight_decay(rng, weight_decay, nesterov):
 
 def test_flush_numpy_scalar_hyper_parameters(rng):
     run_flush_and_check(
-        rng, [(100,)], ["float16"], with_acc=True, with_grad=True, weight_decay=np.float32(0.01), nesterov=True,
-        lr=np.float64(0.05), momentum=np.float32(0.8), grad_scale=np.float16(0.5),
+        rng,
+        [(100,)],
+        ["float16"],
+        with_acc=True,
+        with_grad=True,
+        weight_decay=np.float32(0.01),
+        nesterov=True,
+        lr=np.float64(0.05),
+        momentum=np.float32(0.8),
+        grad_scale=np.float16(0.5),
     )
 
 
@@ -358,7 +371,10 @@ def test_thread_counts_give_identical_results(rng, threads, op, big_dtype):
     else:
         for i in range(len(THREAD_SHAPES)):
             p, v, _ = ref_momentum_flush(
-                base["p"][i], base["v"][i], base["a"][i], base["g"][i],
+                base["p"][i],
+                base["v"][i],
+                base["a"][i],
+                base["g"][i],
                 **{**flush_kwargs(op == "flush-nesterov"), "weight_decay": wd[i]},
             )
             assert_close_f32(results[1]["p"][i], p, f"param[{i}]")
@@ -382,8 +398,13 @@ def test_many_small_tensors(rng, threads, nthreads):
     for i, e in enumerate(expected):
         assert_close_f32(accs[i], e, f"acc[{i}]")
     run_flush_and_check(
-        rng, [(int(n),) for n in sizes], dtypes, with_acc=True, with_grad=True,
-        weight_decay=list(rng.uniform(0, 0.1, 200)), nesterov=True,
+        rng,
+        [(int(n),) for n in sizes],
+        dtypes,
+        with_acc=True,
+        with_grad=True,
+        weight_decay=list(rng.uniform(0, 0.1, 200)),
+        nesterov=True,
     )
 
 
@@ -470,15 +491,19 @@ def test_sum_of_squares_bit_identical_for_any_thread_count(rng, isa, threads, gr
     the same as that ISA gives on every repeat. Each ISA's value is checked against float64."""
     dtypes = [GRAD_DTYPES[i % 3] if grad_dtype == "mixed" else grad_dtype for i in range(len(SIZES))]
     arrays = [random_array(rng, n, dt) for n, dt in zip(SIZES, dtypes)]
-    lists = {"sizes": arrays, "reversed": arrays[::-1], "shifted": [random_array(rng, 3, np.float32)] + arrays,
-             "big-alone": [arrays[-1]]}
+    lists = {
+        "sizes": arrays,
+        "reversed": arrays[::-1],
+        "shifted": [random_array(rng, 3, np.float32)] + arrays,
+        "big-alone": [arrays[-1]],
+    }
     for name, tensors in lists.items():
         got = {}
         for n in (1, 2, 3, 7):
             threads(n)
             got[n] = [_C.sum_of_squares(tensors) for _ in range(2)]
         values = {v.hex() for results in got.values() for v in results}
-        assert len(values) == 1, f"{isa} {name}: {({n: [v.hex() for v in r] for n, r in got.items()})}"
+        assert len(values) == 1, f"{isa} {name}: { ({n: [v.hex() for v in r] for n, r in got.items()}) }"
         assert_squares_close(got[1][0], tensors)
 
 
@@ -491,8 +516,12 @@ def test_sum_of_squares_is_deterministic(rng, threads):
 
 
 # float16's largest value (65504) squares to a finite float32: no overflow case for it.
-NON_FINITE_CASES = [(dt, bad) for dt in GRAD_DTYPES for bad in ("nan", "inf", "-inf", "square-overflows")
-                    if not (dt == "float16" and bad == "square-overflows")]
+NON_FINITE_CASES = [
+    (dt, bad)
+    for dt in GRAD_DTYPES
+    for bad in ("nan", "inf", "-inf", "square-overflows")
+    if not (dt == "float16" and bad == "square-overflows")
+]
 
 
 @pytest.mark.parametrize("grad_dtype,bad", NON_FINITE_CASES)
@@ -587,10 +616,19 @@ def test_accumulate_overwrite_is_exact_for_every_bit_pattern():
 # ---------------------------------------------------------------- adamw_flush
 
 
-def adamw_kwargs(*, bias_correction=True, step=1, weight_decay=0.01, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-                 grad_scale=0.25):
-    return dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step,
-                grad_scale=grad_scale, bias_correction=bias_correction)
+def adamw_kwargs(
+    *, bias_correction=True, step=1, weight_decay=0.01, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, grad_scale=0.25
+):
+    return dict(
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        step=step,
+        grad_scale=grad_scale,
+        bias_correction=bias_correction,
+    )
 
 
 def adamw_state(rng, shapes):
@@ -612,8 +650,14 @@ def run_adamw_and_check(rng, shapes, grad_dtypes, *, with_acc, with_grad, **kw):
     grads = [random_array(rng, s, dt) for s, dt in zip(shapes, grad_dtypes)] if with_grad else None
     wd = np.broadcast_to(np.asarray(kwargs["weight_decay"], dtype=np.float64), (n,))
     expected = [
-        ref_adamw_flush(params[i], exp_avg[i], exp_avg_sq[i], None if accs is None else accs[i],
-                        None if grads is None else grads[i], **{**kwargs, "weight_decay": float(wd[i])})
+        ref_adamw_flush(
+            params[i],
+            exp_avg[i],
+            exp_avg_sq[i],
+            None if accs is None else accs[i],
+            None if grads is None else grads[i],
+            **{**kwargs, "weight_decay": float(wd[i])},
+        )
         for i in range(n)
     ]
     grads_before = None if grads is None else [g.copy() for g in grads]
@@ -649,8 +693,9 @@ def test_adamw_large_grad_dtypes(rng, isa, threads, nthreads, grad_dtype, with_a
     """Half-precision gradients widened block by block: a large odd size crosses many blocks,
     thread ranges and a partial last block."""
     threads(nthreads)
-    run_adamw_and_check(rng, [(5,), (1_000_003,)], [grad_dtype] * 2, with_acc=with_acc, with_grad=True,
-                        weight_decay=[0.0, 0.05])
+    run_adamw_and_check(
+        rng, [(5,), (1_000_003,)], [grad_dtype] * 2, with_acc=with_acc, with_grad=True, weight_decay=[0.0, 0.05]
+    )
 
 
 @pytest.mark.parametrize("step", [1, 1000])
@@ -658,8 +703,17 @@ def test_adamw_large_grad_dtypes(rng, isa, threads, nthreads, grad_dtype, with_a
 @pytest.mark.parametrize("grad_dtype", GRAD_DTYPES + ["mixed"])
 def test_adamw_steps_and_bias_correction_mixed_shapes(rng, grad_dtype, bias_correction, step):
     dtypes = [GRAD_DTYPES[i % 3] if grad_dtype == "mixed" else grad_dtype for i in range(len(MIXED_SHAPES))]
-    run_adamw_and_check(rng, MIXED_SHAPES, dtypes, with_acc=True, with_grad=True, step=step,
-                        bias_correction=bias_correction, lr=0.05, eps=1e-6)
+    run_adamw_and_check(
+        rng,
+        MIXED_SHAPES,
+        dtypes,
+        with_acc=True,
+        with_grad=True,
+        step=step,
+        bias_correction=bias_correction,
+        lr=0.05,
+        eps=1e-6,
+    )
 
 
 @pytest.mark.parametrize(
@@ -677,12 +731,16 @@ def test_adamw_steps_and_bias_correction_mixed_shapes(rng, grad_dtype, bias_corr
 )
 def test_adamw_weight_decay(rng, weight_decay):
     assert len(MIXED_SHAPES) == 7
-    run_adamw_and_check(rng, MIXED_SHAPES, ["float32"] * 7, with_acc=True, with_grad=True, weight_decay=weight_decay,
-                        lr=0.1, step=3)
+    run_adamw_and_check(
+        rng, MIXED_SHAPES, ["float32"] * 7, with_acc=True, with_grad=True, weight_decay=weight_decay, lr=0.1, step=3
+    )
 
 
-@pytest.mark.parametrize("weight_decay", [np.inf, -np.inf, np.nan, 3.4028235677973366e38, np.array(np.inf)],
-                         ids=["inf", "-inf", "nan", "rounds-to-inf-in-float32", "0-d-inf"])
+@pytest.mark.parametrize(
+    "weight_decay",
+    [np.inf, -np.inf, np.nan, 3.4028235677973366e38, np.array(np.inf)],
+    ids=["inf", "-inf", "nan", "rounds-to-inf-in-float32", "0-d-inf"],
+)
 def test_adamw_non_finite_weight_decay_refused_even_with_no_tensors(weight_decay):
     """A non-finite decoupled weight decay is a configuration error, whatever the list length
     (the midpoint above float32's largest value rounds to inf)."""
@@ -698,12 +756,27 @@ def test_adamw_numpy_scalars_and_kernels_wrapper(rng):
     shapes = [(100,), (3, 4)]
     params, exp_avg, exp_avg_sq = adamw_state(rng, shapes)
     grads = [random_array(rng, s, "float16") for s in shapes]
-    kw = dict(lr=np.float64(0.01), beta1=np.float32(0.8), beta2=np.float64(0.99), eps=np.float32(1e-6),
-              weight_decay=np.float32(0.01), step=np.int64(7), grad_scale=np.float16(0.5),
-              bias_correction=np.bool_(True))
-    expected = [ref_adamw_flush(params[i], exp_avg[i], exp_avg_sq[i], None, grads[i],
-                                **{k: (v.item() if hasattr(v, "item") else v) for k, v in kw.items()})
-                for i in range(2)]
+    kw = dict(
+        lr=np.float64(0.01),
+        beta1=np.float32(0.8),
+        beta2=np.float64(0.99),
+        eps=np.float32(1e-6),
+        weight_decay=np.float32(0.01),
+        step=np.int64(7),
+        grad_scale=np.float16(0.5),
+        bias_correction=np.bool_(True),
+    )
+    expected = [
+        ref_adamw_flush(
+            params[i],
+            exp_avg[i],
+            exp_avg_sq[i],
+            None,
+            grads[i],
+            **{k: (v.item() if hasattr(v, "item") else v) for k, v in kw.items()},
+        )
+        for i in range(2)
+    ]
     kernels.adamw_flush(params, exp_avg, exp_avg_sq, None, grads, **kw)
     for i, (p, m, v, _) in enumerate(expected):
         assert_close_f32(params[i], p, f"param[{i}]")
@@ -730,8 +803,21 @@ def test_adamw_exact_small_values():
     param = 1 - 0.1 * 0.01 * 1 - 0.1 * 1 = 0.899 (to float32 rounding)."""
     p, m, v = np.ones(9, np.float32), np.zeros(9, np.float32), np.zeros(9, np.float32)
     acc, grad = np.ones(9, np.float32), np.full(9, 2.0, np.float32)
-    _C.adamw_flush([p], [m], [v], [acc], [grad], lr=0.1, beta1=0.9, beta2=0.999, eps=1e-12, weight_decay=0.01,
-                   step=1, grad_scale=0.5, bias_correction=True)
+    _C.adamw_flush(
+        [p],
+        [m],
+        [v],
+        [acc],
+        [grad],
+        lr=0.1,
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-12,
+        weight_decay=0.01,
+        step=1,
+        grad_scale=0.5,
+        bias_correction=True,
+    )
     np.testing.assert_allclose(p, 0.899, rtol=1e-6)
     np.testing.assert_allclose(m, 0.15, rtol=1e-6)
     np.testing.assert_allclose(v, 0.00225, rtol=2e-5)  # 1 - float32(0.999) = 0.00099998713
@@ -752,8 +838,7 @@ def test_adamw_several_windows_against_reference(rng):
     for step, k in enumerate([3, 1, 2], start=1):
         window_sum = [np.zeros(s) for s in shapes]
         for micro in range(k):
-            grads = [random_array(rng, s, GRAD_DTYPES[(micro + i) % 3], scale=loss_scale)
-                     for i, s in enumerate(shapes)]
+            grads = [random_array(rng, s, GRAD_DTYPES[(micro + i) % 3], scale=loss_scale) for i, s in enumerate(shapes)]
             if micro < k - 1:
                 _C.accumulate(accs, grads, 1.0, overwrite=micro == 0)
                 window_sum = [w + f64(g) for w, g in zip(window_sum, grads)]
@@ -762,7 +847,8 @@ def test_adamw_several_windows_against_reference(rng):
                 _C.adamw_flush(params, exp_avg, exp_avg_sq, accs if k > 1 else None, grads, **kwargs)
                 for i in range(len(shapes)):
                     ref[i][0], ref[i][1], ref[i][2], _ = ref_adamw_flush(
-                        ref[i][0], ref[i][1], ref[i][2], window_sum[i], grads[i], **{**kwargs, "weight_decay": wd[i]})
+                        ref[i][0], ref[i][1], ref[i][2], window_sum[i], grads[i], **{**kwargs, "weight_decay": wd[i]}
+                    )
         for i in range(len(shapes)):
             for name, got, want in zip(("param", "exp_avg", "exp_avg_sq"), (params, exp_avg, exp_avg_sq), ref[i]):
                 scale = max(float(np.max(np.abs(want))), 1.0)
@@ -777,8 +863,13 @@ def test_adamw_thread_counts_give_identical_results(rng, threads, big_dtype):
     dtypes = [GRAD_DTYPES[i % 3] for i in range(len(THREAD_SHAPES))]
     dtypes[1] = big_dtype
     p, m, v = adamw_state(rng, THREAD_SHAPES)
-    base = dict(p=p, m=m, v=v, a=[random_array(rng, s, np.float32) for s in THREAD_SHAPES],
-                g=[random_array(rng, s, dt) for s, dt in zip(THREAD_SHAPES, dtypes)])
+    base = dict(
+        p=p,
+        m=m,
+        v=v,
+        a=[random_array(rng, s, np.float32) for s in THREAD_SHAPES],
+        g=[random_array(rng, s, dt) for s, dt in zip(THREAD_SHAPES, dtypes)],
+    )
     wd = list(np.linspace(0.0, 0.1, len(THREAD_SHAPES)))
     results = {}
     for n in (1, 2, 3):
@@ -791,8 +882,14 @@ def test_adamw_thread_counts_give_identical_results(rng, threads, big_dtype):
             for i, (x, y) in enumerate(zip(results[1][key], results[n][key])):
                 assert x.tobytes() == y.tobytes(), f"{key}[{i}] differs between 1 and {n} threads"
     for i in range(len(THREAD_SHAPES)):
-        rp, rm, rv, _ = ref_adamw_flush(base["p"][i], base["m"][i], base["v"][i], base["a"][i], base["g"][i],
-                                        **adamw_kwargs(weight_decay=wd[i], step=10))
+        rp, rm, rv, _ = ref_adamw_flush(
+            base["p"][i],
+            base["m"][i],
+            base["v"][i],
+            base["a"][i],
+            base["g"][i],
+            **adamw_kwargs(weight_decay=wd[i], step=10),
+        )
         assert_close_f32(results[1]["p"][i], rp, f"param[{i}]")
         assert_close_f32(results[1]["m"][i], rm, f"exp_avg[{i}]")
         assert_close_f32(results[1]["v"][i], rv, f"exp_avg_sq[{i}]")
@@ -805,8 +902,15 @@ def test_adamw_many_small_tensors(rng, threads, nthreads):
     sizes[::37] = 0
     sizes[5] = 1
     dtypes = [GRAD_DTYPES[i % 3] for i in range(200)]
-    run_adamw_and_check(rng, [(int(n),) for n in sizes], dtypes, with_acc=True, with_grad=True,
-                        weight_decay=list(rng.uniform(0, 0.1, 200)), step=2)
+    run_adamw_and_check(
+        rng,
+        [(int(n),) for n in sizes],
+        dtypes,
+        with_acc=True,
+        with_grad=True,
+        weight_decay=list(rng.uniform(0, 0.1, 200)),
+        step=2,
+    )
 
 
 def test_adamw_empty_list():

@@ -23,11 +23,12 @@ array passed twice, overlapping and disjoint views of one buffer), `None` acc/gr
 Each (operation, vector ISA, thread count) combination is its own test with a fixed example
 budget and `derandomize=True`, so CI runs the same >= 2,000 examples every time.
 """
+
 import numpy as np
 import pytest
-from tests.conftest import BFLOAT16, ref_accumulate, ref_adamw_flush, ref_momentum_flush, supported_isas, to_f32
 
 from mindspore_accum import _C
+from tests.conftest import BFLOAT16, ref_accumulate, ref_adamw_flush, ref_momentum_flush, supported_isas, to_f32
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -43,20 +44,32 @@ MIN_TOTAL_EXAMPLES = 3000
 # 3,240 examples in all, spread over the tests that run here: 180 per test with 3 ISAs x 2 thread
 # counts x 3 operations; fewer ISAs on this CPU -> more examples for each of the others.
 EXAMPLES_PER_TEST = -(-3240 // (OPERATIONS * len(THREADS) * len(SUPPORTED_ISAS)))
-SETTINGS = settings(max_examples=EXAMPLES_PER_TEST, deadline=None, derandomize=True, database=None,
-                    print_blob=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much])
+SETTINGS = settings(
+    max_examples=EXAMPLES_PER_TEST,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
 
-U32 = 2.0 ** -24  # float32 unit roundoff
-ETA = 2.0 ** -149  # smallest float32 subnormal: absolute rounding error of subnormal results
-NEAR_OVERFLOW = 2.0 ** 125
+U32 = 2.0**-24  # float32 unit roundoff
+ETA = 2.0**-149  # smallest float32 subnormal: absolute rounding error of subnormal results
+NEAR_OVERFLOW = 2.0**125
 # Two threads are used only from 2 * 32768 elements per call (cpu_kernels.cpp).
 BIG = 2 * 32768
 
 # examples run, and how they ended (printed at the end of the module; run pytest with -s to see it)
-_examples_run = {"count": 0, "tests": 0, "rejected": 0, "checked": 0, "two_threads": 0, "nonfinite_out": 0,
-                 "aliased_valid": 0, "reduced_grad": 0}
+_examples_run = {
+    "count": 0,
+    "tests": 0,
+    "rejected": 0,
+    "checked": 0,
+    "two_threads": 0,
+    "nonfinite_out": 0,
+    "aliased_valid": 0,
+    "reduced_grad": 0,
+}
 
 
 # ============================================================== configuration fixture
@@ -80,8 +93,9 @@ def enough_examples(request):
     yield
     selected = [item for item in request.session.items if item.module is request.module]
     print("\nproperty examples:", _examples_run)
-    if _examples_run["tests"] == OPERATIONS * len(SUPPORTED_ISAS) * len(THREADS) and \
-            len(selected) == OPERATIONS * len(SUPPORTED_ISAS) * len(THREADS):
+    if _examples_run["tests"] == OPERATIONS * len(SUPPORTED_ISAS) * len(THREADS) and len(selected) == OPERATIONS * len(
+        SUPPORTED_ISAS
+    ) * len(THREADS):
         assert _examples_run["count"] >= MIN_TOTAL_EXAMPLES, _examples_run
 
 
@@ -95,19 +109,40 @@ def dtype_of(name):
     return BFLOAT16 if name == "bfloat16" else np.dtype(name)
 
 
-special_floats = st.sampled_from([
-    np.inf, -np.inf, np.nan, -np.nan, 0.0, -0.0, 1e-45, -1e-45, 1e-40, 1.1754942e-38, 3.4028235e38,
-    -3.4028235e38, 1e30, -1e30, 65504.0, 1e5, 6e-8, 1e-7,
-])
+special_floats = st.sampled_from(
+    [
+        np.inf,
+        -np.inf,
+        np.nan,
+        -np.nan,
+        0.0,
+        -0.0,
+        1e-45,
+        -1e-45,
+        1e-40,
+        1.1754942e-38,
+        3.4028235e38,
+        -3.4028235e38,
+        1e30,
+        -1e30,
+        65504.0,
+        1e5,
+        6e-8,
+        1e-7,
+    ]
+)
 
-values_plan = st.fixed_dictionaries({
-    "seed": st.integers(0, 2 ** 32 - 1),
-    "exp": st.sampled_from([0, 0, 0, 0, -3, 3, -20, 20, -40, -44, 30, 37, 38]),
-    "specials": st.lists(st.tuples(st.floats(0, 1, exclude_max=True), special_floats), max_size=4),
-    "random_specials": st.lists(st.tuples(st.floats(0, 1, exclude_max=True),
-                                          st.floats(width=32, allow_nan=True, allow_infinity=True)),
-                                max_size=2),
-})
+values_plan = st.fixed_dictionaries(
+    {
+        "seed": st.integers(0, 2**32 - 1),
+        "exp": st.sampled_from([0, 0, 0, 0, -3, 3, -20, 20, -40, -44, 30, 37, 38]),
+        "specials": st.lists(st.tuples(st.floats(0, 1, exclude_max=True), special_floats), max_size=4),
+        "random_specials": st.lists(
+            st.tuples(st.floats(0, 1, exclude_max=True), st.floats(width=32, allow_nan=True, allow_infinity=True)),
+            max_size=2,
+        ),
+    }
+)
 
 
 def fill_values(n, dtype, plan):
@@ -136,7 +171,7 @@ class Pool:
         (+128) behind it (for views next to or overlapping the array); 64-byte aligned."""
         raw = np.zeros(2 * nbytes + 192, np.uint8)
         start = (-raw.ctypes.data) % 64
-        buf = raw[start:start + 2 * nbytes + 128]
+        buf = raw[start : start + 2 * nbytes + 128]
         self.buffers.append(buf)
         return buf
 
@@ -151,7 +186,7 @@ def make_array(pool, shape, dtype, layout, plan):
     values = fill_values(n, dtype, plan).reshape(shape)
     if layout == "strided" and n > 1:
         buf = pool.new(2 * n * item)
-        strides = tuple(2 * item * int(np.prod(shape[d + 1:], dtype=np.int64)) for d in range(len(shape)))
+        strides = tuple(2 * item * int(np.prod(shape[d + 1 :], dtype=np.int64)) for d in range(len(shape)))
         a = np.ndarray(shape, dtype=dtype, buffer=buf, strides=strides)
     elif layout == "fortran" and len(shape) >= 2:
         buf = pool.new(n * item)
@@ -175,10 +210,15 @@ def adjacent_view(pool, target, shape, dtype, after):
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     start = target.__array_interface__["data"][0] - buf.__array_interface__["data"][0]
     base = buf.__array_interface__["data"][0]
-    for begin in ((start + target.nbytes, start - nbytes) if after else (start - nbytes, start + target.nbytes)):
+    for begin in (start + target.nbytes, start - nbytes) if after else (start - nbytes, start + target.nbytes):
         if 0 <= begin <= buf.nbytes - nbytes and not any(
-                pool.owner[id(a)] is buf and a.nbytes and nbytes and
-                byte_range(a)[0] < base + begin + nbytes and base + begin < byte_range(a)[1] for a in pool.arrays):
+            pool.owner[id(a)] is buf
+            and a.nbytes
+            and nbytes
+            and byte_range(a)[0] < base + begin + nbytes
+            and base + begin < byte_range(a)[1]
+            for a in pool.arrays
+        ):
             break
     else:
         return None  # no free room next to the target: the caller makes a new array
@@ -204,8 +244,9 @@ def overlapping_view(pool, target, shape, dtype, shift):
 # ============================================================== strategies
 
 small_shape = st.lists(st.integers(0, 9), min_size=0, max_size=3).map(tuple)
-tail_shape = st.sampled_from([(1,), (3,), (15,), (16,), (17,), (31,), (63,), (65,), (1023,), (1025,), (4097,),
-                              (2, 2049)])
+tail_shape = st.sampled_from(
+    [(1,), (3,), (15,), (16,), (17,), (31,), (63,), (65,), (1023,), (1025,), (4097,), (2, 2049)]
+)
 big_shape = st.sampled_from([(BIG,), (BIG + 17,), (3, 25001), (BIG + 1031,)])
 shape_st = st.one_of(small_shape, small_shape, tail_shape)
 
@@ -233,15 +274,15 @@ def tensor_specs(draw, roles, n_tensors, clean):
                 dt = "float32" if clean else draw(st.sampled_from(["float32"] * 24 + WRONG_DTYPES + ["float16"]))
             # clean calls share memory only where that is valid: gradients among themselves, or
             # touching (adjacent) buffers
-            alias_kinds = (["same", "adjacent"] if role == "grad" else ["adjacent"]) if clean \
-                else ["same", "view", "adjacent"]
+            alias_kinds = (
+                (["same", "adjacent"] if role == "grad" else ["adjacent"]) if clean else ["same", "view", "adjacent"]
+            )
             spec["roles"][role] = {
                 "dtype": dt,
                 "layout": draw(st.sampled_from(VALID_LAYOUTS if clean else VALID_LAYOUTS * 2 + BAD_LAYOUTS)),
                 "values": draw(values_plan),
                 # alias: None (own buffer), or (kind, shift): share memory with an earlier array
-                "alias": draw(st.one_of(*[st.none()] * 5, st.tuples(st.sampled_from(alias_kinds),
-                                                                     st.integers(-5, 5)))),
+                "alias": draw(st.one_of(*[st.none()] * 5, st.tuples(st.sampled_from(alias_kinds), st.integers(-5, 5)))),
                 "shape_mismatch": False if clean else draw(st.integers(0, 40)) == 0,
             }
         specs.append(spec)
@@ -271,7 +312,7 @@ def scalar_st(valid_only=False):
     ]
     if valid_only:
         return st.one_of(*reals)
-    return st.one_of(*reals, st.sampled_from([10 ** 400, None, "1.0", b"1", [1.0], object()]))
+    return st.one_of(*reals, st.sampled_from([10**400, None, "1.0", b"1", [1.0], object()]))
 
 
 def build_lists(pool, specs, roles, list_kinds):
@@ -289,8 +330,9 @@ def build_lists(pool, specs, roles, list_kinds):
             candidates = [a for a, rl in made if a.dtype == dtype and a.shape == tuple(shape)]
             if alias is not None and alias[0] != "view" and role == "grad":
                 # sharing among read-only gradients is valid: prefer those
-                candidates = [a for a, rl in made if rl == "grad" and a.dtype == dtype
-                              and a.shape == tuple(shape)] or candidates
+                candidates = [
+                    a for a, rl in made if rl == "grad" and a.dtype == dtype and a.shape == tuple(shape)
+                ] or candidates
             if alias is not None and candidates:
                 kind, shift = alias
                 target = candidates[abs(shift) % len(candidates)]
@@ -315,8 +357,11 @@ def build_lists(pool, specs, roles, list_kinds):
         elif kind == "drop_last" and lists[role]:
             lists[role] = lists[role][:-1]
         elif kind == "extra":
-            lists[role] = lists[role] + [make_array(pool, (2,), np.dtype(np.float32), "c", {
-                "seed": 1, "exp": 0, "specials": [], "random_specials": []})]
+            lists[role] = lists[role] + [
+                make_array(
+                    pool, (2,), np.dtype(np.float32), "c", {"seed": 1, "exp": 0, "specials": [], "random_specials": []}
+                )
+            ]
         elif kind == "not_array" and lists[role]:
             lists[role] = lists[role][:-1] + [list(map(float, np.zeros(3)))]
         elif kind == "not_a_list":
@@ -333,7 +378,7 @@ def is_grad_dtype(dt):
 
 def well_formed_array(a, written, grad):
     ok_dtype = is_grad_dtype(a.dtype) if grad else (a.dtype == np.float32 and a.dtype.isnative)
-    return (ok_dtype and a.flags.c_contiguous and a.flags.aligned and (a.flags.writeable or not written))
+    return ok_dtype and a.flags.c_contiguous and a.flags.aligned and (a.flags.writeable or not written)
 
 
 def byte_range(a):
@@ -411,9 +456,11 @@ def check_values(out, ref64, ref32, bound, near, what):
         bad |= both & ~(err <= bound)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise AssertionError(f"{what}: {int(bad.sum())} wrong element(s); first at {i}: kernel {out64[i]!r}, "
-                             f"float64 reference {ref64[i]!r}, float32 replay {ref32[i]!r}, bound {bound[i]:.3g}, "
-                             f"near overflow {bool(near[i])}")
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} wrong element(s); first at {i}: kernel {out64[i]!r}, "
+            f"float64 reference {ref64[i]!r}, float32 replay {ref32[i]!r}, bound {bound[i]:.3g}, "
+            f"near overflow {bool(near[i])}"
+        )
 
 
 def f32(x):
@@ -441,8 +488,9 @@ def check_flush_result(before, after, s, what):
     p, m, acc, grad = before["param"], before["moment"], before["acc"], before["grad"]
     lr, mom, gs, wd, nesterov = s["lr"], s["momentum"], s["grad_scale"], s["weight_decay"], s["nesterov"]
     with np.errstate(all="ignore"):
-        ref_p, ref_v, _ = ref_momentum_flush(p, m, acc, grad, lr=lr, momentum=mom, grad_scale=gs,
-                                             weight_decay=wd, nesterov=nesterov)
+        ref_p, ref_v, _ = ref_momentum_flush(
+            p, m, acc, grad, lr=lr, momentum=mom, grad_scale=gs, weight_decay=wd, nesterov=nesterov
+        )
         # float32 replay of the formula (no FMA), for the non-finite pattern
         L, M, G, W = (np.float32(x) for x in (lr, mom, gs, wd))
         if acc is not None and grad is not None:
@@ -463,7 +511,17 @@ def check_flush_result(before, after, s, what):
         mag_g = a_s * gs_ + wd_ * pf
         mag_v = mom_ * mf + mag_g
         mag_p = pf + lr_ * ((mag_g + mom_ * mag_v) if nesterov else mag_v)
-        terms = [a_s, a_s * gs_, wd_ * pf, mom_ * mf, mag_g, mag_v, lr_ * mag_v, mom_ * mag_v, lr_ * (mag_g + mom_ * mag_v)]
+        terms = [
+            a_s,
+            a_s * gs_,
+            wd_ * pf,
+            mom_ * mf,
+            mag_g,
+            mag_v,
+            lr_ * mag_v,
+            mom_ * mag_v,
+            lr_ * (mag_g + mom_ * mag_v),
+        ]
         near = np.zeros(p.shape, bool)
         for t in terms:
             near = near | (np.broadcast_to(t, p.shape) >= NEAR_OVERFLOW)
@@ -530,12 +588,18 @@ def flush_case(draw):
     specs = draw(tensor_specs(roles, n, clean))
     kinds = list_kinds(draw, roles, clean)
     absent = draw(st.sampled_from([(), (), (), ("acc",), ("grad",), ("acc", "grad")]))
-    scalars = {k: draw(st.one_of(st.floats(0, 1), st.floats(0, 1), scalar_st(valid_only=clean)))
-               for k in ("lr", "momentum", "grad_scale")}
-    wd_kind = draw(st.sampled_from(["scalar", "scalar", "list", "array1d", "array0d"] +
-                                   ([] if clean else ["short_list", "array2d"])))
-    wd_values = [draw(st.one_of(st.floats(0, 0.1), st.floats(0, 0.1), scalar_st(valid_only=clean)))
-                 for _ in range(max(n, 1))]
+    scalars = {
+        k: draw(st.one_of(st.floats(0, 1), st.floats(0, 1), scalar_st(valid_only=clean)))
+        for k in ("lr", "momentum", "grad_scale")
+    }
+    wd_kind = draw(
+        st.sampled_from(
+            ["scalar", "scalar", "list", "array1d", "array0d"] + ([] if clean else ["short_list", "array2d"])
+        )
+    )
+    wd_values = [
+        draw(st.one_of(st.floats(0, 0.1), st.floats(0, 0.1), scalar_st(valid_only=clean))) for _ in range(max(n, 1))
+    ]
     nesterov = draw(st.booleans())
     return specs, kinds, absent, scalars, (wd_kind, wd_values), nesterov
 
@@ -570,9 +634,11 @@ def test_accumulate_property(kernel_config, _):
         ok_scale, scale32 = real_scalar(scale)
         ok = lists_valid(lists, ["acc", "grad"]) and ok_scale and is_bool(overwrite)
         if ok:
-            ok = all(well_formed_array(a, True, False) for a in acc) and \
-                all(well_formed_array(g, False, True) for g in grad) and \
-                overlap_free([(a, True) for a in acc] + [(g, False) for g in grad])
+            ok = (
+                all(well_formed_array(a, True, False) for a in acc)
+                and all(well_formed_array(g, False, True) for g in grad)
+                and overlap_free([(a, True) for a in acc] + [(g, False) for g in grad])
+            )
         acc0, grad0 = (copies(acc), copies(grad)) if ok else (None, None)
 
         def check():
@@ -581,8 +647,9 @@ def test_accumulate_property(kernel_config, _):
                 assert g.tobytes() == g0.tobytes(), f"grad[{i}] was written"
                 # overwrite: the result is 0 + scale * grad whatever acc held (NaN, inf, ...)
                 before = np.zeros(a0.shape, np.float32) if overwrite else a0
-                check_accumulate_result(before, g0, a, scale32,
-                                        f"[{isa}, {threads} thr] acc[{i}] {a.shape} {g.dtype} overwrite {overwrite}")
+                check_accumulate_result(
+                    before, g0, a, scale32, f"[{isa}, {threads} thr] acc[{i}] {a.shape} {g.dtype} overwrite {overwrite}"
+                )
 
         run_and_check(lambda: _C.accumulate(acc, grad, scale, overwrite=overwrite), pool, ok, check)
 
@@ -595,7 +662,7 @@ def make_weight_decay(kind, values, n):
     if kind == "list":
         return list(values[:n])
     if kind == "short_list":
-        return list(values[:max(n - 1, 0)]) if n else [0.1]
+        return list(values[: max(n - 1, 0)]) if n else [0.1]
     if kind == "array1d":
         return np.array([float(v) if real_scalar(v)[0] else 0.0 for v in values[:n]], np.float64)
     if kind == "array0d":
@@ -646,8 +713,9 @@ def test_momentum_flush_property(kernel_config, _):
                 present.append((acc, True, False))
             if grad is not None:
                 present.append((grad, False, True))
-            ok = all(well_formed_array(a, w, g) for lst, w, g in present for a in lst) and \
-                overlap_free([(a, w) for lst, w, _ in present for a in lst])
+            ok = all(well_formed_array(a, w, g) for lst, w, g in present for a in lst) and overlap_free(
+                [(a, w) for lst, w, _ in present for a in lst]
+            )
         before = {r: copies(lists[r]) if ok else None for r in roles}
 
         def check():
@@ -658,12 +726,18 @@ def test_momentum_flush_property(kernel_config, _):
                 if grad is not None:
                     assert a["grad"].tobytes() == b["grad"].tobytes(), f"grad[{i}] was written"
                 s = dict(s32, weight_decay=wd_list[i], nesterov=bool(nesterov))
-                what = (f"[{isa}, {threads} thr] tensor {i} {param[i].shape} acc {acc is not None} grad "
-                        f"{None if grad is None else grad[i].dtype} nesterov {bool(nesterov)}")
+                what = (
+                    f"[{isa}, {threads} thr] tensor {i} {param[i].shape} acc {acc is not None} grad "
+                    f"{None if grad is None else grad[i].dtype} nesterov {bool(nesterov)}"
+                )
                 check_flush_result(b, a, s, what)
 
-        run_and_check(lambda: _C.momentum_flush(param, moment, acc, grad, weight_decay=wd, nesterov=nesterov,
-                                                **scalars), pool, ok, check)
+        run_and_check(
+            lambda: _C.momentum_flush(param, moment, acc, grad, weight_decay=wd, nesterov=nesterov, **scalars),
+            pool,
+            ok,
+            check,
+        )
 
     prop()
 
@@ -704,21 +778,31 @@ def adamw_case(draw):
     anything = scalar_st(valid_only=False)
     scalars = {
         "lr": draw(st.one_of(st.floats(0, 1), st.floats(0, 1e-2), *([] if clean else [anything]))),
-        "beta1": draw(st.one_of(st.floats(0, 1, exclude_max=True), st.sampled_from([0.0, 0.9, 0.5]),
-                                *([] if clean else [anything]))),
-        "beta2": draw(st.one_of(st.floats(0, 1, exclude_max=True), st.sampled_from([0.0, 0.999, 0.99]),
-                                *([] if clean else [anything]))),
+        "beta1": draw(
+            st.one_of(
+                st.floats(0, 1, exclude_max=True), st.sampled_from([0.0, 0.9, 0.5]), *([] if clean else [anything])
+            )
+        ),
+        "beta2": draw(
+            st.one_of(
+                st.floats(0, 1, exclude_max=True), st.sampled_from([0.0, 0.999, 0.99]), *([] if clean else [anything])
+            )
+        ),
         "eps": draw(st.one_of(st.floats(1e-8, 1.0), st.sampled_from([1e-8, 1e-6]), *([] if clean else [anything]))),
-        "grad_scale": draw(st.one_of(st.floats(-2, 2), st.sampled_from([1.0, 0.25]),
-                                     *([] if clean else [anything]))),
+        "grad_scale": draw(st.one_of(st.floats(-2, 2), st.sampled_from([1.0, 0.25]), *([] if clean else [anything]))),
     }
-    step = draw(st.sampled_from([1, 1, 2, 10, 1000, np.int64(3), 10 ** 30] +
-                                ([] if clean else [0, -1, 1.5, True, None, "1"])))
+    step = draw(
+        st.sampled_from([1, 1, 2, 10, 1000, np.int64(3), 10**30] + ([] if clean else [0, -1, 1.5, True, None, "1"]))
+    )
     bias_correction = draw(st.sampled_from([True, False, np.bool_(True)] + ([] if clean else [1, None])))
-    wd_kind = draw(st.sampled_from(["scalar", "scalar", "list", "array1d", "array0d"] +
-                                   ([] if clean else ["short_list", "array2d"])))
-    wd_values = [draw(st.one_of(st.floats(0, 0.1), st.floats(0, 0.1), scalar_st(valid_only=clean)))
-                 for _ in range(max(n, 1))]
+    wd_kind = draw(
+        st.sampled_from(
+            ["scalar", "scalar", "list", "array1d", "array0d"] + ([] if clean else ["short_list", "array2d"])
+        )
+    )
+    wd_values = [
+        draw(st.one_of(st.floats(0, 0.1), st.floats(0, 0.1), scalar_st(valid_only=clean))) for _ in range(max(n, 1))
+    ]
     return specs, kinds, absent, scalars, step, bias_correction, (wd_kind, wd_values)
 
 
@@ -755,19 +839,34 @@ def check_adamw_result(before, after, s, what):
         terms_v = b2 * np.abs(finite0(v0)) + (1 - b2) * g_ * g_
         den = np.sqrt(np.abs(finite0(ref_v))) / np.sqrt(bc2) + eps
         u_mag = terms_m / bc1 / den
-        inter = [sm, g_, terms_m, terms_v, np.abs(finite0(ref_m)), np.abs(finite0(ref_v)), den, u_mag,
-                 np.abs(finite0(p)), lr * abs(wd) * np.abs(finite0(p)), lr * u_mag, np.abs(finite0(ref_p)),
-                 (1 - b2) * g_ * g_, (1 - b1) * g_]
+        inter = [
+            sm,
+            g_,
+            terms_m,
+            terms_v,
+            np.abs(finite0(ref_m)),
+            np.abs(finite0(ref_v)),
+            den,
+            u_mag,
+            np.abs(finite0(p)),
+            lr * abs(wd) * np.abs(finite0(p)),
+            lr * u_mag,
+            np.abs(finite0(ref_p)),
+            (1 - b2) * g_ * g_,
+            (1 - b1) * g_,
+        ]
         fuzzy = np.zeros(p.shape, bool)
         for t in inter:
             t = np.broadcast_to(t, p.shape)
-            fuzzy |= (t >= 2.0 ** 100) | ((t > 0) & (t < 2.0 ** -100))
+            fuzzy |= (t >= 2.0**100) | ((t > 0) & (t < 2.0**-100))
         bound_m = 8 * U32 * terms_m
         bound_v = 8 * U32 * terms_v
         bound_p = 32 * U32 * (np.abs(finite0(p)) * (1 + lr * abs(wd)) + lr * u_mag)
-    for name, out, ref64, ref32, bound in (("exp_avg", after["exp_avg"], ref_m, m32, bound_m),
-                                           ("exp_avg_sq", after["exp_avg_sq"], ref_v, v32, bound_v),
-                                           ("param", after["param"], ref_p, p32, bound_p)):
+    for name, out, ref64, ref32, bound in (
+        ("exp_avg", after["exp_avg"], ref_m, m32, bound_m),
+        ("exp_avg_sq", after["exp_avg_sq"], ref_v, v32, bound_v),
+        ("param", after["param"], ref_p, p32, bound_p),
+    ):
         o = out.astype(np.float64).ravel()
         r64, r32 = np.asarray(ref64, np.float64).ravel(), np.asarray(ref32).astype(np.float64).ravel()
         b, fz = np.broadcast_to(bound, out.shape).ravel(), fuzzy.ravel()
@@ -777,8 +876,10 @@ def check_adamw_result(before, after, s, what):
             bad |= ~fz & (c_out == 0) & (c_ref == 0) & ~(np.abs(o - r64) <= b)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise AssertionError(f"{what} {name}: {int(bad.sum())} wrong element(s); first at {i}: kernel {o[i]!r}, "
-                                 f"float64 reference {r64[i]!r}, float32 replay {r32[i]!r}, bound {b[i]:.3g}")
+            raise AssertionError(
+                f"{what} {name}: {int(bad.sum())} wrong element(s); first at {i}: kernel {o[i]!r}, "
+                f"float64 reference {r64[i]!r}, float32 replay {r32[i]!r}, bound {b[i]:.3g}"
+            )
     if acc is not None:
         assert not np.any(after["acc"]), f"{what}: accumulator not zeroed"
 
@@ -833,8 +934,9 @@ def test_adamw_flush_property(kernel_config, _):
                 present.append((acc, True, False))
             if grad is not None:
                 present.append((grad, False, True))
-            ok = all(well_formed_array(a, w, g) for lst, w, g in present for a in lst) and \
-                overlap_free([(a, w) for lst, w, _ in present for a in lst])
+            ok = all(well_formed_array(a, w, g) for lst, w, g in present for a in lst) and overlap_free(
+                [(a, w) for lst, w, _ in present for a in lst]
+            )
         before = {r: copies(lists[r]) if ok else None for r in ADAMW_ROLES}
 
         def check():
@@ -845,11 +947,27 @@ def test_adamw_flush_property(kernel_config, _):
                 if grad is not None:
                     assert a["grad"].tobytes() == b["grad"].tobytes(), f"grad[{i}] was written"
                 kw = dict(s, weight_decay=wd_list[i], step=int(step), bias_correction=bool(bias_correction))
-                what = (f"[{isa}, {threads} thr] tensor {i} {param[i].shape} acc {acc is not None} grad "
-                        f"{None if grad is None else grad[i].dtype} {kw}")
+                what = (
+                    f"[{isa}, {threads} thr] tensor {i} {param[i].shape} acc {acc is not None} grad "
+                    f"{None if grad is None else grad[i].dtype} {kw}"
+                )
                 check_adamw_result(b, a, kw, what)
 
-        run_and_check(lambda: _C.adamw_flush(param, exp_avg, exp_avg_sq, acc, grad, weight_decay=wd, step=step,
-                                             bias_correction=bias_correction, **scalars), pool, ok, check)
+        run_and_check(
+            lambda: _C.adamw_flush(
+                param,
+                exp_avg,
+                exp_avg_sq,
+                acc,
+                grad,
+                weight_decay=wd,
+                step=step,
+                bias_correction=bias_correction,
+                **scalars,
+            ),
+            pool,
+            ok,
+            check,
+        )
 
     prop()

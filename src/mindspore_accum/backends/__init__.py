@@ -13,6 +13,7 @@ optimizers' update -- with the same math, state and checkpoints either way:
 This module does not import MindSpore (``python -m mindspore_accum`` reports the choice without
 it); :func:`make` imports the backend it builds.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,13 +42,16 @@ def kernels_unavailable_reason(device_target: str) -> Optional[str]:
         return f"the AOT kernel library {library} is missing"
     whitelist = os.environ.get("MS_CUSTOM_AOT_WHITE_LIST")
     if whitelist and not os.path.realpath(library).startswith(os.path.realpath(whitelist) + os.sep):
-        return (f"MS_CUSTOM_AOT_WHITE_LIST={whitelist!r} does not contain {os.path.dirname(library)!r}, so "
-                "MindSpore refuses our AOT kernel library")
+        return (
+            f"MS_CUSTOM_AOT_WHITE_LIST={whitelist!r} does not contain {os.path.dirname(library)!r}, so "
+            "MindSpore refuses our AOT kernel library"
+        )
     return None
 
 
-def choose_backend(requested: str = "auto", device_target: Optional[str] = None, *,
-                   owner: str = "mindspore_accum") -> Tuple[str, str]:
+def choose_backend(
+    requested: str = "auto", device_target: Optional[str] = None, *, owner: str = "mindspore_accum"
+) -> Tuple[str, str]:
     """``(backend, reason)`` for ``requested`` in ``auto|kernels|native`` on ``device_target``
     (default: MindSpore's current target). ``kernels`` where they cannot run raises RuntimeError;
     ``auto`` says once per (owner, device, choice) which backend it chose and why."""
@@ -60,8 +64,10 @@ def choose_backend(requested: str = "auto", device_target: Optional[str] = None,
     why_not = kernels_unavailable_reason(device_target)
     if requested == "kernels":
         if why_not is not None:
-            raise RuntimeError(f"{owner}: backend='kernels' cannot run here: {why_not}. "
-                               "Use backend='native' (MindSpore's own operators) or 'auto'.")
+            raise RuntimeError(
+                f"{owner}: backend='kernels' cannot run here: {why_not}. "
+                "Use backend='native' (MindSpore's own operators) or 'auto'."
+            )
         return "kernels", f"requested; our fused kernels serve {device_target}"
     if requested == "native":
         return "native", "requested"

@@ -7,13 +7,14 @@ hyper-parameter vector for an entry checks its field order against it with :func
 (:class:`KernelBackend` for accumulate, :class:`~mindspore_accum.optim.FusedOptimizer` for the
 updates), once, when the operator is made.
 """
+
 from __future__ import annotations
 
 import os
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import nn, ops
 
 from .. import _C, _compat
@@ -49,12 +50,21 @@ ENTRIES = {
     "accumulate": AotEntry("MsAccumAccumulate", ("scale", "overwrite"), (), ("acc", "grad"), "placeholder"),
     "sum_of_squares": AotEntry("MsAccumSumSquares", (), (), ("x",), "sum_of_squares"),
     # the window end of FusedMomentum: param and moment updated from grad * grad_scale (nesterov 0/1)
-    "momentum_update": AotEntry("MsAccumMomentumUpdate", ("lr", "momentum", "grad_scale", "nesterov"),
-                                ("weight_decay",), ("param", "moment", "grad"), "placeholder"),
+    "momentum_update": AotEntry(
+        "MsAccumMomentumUpdate",
+        ("lr", "momentum", "grad_scale", "nesterov"),
+        ("weight_decay",),
+        ("param", "moment", "grad"),
+        "placeholder",
+    ),
     # the window end of FusedAdamW; the bias corrections are precomputed (1 - beta^t, or 1)
-    "adamw_update": AotEntry("MsAccumAdamWUpdate",
-                             ("lr", "beta1", "beta2", "eps", "grad_scale", "bias_correction1", "bias_correction2"),
-                             ("weight_decay",), ("param", "exp_avg", "exp_avg_sq", "grad"), "placeholder"),
+    "adamw_update": AotEntry(
+        "MsAccumAdamWUpdate",
+        ("lr", "beta1", "beta2", "eps", "grad_scale", "bias_correction1", "bias_correction2"),
+        ("weight_decay",),
+        ("param", "exp_avg", "exp_avg_sq", "grad"),
+        "placeholder",
+    ),
 }
 
 
@@ -66,8 +76,9 @@ def entry(operation: str, hyper: Sequence[str], tensors: Optional[int] = None) -
     if tuple(hyper) != found.hyper:
         raise ValueError(f"{found.name} reads the hyper-parameters {found.hyper}; the caller builds {tuple(hyper)}")
     if tensors is not None and tensors != len(found.tensors):
-        raise ValueError(f"{found.name} takes {len(found.tensors)} tensor lists {found.tensors}; the caller "
-                         f"passes {tensors}")
+        raise ValueError(
+            f"{found.name} takes {len(found.tensors)} tensor lists {found.tensors}; the caller passes {tensors}"
+        )
     return found
 
 
@@ -83,8 +94,10 @@ def custom_op(entry_name: str, out_shape: Callable = _placeholder_shape, out_dty
     target = ms.get_context("device_target")
     if target == "GPU":
         if not _C.build_info()["cuda"]:
-            raise RuntimeError("the device target is GPU but mindspore_accum was built without CUDA; "
-                               "reinstall it on a machine with nvcc (MSACCUM_CUDA=ON)")
+            raise RuntimeError(
+                "the device target is GPU but mindspore_accum was built without CUDA; "
+                "reinstall it on a machine with nvcc (MSACCUM_CUDA=ON)"
+            )
         entry_name += "Cuda"
     elif target != "CPU":
         raise RuntimeError(f"mindspore_accum has kernels for CPU and GPU, not for device target {target!r}")
@@ -97,7 +110,8 @@ def custom_op(entry_name: str, out_shape: Callable = _placeholder_shape, out_dty
             raise TypeError(
                 f"MindSpore refused mindspore_accum's kernel library {library} because MS_CUSTOM_AOT_WHITE_LIST="
                 f"{whitelist!r} does not contain it. Add {os.path.dirname(library)!r} to that variable (or unset "
-                f"it) before starting Python.") from err
+                f"it) before starting Python."
+            ) from err
         raise
     # The kernels write their inputs in place. Declared as memory side effects, the ops are kept
     # in order with every other read and write of those Parameters (auto-monad) and are never
@@ -124,8 +138,7 @@ def sum_of_squares_op():
         numel = [int(np.prod(shape, dtype=np.int64)) for shape in input_shapes]
         return (1,), (_C.sum_of_squares_workspace(numel, "GPU" if target == "GPU" else "CPU"),)
 
-    return custom_op(ENTRIES["sum_of_squares"].name, out_shape=shapes,
-                     out_dtype=lambda *_: (ms.float32, ms.float64))
+    return custom_op(ENTRIES["sum_of_squares"].name, out_shape=shapes, out_dtype=lambda *_: (ms.float32, ms.float64))
 
 
 class KernelBackend(nn.Cell):

@@ -6,6 +6,7 @@ first micro-batch of a window *writes* its accumulator (``acc = weight * grad``)
 to it, so an accumulator's content is never read at the start of a window and nothing has to be
 zeroed after an update.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence, Tuple
@@ -89,8 +90,9 @@ class NativeUpdate(NamedTuple):
 
 UPDATES = {
     "momentum_update": NativeUpdate(_momentum_native, ("momentum", "grad_scale", "nesterov"), 1),
-    "adamw_update": NativeUpdate(_adamw_native,
-                                 ("beta1", "beta2", "eps", "grad_scale", "bias_correction1", "bias_correction2"), 2),
+    "adamw_update": NativeUpdate(
+        _adamw_native, ("beta1", "beta2", "eps", "grad_scale", "bias_correction1", "bias_correction2"), 2
+    ),
 }
 
 
@@ -99,6 +101,8 @@ def update(operation: str, hyper: Sequence[str], states: int) -> ops.MultitypeFu
     (fields ``hyper``, in order) and number of state lists are what it unpacks."""
     found = UPDATES[operation]
     if tuple(hyper) != found.hyper or states != found.states:
-        raise ValueError(f"the native {operation} unpacks hyper {found.hyper} and {found.states} state list(s); "
-                         f"the caller passes {tuple(hyper)} and {states}")
+        raise ValueError(
+            f"the native {operation} unpacks hyper {found.hyper} and {found.states} state list(s); "
+            f"the caller passes {tuple(hyper)} and {states}"
+        )
     return found.fn
