@@ -3,7 +3,7 @@
 
 Run by bench_kernels.py --torch-python PATH in its own process (PyTorch is not a dependency of
 mindspore_accum; install it in its own venv: pip install torch==2.13.0 numpy). What one run does,
-the PyTorch way of ending an accumulation window with the same math as _C.adamw_flush:
+the PyTorch way of ending an accumulation window with the same math as _C.adamw_update:
 
     torch._foreach_add_(acc, grad)           # the last micro-batch's gradient     12 B/element
     opt.step()   # torch.optim.AdamW(fused=True), p.grad = acc, grad_scale = 1 / GRAD_SCALE

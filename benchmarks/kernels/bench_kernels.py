@@ -13,7 +13,7 @@ ones), interleaved round by round so that every implementation sees the same mac
   flush        g = (acc + grad) * grad_scale + wd * param;  v = mu * v + g;
                param -= lr * v;  acc = 0                             28 B/element
                (reads param, moment, acc, grad; writes param, moment, acc)
-    ours        mindspore_accum._C.momentum_flush
+    ours        mindspore_accum._C.momentum_update
     numpy       the same math in blocked in-place ufuncs
     mindspore   GRAPH_MODE Cell: HyperMap(add), HyperMap(mul by grad_scale), nn.Momentum(weight_decay),
                 HyperMap(assign(acc, zeros)) in one jitted construct
@@ -30,7 +30,7 @@ ones), interleaved round by round so that every implementation sees the same mac
                AdamW with decoupled weight decay, acc = 0                       36 B/element
                (reads param, exp_avg, exp_avg_sq, acc, grad; writes param, exp_avg, exp_avg_sq, acc)
     ceiling     the accumulate ceiling's bandwidth (axpy, same run, same round) at 36 B/element
-    ours        mindspore_accum._C.adamw_flush (acc + grad, bias correction, step 10)
+    ours        mindspore_accum._C.adamw_update (acc + grad, bias correction, step 10)
     mindspore   GRAPH_MODE Cell: HyperMap(add), HyperMap(mul by grad_scale), nn.AdamWeightDecay
                 (no bias correction: checked against that reference), HyperMap(assign(acc, zeros))
     pytorch     --torch-python PATH: benchmarks/kernels/bench_adamw_torch.py in its own process (PyTorch
@@ -756,7 +756,7 @@ def main(argv=None) -> int:
     if ms_objs:
         cases.append(("accumulate", "mindspore (HyperMap assign_add)", ms_acc, ACC_BYTES, n_values))
     cases.append(("flush", "ceiling*: axpy over 4 arrays", ceiling4, 24, n_values))
-    cases.append(("flush", "ours: _C.momentum_flush", ours_flush, FLUSH_BYTES, n_values))
+    cases.append(("flush", "ours: _C.momentum_update", ours_flush, FLUSH_BYTES, n_values))
     if np_impl:
         cases.append(("flush", "numpy (in-place ufuncs)", np_impl.flush, FLUSH_BYTES, n_values))
     if ms_objs:
@@ -769,7 +769,7 @@ def main(argv=None) -> int:
     if aw_init is not None:
         # derived, not run: the ceiling's time of the same round scaled to 36 B/element
         cases.append(("adamw", "ceiling: axpy bandwidth at 36 B/element", None, aw.ADAMW_BYTES, n_values))
-        cases.append(("adamw", "ours: _C.adamw_flush", ours_adamw, aw.ADAMW_BYTES, n_values))
+        cases.append(("adamw", "ours: _C.adamw_update", ours_adamw, aw.ADAMW_BYTES, n_values))
         if ms_objs:
             cases.append(("adamw", "mindspore (add,mul,nn.AdamWeightDecay,zero)", ms_adamw, aw.ADAMW_BYTES, n_values))
         if torch_proc:

@@ -49,7 +49,7 @@ def acc_args(acc, grad, scale=1.0):
 def flush_args(param, moment, acc, grad, **overrides):
     kwargs = dict(lr=0.1, momentum=0.9, grad_scale=0.5, weight_decay=0.01, nesterov=True)
     kwargs.update(overrides)
-    return _C.momentum_flush, (param, moment, acc, grad), kwargs
+    return _C.momentum_update, (param, moment, acc, grad), kwargs
 
 
 def adamw_args(param, exp_avg, exp_avg_sq, acc, grad, **overrides):
@@ -57,7 +57,7 @@ def adamw_args(param, exp_avg, exp_avg_sq, acc, grad, **overrides):
         lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step=3, grad_scale=0.5, bias_correction=True
     )
     kwargs.update(overrides)
-    return _C.adamw_flush, (param, exp_avg, exp_avg_sq, acc, grad), kwargs
+    return _C.adamw_update, (param, exp_avg, exp_avg_sq, acc, grad), kwargs
 
 
 def adamw_ok(**overrides):

@@ -89,7 +89,7 @@ def run_flush_and_check(rng, shapes, grad_dtypes, *, with_acc, with_grad, weight
         for i in range(n)
     ]
     grads_before = None if grads is None else [g.copy() for g in grads]
-    _C.momentum_flush(params, moments, accs, grads, **kwargs)
+    _C.momentum_update(params, moments, accs, grads, **kwargs)
     for i, (p, v, _acc) in enumerate(expected):
         assert_close_f32(params[i], p, f"param[{i}]")
         assert_close_f32(moments[i], v, f"moment[{i}]")
@@ -129,8 +129,8 @@ def test_accumulate_mixed_list(rng):
 
 def test_accumulate_empty_list():
     _C.accumulate([], [], 1.0)
-    _C.momentum_flush([], [], [], [], lr=0.1, momentum=0.9, grad_scale=1.0)
-    _C.momentum_flush([], [], None, None, lr=0.1, momentum=0.9, grad_scale=1.0, weight_decay=[])
+    _C.momentum_update([], [], [], [], lr=0.1, momentum=0.9, grad_scale=1.0)
+    _C.momentum_update([], [], None, None, lr=0.1, momentum=0.9, grad_scale=1.0, weight_decay=[])
 
 
 @pytest.mark.parametrize("grad_dtype", ["float16", "bfloat16"])
@@ -273,7 +273,7 @@ def test_exact_average_optax_style(grad_dtype, fused_last):
         for g in grads[:-1] if fused_last else grads:
             _C.accumulate([acc], [g], 1.0)
         last = [grads[-1]] if fused_last else None
-        _C.momentum_flush([param], [moment], [acc], last, grad_scale=1.0 / len(values), **hyper)
+        _C.momentum_update([param], [moment], [acc], last, grad_scale=1.0 / len(values), **hyper)
 
     window([1, 2, 3, 4])
     assert np.array_equal(param, np.full(shape, 7.5, np.float32))
@@ -305,7 +305,7 @@ def test_several_windows_against_reference(rng, nesterov):
                 ref_a = [ref_accumulate(a, g, 1.0) for a, g in zip(ref_a, grads)]
             else:
                 kwargs = flush_kwargs(nesterov, wd, lr=0.05, momentum=0.9, grad_scale=1.0 / (k * loss_scale))
-                _C.momentum_flush(params, moments, accs, grads, **kwargs)
+                _C.momentum_update(params, moments, accs, grads, **kwargs)
                 for i in range(len(shapes)):
                     ref_p[i], ref_v[i], ref_a[i] = ref_momentum_flush(
                         ref_p[i], ref_v[i], ref_a[i], grads[i], **{**kwargs, "weight_decay": wd[i]}
@@ -358,7 +358,7 @@ def test_thread_counts_give_identical_results(rng, threads, op, big_dtype):
         if op == "accumulate":
             _C.accumulate(t["a"], t["g"], 0.75)
         else:
-            _C.momentum_flush(t["p"], t["v"], t["a"], t["g"], **flush_kwargs(op == "flush-nesterov", wd))
+            _C.momentum_update(t["p"], t["v"], t["a"], t["g"], **flush_kwargs(op == "flush-nesterov", wd))
         results[n] = t
     for n in (2, 3):
         for key in "pva":
@@ -661,7 +661,7 @@ def run_adamw_and_check(rng, shapes, grad_dtypes, *, with_acc, with_grad, **kw):
         for i in range(n)
     ]
     grads_before = None if grads is None else [g.copy() for g in grads]
-    _C.adamw_flush(params, exp_avg, exp_avg_sq, accs, grads, **kwargs)
+    _C.adamw_update(params, exp_avg, exp_avg_sq, accs, grads, **kwargs)
     for i, (p, m, v, _) in enumerate(expected):
         assert_close_f32(params[i], p, f"param[{i}]")
         assert_close_f32(exp_avg[i], m, f"exp_avg[{i}]")
@@ -746,13 +746,13 @@ def test_adamw_non_finite_weight_decay_refused_even_with_no_tensors(weight_decay
     (the midpoint above float32's largest value rounds to inf)."""
     kw = dict(lr=0.0, beta1=0.0, beta2=0.0, eps=1.0, grad_scale=0.0, step=1, bias_correction=True)
     with pytest.raises(ValueError, match="weight_decay must be finite"):
-        _C.adamw_flush([], [], [], None, None, weight_decay=weight_decay, **kw)
+        _C.adamw_update([], [], [], None, None, weight_decay=weight_decay, **kw)
 
 
 def test_adamw_numpy_scalars_and_kernels_wrapper(rng):
-    from mindspore_accum import adamw_flush, kernels
+    from mindspore_accum import adamw_update, kernels
 
-    assert adamw_flush is kernels.adamw_flush and "adamw_flush" in kernels.__all__
+    assert adamw_update is kernels.adamw_update and "adamw_update" in kernels.__all__
     shapes = [(100,), (3, 4)]
     params, exp_avg, exp_avg_sq = adamw_state(rng, shapes)
     grads = [random_array(rng, s, "float16") for s in shapes]
@@ -777,7 +777,7 @@ def test_adamw_numpy_scalars_and_kernels_wrapper(rng):
         )
         for i in range(2)
     ]
-    kernels.adamw_flush(params, exp_avg, exp_avg_sq, None, grads, **kw)
+    kernels.adamw_update(params, exp_avg, exp_avg_sq, None, grads, **kw)
     for i, (p, m, v, _) in enumerate(expected):
         assert_close_f32(params[i], p, f"param[{i}]")
         assert_close_f32(exp_avg[i], m, f"exp_avg[{i}]")
@@ -792,7 +792,7 @@ def test_adamw_without_bias_correction_ignores_step(rng):
         r = np.random.default_rng(5)
         params, exp_avg, exp_avg_sq = adamw_state(r, shapes)
         grads = [random_array(r, s, np.float32) for s in shapes]
-        _C.adamw_flush(params, exp_avg, exp_avg_sq, None, grads, **adamw_kwargs(bias_correction=False, step=step))
+        _C.adamw_update(params, exp_avg, exp_avg_sq, None, grads, **adamw_kwargs(bias_correction=False, step=step))
         results.append([a.tobytes() for a in params + exp_avg + exp_avg_sq])
     assert results[0] == results[1] == results[2]
 
@@ -803,7 +803,7 @@ def test_adamw_exact_small_values():
     param = 1 - 0.1 * 0.01 * 1 - 0.1 * 1 = 0.899 (to float32 rounding)."""
     p, m, v = np.ones(9, np.float32), np.zeros(9, np.float32), np.zeros(9, np.float32)
     acc, grad = np.ones(9, np.float32), np.full(9, 2.0, np.float32)
-    _C.adamw_flush(
+    _C.adamw_update(
         [p],
         [m],
         [v],
@@ -844,7 +844,7 @@ def test_adamw_several_windows_against_reference(rng):
                 window_sum = [w + f64(g) for w, g in zip(window_sum, grads)]
             else:
                 kwargs = adamw_kwargs(step=step, weight_decay=wd, lr=0.01, grad_scale=1.0 / (k * loss_scale))
-                _C.adamw_flush(params, exp_avg, exp_avg_sq, accs if k > 1 else None, grads, **kwargs)
+                _C.adamw_update(params, exp_avg, exp_avg_sq, accs if k > 1 else None, grads, **kwargs)
                 for i in range(len(shapes)):
                     ref[i][0], ref[i][1], ref[i][2], _ = ref_adamw_flush(
                         ref[i][0], ref[i][1], ref[i][2], window_sum[i], grads[i], **{**kwargs, "weight_decay": wd[i]}
@@ -875,7 +875,7 @@ def test_adamw_thread_counts_give_identical_results(rng, threads, big_dtype):
     for n in (1, 2, 3):
         threads(n)
         t = {k: [x.copy() for x in val] for k, val in base.items()}
-        _C.adamw_flush(t["p"], t["m"], t["v"], t["a"], t["g"], **adamw_kwargs(weight_decay=wd, step=10))
+        _C.adamw_update(t["p"], t["m"], t["v"], t["a"], t["g"], **adamw_kwargs(weight_decay=wd, step=10))
         results[n] = t
     for n in (2, 3):
         for key in "pmva":
@@ -914,5 +914,5 @@ def test_adamw_many_small_tensors(rng, threads, nthreads):
 
 
 def test_adamw_empty_list():
-    _C.adamw_flush([], [], [], [], [], **adamw_kwargs())
-    _C.adamw_flush([], [], [], None, None, **adamw_kwargs(weight_decay=[]))
+    _C.adamw_update([], [], [], [], [], **adamw_kwargs())
+    _C.adamw_update([], [], [], None, None, **adamw_kwargs(weight_decay=[]))

@@ -1,5 +1,5 @@
 """Property-based tests (hypothesis) of `_C.accumulate` (with and without overwrite),
-`_C.momentum_flush` and `_C.adamw_flush`.
+`_C.momentum_update` and `_C.adamw_update`.
 
 Every example builds a random call -- list length (0 included), shapes (0-d, empty, tails, big
 enough for two threads), gradient dtypes (float32/float16/bfloat16) and wrong dtypes, layouts
@@ -733,7 +733,7 @@ def test_momentum_flush_property(kernel_config, _):
                 check_flush_result(b, a, s, what)
 
         run_and_check(
-            lambda: _C.momentum_flush(param, moment, acc, grad, weight_decay=wd, nesterov=nesterov, **scalars),
+            lambda: _C.momentum_update(param, moment, acc, grad, weight_decay=wd, nesterov=nesterov, **scalars),
             pool,
             ok,
             check,
@@ -954,7 +954,7 @@ def test_adamw_flush_property(kernel_config, _):
                 check_adamw_result(b, a, kw, what)
 
         run_and_check(
-            lambda: _C.adamw_flush(
+            lambda: _C.adamw_update(
                 param,
                 exp_avg,
                 exp_avg_sq,
