@@ -249,12 +249,17 @@ def parity_case(op, shapes, grad_name, device):
         result["ours_vs_ref"] = max(result["ours_vs_ref"], normwise_error(ours[key], ref[key]))
     for name, make in torch_variants(op, device):
         theirs = clone_state(st)
-        make(theirs)()
+        try:
+            make(theirs)()
+        except Exception as e:  # a variant this PyTorch/device lacks: reported, not compared
+            result["torch"][name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            continue
         vs_ref = max(normwise_error(theirs[k], ref[k]) for k in ref)
         vs_ours = max(normwise_error(ours[k], theirs[k]) for k in ref)
         result["torch"][name] = {"torch_vs_ref": vs_ref, "ours_vs_torch": vs_ours}
-    result["ok"] = (in_place and grads_untouched and result["ours_vs_ref"] <= RTOL
-                    and all(v["ours_vs_torch"] <= RTOL for v in result["torch"].values()))
+    compared = [v for v in result["torch"].values() if "error" not in v]
+    result["ok"] = (in_place and grads_untouched and result["ours_vs_ref"] <= RTOL and bool(compared)
+                    and all(v["ours_vs_torch"] <= RTOL for v in compared))
     return result
 
 
@@ -309,9 +314,9 @@ def run_memcheck(device):
            "--memcheck-case"]
     t0 = time.time()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     except subprocess.TimeoutExpired:
-        return {"ran": True, "ok": False, "why": "timed out after 300 s"}
+        return {"ran": True, "ok": False, "why": "timed out after 240 s"}
     out = proc.stdout + proc.stderr
     summary = [line for line in out.splitlines() if "ERROR SUMMARY" in line]
     ok = proc.returncode == 0 and bool(summary) and summary[-1].split("ERROR SUMMARY:")[1].strip().startswith("0 ")
@@ -378,27 +383,26 @@ def copy_bandwidth(device, nbytes, timer, repeats):
     n = nbytes // 4
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
-    t = timer.median_seconds(lambda: dst.copy_(src), repeats)
-    del src, dst
-    return 2 * n * 4 / t
+    return 2 * n * 4 / timer.median_seconds(lambda: dst.copy_(src), repeats)  # freed on return
 
 
 def bandwidth_entry(set_name, shapes, op, grad_name, device, timer, repeats, copy_bps):
     elements = sum(numel(s) for s in shapes)
     gbytes = GRAD_DTYPES[grad_name].itemsize
     nbytes = elements * (BYTES[op] + gbytes)
-    st = make_state(shapes, GRAD_DTYPES[grad_name], device, seed=11)
-    ours_s = timer.median_seconds(lambda: run_ours(op, st), repeats)
-    del st
+
+    def measure(make):  # a fresh state per implementation, freed on return (the 1-billion set)
+        st = make_state(shapes, GRAD_DTYPES[grad_name], device, seed=11)
+        return timer.median_seconds(make(st), repeats)
+
+    ours_s = measure(lambda st: (lambda: run_ours(op, st)))
     variants = {}
     for name, make in torch_variants(op, device):
-        st = make_state(shapes, GRAD_DTYPES[grad_name], device, seed=11)
         try:
-            variants[name] = timer.median_seconds(make(st), repeats)
-        except RuntimeError as e:  # a variant this PyTorch/device lacks
+            variants[name] = measure(make)
+        except Exception as e:  # a variant this PyTorch/device lacks
             variants[name] = None
             print(f"  ({name} unavailable: {str(e).splitlines()[0]})")
-        del st
         if device == "cuda":
             torch.cuda.empty_cache()
     timed = {k: v for k, v in variants.items() if v}
@@ -429,10 +433,9 @@ def run_bandwidth(device, quick, repeats):
             for grad_name in grads:
                 e = bandwidth_entry(set_name, shapes, op, grad_name, device, timer, repeats, copy_bps)
                 entries.append(e)
+                vs = f"{e['speedup_vs_torch_best']:.2f}x {e['torch_best']}" if e["torch_best"] else ""
                 print(f"  {set_name:20s} {op:10s} {grad_name}: {e['ours_GBps']:8.1f} GB/s "
-                      f"({100 * e['fraction_of_copy']:.0f} % of copy), "
-                      + (f"{e['speedup_vs_torch_best']:.2f}x {e['torch_best']}" if e["torch_best"] else ""),
-                      flush=True)
+                      f"({100 * e['fraction_of_copy']:.0f} % of copy), {vs}", flush=True)
         if device == "cuda":
             torch.cuda.empty_cache()
     return copy_bps, entries
@@ -456,7 +459,7 @@ def environment(device):
 def print_parity(results):
     print(f"{'op':28s} {'grad':5s} {'tensors':>7s} {'ours vs f64':>12s} {'ours vs torch':>14s}  ok")
     for r in results:
-        vs_torch = max((v["ours_vs_torch"] for v in r.get("torch", {}).values()), default=None)
+        vs_torch = max((v["ours_vs_torch"] for v in r.get("torch", {}).values() if "error" not in v), default=None)
         print(f"{r['op']:28s} {r['grad']:5s} {r['tensors']:7d} {r.get('ours_vs_ref', 0.0):12.2e} "
               f"{'' if vs_torch is None else f'{vs_torch:.2e}':>14s}  {'ok' if r['ok'] else 'FAIL'}")
 
