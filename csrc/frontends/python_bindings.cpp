@@ -206,8 +206,9 @@ int64_t cuda_stream_value(const py::object& stream) {
   return s;
 }
 
-// Calls obj.__dlpack__ (DLPack 1.0 with max_version and copy=False first; older exporters,
-// such as NumPy 1.x, take only `stream`) and takes ownership of the capsule it returns.
+// Calls obj.__dlpack__ (DLPack 1.0 with max_version and copy=False first, then without copy,
+// then with `stream` only, as NumPy 1.x: a TypeError moves to the next) and takes ownership of
+// the capsule it returns.
 std::unique_ptr<DLPackImport> import_dlpack(const py::object& obj, const py::object& stream, const std::string& what) {
   const auto refuse = [&](py::error_already_set& e) {
     std::string msg = what + " could not be exported through DLPack (" + type_name(obj) + ".__dlpack__ raised " +
@@ -216,17 +217,19 @@ std::unique_ptr<DLPackImport> import_dlpack(const py::object& obj, const py::obj
       msg += "; pass a tensor that does not require grad, e.g. tensor.detach() (it shares the storage)";
     return py::value_error(msg);
   };
+  const py::object export_fn = obj.attr("__dlpack__");
+  const py::tuple max_version = py::make_tuple(dl::kMajorVersion, dl::kMinorVersion);
   py::object capsule;
-  try {
-    capsule = obj.attr("__dlpack__")(py::arg("stream") = stream,
-                                     py::arg("max_version") = py::make_tuple(dl::kMajorVersion, dl::kMinorVersion),
-                                     py::arg("copy") = false);
-  } catch (py::error_already_set& e) {
-    if (!e.matches(PyExc_TypeError)) throw refuse(e);
+  for (int attempt = 0; !capsule; ++attempt) {
     try {
-      capsule = obj.attr("__dlpack__")(py::arg("stream") = stream);
-    } catch (py::error_already_set& e2) {
-      throw refuse(e2);
+      if (attempt == 0)
+        capsule = export_fn(py::arg("stream") = stream, py::arg("max_version") = max_version, py::arg("copy") = false);
+      else if (attempt == 1)
+        capsule = export_fn(py::arg("stream") = stream, py::arg("max_version") = max_version);
+      else
+        capsule = export_fn(py::arg("stream") = stream);
+    } catch (py::error_already_set& e) {
+      if (attempt == 2 || !e.matches(PyExc_TypeError)) throw refuse(e);
     }
   }
   auto imp = std::make_unique<DLPackImport>();

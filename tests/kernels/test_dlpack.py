@@ -538,3 +538,19 @@ def test_parity_over_lists_of_dlpack_tensors(lists, op, flag, hyper, scale):
         assert_close(param[i], p_ref, f"adamw param[{i}]")
         assert_close(exp_avg[i], m_ref, f"exp_avg[{i}]")
         assert_close(exp_avg_sq[i], v_ref, f"exp_avg_sq[{i}]")
+
+
+def test_exporter_without_copy_keyword_gets_max_version():
+    """DLPack 1.0 exporters that predate `copy`: the second attempt keeps max_version (a versioned
+    capsule, so the read-only flag is still seen)."""
+    calls = []
+
+    class NoCopy(FakeDLPack):
+        def __dlpack__(self, *, stream=None, max_version=None):
+            calls.append(max_version)
+            return self._export(stream)
+
+    acc = NoCopy(np.zeros(4, np.float32), flags=READ_ONLY)
+    with pytest.raises(ValueError, match=r"acc\[0\] is read-only"):
+        kernels.accumulate([acc], [np.ones(4, np.float32)], 1.0)
+    assert calls == [(1, 0)] and acc.deleted == acc.exported == 1
