@@ -15,6 +15,10 @@ echo "== installing mindspore_accum[test] (builds the C++/CUDA extension, warnin
 # MSACCUM_WERROR=ON: CI and development treat compiler warnings as errors; a user's plain
 # `pip install .` does not (CMakeLists.txt, option MSACCUM_WERROR, default OFF).
 "$VENV/bin/python" -m pip install --quiet --config-settings=cmake.define.MSACCUM_WERROR=ON ".[test]"
+# PyTorch (CPU; not a dependency of the package) for the DLPack tests and the GPU check's CPU path.
+# With MSACCUM_REQUIRE_TORCH=1 those tests fail rather than skip when it is missing.
+"$VENV/bin/python" -m pip install --quiet torch==2.13.0
+export MSACCUM_REQUIRE_TORCH=1
 if command -v nvcc >/dev/null 2>&1; then
   # tests/build/test_cuda_build.py inspects the nvcc output with cuobjdump, which a bare nvcc lacks.
   command -v cuobjdump >/dev/null 2>&1 || "$VENV/bin/python" -m pip install --quiet "nvidia-cuda-cuobjdump>=13,<14"

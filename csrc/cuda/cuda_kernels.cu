@@ -414,6 +414,128 @@ int zero_fill(float* out, long long count, void* stream) {
                                           static_cast<cudaStream_t>(stream)));
 }
 
+// ---- launchers with host-side arguments (cuda_kernels.h) ----
+
+namespace {
+
+// Makes `device` current for the scope and restores the previous device. The first runtime call
+// of a process without a usable GPU fails here, before anything is queued.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    error_ = cudaGetDevice(&previous_);
+    if (error_ == cudaSuccess && previous_ != device) {
+      error_ = cudaSetDevice(device);
+      switched_ = error_ == cudaSuccess;
+    }
+  }
+  ~DeviceScope() {
+    if (switched_) cudaSetDevice(previous_);
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+  cudaError_t error() const { return error_; }
+
+ private:
+  int previous_ = 0;
+  bool switched_ = false;
+  cudaError_t error_;
+};
+
+template <typename Tensor>
+bool any_elements(const Tensor* tensors, int count) {
+  for (int i = 0; i < count; ++i)
+    if (tensors[i].numel > 0) return true;
+  return false;
+}
+
+// Runs launch(device copy of `host`) on `stream`: the floats are uploaded into a stream-ordered
+// allocation (pageable source: cudaMemcpyAsync has copied it when it returns) that is freed in
+// stream order after the launch, so concurrent calls on other streams never share it.
+template <typename Launch>
+int with_device_floats(const std::vector<float>& host, cudaStream_t stream, Launch launch) {
+  void* dev = nullptr;
+  const size_t bytes = host.size() * sizeof(float);
+  cudaError_t e = cudaMallocAsync(&dev, bytes, stream);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  e = cudaMemcpyAsync(dev, host.data(), bytes, cudaMemcpyHostToDevice, stream);
+  int rc = e == cudaSuccess ? launch(static_cast<float*>(dev)) : static_cast<int>(e);
+  const cudaError_t freed = cudaFreeAsync(dev, stream);
+  return rc != 0 ? rc : static_cast<int>(freed);
+}
+
+template <typename Tensor>
+void append_weight_decays(std::vector<float>& host, const Tensor* tensors, int count) {
+  for (int i = 0; i < count; ++i) host.push_back(tensors[i].weight_decay);
+}
+
+}  // namespace
+
+int accumulate_host(const AccumulateTensor* tensors, int count, float scale, bool overwrite, int device,
+                    void* stream) {
+  if (count < 0 || (count > 0 && tensors == nullptr)) return kInvalidValue;
+  if (!any_elements(tensors, count)) return 0;
+  DeviceScope scope(device);
+  if (scope.error() != cudaSuccess) return static_cast<int>(scope.error());
+  const std::vector<float> host{scale, overwrite ? 1.0f : 0.0f};
+  return with_device_floats(host, static_cast<cudaStream_t>(stream), [&](float* dev) {
+    return accumulate(tensors, count, dev, stream, overwrite ? dev + 1 : nullptr);
+  });
+}
+
+int momentum_update_host(const MomentumTensor* tensors, int count, const MomentumScalars& scalars, int device,
+                         void* stream) {
+  if (count < 0 || (count > 0 && tensors == nullptr)) return kInvalidValue;
+  if (!any_elements(tensors, count)) return 0;
+  DeviceScope scope(device);
+  if (scope.error() != cudaSuccess) return static_cast<int>(scope.error());
+  std::vector<float> host{scalars.lr, scalars.momentum, scalars.grad_scale, scalars.nesterov ? 1.0f : 0.0f};
+  append_weight_decays(host, tensors, count);
+  return with_device_floats(host, static_cast<cudaStream_t>(stream), [&](float* dev) {
+    return momentum_update(tensors, count, dev, dev + 4, stream);
+  });
+}
+
+int adamw_update_host(const AdamWTensor* tensors, int count, const AdamWScalars& scalars, int device, void* stream) {
+  if (count < 0 || (count > 0 && tensors == nullptr)) return kInvalidValue;
+  if (!any_elements(tensors, count)) return 0;
+  DeviceScope scope(device);
+  if (scope.error() != cudaSuccess) return static_cast<int>(scope.error());
+  std::vector<float> host{scalars.lr,         scalars.beta1,           scalars.beta2,          scalars.eps,
+                          scalars.grad_scale, scalars.bias_correction1, scalars.bias_correction2};
+  append_weight_decays(host, tensors, count);
+  return with_device_floats(host, static_cast<cudaStream_t>(stream), [&](float* dev) {
+    return adamw_update(tensors, count, dev, dev + 7, stream);
+  });
+}
+
+int sum_of_squares_host(const SquaresTensor* tensors, int count, double* result, int device, void* stream) {
+  if (count < 0 || (count > 0 && tensors == nullptr) || result == nullptr) return kInvalidValue;
+  *result = 0.0;
+  if (!any_elements(tensors, count)) return 0;
+  DeviceScope scope(device);
+  if (scope.error() != cudaSuccess) return static_cast<int>(scope.error());
+  std::vector<int64_t> numel(count);
+  for (int i = 0; i < count; ++i) numel[i] = tensors[i].numel;
+  const long long doubles = sum_of_squares_workspace(numel.data(), count);
+  if (doubles < 0) return kInvalidValue;
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  // One allocation: the workspace (doubles), then the float32 result.
+  void* dev = nullptr;
+  cudaError_t e = cudaMallocAsync(&dev, static_cast<size_t>(doubles) * sizeof(double) + sizeof(double), s);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  double* workspace = static_cast<double*>(dev);
+  float* out = reinterpret_cast<float*>(workspace + doubles);
+  float value = 0.0f;
+  int rc = sum_of_squares(tensors, count, out, workspace, doubles, stream);
+  if (rc == 0) rc = static_cast<int>(cudaMemcpyAsync(&value, out, sizeof(float), cudaMemcpyDeviceToHost, s));
+  const cudaError_t freed = cudaFreeAsync(dev, s);
+  if (rc == 0) rc = static_cast<int>(freed);
+  if (rc == 0) rc = static_cast<int>(cudaStreamSynchronize(s));
+  if (rc == 0) *result = value;
+  return rc;
+}
+
 const char* error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
 
 const char* runtime_version() {

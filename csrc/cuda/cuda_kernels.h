@@ -35,6 +35,18 @@ int sum_of_squares(const SquaresTensor* tensors, int count, float* out, double* 
 long long sum_of_squares_workspace(const int64_t* numel, int count);
 // Sets `count` floats at `out` to zero on `stream` (the AOT ops' placeholder output).
 int zero_fill(float* out, long long count, void* stream);
+// Launchers with host-side arguments, for callers that hold no device memory of their own (the
+// pybind11 frontend with DLPack CUDA tensors): make `device` current (restored afterwards),
+// upload the scalars and the per-tensor weight decays into one stream-ordered allocation
+// (cudaMallocAsync/cudaFreeAsync on `stream`), launch on `stream`, and return without waiting,
+// except sum_of_squares_host, which waits for its result. A call with no elements makes no
+// CUDA call at all. MomentumTensor::weight_decay and AdamWTensor::weight_decay are used here.
+int accumulate_host(const AccumulateTensor* tensors, int count, float scale, bool overwrite, int device,
+                    void* stream);
+int momentum_update_host(const MomentumTensor* tensors, int count, const MomentumScalars& scalars, int device,
+                         void* stream);
+int adamw_update_host(const AdamWTensor* tensors, int count, const AdamWScalars& scalars, int device, void* stream);
+int sum_of_squares_host(const SquaresTensor* tensors, int count, double* result, int device, void* stream);
 const char* error_string(int code);
 const char* runtime_version();
 

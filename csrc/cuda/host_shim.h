@@ -4,7 +4,8 @@
 //
 // What it provides: the CUDA qualifiers, dim3, threadIdx/blockIdx/blockDim/gridDim (thread_local
 // globals), the vector types the kernels use (float4, ushort4, make_float4), minimal stand-ins
-// for the runtime calls of the launchers (errors, cudaMemsetAsync, versions), and
+// for the runtime calls of the launchers (errors, cudaMemsetAsync, devices, stream-ordered
+// allocation and copies, versions), and
 // MSACCUM_LAUNCH, which runs every block and, inside it, every thread one after another.
 //
 // What it does NOT model, honestly: concurrency. Threads run sequentially, so there is no
@@ -21,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <tuple>
 #include <utility>
@@ -56,7 +58,9 @@ enum cudaError_t {
   cudaSuccess = 0,
   cudaErrorInvalidValue = 1,
   cudaErrorInvalidConfiguration = 9,
+  cudaErrorInvalidDevice = 101,
 };
+enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2 };
 typedef struct CUstream_st* cudaStream_t;
 
 namespace msaccum_shim {
@@ -66,6 +70,13 @@ inline long long launches = 0;
 inline long long vector_elements = 0;
 inline long long scalar_elements = 0;
 inline void reset_counters() { launches = vector_elements = scalar_elements = 0; }
+// The launchers with host-side arguments: the current device (devices 0..device_count-1 exist),
+// the stream of the last launch, allocations made and not yet freed, and device switches.
+inline int current_device = 0;
+inline int device_count = 2;
+inline cudaStream_t last_stream = nullptr;
+inline long long live_allocations = 0;
+inline long long set_device_calls = 0;
 }  // namespace msaccum_shim
 
 inline cudaError_t cudaGetLastError() {
@@ -80,6 +91,7 @@ inline const char* cudaGetErrorString(cudaError_t e) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
   }
   return "unrecognized error code";
 }
@@ -90,6 +102,38 @@ inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_
   std::memset(p, value, bytes);
   return cudaSuccess;
 }
+
+inline cudaError_t cudaGetDevice(int* device) {
+  if (device == nullptr) return cudaErrorInvalidValue;
+  *device = msaccum_shim::current_device;
+  return cudaSuccess;
+}
+inline cudaError_t cudaSetDevice(int device) {
+  if (device < 0 || device >= msaccum_shim::device_count) return cudaErrorInvalidDevice;
+  ++msaccum_shim::set_device_calls;
+  msaccum_shim::current_device = device;
+  return cudaSuccess;
+}
+// Stream-ordered allocations are plain heap allocations (ASan sees overruns and leaks).
+inline cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
+  if (p == nullptr) return cudaErrorInvalidValue;
+  *p = std::malloc(bytes ? bytes : 1);
+  ++msaccum_shim::live_allocations;
+  return cudaSuccess;
+}
+inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
+  if (p == nullptr) return cudaSuccess;
+  std::free(p);
+  --msaccum_shim::live_allocations;
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
+  if (bytes == 0) return cudaSuccess;
+  if (dst == nullptr || src == nullptr) return cudaErrorInvalidValue;
+  std::memcpy(dst, src, bytes);
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 
 // There is no CUDA runtime in the host build: report version 0 ("unknown" to the caller).
 inline cudaError_t cudaRuntimeGetVersion(int* version) {
@@ -103,10 +147,11 @@ inline cudaError_t cudaRuntimeGetVersion(int* version) {
 namespace msaccum_shim {
 
 template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t, Args&&... args) {
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
   static_assert(sizeof...(Params) == sizeof...(Args), "wrong number of kernel arguments");
   static_assert((sizeof(Params) + ... + 0) <= 4096, "kernel parameters exceed CUDA's 4 KiB limit");
   ++launches;
+  last_stream = stream;
   const unsigned long long threads = 1ull * block.x * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > 1024 || grid.y > 65535 ||
       grid.z > 65535) {

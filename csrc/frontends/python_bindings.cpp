@@ -9,11 +9,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "../cpu/cpu_kernels.h"
+#include "../third_party/dlpack.h"
 #include "overlap.h"
 
 #ifdef MSACCUM_WITH_CUDA
@@ -30,24 +34,112 @@ using msaccum::MomentumTensor;
 
 namespace {
 
-std::string shape_str(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
-    if (d) s += ", ";
-    s += std::to_string(a.shape(d));
+namespace dl = msaccum::dlpack;
+
+// ---- tensors: NumPy arrays (the 0.2 path, unchanged) or any DLPack exporter ----
+
+// A consumed DLPack capsule: the managed tensor is ours (the capsule was renamed "used_..."),
+// and its deleter runs when this is destroyed, with the GIL held (the lists outlive the GIL
+// release of the kernel call).
+struct DLPackImport {
+  dl::DLManagedTensorVersioned* versioned = nullptr;
+  dl::DLManagedTensor* legacy = nullptr;
+  DLPackImport() = default;
+  DLPackImport(const DLPackImport&) = delete;
+  DLPackImport& operator=(const DLPackImport&) = delete;
+  ~DLPackImport() {
+    if (versioned && versioned->deleter) versioned->deleter(versioned);
+    if (legacy && legacy->deleter) legacy->deleter(legacy);
   }
-  if (a.ndim() == 1) s += ",";
+  const dl::DLTensor& tensor() const { return versioned ? versioned->dl_tensor : legacy->dl_tensor; }
+  uint64_t flags() const { return versioned ? versioned->flags : 0; }
+};
+
+struct Device {
+  int32_t type = dl::kDLCPU;
+  int32_t id = 0;
+  bool operator==(const Device& o) const { return type == o.type && id == o.id; }
+};
+
+std::string device_str(const Device& d) {
+  switch (d.type) {
+    case dl::kDLCPU: return "cpu";
+    case dl::kDLCUDA: return "cuda:" + std::to_string(d.id);
+    case dl::kDLCUDAHost: return "cuda_host";
+    case dl::kDLCUDAManaged: return "cuda_managed:" + std::to_string(d.id);
+    case dl::kDLROCM: return "rocm:" + std::to_string(d.id);
+    default: return "DLPack device type " + std::to_string(d.type) + ":" + std::to_string(d.id);
+  }
+}
+
+// One element of an argument list.
+struct Tensor {
+  bool numpy = false;
+  py::array array;                     // numpy: the array
+  py::object exporter;                 // otherwise: the object with __dlpack__
+  Device device;                       // numpy: the CPU
+  std::unique_ptr<DLPackImport> dl;    // after import (place())
+};
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "(";
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (d) s += ", ";
+    s += std::to_string(shape[d]);
+  }
+  if (shape.size() == 1) s += ",";
   return s + ")";
 }
 
-std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+std::vector<int64_t> shape_of(const Tensor& t) {
+  if (t.numpy) {
+    std::vector<int64_t> shape(t.array.ndim());
+    for (py::ssize_t d = 0; d < t.array.ndim(); ++d) shape[d] = t.array.shape(d);
+    return shape;
+  }
+  const dl::DLTensor& x = t.dl->tensor();
+  return std::vector<int64_t>(x.shape, x.shape + x.ndim);
+}
 
-// An argument that is a list/tuple of arrays (or None where allowed), converted and checked.
+int64_t numel_of(const Tensor& t) {
+  if (t.numpy) return static_cast<int64_t>(t.array.size());
+  int64_t n = 1;
+  for (int64_t d : shape_of(t)) n *= d;
+  return n;
+}
+
+void* data_of(const Tensor& t) {
+  if (t.numpy) return const_cast<void*>(t.array.data());
+  const dl::DLTensor& x = t.dl->tensor();
+  return static_cast<char*>(x.data) + x.byte_offset;
+}
+
+std::string dl_dtype_str(const dl::DLDataType& d) {
+  std::string base;
+  switch (d.code) {
+    case dl::kDLInt: base = "int" + std::to_string(d.bits); break;
+    case dl::kDLUInt: base = "uint" + std::to_string(d.bits); break;
+    case dl::kDLFloat: base = "float" + std::to_string(d.bits); break;
+    case dl::kDLBfloat: base = "bfloat" + std::to_string(d.bits); break;
+    case dl::kDLComplex: base = "complex" + std::to_string(d.bits); break;
+    case dl::kDLBool: base = "bool"; break;
+    default: base = "DLPack dtype code " + std::to_string(d.code) + " (" + std::to_string(d.bits) + " bits)";
+  }
+  return d.lanes == 1 ? base : base + "x" + std::to_string(d.lanes);
+}
+
+std::string dtype_str(const Tensor& t) {
+  return t.numpy ? py::str(t.array.dtype()).cast<std::string>() : dl_dtype_str(t.dl->tensor().dtype);
+}
+
+// An argument that is a list/tuple of arrays (or None where allowed).
 struct ArrayList {
   std::string name;
-  std::vector<py::array> arrays;
+  std::vector<Tensor> tensors;
   bool present = false;
 };
+
+std::string type_name(const py::handle& obj) { return py::str(py::type::of(obj).attr("__name__")).cast<std::string>(); }
 
 ArrayList take_list(const py::object& obj, const char* name, bool allow_none) {
   ArrayList out;
@@ -57,36 +149,247 @@ ArrayList take_list(const py::object& obj, const char* name, bool allow_none) {
     return out;
   }
   if (!py::isinstance<py::list>(obj) && !py::isinstance<py::tuple>(obj))
-    throw py::type_error(std::string(name) + " must be a list or tuple of numpy arrays, got " +
-                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+    throw py::type_error(std::string(name) + " must be a list or tuple of numpy arrays, got " + type_name(obj));
   out.present = true;
   py::sequence seq = obj.cast<py::sequence>();
   for (size_t i = 0; i < seq.size(); ++i) {
     py::object item = seq[i];
-    if (!py::isinstance<py::array>(item))
-      throw py::type_error(std::string(name) + "[" + std::to_string(i) + "] must be a numpy.ndarray, got " +
-                           py::str(py::type::of(item).attr("__name__")).cast<std::string>());
-    out.arrays.push_back(item.cast<py::array>());
+    Tensor t;
+    if (py::isinstance<py::array>(item)) {
+      t.numpy = true;
+      t.array = item.cast<py::array>();
+    } else if (py::hasattr(item, "__dlpack__") && py::hasattr(item, "__dlpack_device__")) {
+      t.exporter = item;
+    } else {
+      throw py::type_error(std::string(name) + "[" + std::to_string(i) +
+                           "] must be a numpy.ndarray or an array with __dlpack__ and __dlpack_device__ "
+                           "(DLPack), got " + type_name(item));
+    }
+    out.tensors.push_back(std::move(t));
   }
   return out;
 }
 
 std::string label(const ArrayList& l, size_t i) { return l.name + "[" + std::to_string(i) + "]"; }
 
-bool native_order(const py::array& a) { return a.dtype().attr("isnative").cast<bool>(); }
-
-bool is_float32(const py::array& a) { return a.dtype().kind() == 'f' && a.itemsize() == 4 && native_order(a); }
-
-GradType grad_type_of(const py::array& a, const std::string& what) {
-  if (is_float32(a)) return GradType::kFloat32;
-  if (a.dtype().kind() == 'f' && a.itemsize() == 2 && native_order(a)) return GradType::kFloat16;
-  if (a.itemsize() == 2 && py::str(a.dtype().attr("name")).cast<std::string>() == "bfloat16")
-    return GradType::kBFloat16;
-  throw py::type_error(what + " has dtype " + dtype_str(a) + "; gradients must be float32, float16 or bfloat16");
+std::string python_error_text(py::error_already_set& e) {
+  return std::string(e.type() ? py::str(e.type().attr("__name__")).cast<std::string>() : "error") + ": " +
+         py::str(e.value()).cast<std::string>();
 }
 
-void check_layout(const py::array& a, const std::string& what, bool written) {
-  const int flags = a.flags();
+// Where the tensors of one call live and, for CUDA, the stream the kernels run on.
+struct Placement {
+  Device device;
+  void* stream = nullptr;  // a cudaStream_t: 1 legacy default, 2 per-thread default, else a handle
+};
+
+// The `stream` argument for CUDA tensors, as DLPack's __dlpack__(stream=...) takes it: None is
+// the legacy default stream (1); an int >= 1, or a stream object with an int `cuda_stream`
+// (PyTorch) or `ptr` (CuPy) attribute. 0 is refused (ambiguous in DLPack), as is a negative value.
+int64_t cuda_stream_value(const py::object& stream) {
+  if (stream.is_none()) return 1;
+  py::object value = stream;
+  if (!PyIndex_Check(stream.ptr()) || py::isinstance<py::bool_>(stream)) {
+    if (py::hasattr(stream, "cuda_stream")) value = stream.attr("cuda_stream");
+    else if (py::hasattr(stream, "ptr")) value = stream.attr("ptr");
+    else
+      throw py::type_error("stream must be None, an int (a cudaStream_t, 1 or 2) or a stream object with "
+                           "`cuda_stream` or `ptr`, got " + type_name(stream));
+  }
+  if (py::isinstance<py::bool_>(value) || !PyIndex_Check(value.ptr()))
+    throw py::type_error("stream must be an int, got " + type_name(value));
+  const int64_t s = value.cast<int64_t>();
+  if (s == 0)
+    throw py::value_error("stream=0 is ambiguous in DLPack: pass None or 1 (the legacy default stream), 2 (the "
+                          "per-thread default stream) or a cudaStream_t handle");
+  if (s < 0) throw py::value_error("stream must be >= 1, got " + std::to_string(s));
+  return s;
+}
+
+// Calls obj.__dlpack__ (DLPack 1.0 with max_version and copy=False first, then without copy,
+// then with `stream` only, as NumPy 1.x: a TypeError moves to the next) and takes ownership of
+// the capsule it returns.
+std::unique_ptr<DLPackImport> import_dlpack(const py::object& obj, const py::object& stream, const std::string& what) {
+  const auto refuse = [&](py::error_already_set& e) {
+    std::string msg = what + " could not be exported through DLPack (" + type_name(obj) + ".__dlpack__ raised " +
+                      python_error_text(e) + ")";
+    if (msg.find("gradient") != std::string::npos || msg.find("requires_grad") != std::string::npos)
+      msg += "; pass a tensor that does not require grad, e.g. tensor.detach() (it shares the storage)";
+    return py::value_error(msg);
+  };
+  const py::object export_fn = obj.attr("__dlpack__");
+  const py::tuple max_version = py::make_tuple(dl::kMajorVersion, dl::kMinorVersion);
+  py::object capsule;
+  for (int attempt = 0; !capsule; ++attempt) {
+    try {
+      if (attempt == 0)
+        capsule = export_fn(py::arg("stream") = stream, py::arg("max_version") = max_version, py::arg("copy") = false);
+      else if (attempt == 1)
+        capsule = export_fn(py::arg("stream") = stream, py::arg("max_version") = max_version);
+      else
+        capsule = export_fn(py::arg("stream") = stream);
+    } catch (py::error_already_set& e) {
+      if (attempt == 2 || !e.matches(PyExc_TypeError)) throw refuse(e);
+    }
+  }
+  auto imp = std::make_unique<DLPackImport>();
+  PyObject* cap = capsule.ptr();
+  if (PyCapsule_IsValid(cap, "dltensor_versioned")) {
+    imp->versioned = static_cast<dl::DLManagedTensorVersioned*>(PyCapsule_GetPointer(cap, "dltensor_versioned"));
+    if (PyCapsule_SetName(cap, "used_dltensor_versioned") != 0) throw py::error_already_set();
+    if (imp->versioned->version.major != dl::kMajorVersion)
+      throw py::value_error(what + " was exported as DLPack " + std::to_string(imp->versioned->version.major) + "." +
+                            std::to_string(imp->versioned->version.minor) + "; mindspore_accum reads DLPack " +
+                            std::to_string(dl::kMajorVersion) + ".x");
+  } else if (PyCapsule_IsValid(cap, "dltensor")) {
+    imp->legacy = static_cast<dl::DLManagedTensor*>(PyCapsule_GetPointer(cap, "dltensor"));
+    if (PyCapsule_SetName(cap, "used_dltensor") != 0) throw py::error_already_set();
+  } else {
+    throw py::type_error(what + ".__dlpack__() returned " + type_name(capsule) +
+                         ", not an unused DLPack capsule (\"dltensor\" or \"dltensor_versioned\")");
+  }
+  return imp;
+}
+
+// Checks that every tensor of the call is on one device that has kernels here, resolves the
+// stream, and imports the DLPack tensors. Nothing is written; called before the other checks.
+Placement place(const std::vector<ArrayList*>& lists, const py::object& stream, bool cuda_allowed = true) {
+  Placement where;
+  const ArrayList* first_list = nullptr;
+  size_t first_index = 0;
+  for (ArrayList* list : lists) {
+    for (size_t i = 0; i < list->tensors.size(); ++i) {
+      Tensor& t = list->tensors[i];
+      if (!t.numpy) {
+        try {
+          py::tuple dev = t.exporter.attr("__dlpack_device__")();
+          if (dev.size() != 2) throw py::value_error("not a pair");
+          t.device = {dev[0].cast<int32_t>(), dev[1].cast<int32_t>()};
+        } catch (py::error_already_set& e) {
+          throw py::value_error(label(*list, i) + ".__dlpack_device__() failed: " + python_error_text(e));
+        } catch (py::cast_error&) {
+          throw py::type_error(label(*list, i) + ".__dlpack_device__() must return (device_type, device_id) ints");
+        }
+      }
+      if (t.device.type != dl::kDLCPU && t.device.type != dl::kDLCUDA)
+        throw py::value_error(label(*list, i) + " is on " + device_str(t.device) +
+                              "; mindspore_accum runs on CPU (kDLCPU) and CUDA (kDLCUDA) tensors only");
+      if (!first_list) {
+        first_list = list;
+        first_index = i;
+        where.device = t.device;
+      } else if (!(t.device == where.device)) {
+        throw py::value_error(label(*list, i) + " is on " + device_str(t.device) + " but " +
+                              label(*first_list, first_index) + " is on " + device_str(where.device) +
+                              "; all tensors of one call must be on one device");
+      }
+    }
+  }
+  py::object dlpack_stream = py::none();
+  if (where.device.type == dl::kDLCUDA) {
+    const std::string who = label(*first_list, first_index);
+    if (!cuda_allowed) throw py::value_error(who + " is a CUDA tensor; this function runs on the CPU only");
+#ifndef MSACCUM_WITH_CUDA
+    throw py::value_error(who + " is a CUDA tensor but mindspore_accum was built without CUDA (build_info()['cuda'] "
+                          "is False): rebuild with nvcc on PATH (MSACCUM_CUDA=ON)");
+#endif
+    const int64_t s = cuda_stream_value(stream);
+    dlpack_stream = py::int_(s);
+    where.stream = reinterpret_cast<void*>(static_cast<uintptr_t>(s));
+  } else if (!stream.is_none()) {
+    throw py::value_error("stream is for CUDA tensors only; these tensors are on the CPU (pass stream=None)");
+  }
+  for (ArrayList* list : lists) {
+    for (size_t i = 0; i < list->tensors.size(); ++i) {
+      Tensor& t = list->tensors[i];
+      if (t.numpy) continue;
+      t.dl = import_dlpack(t.exporter, dlpack_stream, label(*list, i));
+      const dl::DLTensor& x = t.dl->tensor();
+      const Device got{x.device.device_type, x.device.device_id};
+      if (!(got == t.device))
+        throw py::value_error(label(*list, i) + " was exported on " + device_str(got) + " but __dlpack_device__() said " +
+                              device_str(t.device));
+      if (x.ndim < 0 || (x.ndim > 0 && x.shape == nullptr))
+        throw py::value_error(label(*list, i) + " has an invalid DLPack shape (ndim " + std::to_string(x.ndim) + ")");
+      for (int d = 0; d < x.ndim; ++d)
+        if (x.shape[d] < 0) throw py::value_error(label(*list, i) + " has a negative DLPack dimension");
+    }
+  }
+  return where;
+}
+
+bool native_order(const py::array& a) { return a.dtype().attr("isnative").cast<bool>(); }
+
+bool is_float32(const Tensor& t) {
+  if (t.numpy) return t.array.dtype().kind() == 'f' && t.array.itemsize() == 4 && native_order(t.array);
+  const dl::DLDataType d = t.dl->tensor().dtype;
+  return d.code == dl::kDLFloat && d.bits == 32 && d.lanes == 1;
+}
+
+std::optional<GradType> grad_type(const Tensor& t) {
+  if (is_float32(t)) return GradType::kFloat32;
+  if (t.numpy) {
+    const py::array& a = t.array;
+    if (a.dtype().kind() == 'f' && a.itemsize() == 2 && native_order(a)) return GradType::kFloat16;
+    if (a.itemsize() == 2 && py::str(a.dtype().attr("name")).cast<std::string>() == "bfloat16")
+      return GradType::kBFloat16;
+    return std::nullopt;
+  }
+  const dl::DLDataType d = t.dl->tensor().dtype;
+  if (d.lanes != 1 || d.bits != 16) return std::nullopt;
+  if (d.code == dl::kDLFloat) return GradType::kFloat16;
+  if (d.code == dl::kDLBfloat) return GradType::kBFloat16;
+  return std::nullopt;
+}
+
+GradType grad_type_of(const Tensor& t, const std::string& what) {
+  if (const auto type = grad_type(t)) return *type;
+  throw py::type_error(what + " has dtype " + dtype_str(t) + "; gradients must be float32, float16 or bfloat16");
+}
+
+size_t itemsize_of(const Tensor& t) {
+  return t.numpy ? static_cast<size_t>(t.array.itemsize()) : t.dl->tensor().dtype.bits / 8u;
+}
+
+// Layout of a DLPack tensor whose dtype is already checked: compact row-major (strides null,
+// or equal to the compact ones wherever a dimension has more than one element), aligned to the
+// element size, not flagged read-only or copied when it is written.
+void check_dlpack_layout(const Tensor& t, const std::string& what, bool written) {
+  const dl::DLTensor& x = t.dl->tensor();
+  const int64_t n = numel_of(t);
+  if (x.strides != nullptr && n > 0) {
+    int64_t expected = 1;
+    for (int d = x.ndim - 1; d >= 0; --d) {
+      if (x.shape[d] != 1 && x.strides[d] != expected) {
+        std::vector<int64_t> strides(x.strides, x.strides + x.ndim);
+        throw py::value_error(what + " must be C-contiguous (its DLPack strides " + shape_str(strides) +
+                              " for shape " + shape_str(shape_of(t)) +
+                              " are not compact row-major; make it contiguous, e.g. .contiguous())");
+      }
+      expected *= x.shape[d];
+    }
+  }
+  const size_t item = itemsize_of(t);
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(x.data);
+  if (n > 0) {
+    if (x.data == nullptr) throw py::value_error(what + " has a null DLPack data pointer");
+    const uint64_t bytes = static_cast<uint64_t>(n) * item;
+    if (x.byte_offset > UINTPTR_MAX - begin || bytes > UINTPTR_MAX - begin - x.byte_offset)
+      throw py::value_error(what + " has a DLPack byte_offset (" + std::to_string(x.byte_offset) +
+                            ") that overflows the address space");
+  }
+  if ((begin + x.byte_offset) % item != 0)
+    throw py::value_error(what + " is not aligned to its element size (DLPack data + byte_offset " +
+                          std::to_string(x.byte_offset) + " is not a multiple of " + std::to_string(item) + ")");
+  if (written && (t.dl->flags() & dl::kFlagReadOnly))
+    throw py::value_error(what + " is read-only (its DLPack export is flagged read-only) but is updated in place");
+  if (written && (t.dl->flags() & dl::kFlagIsCopied))
+    throw py::value_error(what + " was copied by its exporter (DLPack IS_COPIED flag): an in-place update would be lost");
+}
+
+void check_layout(const Tensor& t, const std::string& what, bool written) {
+  if (!t.numpy) return check_dlpack_layout(t, what, written);
+  const int flags = t.array.flags();
   if (!(flags & py::array::c_style))
     throw py::value_error(what + " must be C-contiguous (got strides that are not; use numpy.ascontiguousarray)");
   if (!(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
@@ -96,29 +399,27 @@ void check_layout(const py::array& a, const std::string& what, bool written) {
 }
 
 void check_float32_list(const ArrayList& l, bool written) {
-  for (size_t i = 0; i < l.arrays.size(); ++i) {
-    if (!is_float32(l.arrays[i]))
-      throw py::type_error(label(l, i) + " has dtype " + dtype_str(l.arrays[i]) + "; it must be float32");
-    check_layout(l.arrays[i], label(l, i), written);
+  for (size_t i = 0; i < l.tensors.size(); ++i) {
+    if (!is_float32(l.tensors[i]))
+      throw py::type_error(label(l, i) + " has dtype " + dtype_str(l.tensors[i]) + "; it must be float32");
+    check_layout(l.tensors[i], label(l, i), written);
   }
 }
 
 void check_grad_list(const ArrayList& l) {
-  for (size_t i = 0; i < l.arrays.size(); ++i) {
-    grad_type_of(l.arrays[i], label(l, i));
-    check_layout(l.arrays[i], label(l, i), false);
+  for (size_t i = 0; i < l.tensors.size(); ++i) {
+    grad_type_of(l.tensors[i], label(l, i));
+    check_layout(l.tensors[i], label(l, i), false);
   }
 }
 
 void check_matches(const ArrayList& ref, const ArrayList& other) {
-  if (other.arrays.size() != ref.arrays.size())
-    throw py::value_error(other.name + " has " + std::to_string(other.arrays.size()) + " arrays but " + ref.name +
-                          " has " + std::to_string(ref.arrays.size()));
-  for (size_t i = 0; i < ref.arrays.size(); ++i) {
-    const py::array &a = ref.arrays[i], &b = other.arrays[i];
-    bool same = a.ndim() == b.ndim();
-    for (py::ssize_t d = 0; same && d < a.ndim(); ++d) same = a.shape(d) == b.shape(d);
-    if (!same)
+  if (other.tensors.size() != ref.tensors.size())
+    throw py::value_error(other.name + " has " + std::to_string(other.tensors.size()) + " arrays but " + ref.name +
+                          " has " + std::to_string(ref.tensors.size()));
+  for (size_t i = 0; i < ref.tensors.size(); ++i) {
+    const std::vector<int64_t> a = shape_of(ref.tensors[i]), b = shape_of(other.tensors[i]);
+    if (a != b)
       throw py::value_error(label(other, i) + " has shape " + shape_str(b) + " but " + label(ref, i) + " has shape " +
                             shape_str(a));
   }
@@ -126,14 +427,16 @@ void check_matches(const ArrayList& ref, const ArrayList& other) {
 
 // No array that is written may share memory with any other array of the call: one tensor
 // updated twice, or a gradient read after part of it was overwritten, corrupts the result.
+// (All tensors of a call are on one device, place(), so their addresses are comparable.)
 void check_no_overlap(const std::vector<std::pair<const ArrayList*, bool>>& lists) {
   std::vector<msaccum::ByteRange> ranges;
   std::vector<std::string> labels;
   for (const auto& [list, written] : lists) {
-    for (size_t i = 0; i < list->arrays.size(); ++i) {
-      const py::array& a = list->arrays[i];
-      const auto begin = reinterpret_cast<uintptr_t>(a.data());
-      ranges.push_back({begin, begin + static_cast<uintptr_t>(a.nbytes()), written, static_cast<int>(labels.size())});
+    for (size_t i = 0; i < list->tensors.size(); ++i) {
+      const Tensor& t = list->tensors[i];
+      const auto begin = reinterpret_cast<uintptr_t>(data_of(t));
+      const auto bytes = static_cast<uintptr_t>(numel_of(t)) * itemsize_of(t);
+      ranges.push_back({begin, begin + bytes, written, static_cast<int>(labels.size())});
       labels.push_back(label(*list, i));
     }
   }
@@ -141,6 +444,18 @@ void check_no_overlap(const std::vector<std::pair<const ArrayList*, bool>>& list
   if (first >= 0)
     throw py::value_error(labels[first] + " shares memory with " + labels[second] +
                           "; arrays that are updated in place must not overlap any other argument");
+}
+
+// A failed CUDA call of the host-argument launchers, as a Python RuntimeError.
+void check_cuda(int rc, const char* op) {
+#ifdef MSACCUM_WITH_CUDA
+  if (rc != 0)
+    throw std::runtime_error(std::string("mindspore_accum: CUDA error in ") + op + ": " +
+                             msaccum::cuda::error_string(rc) + " (" + std::to_string(rc) + ")");
+#else
+  (void)rc;
+  (void)op;
+#endif
 }
 
 // The one parser of Python numbers: a real number (int, float, NumPy scalar, anything with
@@ -172,26 +487,38 @@ bool to_bool(const py::handle& obj, const char* name) {
 }
 
 void accumulate(const py::object& acc_obj, const py::object& grad_obj, const py::object& scale_obj,
-                const py::object& overwrite_obj) {
+                const py::object& overwrite_obj, const py::object& stream) {
   ArrayList acc = take_list(acc_obj, "acc", false);
   ArrayList grad = take_list(grad_obj, "grad", false);
   const float scale = to_float(scale_obj, "scale");
   const bool overwrite = to_bool(overwrite_obj, "overwrite");
+  const Placement where = place({&acc, &grad}, stream);
   check_matches(acc, grad);
   check_float32_list(acc, true);
   check_grad_list(grad);
   check_no_overlap({{&acc, true}, {&grad, false}});
 
-  std::vector<AccumulateTensor> tensors(acc.arrays.size());
+  std::vector<AccumulateTensor> tensors(acc.tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
-    tensors[i] = {static_cast<float*>(acc.arrays[i].mutable_data()), grad.arrays[i].data(),
-                  grad_type_of(grad.arrays[i], label(grad, i)), static_cast<int64_t>(acc.arrays[i].size())};
+    tensors[i] = {static_cast<float*>(data_of(acc.tensors[i])), data_of(grad.tensors[i]),
+                  grad_type_of(grad.tensors[i], label(grad, i)), numel_of(acc.tensors[i])};
   }
-  py::gil_scoped_release release;
-  msaccum::cpu::accumulate(tensors, scale, overwrite);
+  int rc = 0;
+  {
+    py::gil_scoped_release release;
+    if (where.device.type == msaccum::dlpack::kDLCUDA) {
+#ifdef MSACCUM_WITH_CUDA
+      rc = msaccum::cuda::accumulate_host(tensors.data(), static_cast<int>(tensors.size()), scale, overwrite,
+                                          where.device.id, where.stream);
+#endif
+    } else {
+      msaccum::cpu::accumulate(tensors, scale, overwrite);
+    }
+  }
+  check_cuda(rc, "accumulate");
 }
 
-float* float_data(ArrayList& l, size_t i) { return static_cast<float*>(l.arrays[i].mutable_data()); }
+float* float_data(ArrayList& l, size_t i) { return static_cast<float*>(data_of(l.tensors[i])); }
 
 // The fields every update tensor has (kernel_api.h MomentumTensor, AdamWTensor), for tensor i of
 // already checked lists: param, acc and grad (null when the list is None), the gradient type
@@ -201,9 +528,9 @@ void fill_update_tensor(Tensor& t, size_t i, ArrayList& param, ArrayList& acc, c
                         float weight_decay) {
   t.param = float_data(param, i);
   t.acc = acc.present ? float_data(acc, i) : nullptr;
-  t.grad = grad.present ? grad.arrays[i].data() : nullptr;
-  t.grad_type = grad.present ? grad_type_of(grad.arrays[i], label(grad, i)) : GradType::kFloat32;
-  t.numel = static_cast<int64_t>(param.arrays[i].size());
+  t.grad = grad.present ? data_of(grad.tensors[i]) : nullptr;
+  t.grad_type = grad.present ? grad_type_of(grad.tensors[i], label(grad, i)) : GradType::kFloat32;
+  t.numel = numel_of(param.tensors[i]);
   t.weight_decay = weight_decay;
 }
 
@@ -237,15 +564,17 @@ std::vector<float> weight_decay_list(const py::object& obj, size_t n, const char
 
 void momentum_update(const py::object& param_obj, const py::object& moment_obj, const py::object& acc_obj,
                     const py::object& grad_obj, const py::object& lr_obj, const py::object& momentum_obj,
-                    const py::object& grad_scale_obj, const py::object& weight_decay_obj, bool nesterov) {
+                    const py::object& grad_scale_obj, const py::object& weight_decay_obj, bool nesterov,
+                    const py::object& stream) {
   ArrayList param = take_list(param_obj, "param", false);
   ArrayList moment = take_list(moment_obj, "moment", false);
   ArrayList acc = take_list(acc_obj, "acc", true);
   ArrayList grad = take_list(grad_obj, "grad", true);
   const MomentumScalars scalars{to_float(lr_obj, "lr"), to_float(momentum_obj, "momentum"),
                                 to_float(grad_scale_obj, "grad_scale"), nesterov};
-  const size_t n = param.arrays.size();
+  const size_t n = param.tensors.size();
   const std::vector<float> weight_decay = weight_decay_list(weight_decay_obj, n, "param", false);
+  const Placement where = place({&param, &moment, &acc, &grad}, stream);
 
   check_matches(param, moment);
   if (acc.present) check_matches(param, acc);
@@ -262,8 +591,19 @@ void momentum_update(const py::object& param_obj, const py::object& moment_obj, 
     t.moment = float_data(moment, i);
     fill_update_tensor(t, i, param, acc, grad, weight_decay[i]);
   }
-  py::gil_scoped_release release;
-  msaccum::cpu::momentum_update(tensors, scalars);
+  int rc = 0;
+  {
+    py::gil_scoped_release release;
+    if (where.device.type == msaccum::dlpack::kDLCUDA) {
+#ifdef MSACCUM_WITH_CUDA
+      rc = msaccum::cuda::momentum_update_host(tensors.data(), static_cast<int>(n), scalars, where.device.id,
+                                               where.stream);
+#endif
+    } else {
+      msaccum::cpu::momentum_update(tensors, scalars);
+    }
+  }
+  check_cuda(rc, "momentum_update");
 }
 
 // A real number as a double, checked: finite, and within [lo, hi] (hi_open: hi excluded;
@@ -287,7 +627,7 @@ void adamw_update(const py::object& param_obj, const py::object& exp_avg_obj, co
                  const py::object& acc_obj, const py::object& grad_obj, const py::object& lr_obj,
                  const py::object& beta1_obj, const py::object& beta2_obj, const py::object& eps_obj,
                  const py::object& weight_decay_obj, const py::object& step_obj, const py::object& grad_scale_obj,
-                 const py::object& bias_correction_obj) {
+                 const py::object& bias_correction_obj, const py::object& stream) {
   ArrayList param = take_list(param_obj, "param", false);
   ArrayList exp_avg = take_list(exp_avg_obj, "exp_avg", false);
   ArrayList exp_avg_sq = take_list(exp_avg_sq_obj, "exp_avg_sq", false);
@@ -315,8 +655,9 @@ void adamw_update(const py::object& param_obj, const py::object& exp_avg_obj, co
     step = INFINITY;
   }
   const bool bias_correction = to_bool(bias_correction_obj, "bias_correction");
-  const size_t n = param.arrays.size();
+  const size_t n = param.tensors.size();
   const std::vector<float> weight_decay = weight_decay_list(weight_decay_obj, n, "param", true);
+  const Placement where = place({&param, &exp_avg, &exp_avg_sq, &acc, &grad}, stream);
 
   check_matches(param, exp_avg);
   check_matches(param, exp_avg_sq);
@@ -343,19 +684,44 @@ void adamw_update(const py::object& param_obj, const py::object& exp_avg_obj, co
     t.exp_avg_sq = float_data(exp_avg_sq, i);
     fill_update_tensor(t, i, param, acc, grad, weight_decay[i]);
   }
-  py::gil_scoped_release release;
-  msaccum::cpu::adamw_update(tensors, scalars);
+  int rc = 0;
+  {
+    py::gil_scoped_release release;
+    if (where.device.type == msaccum::dlpack::kDLCUDA) {
+#ifdef MSACCUM_WITH_CUDA
+      rc = msaccum::cuda::adamw_update_host(tensors.data(), static_cast<int>(n), scalars, where.device.id,
+                                            where.stream);
+#endif
+    } else {
+      msaccum::cpu::adamw_update(tensors, scalars);
+    }
+  }
+  check_cuda(rc, "adamw_update");
 }
 
-double sum_of_squares(const py::object& tensors_obj) {
+double sum_of_squares(const py::object& tensors_obj, const py::object& stream) {
   ArrayList tensors = take_list(tensors_obj, "tensors", false);
+  const Placement where = place({&tensors}, stream);
   check_grad_list(tensors);
-  std::vector<msaccum::SquaresTensor> views(tensors.arrays.size());
+  std::vector<msaccum::SquaresTensor> views(tensors.tensors.size());
   for (size_t i = 0; i < views.size(); ++i)
-    views[i] = {tensors.arrays[i].data(), grad_type_of(tensors.arrays[i], label(tensors, i)),
-                static_cast<int64_t>(tensors.arrays[i].size())};
-  py::gil_scoped_release release;
-  return msaccum::cpu::sum_of_squares(views);
+    views[i] = {data_of(tensors.tensors[i]), grad_type_of(tensors.tensors[i], label(tensors, i)),
+                numel_of(tensors.tensors[i])};
+  int rc = 0;
+  double result = 0.0;
+  {
+    py::gil_scoped_release release;
+    if (where.device.type == msaccum::dlpack::kDLCUDA) {
+#ifdef MSACCUM_WITH_CUDA
+      rc = msaccum::cuda::sum_of_squares_host(views.data(), static_cast<int>(views.size()), &result, where.device.id,
+                                              where.stream);
+#endif
+    } else {
+      result = msaccum::cpu::sum_of_squares(views);
+    }
+  }
+  check_cuda(rc, "sum_of_squares");
+  return result;
 }
 
 // Float64 workspace elements the MsAccumSumSquares AOT op needs for tensors of these sizes:
@@ -376,6 +742,7 @@ void axpy_ceiling(const py::object& a_obj, const py::object& b_obj, const py::ob
   ArrayList a = take_list(a_obj, "a", false);
   ArrayList b = take_list(b_obj, "b", false);
   const float s = to_float(s_obj, "s");
+  place({&a, &b}, py::none(), false);
   check_matches(a, b);
   check_float32_list(a, true);
   check_float32_list(b, false);
@@ -383,10 +750,10 @@ void axpy_ceiling(const py::object& a_obj, const py::object& b_obj, const py::ob
   std::vector<float*> pa;
   std::vector<const float*> pb;
   std::vector<int64_t> numel;
-  for (size_t i = 0; i < a.arrays.size(); ++i) {
-    pa.push_back(static_cast<float*>(a.arrays[i].mutable_data()));
-    pb.push_back(static_cast<const float*>(b.arrays[i].data()));
-    numel.push_back(static_cast<int64_t>(a.arrays[i].size()));
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    pa.push_back(static_cast<float*>(data_of(a.tensors[i])));
+    pb.push_back(static_cast<const float*>(data_of(b.tensors[i])));
+    numel.push_back(numel_of(a.tensors[i]));
   }
   py::gil_scoped_release release;
   msaccum::cpu::axpy_ceiling(pa, pb, numel, s);
@@ -416,23 +783,24 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "mindspore_accum kernels: fused gradient accumulation, window-end updates (momentum, AdamW) and sum of "
             "squares over tensor lists";
   m.def("accumulate", &accumulate, py::arg("acc"), py::arg("grad"), py::arg("scale"), py::kw_only(),
-        py::arg("overwrite") = false,
+        py::arg("overwrite") = false, py::arg("stream") = py::none(),
         "acc[i] += scale * grad[i] for every i, in place, in one multi-threaded call; with overwrite=True "
-        "acc[i] = scale * grad[i], the accumulators' previous content never read.");
+        "acc[i] = scale * grad[i], the accumulators' previous content never read. Lists of NumPy arrays or of "
+        "DLPack arrays on one device (CPU, or CUDA: launched on `stream`, default the legacy default stream).");
   m.def("momentum_update", &momentum_update, py::arg("param"), py::arg("moment"), py::arg("acc"), py::arg("grad"),
         py::kw_only(), py::arg("lr"), py::arg("momentum"), py::arg("grad_scale"), py::arg("weight_decay") = 0.0,
-        py::arg("nesterov") = false,
+        py::arg("nesterov") = false, py::arg("stream") = py::none(),
         "Fused end of an accumulation window: momentum update of param from (acc + grad) * grad_scale, then acc = 0.");
   m.def("adamw_update", &adamw_update, py::arg("param"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("acc"),
         py::arg("grad"), py::kw_only(), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
-        py::arg("weight_decay"), py::arg("step"), py::arg("grad_scale"), py::arg("bias_correction"),
+        py::arg("weight_decay"), py::arg("step"), py::arg("grad_scale"), py::arg("bias_correction"), py::arg("stream") = py::none(),
         "Fused end of an accumulation window: AdamW update (decoupled weight decay) of param from "
         "(acc + grad) * grad_scale, then acc = 0; bias corrections 1 - beta**step when bias_correction.");
   // The window-end kernels are updates; their 0.2 names stay as aliases of the same functions
   // for one release (deprecated).
   m.attr("momentum_flush") = m.attr("momentum_update");
   m.attr("adamw_flush") = m.attr("adamw_update");
-  m.def("sum_of_squares", &sum_of_squares, py::arg("tensors"),
+  m.def("sum_of_squares", &sum_of_squares, py::arg("tensors"), py::kw_only(), py::arg("stream") = py::none(),
         "Sum over all elements of all tensors (float32, float16 or bfloat16) of x*x, squares in float32, "
         "partial sums in double; one multi-threaded pass. NaN/inf (or overflow) make the result non-finite.");
   m.def("sum_of_squares_workspace", &sum_of_squares_workspace, py::arg("numel"), py::arg("device"),

@@ -1,8 +1,18 @@
 """Type stub of the compiled extension (csrc/frontends/python_bindings.cpp)."""
 
-from typing import Optional, Sequence, TypedDict, Union
+from typing import Any, Optional, Protocol, Sequence, Tuple, TypedDict, Union
 
 import numpy as np
+
+class _DLPackArray(Protocol):
+    def __dlpack__(self, *, stream: Any = None) -> Any: ...
+    def __dlpack_device__(self) -> Tuple[int, int]: ...
+
+# NumPy arrays, or any DLPack exporter (PyTorch, CuPy, JAX); all of one call on one device.
+_Array = Union[np.ndarray, _DLPackArray]
+# CUDA tensors only: None (legacy default stream), a cudaStream_t as an int, or an object with
+# an int `cuda_stream` or `ptr` attribute.
+_Stream = Optional[Any]
 
 class BuildInfo(TypedDict):
     version: str
@@ -14,26 +24,27 @@ class BuildInfo(TypedDict):
     compiler: str
 
 def accumulate(
-    acc: Sequence[np.ndarray], grad: Sequence[np.ndarray], scale: float, *, overwrite: bool = False
+    acc: Sequence[_Array], grad: Sequence[_Array], scale: float, *, overwrite: bool = False, stream: _Stream = None
 ) -> None: ...
 def momentum_update(
-    param: Sequence[np.ndarray],
-    moment: Sequence[np.ndarray],
-    acc: Optional[Sequence[np.ndarray]],
-    grad: Optional[Sequence[np.ndarray]],
+    param: Sequence[_Array],
+    moment: Sequence[_Array],
+    acc: Optional[Sequence[_Array]],
+    grad: Optional[Sequence[_Array]],
     *,
     lr: float,
     momentum: float,
     grad_scale: float,
     weight_decay: Union[float, Sequence[float], np.ndarray] = 0.0,
     nesterov: bool = False,
+    stream: _Stream = None,
 ) -> None: ...
 def adamw_update(
-    param: Sequence[np.ndarray],
-    exp_avg: Sequence[np.ndarray],
-    exp_avg_sq: Sequence[np.ndarray],
-    acc: Optional[Sequence[np.ndarray]],
-    grad: Optional[Sequence[np.ndarray]],
+    param: Sequence[_Array],
+    exp_avg: Sequence[_Array],
+    exp_avg_sq: Sequence[_Array],
+    acc: Optional[Sequence[_Array]],
+    grad: Optional[Sequence[_Array]],
     *,
     lr: float,
     beta1: float,
@@ -43,15 +54,16 @@ def adamw_update(
     step: int,
     grad_scale: float,
     bias_correction: bool,
+    stream: _Stream = None,
 ) -> None: ...
 
 # Deprecated aliases (the same functions), kept for one release: the window-end kernels are updates.
 momentum_flush = momentum_update
 adamw_flush = adamw_update
 
-def sum_of_squares(tensors: Sequence[np.ndarray]) -> float: ...
+def sum_of_squares(tensors: Sequence[_Array], *, stream: _Stream = None) -> float: ...
 def sum_of_squares_workspace(numel: Sequence[int], device: str) -> int: ...
-def axpy_ceiling(a: Sequence[np.ndarray], b: Sequence[np.ndarray], s: float) -> None: ...
+def axpy_ceiling(a: Sequence[_Array], b: Sequence[_Array], s: float) -> None: ...
 def build_info() -> BuildInfo: ...
 def num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...

@@ -1,9 +1,17 @@
-"""The kernels as a NumPy API: typed wrappers over the ``_C`` extension (no MindSpore needed).
+"""The kernels as an array API: typed wrappers over the ``_C`` extension (no MindSpore needed).
 
-Each function updates C-contiguous NumPy arrays in place, in one multi-threaded call over a list
-of tensors, with the per-element math of ``csrc/accum_math.h`` -- the same kernels that
+Each function updates C-contiguous arrays in place, in one call over a list of tensors, with the
+per-element math of ``csrc/accum_math.h`` -- the same kernels that
 :class:`~mindspore_accum.GradAccumCell` runs as MindSpore operators through the AOT library
 (``mindspore_accum.backends.kernel``). Arguments are checked before anything is written.
+
+The arrays are NumPy arrays or any objects exporting DLPack (``__dlpack__`` and
+``__dlpack_device__``: PyTorch, CuPy, JAX, NumPy): CPU tensors run the multi-threaded CPU kernels
+on their own storage; CUDA tensors run the CUDA kernels, with no copy, on ``stream`` (``None``:
+the legacy default stream, which is PyTorch's and CuPy's current stream unless you changed it;
+otherwise a ``cudaStream_t`` as an int, or a stream object with ``cuda_stream``/``ptr``). CUDA
+calls are asynchronous (except :func:`sum_of_squares`, which returns a number). All tensors of
+one call must be on one device. See docs/kernels.md, "Any array library: DLPack".
 
 The functions that end an accumulation window are *updates* (:func:`momentum_update`,
 :func:`adamw_update`); their 0.2 names ``momentum_flush``/``adamw_flush`` remain as deprecated
@@ -15,13 +23,25 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _C
 
-ArrayList = Sequence[np.ndarray]
+
+class SupportsDLPack(Protocol):
+    """An array exporting DLPack: PyTorch, CuPy and JAX arrays, NumPy arrays."""
+
+    def __dlpack__(self, *, stream: Any = None) -> Any: ...
+
+    def __dlpack_device__(self) -> Tuple[int, int]: ...
+
+
+ArrayList = Sequence[Union[np.ndarray, SupportsDLPack]]
+# None, a cudaStream_t as an int (1: legacy default stream, 2: per-thread default stream), or a
+# stream object with an int ``cuda_stream`` (PyTorch) or ``ptr`` (CuPy) attribute.
+Stream = Optional[Any]
 
 __all__ = [
     "accumulate",
@@ -40,7 +60,9 @@ def build_info() -> dict:
     return _C.build_info()
 
 
-def accumulate(acc: ArrayList, grad: ArrayList, scale: float = 1.0, *, overwrite: bool = False) -> None:
+def accumulate(
+    acc: ArrayList, grad: ArrayList, scale: float = 1.0, *, overwrite: bool = False, stream: Stream = None
+) -> None:
     """``acc[i] += scale * grad[i]`` for every i, in place, in one multi-threaded call.
 
     With ``overwrite=True``: ``acc[i] = scale * grad[i]``, the accumulators' previous content is
@@ -48,9 +70,10 @@ def accumulate(acc: ArrayList, grad: ArrayList, scale: float = 1.0, *, overwrite
     needs no zeroed accumulators (8 instead of 12 bytes per element).
 
     ``acc`` arrays are float32; ``grad`` arrays float32, float16 or bfloat16 (widened exactly).
+    NumPy or DLPack arrays, all on one device; ``stream`` only for CUDA tensors (module docstring).
     Raises ``TypeError``/``ValueError`` naming the offending argument before anything is written.
     """
-    _C.accumulate(acc, grad, scale, overwrite=overwrite)
+    _C.accumulate(acc, grad, scale, overwrite=overwrite, stream=stream)
 
 
 def momentum_update(
@@ -64,6 +87,7 @@ def momentum_update(
     grad_scale: float,
     weight_decay: Union[float, Sequence[float]] = 0.0,
     nesterov: bool = False,
+    stream: Stream = None,
 ) -> None:
     """The fused end of an accumulation window with momentum SGD (``nn.Momentum``), per element::
 
@@ -76,7 +100,8 @@ def momentum_update(
     ``weight_decay`` is one float or one per tensor. (This function zeroes ``acc`` after reading
     it; :class:`~mindspore_accum.GradAccumCell` does not need that -- the first micro-batch of
     its next window overwrites its accumulators -- and its AOT update passes them as ``grad``.)
-    ``param``, ``moment`` and ``acc`` are float32; ``grad`` float32, float16 or bfloat16.
+    ``param``, ``moment`` and ``acc`` are float32; ``grad`` float32, float16 or bfloat16; NumPy or
+    DLPack arrays on one device, ``stream`` for CUDA tensors (module docstring).
     Raises ``TypeError``/``ValueError`` naming the argument and index before anything is written.
     """
     _C.momentum_update(
@@ -89,6 +114,7 @@ def momentum_update(
         grad_scale=grad_scale,
         weight_decay=weight_decay,
         nesterov=nesterov,
+        stream=stream,
     )
 
 
@@ -107,6 +133,7 @@ def adamw_update(
     step: int,
     grad_scale: float,
     bias_correction: bool,
+    stream: Stream = None,
 ) -> None:
     """The fused end of an accumulation window with AdamW, per element (float32)::
 
@@ -127,6 +154,7 @@ def adamw_update(
     one per tensor. Checked before anything is written: finite ``lr >= 0``, ``0 <= beta < 1``,
     ``eps > 0``, finite ``grad_scale`` and weight decays, ``step >= 1``, and the arrays as in
     :func:`momentum_update` (``TypeError``/``ValueError`` naming the argument and index).
+    NumPy or DLPack arrays on one device, ``stream`` for CUDA tensors (module docstring).
     """
     _C.adamw_update(
         param,
@@ -142,6 +170,7 @@ def adamw_update(
         step=step,
         grad_scale=grad_scale,
         bias_correction=bias_correction,
+        stream=stream,
     )
 
 
@@ -165,15 +194,17 @@ momentum_flush = _deprecated_alias(momentum_update, "momentum_flush")
 adamw_flush = _deprecated_alias(adamw_update, "adamw_flush")
 
 
-def sum_of_squares(tensors: ArrayList) -> float:
+def sum_of_squares(tensors: ArrayList, *, stream: Stream = None) -> float:
     """``sum(x * x)`` over every element of every array, in one multi-threaded pass.
 
     Arrays may be float32, float16 or bfloat16 (widened exactly); squares are float32, partial
     sums double. The result is NaN or inf when an element is, or when a square overflows
     float32 (|x| > ~1.8e19): the window-end check for non-finite gradients and the global norm
-    for clipping. Raises ``TypeError``/``ValueError`` naming the offending array.
+    for clipping. Raises ``TypeError``/``ValueError`` naming the offending array. NumPy or DLPack
+    arrays on one device; on CUDA (``stream`` as in the module docstring) the partial sums are
+    double too but the result is float32, and the call waits for it.
     """
-    return _C.sum_of_squares(tensors)
+    return _C.sum_of_squares(tensors, stream=stream)
 
 
 def aot_library_path() -> str:

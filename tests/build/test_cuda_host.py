@@ -331,7 +331,7 @@ def run_and_check(runner, limits, tmp_path, op, tensors, chunk=0, seed=0, nester
         check_adamw(tensors, scalars, outs)
     else:
         check_momentum(tensors, scalars, outs)
-    exp = expected_counters(tensors, op, chunk or limits["chunk_elems"], limits)
+    exp = expected_counters(tensors, op, chunk if chunk > 0 else limits["chunk_elems"], limits)
     assert (launches, vec, scal) == exp, "launches / vector elements / scalar elements differ from the model"
     return launches, vec, scal
 
@@ -500,7 +500,7 @@ def run_squares(runner, limits, tmp_path, tensors, chunk=0, seed=0, workspace_ex
     rc, launches, vec, scal, outs, result, needed = run_case(
         runner, tmp_path, "squares", tensors, (float(workspace_extra), 0, 0, 0), chunk
     )
-    chunk = chunk or limits["chunk_elems"]
+    chunk = chunk if chunk > 0 else limits["chunk_elems"]
     assert needed == (1 + sum(-(-t.numel // chunk) for t in tensors)) * limits["block_threads"]
     for i, (t, out) in enumerate(zip(tensors, outs)):
         assert np.array_equal(out["grad"], t.arrays["grad"]), f"tensor {i}: the input was written"
@@ -651,3 +651,60 @@ def test_adamw_misaligned(runner, limits, tmp_path, which):
     tensors = [T(4097, "f32", offsets=tuple(offsets)), T(4097, "f16", offsets=tuple(offsets)), T(4097, "f32")]
     _, vec, scal = run_and_check(runner, limits, tmp_path, "adamw", tensors, seed=45)
     assert vec == 4096 and scal == 2 * 4097 + 1
+
+
+# ---------------------------------------------------------------- launchers with host-side arguments
+# The path of DLPack CUDA tensors from _C (python_bindings.cpp): scalars and weight decays from
+# the host, uploaded by the launcher, on the tensors' device and the caller's stream. chunk=-1
+# selects them in the runner, which also checks device switching, the stream of every launch and
+# that every stream-ordered allocation is freed (tests/cpp/cuda_host_runner.cpp).
+HOST_ARGS = -1
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("grad", ["f32", "f16", "bf16"])
+def test_host_args_accumulate(runner, limits, tmp_path, grad, overwrite):
+    tensors = [T(n, grad=grad, offsets=(0, 0, n % 4, 0)) for n in (0, 1, 5, 4097, 70_001)]
+    run_and_check(runner, limits, tmp_path, "accumulate", tensors, chunk=HOST_ARGS, overwrite=overwrite, seed=50)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_host_args_momentum(runner, limits, tmp_path, nesterov):
+    tensors = [
+        T(n, grad=[None, "f32", "f16", "bf16"][i % 4], acc=i % 4 == 0 or i % 3 == 0, wd=0.01 * i)
+        for i, n in enumerate((3, 4097, 70_001, 17, 0, 9))
+    ]
+    run_and_check(runner, limits, tmp_path, "momentum", tensors, chunk=HOST_ARGS, nesterov=nesterov, seed=51)
+
+
+@pytest.mark.parametrize("bias_correction", [True, False])
+def test_host_args_adamw(runner, limits, tmp_path, bias_correction):
+    tensors = [
+        T(n, grad=[None, "f32", "f16", "bf16"][i % 4], acc=i % 4 == 0 or i % 3 == 0, wd=0.01 * i)
+        for i, n in enumerate((3, 4097, 70_001, 17, 0, 9))
+    ]
+    run_and_check(
+        runner,
+        limits,
+        tmp_path,
+        "adamw",
+        tensors,
+        chunk=HOST_ARGS,
+        seed=52,
+        hyper=adamw_hyper(bias_correction=bias_correction),
+    )
+
+
+def test_host_args_squares_and_empty_calls(runner, limits, tmp_path):
+    tensors = [T(n, grad=["f32", "f16", "bf16"][n % 3], acc=False) for n in (1, 4097, 70_001)]
+    rc, launches, _ = run_squares(runner, limits, tmp_path, tensors, chunk=HOST_ARGS, seed=53)
+    assert rc == 0 and launches == 2 + 2  # f16 and bf16 groups (counters checked by run_squares), two reductions
+    # No element anywhere: no CUDA call at all (the runner checks it), so no GPU is needed.
+    empty = [T(0, "f32", acc=False)]
+    make_data(empty, np.random.default_rng(54), "squares")
+    rc, launches, _, _, _, result, _ = run_case(runner, tmp_path, "squares", empty, (0.0, 0, 0, 0), HOST_ARGS)
+    assert (rc, launches, result) == (0, 0, 0.0)
+    launches, _, _ = run_and_check(
+        runner, limits, tmp_path, "accumulate", [T(0, "f32")], chunk=HOST_ARGS, overwrite=False
+    )
+    assert launches == 0

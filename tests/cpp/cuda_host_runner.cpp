@@ -17,7 +17,9 @@
 // Case file (little endian):
 //   int32 magic 'MSAC'; int32 op (0 accumulate, 1 momentum_update, 2 zero_fill, 3 sum_of_squares,
 //   4 adamw_update); int32 count;
-//   int64 chunk (0: the public launchers, else internal::*_chunked with this chunk size);
+//   int64 chunk (0: the public launchers; -1: the launchers with host-side arguments, *_host, on
+//                device 1 and stream kHostStream, the way the pybind11 frontend runs DLPack CUDA
+//                tensors; else internal::*_chunked with this chunk size);
 //   float32[4] scalars (accumulate: scale, overwrite value, overwrite given (0: null pointer), 0;
 //                      momentum_update: lr, momentum, grad_scale, nesterov;
 //                      sum_of_squares: workspace elements beyond the required count (-1: one short), 0, 0, 0;
@@ -29,6 +31,9 @@
 //           acc, grad (present ones);
 //           (sum_of_squares reads the "grad" arrays: its tensors have no acc);
 //   op 2:   count float32 values (zero_fill fills them with zeros).
+// With chunk -1 the runner also checks what the shim recorded (and exits 2 naming the breach):
+// every stream-ordered allocation freed, device 1 made current and the previous one restored,
+// every launch on kHostStream; and no CUDA call at all when no tensor has an element.
 // Output: int32 rc; int64 launches, vector_elements, scalar_elements; then the same arrays, after the call;
 // op 3 then appends float32 result and int64 required workspace elements. The workspace is an
 // exact-size heap allocation too.
@@ -95,6 +100,22 @@ void put(FILE* f, T v) {
 }
 
 size_t grad_size(int32_t type) { return type == 0 ? 4 : 2; }
+
+const auto kHostStream = reinterpret_cast<void*>(uintptr_t{0x5EED});
+constexpr int kHostDevice = 1;
+
+// After a *_host launcher: what the shim recorded must match the contract in cuda_kernels.h.
+void check_host_launch(bool any_elements) {
+  if (msaccum_shim::live_allocations != 0) die("host launcher leaked a stream-ordered allocation");
+  if (msaccum_shim::current_device != 0) die("host launcher did not restore the current device");
+  if (!any_elements) {
+    if (msaccum_shim::launches != 0 || msaccum_shim::set_device_calls != 0)
+      die("host launcher made CUDA calls for tensors without elements");
+    return;
+  }
+  if (msaccum_shim::set_device_calls != 2) die("host launcher did not switch to the tensors' device and back");
+  if (msaccum_shim::last_stream != static_cast<cudaStream_t>(kHostStream)) die("host launcher used another stream");
+}
 
 int info() {
   namespace in = msaccum::cuda::internal;
@@ -187,6 +208,11 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < tensors.size(); ++i) weight_decay[i] = tensors[i].weight_decay;
 
   msaccum_shim::reset_counters();
+  msaccum_shim::set_device_calls = 0;
+  msaccum_shim::last_stream = nullptr;
+  const bool host_args = chunk == -1;
+  bool any_elements = false;
+  for (const Tensor& t : tensors) any_elements = any_elements || t.numel > 0;
   int rc = 0;
   long long squares_needed = 0;
   float* squares_result = nullptr;
@@ -198,8 +224,11 @@ int main(int argc, char** argv) {
                  static_cast<msaccum::GradType>(t.grad_type < 0 ? 0 : t.grad_type), t.numel};
     }
     const float* flag = scalars[2] != 0.0f ? overwrite : nullptr;
-    rc = chunk > 0 ? msaccum::cuda::internal::accumulate_chunked(list.data(), count, scale, nullptr, chunk, flag)
-                   : msaccum::cuda::accumulate(list.data(), count, scale, nullptr, flag);
+    if (host_args && scalars[2] == 0.0f) die("the host launcher always passes the overwrite flag");
+    rc = host_args ? msaccum::cuda::accumulate_host(list.data(), count, scalars[0], scalars[1] != 0.0f, kHostDevice,
+                                                    kHostStream)
+         : chunk > 0 ? msaccum::cuda::internal::accumulate_chunked(list.data(), count, scale, nullptr, chunk, flag)
+                     : msaccum::cuda::accumulate(list.data(), count, scale, nullptr, flag);
   } else if (op == 1) {
     std::vector<msaccum::MomentumTensor> list(count);
     for (int i = 0; i < count; ++i) {
@@ -210,9 +239,13 @@ int main(int argc, char** argv) {
                  t.grad_type >= 0 ? t.grad.data() : nullptr,
                  static_cast<msaccum::GradType>(t.grad_type < 0 ? 0 : t.grad_type),
                  t.numel,
-                 -12345.0f};  // must be ignored by the CUDA launcher (weight decay comes from device memory)
+                 // ignored by the device-argument launchers (weight decay comes from device memory);
+                 // the host-argument launcher uploads this one
+                 host_args ? t.weight_decay : -12345.0f};
     }
-    rc = chunk > 0
+    const msaccum::MomentumScalars ms{scalars[0], scalars[1], scalars[2], scalars[3] != 0.0f};
+    rc = host_args ? msaccum::cuda::momentum_update_host(list.data(), count, ms, kHostDevice, kHostStream)
+         : chunk > 0
              ? msaccum::cuda::internal::momentum_update_chunked(list.data(), count, hyper, weight_decay, nullptr, chunk)
              : msaccum::cuda::momentum_update(list.data(), count, hyper, weight_decay, nullptr);
   } else if (op == 4) {
@@ -226,9 +259,12 @@ int main(int argc, char** argv) {
                  t.grad_type >= 0 ? t.grad.data() : nullptr,
                  static_cast<msaccum::GradType>(t.grad_type < 0 ? 0 : t.grad_type),
                  t.numel,
-                 -12345.0f};  // must be ignored by the CUDA launcher (weight decay comes from device memory)
+                 host_args ? t.weight_decay : -12345.0f};  // as momentum_update above
     }
-    rc = chunk > 0
+    const msaccum::AdamWScalars as{scalars[0], scalars[1], scalars[2], scalars[3], scalars[4], scalars[5],
+                                   scalars[6]};
+    rc = host_args ? msaccum::cuda::adamw_update_host(list.data(), count, as, kHostDevice, kHostStream)
+         : chunk > 0
              ? msaccum::cuda::internal::adamw_update_chunked(list.data(), count, hyper, weight_decay, nullptr, chunk)
              : msaccum::cuda::adamw_update(list.data(), count, hyper, weight_decay, nullptr);
   } else if (op == 2) {
@@ -242,18 +278,25 @@ int main(int argc, char** argv) {
       numel[i] = t.numel;
     }
     namespace in = msaccum::cuda::internal;
-    squares_needed = chunk > 0 ? in::sum_of_squares_workspace_chunked(numel.data(), count, chunk)
+    squares_needed = chunk > 0 && !host_args ? in::sum_of_squares_workspace_chunked(numel.data(), count, chunk)
                                : msaccum::cuda::sum_of_squares_workspace(numel.data(), count);
     const long long size = squares_needed + static_cast<long long>(scalars[0]);
     if (size < 1) die("workspace size < 1");
     double* workspace = new double[size];
     squares_result = new float[1]{-1.0f};
-    rc = chunk > 0 ? in::sum_of_squares_chunked(list.data(), count, squares_result, workspace, size, nullptr, chunk)
-                   : msaccum::cuda::sum_of_squares(list.data(), count, squares_result, workspace, size, nullptr);
+    if (host_args) {
+      double result = -1.0;
+      rc = msaccum::cuda::sum_of_squares_host(list.data(), count, &result, kHostDevice, kHostStream);
+      *squares_result = static_cast<float>(result);
+    } else {
+      rc = chunk > 0 ? in::sum_of_squares_chunked(list.data(), count, squares_result, workspace, size, nullptr, chunk)
+                     : msaccum::cuda::sum_of_squares(list.data(), count, squares_result, workspace, size, nullptr);
+    }
     delete[] workspace;
   } else {
     die("bad op");
   }
+  if (host_args) check_host_launch(any_elements);
 
   FILE* out = std::fopen(argv[2], "wb");
   if (!out) die(std::string("cannot write ") + argv[2]);
