@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <tuple>
 #include <utility>
@@ -88,6 +89,19 @@ inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_
   if (bytes == 0) return cudaSuccess;
   if (p == nullptr) return cudaErrorInvalidValue;
   std::memset(p, value, bytes);
+  return cudaSuccess;
+}
+
+// Stream-ordered allocation (the LAMB/LARS norms' scratch): the host build runs every launch at once,
+// so plain malloc/free keep the order.
+inline cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
+  if (p == nullptr) return cudaErrorInvalidValue;
+  *p = std::malloc(bytes == 0 ? 1 : bytes);
+  return *p ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
+  std::free(p);
   return cudaSuccess;
 }
 

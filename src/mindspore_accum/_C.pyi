@@ -1,5 +1,5 @@
 """Type stub of the compiled extension (csrc/frontends/python_bindings.cpp)."""
-from typing import Optional, Sequence, TypedDict, Union
+from typing import List, Optional, Sequence, TypedDict, Union
 
 import numpy as np
 
@@ -43,6 +43,36 @@ def adamw_update(
     grad_scale: float,
     bias_correction: bool,
 ) -> None: ...
+
+def lamb_update(
+    param: Sequence[np.ndarray],
+    exp_avg: Sequence[np.ndarray],
+    exp_avg_sq: Sequence[np.ndarray],
+    acc: Optional[Sequence[np.ndarray]],
+    grad: Optional[Sequence[np.ndarray]],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: Union[float, Sequence[float], np.ndarray],
+    step: int,
+    grad_scale: float,
+) -> List[float]: ...
+def lars_update(
+    param: Sequence[np.ndarray],
+    moment: Sequence[np.ndarray],
+    acc: Optional[Sequence[np.ndarray]],
+    grad: Optional[Sequence[np.ndarray]],
+    *,
+    lr: float,
+    momentum: float,
+    grad_scale: float,
+    weight_decay: Union[float, Sequence[float], np.ndarray] = 0.0,
+    coefficient: float = 0.001,
+    epsilon: float = 1e-5,
+    lars: Union[bool, Sequence[bool]] = True,
+) -> List[float]: ...
 
 # Deprecated aliases (the same functions), kept for one release: the window-end kernels are updates.
 momentum_flush = momentum_update
