@@ -217,3 +217,22 @@ def test_bad_arguments_are_named(make, match):
     net = Linear2(init())
     with pytest.raises((TypeError, ValueError), match=match):
         make(net.trainable_params())
+
+
+def test_specs_match_both_backends_tables_and_the_report():
+    """FusedLAMB's and FusedLARS's declared layouts are what their AOT entries read and their
+    native functions unpack; `python -m mindspore_accum` names them with those entries."""
+    from mindspore_accum import __main__ as report
+    from mindspore_accum.backends import kernel, native
+    from mindspore_accum.optim import FusedAdamW, FusedMomentum
+
+    classes = (FusedMomentum, FusedAdamW, FusedLAMB, FusedLARS)
+    for cls in classes:
+        spec = cls.spec
+        found = kernel.entry(spec.update, ("lr",) + spec.hyper, tensors=len(spec.states) + 2)
+        assert found.per_tensor == spec.per_tensor and found.outputs == "placeholder"
+        assert native.update(spec.update, spec.hyper, len(spec.states)) is native.UPDATES[spec.update].fn
+    assert report.FUSED_OPTIMIZERS == tuple((cls.__name__, kernel.ENTRIES[cls.spec.update].name) for cls in classes)
+    assert FusedLARS.spec.per_tensor == ("weight_decay", "lars")
+    line = next(text for text in report.report() if text.startswith("Fused optimizers: "))
+    assert line == "Fused optimizers: FusedMomentum, FusedAdamW, FusedLAMB, FusedLARS"
