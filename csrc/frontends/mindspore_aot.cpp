@@ -19,9 +19,10 @@
 // float16 or bfloat16. LAMB's hyper(7) is AdamW's (bias corrections always 1 - beta^t), its
 // weight decay is LAMB's lambda inside the direction u. LARS hyper(5) = {lr, momentum, grad_scale,
 // coefficient, epsilon}; lars(n) is 1 where a tensor takes the trust ratio, 0 for plain momentum
-// (no decay). Both run two passes (the per-tensor norms first, csrc/accum_math.h). MsAccumSumSquares only reads its inputs (float32, float16 or bfloat16, any
-// mix); its `out` is one float32, and `workspace` is float64 scratch of sum_of_squares_workspace()
-// elements (the CUDA kernel's partial sums; one element on CPU). Names ending in Cuda take device
+// (no decay). Both run two passes (the per-tensor norms first, csrc/accum_math.h).
+// MsAccumSumSquares only reads its inputs (float32, float16 or bfloat16, any mix); its `out` is one
+// float32, and `workspace` is float64 scratch of sum_of_squares_workspace() elements (the CUDA
+// kernel's partial sums; one element on CPU). Names ending in Cuda take device
 // memory and run on the given stream. A bad call logs why on stderr and returns non-zero, before
 // anything is written.
 //

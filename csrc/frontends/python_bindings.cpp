@@ -294,7 +294,8 @@ double step_number(const py::object& step_obj) {
     throw py::type_error("step must be an int >= 1, got " + step_type);
   const py::int_ step_int = py::reinterpret_steal<py::int_>(PyNumber_Index(step_obj.ptr()));
   if (!step_int) throw py::error_already_set();
-  if (step_int < py::int_(1)) throw py::value_error("step must be an int >= 1, got " + py::str(step_int).cast<std::string>());
+  if (step_int < py::int_(1))
+    throw py::value_error("step must be an int >= 1, got " + py::str(step_int).cast<std::string>());
   double step = PyLong_AsDouble(step_int.ptr());
   if (step == -1.0 && PyErr_Occurred()) {  // beyond double: beta**step is 0 long before that
     PyErr_Clear();

@@ -7,8 +7,9 @@ large-batch schedules and the checkpoint helpers import MindSpore when first use
 # The NumPy kernel API re-exported here. With a broken build (the compiled extension cannot be
 # imported) the package still imports -- `python -m mindspore_accum` reports what is wrong -- and
 # each of these names, and `_C`, raises that ImportError when used.
-_KERNEL_NAMES = ("accumulate", "momentum_update", "adamw_update", "lamb_update", "lars_update", "sum_of_squares",
-                 "build_info", "momentum_flush", "adamw_flush")  # the last two: deprecated aliases of the *_update names
+# The last two are deprecated aliases of the *_update names.
+_KERNEL_NAMES = ("accumulate", "momentum_update", "adamw_update", "lamb_update", "lars_update",
+                 "sum_of_squares", "build_info", "momentum_flush", "adamw_flush")
 
 try:
     from . import _C

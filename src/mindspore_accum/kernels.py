@@ -22,8 +22,8 @@ from . import _C
 
 ArrayList = Sequence[np.ndarray]
 
-__all__ = ["accumulate", "momentum_update", "adamw_update", "lamb_update", "lars_update", "sum_of_squares", "aot_library_path", "build_info",
-           "momentum_flush", "adamw_flush"]
+__all__ = ["accumulate", "momentum_update", "adamw_update", "lamb_update", "lars_update", "sum_of_squares",
+           "aot_library_path", "build_info", "momentum_flush", "adamw_flush"]
 
 
 def build_info() -> dict:

@@ -7,9 +7,10 @@ warm-up*: start from the small batch's rate and raise it by a constant amount ev
 it reaches k times that rate (5 epochs in the paper), then continue with the usual schedule
 (2.2). With accumulation, the batch is ``micro-batch size x accumulation_steps x workers``.
 
-:class:`WarmupLinearScaling` is a ``LearningRateSchedule`` (``mindspore.nn.learning_rate_schedule``): pass it as ``learning_rate`` to
-any optimizer here (:class:`~mindspore_accum.FusedMomentum`, :class:`~mindspore_accum.FusedAdamW`,
-:class:`~mindspore_accum.FusedLAMB`, :class:`~mindspore_accum.FusedLARS`) or MindSpore's own; it
+:class:`WarmupLinearScaling` is a ``LearningRateSchedule`` (``mindspore.nn.learning_rate_schedule``):
+pass it as ``learning_rate`` to any optimizer here (:class:`~mindspore_accum.FusedMomentum`,
+:class:`~mindspore_accum.FusedAdamW`, :class:`~mindspore_accum.FusedLAMB`,
+:class:`~mindspore_accum.FusedLARS`) or MindSpore's own; it
 is evaluated at the optimizer's ``global_step``, i.e. once per update (per window inside
 :class:`~mindspore_accum.GradAccumCell`).
 """

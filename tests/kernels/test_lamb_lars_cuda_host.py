@@ -27,7 +27,8 @@ def runner(tmp_path_factory):
     exe = tmp_path_factory.mktemp("lamb_lars_host") / "runner"
     cmd = [cxx, "-std=c++17", "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
            "-fno-omit-frame-pointer", "-Wall", "-Wextra", "-Werror", "-fno-strict-aliasing", "-DMSACCUM_HOST_SHIM",
-           "-include", str(CSRC / "cuda" / "host_shim.h"), f"-I{CSRC}", "-x", "c++", str(CSRC / "cuda" / "cuda_kernels.cu"),
+           "-include", str(CSRC / "cuda" / "host_shim.h"), f"-I{CSRC}",
+           "-x", "c++", str(CSRC / "cuda" / "cuda_kernels.cu"),
            "-x", "none", str(REPO / "tests" / "cpp" / "lamb_lars_host_runner.cpp"), "-o", str(exe)]
     built = subprocess.run(cmd, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-4000:]

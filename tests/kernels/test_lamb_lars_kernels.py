@@ -229,7 +229,8 @@ def _lars_args():
 @pytest.mark.parametrize("change, error, match", [
     ({"beta1": 1.0}, ValueError, "beta1"), ({"beta2": -0.5}, ValueError, "beta2"), ({"eps": 0.0}, ValueError, "eps"),
     ({"lr": float("nan")}, ValueError, "lr"), ({"step": 0}, ValueError, "step"), ({"step": 1.5}, TypeError, "step"),
-    ({"grad_scale": float("inf")}, ValueError, "grad_scale"), ({"weight_decay": [0.1, 0.2]}, ValueError, "weight_decay"),
+    ({"grad_scale": float("inf")}, ValueError, "grad_scale"),
+    ({"weight_decay": [0.1, 0.2]}, ValueError, "weight_decay"),
     ({"exp_avg": [np.zeros(5, np.float32)]}, ValueError, "exp_avg"),
     ({"exp_avg_sq": [np.zeros(4, np.float64)]}, TypeError, "exp_avg_sq"),
     ({"grad": [np.ones(4, np.int32)]}, TypeError, "grad"),
