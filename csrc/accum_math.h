@@ -125,6 +125,78 @@ MSACCUM_HD void adamw_value(float& param, float& exp_avg, float& exp_avg_sq, flo
   param = param - a.lr * a.weight_decay * param - a.lr * u;
 }
 
+// ---- the layer-wise adaptive updates (LAMB, LARS): two passes per window ----
+//
+// Their step depends on per-tensor norms, so a window end is two passes over the tensors: the
+// first computes what the norms need (and, for LAMB, the new moments), the kernels add each
+// tensor's squares as sum_of_squares does (float32 runs, double sums), the second applies the
+// step with the tensor's ratio.
+
+// Hyper-parameters of one lamb_update call for one tensor (the bias corrections as AdamWArgs).
+struct LambArgs {
+  float beta1;
+  float beta2;
+  float eps;
+  float grad_scale;        // 1 / (items * loss scale) * clip factor (above)
+  float bias_correction1;  // 1 - beta1^t
+  float bias_correction2;  // 1 - beta2^t
+  float weight_decay;      // lambda, inside the direction u (LAMB's decoupled decay)
+};
+
+// LAMB's direction from the new moments: u = m_hat / (sqrt(v_hat) + eps) + weight_decay * param.
+MSACCUM_HD float lamb_direction(float param, float m, float v, const LambArgs& a) {
+  return (m / a.bias_correction1) / (sqrtf(v / a.bias_correction2) + a.eps) + a.weight_decay * param;
+}
+
+// LAMB pass 1 for one element: the moments from g = summed_grad * grad_scale, then u (returned;
+// the kernels add param^2 and u^2 of the tensor).
+//   m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
+MSACCUM_HD float lamb_moments(float param, float& exp_avg, float& exp_avg_sq, float summed_grad, const LambArgs& a) {
+  const float g = summed_grad * a.grad_scale;
+  const float m = a.beta1 * exp_avg + (1.0f - a.beta1) * g;
+  const float v = a.beta2 * exp_avg_sq + (1.0f - a.beta2) * g * g;
+  exp_avg = m;
+  exp_avg_sq = v;
+  return lamb_direction(param, m, v, a);
+}
+
+// LAMB's trust ratio of a tensor: r = ||w|| / ||u||, 1 if either norm is 0 (You et al. 2019;
+// nn.Lamb also clips r to [0, 10], which this does not).
+MSACCUM_HD float lamb_ratio(float w_norm, float u_norm) {
+  return (w_norm > 0.0f && u_norm > 0.0f) ? w_norm / u_norm : 1.0f;
+}
+
+// LAMB pass 2 for one element: param -= lr * r * u, u recomputed from the pass-1 moments.
+MSACCUM_HD void lamb_apply(float& param, float exp_avg, float exp_avg_sq, float lr_ratio, const LambArgs& a) {
+  param = param - lr_ratio * lamb_direction(param, exp_avg, exp_avg_sq, a);
+}
+
+// LARS's trust ratio of a tensor (nn.LARS, You et al. 2017), g the mean gradient:
+//   trust = coefficient * ||w|| / (||g|| + weight_decay * ||w|| + epsilon), 1 if ||w|| or ||g|| is 0.
+MSACCUM_HD float lars_trust(float w_norm, float g_norm, float coefficient, float weight_decay, float epsilon) {
+  return (w_norm > 0.0f && g_norm > 0.0f) ? coefficient * w_norm / (g_norm + weight_decay * w_norm + epsilon)
+                                          : 1.0f;
+}
+
+// Hyper-parameters of the LARS step (pass 2) for one tensor.
+struct LarsArgs {
+  float lr;
+  float momentum;
+  float grad_scale;    // 1 / (items * loss scale) * clip factor (above)
+  float weight_decay;  // lambda where the tensor takes LARS, else 0
+  float trust;         // lars_trust(...) where the tensor takes LARS, else 1
+};
+
+// LARS pass 2 for one element:
+//   g = summed_grad * grad_scale;  d = trust * (g + weight_decay * param);  v = momentum * v + d;  param -= lr * v
+MSACCUM_HD void lars_value(float& param, float& moment, float summed_grad, const LarsArgs& a) {
+  const float g = summed_grad * a.grad_scale;
+  const float d = a.trust * (g + a.weight_decay * param);
+  const float v = a.momentum * moment + d;
+  moment = v;
+  param = param - a.lr * v;
+}
+
 // ---- sum of squares: the window-end check (non-finite values, global norm for clipping) ----
 
 // One element's contribution: its square in float32, like the rest of the math. NaN and inf

@@ -44,6 +44,22 @@ struct AdamWTensor {
   float weight_decay;  // CPU only, as MomentumTensor::weight_decay
 };
 
+// One tensor of lamb_update: the fields of AdamWTensor (the same states: exp_avg, exp_avg_sq).
+using LambTensor = AdamWTensor;
+
+// One tensor of lars_update: param and moment float32, updated in place from acc + grad (either
+// may be null); a given acc is set to 0 afterwards.
+struct LarsTensor {
+  float* param;
+  float* moment;
+  float* acc;        // may be null
+  const void* grad;  // may be null
+  GradType grad_type;
+  int64_t numel;
+  float weight_decay;  // CPU only, as MomentumTensor::weight_decay
+  float lars;          // CPU only: non-zero where the tensor takes the trust ratio (lars_filter), 0: plain momentum
+};
+
 // A read-only tensor of float32, float16 or bfloat16 values (sum_of_squares).
 struct SquaresTensor {
   const void* data;
@@ -70,6 +86,19 @@ struct AdamWScalars {
   float grad_scale;
   float bias_correction1;  // 1 - beta1^t, or 1 without bias correction
   float bias_correction2;  // 1 - beta2^t, or 1
+};
+
+// Scalars of one lamb_update call on the CPU (AdamWScalars' fields; 1 - beta^t both, LAMB always
+// corrects the bias).
+using LambScalars = AdamWScalars;
+
+// Scalars of one lars_update call on the CPU (accum_math.h LarsArgs without the per-tensor values).
+struct LarsScalars {
+  float lr;
+  float momentum;
+  float grad_scale;
+  float coefficient;  // the trust coefficient (nn.LARS coefficient)
+  float epsilon;      // added to the trust ratio's denominator
 };
 
 }  // namespace msaccum

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -163,25 +164,34 @@ void adamw_update(const std::vector<AdamWTensor>& tensors, const AdamWScalars& s
   });
 }
 
-double sum_of_squares(const std::vector<SquaresTensor>& tensors) {
-  // The chunk layout is documented at the declaration (cpu_kernels.h).
-  const SpanKernels& k = select_kernels();
-  struct Chunk {
-    int64_t start;  // offset of its first element in the concatenation of all tensors
-    size_t tensor;
-    int64_t lo, hi;
-  };
+namespace {
+
+// The chunks of sum_of_squares (cpu_kernels.h): every tensor cut into kSquaresChunk pieces from its
+// first element, numbered tensor by tensor.
+struct Chunk {
+  int64_t start;  // offset of its first element in the concatenation of all tensors
+  size_t tensor;
+  int64_t lo, hi;
+};
+
+std::vector<Chunk> make_chunks(const std::vector<int64_t>& numel, int64_t* total_elements) {
   std::vector<Chunk> chunks;
-  int64_t total_elements = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    for (int64_t lo = 0; lo < tensors[i].numel; lo += kSquaresChunk)
-      chunks.push_back({total_elements + lo, i, lo, std::min(tensors[i].numel, lo + kSquaresChunk)});
-    total_elements += tensors[i].numel;
+  int64_t total = 0;
+  for (size_t i = 0; i < numel.size(); ++i) {
+    for (int64_t lo = 0; lo < numel[i]; lo += kSquaresChunk)
+      chunks.push_back({total + lo, i, lo, std::min(numel[i], lo + kSquaresChunk)});
+    total += numel[i];
   }
-  std::vector<double> sums(chunks.size());
+  *total_elements = total;
+  return chunks;
+}
+
+// Calls fn(chunk_index) for every chunk; thread t runs the chunks that start in its equal share
+// of the elements. Which thread runs a chunk never changes what fn computes for it.
+template <typename Fn>
+void for_each_chunk(const std::vector<Chunk>& chunks, int64_t total_elements, Fn&& fn) {
   const int64_t by_size = std::max<int64_t>(1, total_elements / kMinElementsPerThread);
   const int nthreads = static_cast<int>(std::min<int64_t>({num_threads(), by_size, int64_t(chunks.size())}));
-  // Thread t runs the chunks that start in its equal share of the elements.
   auto first_chunk = [&](int t) -> size_t {
     if (t >= nthreads) return chunks.size();
     const int64_t begin = total_elements / nthreads * t + std::min<int64_t>(t, total_elements % nthreads);
@@ -189,14 +199,104 @@ double sum_of_squares(const std::vector<SquaresTensor>& tensors) {
                             [](const Chunk& c, int64_t v) { return c.start < v; }) - chunks.begin();
   };
   parallel_for(std::max(nthreads, 1), [&](int t) {
-    for (size_t c = first_chunk(t), end = first_chunk(t + 1); c < end; ++c) {
-      const SquaresTensor& x = tensors[chunks[c].tensor];
-      sums[c] = k.sum_squares(offset_grad(x.data, x.type, chunks[c].lo), x.type, chunks[c].hi - chunks[c].lo);
-    }
+    for (size_t c = first_chunk(t), end = first_chunk(t + 1); c < end; ++c) fn(c);
+  });
+}
+
+// Per tensor, the two sums of its chunks (pairs[c] for chunk c), added in double in chunk order.
+std::vector<double> per_tensor_sums(const std::vector<Chunk>& chunks, const std::vector<double>& pairs, size_t count) {
+  std::vector<double> sums(2 * count, 0.0);
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    sums[2 * chunks[c].tensor] += pairs[2 * c];
+    sums[2 * chunks[c].tensor + 1] += pairs[2 * c + 1];
+  }
+  return sums;
+}
+
+float norm_of(double sum_of_squares) { return static_cast<float>(std::sqrt(sum_of_squares)); }
+
+}  // namespace
+
+double sum_of_squares(const std::vector<SquaresTensor>& tensors) {
+  // The chunk layout is documented at the declaration (cpu_kernels.h).
+  const SpanKernels& k = select_kernels();
+  int64_t total_elements = 0;
+  const std::vector<Chunk> chunks = make_chunks(numel_of(tensors), &total_elements);
+  std::vector<double> sums(chunks.size());
+  for_each_chunk(chunks, total_elements, [&](size_t c) {
+    const SquaresTensor& x = tensors[chunks[c].tensor];
+    sums[c] = k.sum_squares(offset_grad(x.data, x.type, chunks[c].lo), x.type, chunks[c].hi - chunks[c].lo);
   });
   double total = 0.0;
   for (const double s : sums) total += s;
   return total;
+}
+
+namespace {
+LambArgs lamb_args(const LambScalars& s, float weight_decay) {
+  return LambArgs{s.beta1, s.beta2, s.eps, s.grad_scale, s.bias_correction1, s.bias_correction2, weight_decay};
+}
+}  // namespace
+
+void lamb_update(const std::vector<LambTensor>& tensors, const LambScalars& scalars, float* ratios) {
+  const SpanKernels& k = select_kernels();
+  const std::vector<int64_t> numel = numel_of(tensors);
+  int64_t total_elements = 0;
+  const std::vector<Chunk> chunks = make_chunks(numel, &total_elements);
+  std::vector<double> pairs(2 * chunks.size(), 0.0);
+  for_each_chunk(chunks, total_elements, [&](size_t c) {
+    const LambTensor& t = tensors[chunks[c].tensor];
+    const int64_t lo = chunks[c].lo;
+    k.lamb_moments(t.param + lo, t.exp_avg + lo, t.exp_avg_sq + lo, offset_acc(t.acc, lo),
+                   offset_grad(t.grad, t.grad_type, lo), t.grad_type, chunks[c].hi - lo,
+                   lamb_args(scalars, t.weight_decay), &pairs[2 * c]);
+  });
+  const std::vector<double> sums = per_tensor_sums(chunks, pairs, tensors.size());
+  std::vector<float> lr_ratio(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const float r = lamb_ratio(norm_of(sums[2 * i]), norm_of(sums[2 * i + 1]));
+    lr_ratio[i] = scalars.lr * r;
+    if (ratios) ratios[i] = r;
+  }
+  for_each_balanced(numel, [&](size_t i, int64_t lo, int64_t hi) {
+    const LambTensor& t = tensors[i];
+    k.lamb_apply(t.param + lo, t.exp_avg + lo, t.exp_avg_sq + lo, hi - lo, lr_ratio[i],
+                 lamb_args(scalars, t.weight_decay));
+  });
+}
+
+void lars_update(const std::vector<LarsTensor>& tensors, const LarsScalars& scalars, float* ratios) {
+  const SpanKernels& k = select_kernels();
+  // Pass 1 only over the tensors that take the trust ratio.
+  std::vector<int64_t> norm_numel(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) norm_numel[i] = tensors[i].lars != 0.0f ? tensors[i].numel : 0;
+  int64_t total_elements = 0;
+  const std::vector<Chunk> chunks = make_chunks(norm_numel, &total_elements);
+  std::vector<double> pairs(2 * chunks.size(), 0.0);
+  for_each_chunk(chunks, total_elements, [&](size_t c) {
+    const LarsTensor& t = tensors[chunks[c].tensor];
+    const int64_t lo = chunks[c].lo;
+    k.lars_norms(t.param + lo, offset_acc(t.acc, lo), offset_grad(t.grad, t.grad_type, lo), t.grad_type,
+                 chunks[c].hi - lo, &pairs[2 * c]);
+  });
+  const std::vector<double> sums = per_tensor_sums(chunks, pairs, tensors.size());
+  std::vector<LarsArgs> args(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const LarsTensor& t = tensors[i];
+    LarsArgs& a = args[i];
+    a = LarsArgs{scalars.lr, scalars.momentum, scalars.grad_scale, 0.0f, 1.0f};
+    if (t.lars != 0.0f) {
+      a.weight_decay = t.weight_decay;
+      a.trust = lars_trust(norm_of(sums[2 * i]), norm_of(sums[2 * i + 1]) * std::fabs(scalars.grad_scale),
+                           scalars.coefficient, t.weight_decay, scalars.epsilon);
+    }
+    if (ratios) ratios[i] = a.trust;
+  }
+  for_each_balanced(numel_of(tensors), [&](size_t i, int64_t lo, int64_t hi) {
+    const LarsTensor& t = tensors[i];
+    k.lars_apply(t.param + lo, t.moment + lo, offset_acc(t.acc, lo), offset_grad(t.grad, t.grad_type, lo),
+                 t.grad_type, hi - lo, args[i]);
+  });
 }
 
 int pool_workers() { return pool_worker_count(); }

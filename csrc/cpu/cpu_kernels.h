@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "../accum_math.h"
 #include "../kernel_api.h"
 
 namespace msaccum {
@@ -18,6 +19,16 @@ void accumulate(const std::vector<AccumulateTensor>& tensors, float scale, bool 
 // The window-end updates: a given acc is read, then set to 0 (kernel_api.h).
 void momentum_update(const std::vector<MomentumTensor>& tensors, const MomentumScalars& scalars);
 void adamw_update(const std::vector<AdamWTensor>& tensors, const AdamWScalars& scalars);
+// The layer-wise adaptive updates, two passes each (accum_math.h). The per-tensor sums of squares
+// are added as sum_of_squares adds its total (chunks of kSquaresChunk, double, in chunk order), so
+// they and the update do not depend on the thread count.
+//   lamb_update: pass 1 reads param, the moments and acc/grad, writes the moments (and acc = 0),
+//                sums param^2 and u^2 per tensor; pass 2 reads param and the moments, writes param.
+//   lars_update: pass 1 reads param and acc/grad, sums param^2 and summed^2 per tensor (tensors
+//                without LARS skip it); pass 2 is the momentum step with the tensor's trust ratio.
+// `ratios` (if not null) receives one value per tensor: LAMB's r, LARS's trust (1 without LARS).
+void lamb_update(const std::vector<LambTensor>& tensors, const LambScalars& scalars, float* ratios = nullptr);
+void lars_update(const std::vector<LarsTensor>& tensors, const LarsScalars& scalars, float* ratios = nullptr);
 
 // Sum over every element of every tensor of its square (accum_math.h square_value), in one
 // multi-threaded pass. The result depends on the vector ISA but not on the thread count:
@@ -65,6 +76,17 @@ struct SpanKernels {
                           float weight_decay, const MomentumScalars& s);
   void (*adamw_update)(float* param, float* exp_avg, float* exp_avg_sq, float* acc, const void* grad,
                        GradType type, int64_t n, float weight_decay, const AdamWScalars& s);
+  // LAMB pass 1: moments updated, acc (if given) zeroed; sums[0] += sum param^2, sums[1] += sum u^2.
+  void (*lamb_moments)(const float* param, float* exp_avg, float* exp_avg_sq, float* acc, const void* grad,
+                       GradType type, int64_t n, const LambArgs& a, double* sums);
+  // LAMB pass 2: param -= lr_ratio * u.
+  void (*lamb_apply)(float* param, const float* exp_avg, const float* exp_avg_sq, int64_t n, float lr_ratio,
+                     const LambArgs& a);
+  // LARS pass 1: sums[0] += sum param^2, sums[1] += sum (acc + grad)^2.
+  void (*lars_norms)(const float* param, const float* acc, const void* grad, GradType type, int64_t n, double* sums);
+  // LARS pass 2: the momentum step with the tensor's trust ratio; acc (if given) zeroed.
+  void (*lars_apply)(float* param, float* moment, float* acc, const void* grad, GradType type, int64_t n,
+                     const LarsArgs& a);
   void (*axpy)(float* a, const float* b, int64_t n, float s);
   double (*sum_squares)(const void* x, GradType type, int64_t n);
 };

@@ -175,6 +175,87 @@ double sum_squares_span(const void* x, GradType type, int64_t n) {
   return total;
 }
 
+// ---- LAMB and LARS: the passes of accum_math.h; squares added as sum_squares_f32 adds them ----
+
+// LAMB pass 1 over one block (n <= kBlock): moments, u into `u`, then the block's squares.
+template <bool kHasAcc, bool kHasGrad>
+inline void lamb_moments_f32(const float* __restrict param, float* __restrict exp_avg, float* __restrict exp_avg_sq,
+                             float* __restrict acc, const float* __restrict grad, int64_t n, const LambArgs& args,
+                             double* sums) {
+  alignas(64) float u[kBlock];
+#pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) {
+    const float summed = summed_grad<kHasAcc, kHasGrad>(kHasAcc ? acc[i] : 0.0f, kHasGrad ? grad[i] : 0.0f);
+    u[i] = lamb_moments(param[i], exp_avg[i], exp_avg_sq[i], summed, args);
+    if (kHasAcc) acc[i] = 0.0f;
+  }
+  sums[0] += sum_squares_f32(param, n);
+  sums[1] += sum_squares_f32(u, n);
+}
+
+void lamb_moments_span(const float* param, float* exp_avg, float* exp_avg_sq, float* acc, const void* grad,
+                       GradType type, int64_t n, const LambArgs& args, double* sums) {
+  // Blocks of kBlock from the span's start whatever the gradient type, so the sums are the same.
+  for_each_widened(grad, type, n, [&](int64_t start, int64_t len, const float* g) {
+    for (int64_t b = 0; b < len; b += kBlock) {
+      const int64_t at = start + b, bl = std::min(kBlock, len - b);
+      float* a = acc ? acc + at : nullptr;
+      const float* gb = g ? g + b : nullptr;
+      with_presence(a, gb, [&](auto has_acc, auto has_grad) {
+        lamb_moments_f32<decltype(has_acc)::value, decltype(has_grad)::value>(
+            param + at, exp_avg + at, exp_avg_sq + at, a, gb, bl, args, sums);
+      });
+    }
+  });
+}
+
+void lamb_apply_span(float* __restrict param, const float* __restrict exp_avg, const float* __restrict exp_avg_sq,
+                     int64_t n, float lr_ratio, const LambArgs& args) {
+#pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) lamb_apply(param[i], exp_avg[i], exp_avg_sq[i], lr_ratio, args);
+}
+
+// LARS pass 1: the squares of param and of the summed gradient, block by block.
+void lars_norms_span(const float* param, const float* acc, const void* grad, GradType type, int64_t n, double* sums) {
+  alignas(64) float summed[kBlock];
+  for_each_widened(grad, type, n, [&](int64_t start, int64_t len, const float* g) {
+    for (int64_t b = 0; b < len; b += kBlock) {
+      const int64_t at = start + b, bl = std::min(kBlock, len - b);
+      const float* a = acc ? acc + at : nullptr;
+      const float* gb = g ? g + b : nullptr;
+      with_presence(a, gb, [&](auto has_acc, auto has_grad) {
+        constexpr bool kHasAcc = decltype(has_acc)::value, kHasGrad = decltype(has_grad)::value;
+#pragma GCC ivdep
+        for (int64_t i = 0; i < bl; ++i)
+          summed[i] = summed_grad<kHasAcc, kHasGrad>(kHasAcc ? a[i] : 0.0f, kHasGrad ? gb[i] : 0.0f);
+      });
+      sums[0] += sum_squares_f32(param + at, bl);
+      sums[1] += sum_squares_f32(summed, bl);
+    }
+  });
+}
+
+template <bool kHasAcc, bool kHasGrad>
+inline void lars_f32(float* __restrict param, float* __restrict moment, float* __restrict acc,
+                     const float* __restrict grad, int64_t n, const LarsArgs& args) {
+#pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) {
+    const float summed = summed_grad<kHasAcc, kHasGrad>(kHasAcc ? acc[i] : 0.0f, kHasGrad ? grad[i] : 0.0f);
+    lars_value(param[i], moment[i], summed, args);
+    if (kHasAcc) acc[i] = 0.0f;
+  }
+}
+
+void lars_apply_span(float* param, float* moment, float* acc, const void* grad, GradType type, int64_t n,
+                     const LarsArgs& args) {
+  for_each_widened(grad, type, n, [&](int64_t start, int64_t len, const float* g) {
+    float* a = acc ? acc + start : nullptr;
+    with_presence(a, g, [&](auto has_acc, auto has_grad) {
+      lars_f32<decltype(has_acc)::value, decltype(has_grad)::value>(param + start, moment + start, a, g, len, args);
+    });
+  });
+}
+
 void axpy_span(float* __restrict a, const float* __restrict b, int64_t n, float s) {
 #pragma GCC ivdep
   for (int64_t i = 0; i < n; ++i) a[i] += s * b[i];
@@ -187,6 +268,8 @@ const SpanKernels& MSACCUM_CAT(span_kernels_, MSACCUM_ISA)() {
   namespace isa = MSACCUM_ISA_NS;
   static const SpanKernels kernels{isa::accumulate_span<false>, isa::accumulate_span<true>,
                                    isa::momentum_update_span,  isa::adamw_update_span,
+                                   isa::lamb_moments_span,     isa::lamb_apply_span,
+                                   isa::lars_norms_span,       isa::lars_apply_span,
                                    isa::axpy_span,             isa::sum_squares_span};
   return kernels;
 }

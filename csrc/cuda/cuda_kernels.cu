@@ -271,6 +271,290 @@ struct AdamWUpdateFunctor {
   }
 };
 
+// ---- LAMB and LARS: pass 1 (per-thread sums of squares), per-tensor reduction, pass 2 ----
+//
+// Pass 1 stores, for every thread of every block, two float32 run sums in its own slots of
+// `partials` (as SquaresFunctor). A tensor's blocks are consecutive in the call's block numbering
+// (block_ranges below replays the packer's order), so the reduction adds each tensor's slots in a
+// fixed order: deterministic, without atomics or shared memory (the host shim runs it too).
+// The loops are scalar and strided (coalesced); the per-tensor ratio is computed per block.
+
+// The summed gradient of element i, presence known at run time (uniform over the block); the
+// same values as summed_grad<kHasAcc, kHasGrad>.
+template <typename G>
+__device__ __forceinline__ float summed_grad_rt(const float* acc, const typename G::Scalar* grad, int64_t i) {
+  if (acc && grad) return summed_grad<true, true>(acc[i], G::widen(grad[i]));
+  if (acc) return summed_grad<true, false>(acc[i], 0.0f);
+  if (grad) return summed_grad<false, true>(0.0f, G::widen(grad[i]));
+  return summed_grad<false, false>(0.0f, 0.0f);
+}
+
+struct NormParams {
+  const float* hyper;         // device memory: the op's hyper-parameters (lamb_update / lars_update)
+  const float* weight_decay;  // device memory: one float per tensor
+  double* partials;           // two doubles per thread of the call, in launch order
+  bool valid() const { return hyper != nullptr && weight_decay != nullptr && partials != nullptr; }
+};
+
+__device__ __forceinline__ void store_sums(const NormParams& p, int64_t first_block, float a, float b) {
+  const int64_t slot = (first_block + blockIdx.x) * blockDim.x + threadIdx.x;
+  p.partials[2 * slot] = a;
+  p.partials[2 * slot + 1] = b;
+}
+
+__device__ __forceinline__ float norm_of(double sum_of_squares) { return static_cast<float>(sqrt(sum_of_squares)); }
+
+__device__ __forceinline__ LambArgs lamb_args(const float* hp, float weight_decay) {
+  return LambArgs{hp[1], hp[2], hp[3], hp[4], hp[5], hp[6], weight_decay};
+}
+
+// LAMB pass 1: moments updated (a given acc zeroed); sums of param^2 and u^2.
+template <typename G>
+struct LambMomentsFunctor {
+  using Grad = G;
+  using Tensor = LambTensor;
+  using Params = NormParams;
+  static constexpr int kDepth = 5;  // param, exp_avg, exp_avg_sq, acc, grad
+  static void addresses(const Tensor& t, void** a) {
+    a[0] = t.param;
+    a[1] = t.exp_avg;
+    a[2] = t.exp_avg_sq;
+    a[3] = t.acc;
+    a[4] = const_cast<void*>(t.grad);
+  }
+  static bool has_required(const Tensor& t) { return t.param && t.exp_avg && t.exp_avg_sq; }
+  static GradType grad_type(const Tensor& t) { return t.grad_type; }
+
+  __device__ __forceinline__ static void apply(const TensorListMetadata<kDepth>& meta, const BlockChunk& c,
+                                               const Params& p) {
+    const LambArgs h = lamb_args(p.hyper, p.weight_decay[meta.list_index[c.tensor]]);
+    const float* param = chunk_pointer<float>(meta, 0, c);
+    float* exp_avg = chunk_pointer<float>(meta, 1, c);
+    float* exp_avg_sq = chunk_pointer<float>(meta, 2, c);
+    float* acc = chunk_pointer<float>(meta, 3, c);
+    const typename G::Scalar* grad = chunk_pointer<const typename G::Scalar>(meta, 4, c);
+    float w_sq = 0.0f, u_sq = 0.0f;
+    for (int64_t i = threadIdx.x; i < c.len; i += blockDim.x) {
+      const float u = lamb_moments(param[i], exp_avg[i], exp_avg_sq[i], summed_grad_rt<G>(acc, grad, i), h);
+      if (acc) acc[i] = 0.0f;
+      w_sq += square_value(param[i]);
+      u_sq += square_value(u);
+      MSACCUM_COUNT_PATH(scalar, 1);
+    }
+    store_sums(p, meta.first_block, w_sq, u_sq);
+  }
+};
+
+// LARS pass 1: sums of param^2 and summed^2.
+template <typename G>
+struct LarsNormsFunctor {
+  using Grad = G;
+  using Tensor = LarsTensor;
+  using Params = NormParams;
+  static constexpr int kDepth = 3;  // param, acc, grad
+  static void addresses(const Tensor& t, void** a) {
+    a[0] = t.param;
+    a[1] = t.acc;
+    a[2] = const_cast<void*>(t.grad);
+  }
+  static bool has_required(const Tensor& t) { return t.param && t.moment; }
+  static GradType grad_type(const Tensor& t) { return t.grad_type; }
+
+  __device__ __forceinline__ static void apply(const TensorListMetadata<kDepth>& meta, const BlockChunk& c,
+                                               const Params& p) {
+    const float* param = chunk_pointer<float>(meta, 0, c);
+    const float* acc = chunk_pointer<float>(meta, 1, c);
+    const typename G::Scalar* grad = chunk_pointer<const typename G::Scalar>(meta, 2, c);
+    float w_sq = 0.0f, g_sq = 0.0f;
+    for (int64_t i = threadIdx.x; i < c.len; i += blockDim.x) {
+      w_sq += square_value(param[i]);
+      g_sq += square_value(summed_grad_rt<G>(acc, grad, i));
+      MSACCUM_COUNT_PATH(scalar, 1);
+    }
+    store_sums(p, meta.first_block, w_sq, g_sq);
+  }
+};
+
+struct ApplyParams {
+  const float* hyper;         // device memory, as NormParams
+  const float* weight_decay;  // device memory: one float per tensor
+  const float* lars;          // device memory: one float per tensor (LARS), null for LAMB
+  const double* sums;         // two sums of squares per tensor (the reduction's output)
+  bool valid() const { return hyper != nullptr && weight_decay != nullptr && sums != nullptr; }
+};
+
+// LAMB pass 2: param -= lr * r * u, u recomputed from param and the new moments.
+template <typename G>
+struct LambApplyFunctor {
+  using Grad = G;
+  using Tensor = LambTensor;
+  using Params = ApplyParams;
+  static constexpr int kDepth = 3;  // param, exp_avg, exp_avg_sq (no gradient: the float32 group)
+  static void addresses(const Tensor& t, void** a) {
+    a[0] = t.param;
+    a[1] = t.exp_avg;
+    a[2] = t.exp_avg_sq;
+  }
+  static bool has_required(const Tensor& t) { return t.param && t.exp_avg && t.exp_avg_sq; }
+  static GradType grad_type(const Tensor&) { return GradType::kFloat32; }
+
+  __device__ __forceinline__ static void apply(const TensorListMetadata<kDepth>& meta, const BlockChunk& c,
+                                               const Params& p) {
+    const int li = meta.list_index[c.tensor];
+    const LambArgs h = lamb_args(p.hyper, p.weight_decay[li]);
+    const float lr_ratio = p.hyper[0] * lamb_ratio(norm_of(p.sums[2 * li]), norm_of(p.sums[2 * li + 1]));
+    float* param = chunk_pointer<float>(meta, 0, c);
+    const float* exp_avg = chunk_pointer<float>(meta, 1, c);
+    const float* exp_avg_sq = chunk_pointer<float>(meta, 2, c);
+    for (int64_t i = threadIdx.x; i < c.len; i += blockDim.x) {
+      lamb_apply(param[i], exp_avg[i], exp_avg_sq[i], lr_ratio, h);
+      MSACCUM_COUNT_PATH(scalar, 1);
+    }
+  }
+};
+
+// LARS pass 2: the momentum step with the tensor's trust ratio (1 and no decay without LARS).
+template <typename G>
+struct LarsApplyFunctor {
+  using Grad = G;
+  using Tensor = LarsTensor;
+  using Params = ApplyParams;
+  static constexpr int kDepth = 4;  // param, moment, acc, grad
+  static void addresses(const Tensor& t, void** a) {
+    a[0] = t.param;
+    a[1] = t.moment;
+    a[2] = t.acc;
+    a[3] = const_cast<void*>(t.grad);
+  }
+  static bool has_required(const Tensor& t) { return t.param && t.moment; }
+  static GradType grad_type(const Tensor& t) { return t.grad_type; }
+
+  __device__ __forceinline__ static void apply(const TensorListMetadata<kDepth>& meta, const BlockChunk& c,
+                                               const Params& p) {
+    const int li = meta.list_index[c.tensor];
+    const float* hp = p.hyper;  // {lr, momentum, grad_scale, coefficient, epsilon}
+    LarsArgs h{hp[0], hp[1], hp[2], 0.0f, 1.0f};
+    if (p.lars != nullptr && p.lars[li] != 0.0f) {
+      h.weight_decay = p.weight_decay[li];
+      h.trust = lars_trust(norm_of(p.sums[2 * li]), norm_of(p.sums[2 * li + 1]) * fabsf(hp[2]), hp[3],
+                           h.weight_decay, hp[4]);
+    }
+    float* param = chunk_pointer<float>(meta, 0, c);
+    float* moment = chunk_pointer<float>(meta, 1, c);
+    float* acc = chunk_pointer<float>(meta, 2, c);
+    const typename G::Scalar* grad = chunk_pointer<const typename G::Scalar>(meta, 3, c);
+    for (int64_t i = threadIdx.x; i < c.len; i += blockDim.x) {
+      lars_value(param[i], moment[i], summed_grad_rt<G>(acc, grad, i), h);
+      if (acc) acc[i] = 0.0f;
+      MSACCUM_COUNT_PATH(scalar, 1);
+    }
+  }
+};
+
+// The per-tensor reduction, stage 1: block b of a launch is tensor base + b; its thread t adds the
+// tensor's pass-1 slots t, t + blockDim.x, ... in order, in double.
+struct NormRanges {
+  int64_t first_slot[internal::kNormTensorsPerLaunch];  // the tensor's first thread slot of pass 1
+  int64_t slots[internal::kNormTensorsPerLaunch];       // its thread slots (blocks * blockDim.x)
+  int base;                                             // the tensor index of block 0
+};
+
+__global__ void __launch_bounds__(kBlockThreads) norm_stage_kernel(const double* partials, NormRanges r,
+                                                                   double* stage) {
+  const int b = blockIdx.x;
+  double s0 = 0.0, s1 = 0.0;
+  for (int64_t j = threadIdx.x; j < r.slots[b]; j += blockDim.x) {
+    s0 += partials[2 * (r.first_slot[b] + j)];
+    s1 += partials[2 * (r.first_slot[b] + j) + 1];
+  }
+  const int64_t slot = static_cast<int64_t>(r.base + b) * blockDim.x + threadIdx.x;
+  stage[2 * slot] = s0;
+  stage[2 * slot + 1] = s1;
+}
+
+// Stage 2: thread i adds tensor i's `threads` stage sums in order.
+__global__ void __launch_bounds__(kBlockThreads) norm_finish_kernel(const double* stage, int count, int threads,
+                                                                    double* sums) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i >= count) return;
+  double s0 = 0.0, s1 = 0.0;
+  for (int t = 0; t < threads; ++t) {
+    s0 += stage[2 * (static_cast<int64_t>(i) * threads + t)];
+    s1 += stage[2 * (static_cast<int64_t>(i) * threads + t) + 1];
+  }
+  sums[2 * i] = s0;
+  sums[2 * i + 1] = s1;
+}
+
+// The first block and the block count of every tensor in a multi_tensor_apply<Functor> call: the
+// packer's order (float32 gradients, then float16, then bfloat16; list order; chunks in order).
+template <template <typename> class Functor>
+int64_t block_ranges(const typename Functor<GradF32>::Tensor* tensors, int count, int64_t chunk,
+                     std::vector<int64_t>* first, std::vector<int64_t>* blocks) {
+  using Host = Functor<GradF32>;
+  first->assign(count, 0);
+  blocks->assign(count, 0);
+  int64_t next = 0;
+  for (const GradType group : {GradType::kFloat32, GradType::kFloat16, GradType::kBFloat16}) {
+    for (int i = 0; i < count; ++i) {
+      void* addresses[Host::kDepth];
+      Host::addresses(tensors[i], addresses);
+      const GradType type = addresses[Host::kDepth - 1] ? Host::grad_type(tensors[i]) : GradType::kFloat32;
+      if (type != group || tensors[i].numel <= 0) continue;
+      (*first)[i] = next;
+      (*blocks)[i] = (tensors[i].numel + chunk - 1) / chunk;
+      next += (*blocks)[i];
+    }
+  }
+  return next;
+}
+
+// Pass 1 (Norms), the reduction into two sums per tensor, pass 2 (Apply); scratch memory is
+// allocated and freed on the stream.
+template <template <typename> class Norms, template <typename> class Apply>
+int two_pass_update(const typename Norms<GradF32>::Tensor* tensors, int count, long long chunk, NormParams norms,
+                    ApplyParams apply, void* stream) {
+  if (count < 0 || chunk <= 0 || (count > 0 && tensors == nullptr)) return kInvalidValue;
+  if (norms.hyper == nullptr || norms.weight_decay == nullptr) return count == 0 ? 0 : kInvalidValue;
+  if (count == 0) return 0;
+  std::vector<int64_t> first, blocks;
+  const int64_t total_blocks = block_ranges<Norms>(tensors, count, chunk, &first, &blocks);
+  const int64_t partial_doubles = 2 * total_blocks * kBlockThreads;
+  const int64_t stage_doubles = 2 * static_cast<int64_t>(count) * kBlockThreads;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  void* scratch = nullptr;
+  const size_t bytes = sizeof(double) * static_cast<size_t>(partial_doubles + stage_doubles + 2 * count);
+  int rc = static_cast<int>(cudaMallocAsync(&scratch, bytes, s));
+  if (rc != 0) return rc;
+  double* partials = static_cast<double*>(scratch);
+  double* stage = partials + partial_doubles;
+  double* sums = stage + stage_doubles;
+  norms.partials = partials;
+  apply.sums = sums;
+  int64_t launched = 0;
+  rc = multi_tensor_apply<Norms>(tensors, count, chunk, norms, stream, &launched);
+  if (rc == 0 && launched != total_blocks) rc = kInvalidValue;  // block_ranges must replay the packer
+  for (int base = 0; rc == 0 && base < count; base += internal::kNormTensorsPerLaunch) {
+    NormRanges r{};
+    r.base = base;
+    const int n = count - base < internal::kNormTensorsPerLaunch ? count - base : internal::kNormTensorsPerLaunch;
+    for (int b = 0; b < n; ++b) {
+      r.first_slot[b] = first[base + b] * kBlockThreads;
+      r.slots[b] = blocks[base + b] * kBlockThreads;
+    }
+    MSACCUM_LAUNCH(norm_stage_kernel, dim3(n), dim3(kBlockThreads), s, partials, r, stage);
+    rc = check_launch();
+  }
+  if (rc == 0) {
+    MSACCUM_LAUNCH(norm_finish_kernel, dim3((count + kBlockThreads - 1) / kBlockThreads), dim3(kBlockThreads), s,
+                   stage, count, kBlockThreads, sums);
+    rc = check_launch();
+  }
+  if (rc == 0) rc = multi_tensor_apply<Apply>(tensors, count, chunk, apply, stream);
+  const int freed = static_cast<int>(cudaFreeAsync(scratch, s));
+  return rc != 0 ? rc : freed;
+}
+
 // ---- sum of squares ----
 
 struct SquaresParams {
@@ -351,6 +635,21 @@ int adamw_update_chunked(const AdamWTensor* tensors, int count, const float* hyp
   return multi_tensor_apply<AdamWUpdateFunctor>(tensors, count, chunk_elems, UpdateParams{hyper, weight_decay}, stream);
 }
 
+int lamb_update_chunked(const LambTensor* tensors, int count, const float* hyper, const float* weight_decay,
+                        void* stream, long long chunk_elems) {
+  return two_pass_update<LambMomentsFunctor, LambApplyFunctor>(
+      tensors, count, chunk_elems, NormParams{hyper, weight_decay, nullptr},
+      ApplyParams{hyper, weight_decay, nullptr, nullptr}, stream);
+}
+
+int lars_update_chunked(const LarsTensor* tensors, int count, const float* hyper, const float* weight_decay,
+                        const float* lars, void* stream, long long chunk_elems) {
+  if (count > 0 && lars == nullptr) return kInvalidValue;
+  return two_pass_update<LarsNormsFunctor, LarsApplyFunctor>(
+      tensors, count, chunk_elems, NormParams{hyper, weight_decay, nullptr},
+      ApplyParams{hyper, weight_decay, lars, nullptr}, stream);
+}
+
 long long sum_of_squares_workspace_chunked(const int64_t* numel, int count, long long chunk_elems) {
   if (count < 0 || chunk_elems <= 0 || (count > 0 && numel == nullptr)) return -1;
   long long blocks = 0;
@@ -404,6 +703,15 @@ int momentum_update(const MomentumTensor* tensors, int count, const float* hyper
 
 int adamw_update(const AdamWTensor* tensors, int count, const float* hyper, const float* weight_decay, void* stream) {
   return internal::adamw_update_chunked(tensors, count, hyper, weight_decay, stream, internal::kChunkElems);
+}
+
+int lamb_update(const LambTensor* tensors, int count, const float* hyper, const float* weight_decay, void* stream) {
+  return internal::lamb_update_chunked(tensors, count, hyper, weight_decay, stream, internal::kChunkElems);
+}
+
+int lars_update(const LarsTensor* tensors, int count, const float* hyper, const float* weight_decay,
+                const float* lars, void* stream) {
+  return internal::lars_update_chunked(tensors, count, hyper, weight_decay, lars, stream, internal::kChunkElems);
 }
 
 int zero_fill(float* out, long long count, void* stream) {

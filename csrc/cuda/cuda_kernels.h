@@ -25,6 +25,15 @@ int momentum_update(const MomentumTensor* tensors, int count, const float* hyper
                     void* stream);
 int adamw_update(const AdamWTensor* tensors, int count, const float* hyper, const float* weight_decay,
                  void* stream);
+// The layer-wise adaptive updates (accum_math.h), two passes each plus a deterministic per-tensor
+// reduction of the norms (fixed order, no atomics), with stream-ordered scratch memory
+// (cudaMallocAsync). lamb_update: `hyper` as adamw_update's seven floats (bias corrections
+// 1 - beta^t). lars_update: `hyper` is five floats {lr, momentum, grad_scale, coefficient,
+// epsilon}; `lars` one float per tensor (non-zero: the trust ratio, 0: plain momentum, no decay).
+// The CUDA pass 1 of LARS reads every tensor (the flags are in device memory).
+int lamb_update(const LambTensor* tensors, int count, const float* hyper, const float* weight_decay, void* stream);
+int lars_update(const LarsTensor* tensors, int count, const float* hyper, const float* weight_decay,
+                const float* lars, void* stream);
 // Sum over every element of every tensor of its square (accum_math.h), as one float32 stored at
 // `out` (device memory). Every thread of the first pass stores its partial sum in `workspace`
 // (device memory, `workspace_size` doubles, at least sum_of_squares_workspace() of them); two

@@ -21,6 +21,9 @@ constexpr int max_tensors_for_depth(int depth) { return depth <= 2 ? 64 : depth 
 constexpr int kMaxAccumulateTensors = max_tensors_for_depth(2);  // acc, grad
 constexpr int kMaxMomentumTensors = max_tensors_for_depth(4);    // param, moment, acc, grad
 constexpr int kMaxAdamWTensors = max_tensors_for_depth(5);       // param, exp_avg, exp_avg_sq, acc, grad
+constexpr int kMaxLambTensors = max_tensors_for_depth(5);       // pass 1: param, exp_avg, exp_avg_sq, acc, grad
+constexpr int kMaxLarsTensors = max_tensors_for_depth(4);       // pass 2: param, moment, acc, grad
+constexpr int kNormTensorsPerLaunch = 128;  // tensors of one per-tensor norm reduction launch
 constexpr int kMaxSquaresTensors = max_tensors_for_depth(1);     // x
 
 // As accumulate / momentum_update / adamw_update / sum_of_squares in cuda_kernels.h, with
@@ -33,6 +36,10 @@ int sum_of_squares_chunked(const SquaresTensor* tensors, int count, float* out, 
 long long sum_of_squares_workspace_chunked(const int64_t* numel, int count, long long chunk_elems);
 int momentum_update_chunked(const MomentumTensor* tensors, int count, const float* hyper, const float* weight_decay,
                             void* stream, long long chunk_elems);
+int lamb_update_chunked(const LambTensor* tensors, int count, const float* hyper, const float* weight_decay,
+                        void* stream, long long chunk_elems);
+int lars_update_chunked(const LarsTensor* tensors, int count, const float* hyper, const float* weight_decay,
+                        const float* lars, void* stream, long long chunk_elems);
 int adamw_update_chunked(const AdamWTensor* tensors, int count, const float* hyper, const float* weight_decay,
                          void* stream, long long chunk_elems);
 

@@ -105,36 +105,41 @@ inline int parse_accumulate(const Call& c, std::vector<AccumulateTensor>* tensor
   return c.check_overlap(buffers);
 }
 
-// The layout of the fused optimizer updates: hyper(hyper_size), weight_decay(n), param x n, then
-// `states` float32 lists x n (moments), [acc x n], [grad x n], out. Params, states and acc are
-// written, grad is read. Checks every tensor; fills, per tensor, the argument index of its param
-// (state k of tensor i is at param + (k + 1) * n), of its acc and grad (-1 when absent), and the
-// gradient's type.
+// The layout of the fused optimizer updates: hyper(hyper_size), per_tensor float32 vectors of n
+// values (weight_decay first), param x n, then `states` float32 lists x n (moments), [acc x n],
+// [grad x n], out. Params, states and acc are written, grad is read. Checks every tensor; fills,
+// per tensor, the argument index of its param (state k of tensor i is at param + (k + 1) * n), of
+// its acc and grad (-1 when absent), and the gradient's type.
 struct UpdateSlot {
   int param, acc, grad;
   GradType grad_type;
 };
 
-inline int parse_update(const Call& c, int hyper_size, int states, bool has_acc, bool has_grad,
+inline int parse_update(const Call& c, int hyper_size, int per_tensor, int states, bool has_acc, bool has_grad,
                         std::vector<UpdateSlot>* slots) {
   const int written = 1 + states + (has_acc ? 1 : 0);  // lists per tensor written in place
   const int lists = written + (has_grad ? 1 : 0);
+  const int first = 1 + per_tensor;  // the argument index of the first parameter
   const std::string hyper = "hyper(" + std::to_string(hyper_size) + ")";
-  if (c.nparam < 3 || c.ndims[1] != 1) return c.fail("expected " + hyper + ", weight_decay(n), the tensor lists and one output");
+  if (c.nparam < first + 1 || c.ndims[1] != 1)
+    return c.fail("expected " + hyper + ", weight_decay(n), the tensor lists and one output");
   const int64_t n64 = c.shapes[1][0];
-  if (n64 < 0 || 3 + lists * n64 != static_cast<int64_t>(c.nparam))
+  if (n64 < 0 || first + 1 + lists * n64 != static_cast<int64_t>(c.nparam))
     return c.fail("weight_decay has " + std::to_string(n64) + " values, which does not match " +
                   std::to_string(c.nparam) + " tensors");
   const int n = static_cast<int>(n64);
   if (!c.is(0, "float32") || c.numel(0) != hyper_size)
     return c.fail(hyper + " (argument 0) must be " + std::to_string(hyper_size) + " float32 values");
-  if (!c.is(1, "float32")) return c.fail("weight_decay (argument 1) must be float32");
+  for (int k = 1; k <= per_tensor; ++k)
+    if (!c.is(k, "float32") || c.ndims[k] != 1 || c.numel(k) != n)
+      return c.fail("per-tensor vector (argument " + std::to_string(k) + ") must be " + std::to_string(n) +
+                    " float32 values");
   slots->resize(n);
   for (int i = 0; i < n; ++i) {
     UpdateSlot& t = (*slots)[i];
-    t.param = 2 + i;
-    t.acc = has_acc ? 2 + (written - 1) * n + i : -1;
-    t.grad = has_grad ? 2 + written * n + i : -1;
+    t.param = first + i;
+    t.acc = has_acc ? first + (written - 1) * n + i : -1;
+    t.grad = has_grad ? first + written * n + i : -1;
     for (int k = 0; k < written; ++k) {
       const int arg = t.param + k * n;
       if (!c.is(arg, "float32")) return c.fail(c.arg(arg) + " must be float32");
@@ -149,16 +154,19 @@ inline int parse_update(const Call& c, int hyper_size, int states, bool has_acc,
   const int out = c.nparam - 1;
   if (!c.is(out, "float32") || c.numel(out) != 1) return c.fail("the output must be one float32 value");
   std::vector<std::pair<int, bool>> buffers;
-  for (int i = 2; i < out; ++i) buffers.push_back({i, i < 2 + written * n});
+  for (int i = first; i < out; ++i) buffers.push_back({i, i < first + written * n});
   return c.check_overlap(buffers);
 }
 
 // The fused optimizer updates, one description each: the hyper-parameter count, the optimizer
 // states per tensor (float32, updated in place), the descriptor made from a tensor's buffers, and
-// the CPU and CUDA calls. A new optimizer adds one such struct (and its entries).
+// the CPU and CUDA calls. A new optimizer adds one such struct (and its entries). kPerTensor
+// vectors of n float32 values follow hyper (weight_decay first); set_per_tensor copies tensor i's
+// values into its descriptor for the CPU (the CUDA kernels read them from device memory).
 struct MomentumUpdate {
   using Tensor = MomentumTensor;
   static constexpr int kHyper = 4;   // {lr, momentum, grad_scale, nesterov (0/1)}
+  static constexpr int kPerTensor = 1;  // weight_decay
   static constexpr int kStates = 1;  // moment
   static Tensor make(float* param, float* const* states, float* acc, const void* grad, GradType type, int64_t numel) {
     return Tensor{param, states[0], acc, grad, type, numel, 0.0f};
@@ -166,9 +174,10 @@ struct MomentumUpdate {
   static void run_cpu(const std::vector<Tensor>& tensors, const float* h) {
     cpu::momentum_update(tensors, MomentumScalars{h[0], h[1], h[2], h[3] != 0.0f});
   }
+  static void set_per_tensor(Tensor& t, const float* const* v, int i) { t.weight_decay = v[0][i]; }
 #ifdef MSACCUM_WITH_CUDA
-  static int run_cuda(const Tensor* tensors, int count, const float* hyper, const float* weight_decay, void* stream) {
-    return cuda::momentum_update(tensors, count, hyper, weight_decay, stream);
+  static int run_cuda(const Tensor* tensors, int count, const float* hyper, const float* const* v, void* stream) {
+    return cuda::momentum_update(tensors, count, hyper, v[0], stream);
   }
 #endif
 };
@@ -176,6 +185,7 @@ struct MomentumUpdate {
 struct AdamWUpdate {
   using Tensor = AdamWTensor;
   static constexpr int kHyper = 7;   // {lr, beta1, beta2, eps, grad_scale, bias_correction1, bias_correction2}
+  static constexpr int kPerTensor = 1;  // weight_decay
   static constexpr int kStates = 2;  // exp_avg, exp_avg_sq
   static Tensor make(float* param, float* const* states, float* acc, const void* grad, GradType type, int64_t numel) {
     return Tensor{param, states[0], states[1], acc, grad, type, numel, 0.0f};
@@ -183,9 +193,51 @@ struct AdamWUpdate {
   static void run_cpu(const std::vector<Tensor>& tensors, const float* h) {
     cpu::adamw_update(tensors, AdamWScalars{h[0], h[1], h[2], h[3], h[4], h[5], h[6]});
   }
+  static void set_per_tensor(Tensor& t, const float* const* v, int i) { t.weight_decay = v[0][i]; }
 #ifdef MSACCUM_WITH_CUDA
-  static int run_cuda(const Tensor* tensors, int count, const float* hyper, const float* weight_decay, void* stream) {
-    return cuda::adamw_update(tensors, count, hyper, weight_decay, stream);
+  static int run_cuda(const Tensor* tensors, int count, const float* hyper, const float* const* v, void* stream) {
+    return cuda::adamw_update(tensors, count, hyper, v[0], stream);
+  }
+#endif
+};
+
+struct LambUpdate {
+  using Tensor = LambTensor;
+  static constexpr int kHyper = 7;  // {lr, beta1, beta2, eps, grad_scale, bias_correction1, bias_correction2}
+  static constexpr int kPerTensor = 1;  // weight_decay
+  static constexpr int kStates = 2;     // exp_avg, exp_avg_sq
+  static Tensor make(float* param, float* const* states, float* acc, const void* grad, GradType type, int64_t numel) {
+    return Tensor{param, states[0], states[1], acc, grad, type, numel, 0.0f};
+  }
+  static void set_per_tensor(Tensor& t, const float* const* v, int i) { t.weight_decay = v[0][i]; }
+  static void run_cpu(const std::vector<Tensor>& tensors, const float* h) {
+    cpu::lamb_update(tensors, LambScalars{h[0], h[1], h[2], h[3], h[4], h[5], h[6]});
+  }
+#ifdef MSACCUM_WITH_CUDA
+  static int run_cuda(const Tensor* tensors, int count, const float* hyper, const float* const* v, void* stream) {
+    return cuda::lamb_update(tensors, count, hyper, v[0], stream);
+  }
+#endif
+};
+
+struct LarsUpdate {
+  using Tensor = LarsTensor;
+  static constexpr int kHyper = 5;  // {lr, momentum, grad_scale, coefficient, epsilon}
+  static constexpr int kPerTensor = 2;  // weight_decay, lars (1: the trust ratio, 0: plain momentum)
+  static constexpr int kStates = 1;     // moment
+  static Tensor make(float* param, float* const* states, float* acc, const void* grad, GradType type, int64_t numel) {
+    return Tensor{param, states[0], acc, grad, type, numel, 0.0f, 0.0f};
+  }
+  static void set_per_tensor(Tensor& t, const float* const* v, int i) {
+    t.weight_decay = v[0][i];
+    t.lars = v[1][i];
+  }
+  static void run_cpu(const std::vector<Tensor>& tensors, const float* h) {
+    cpu::lars_update(tensors, LarsScalars{h[0], h[1], h[2], h[3], h[4]});
+  }
+#ifdef MSACCUM_WITH_CUDA
+  static int run_cuda(const Tensor* tensors, int count, const float* hyper, const float* const* v, void* stream) {
+    return cuda::lars_update(tensors, count, hyper, v[0], v[1], stream);
   }
 #endif
 };
@@ -195,7 +247,7 @@ struct AdamWUpdate {
 template <typename Op>
 int parse_update_tensors(const Call& c, bool has_acc, bool has_grad, std::vector<typename Op::Tensor>* tensors) {
   std::vector<UpdateSlot> slots;
-  if (int rc = parse_update(c, Op::kHyper, Op::kStates, has_acc, has_grad, &slots)) return rc;
+  if (int rc = parse_update(c, Op::kHyper, Op::kPerTensor, Op::kStates, has_acc, has_grad, &slots)) return rc;
   const int n = static_cast<int>(slots.size());
   tensors->resize(n);
   for (int i = 0; i < n; ++i) {
@@ -238,13 +290,21 @@ inline int accumulate_cpu(const Call& c) {
   return 0;
 }
 
-// An update: hyper(Op::kHyper), weight_decay(n), param x n, states, [acc x n], [grad x n], out.
+// The Op::kPerTensor vectors that follow hyper (arguments 1 ..).
+template <typename Op>
+void per_tensor_vectors(const Call& c, const float** out) {
+  for (int k = 0; k < Op::kPerTensor; ++k) out[k] = static_cast<const float*>(c.params[1 + k]);
+}
+
+// An update: hyper(Op::kHyper), the per-tensor vectors (n each), param x n, states, [acc x n],
+// [grad x n], out.
 template <typename Op>
 int update_cpu(const Call& c, bool has_acc, bool has_grad) {
   std::vector<typename Op::Tensor> tensors;
   if (int rc = parse_update_tensors<Op>(c, has_acc, has_grad, &tensors)) return rc;
-  const float* weight_decay = static_cast<const float*>(c.params[1]);
-  for (size_t i = 0; i < tensors.size(); ++i) tensors[i].weight_decay = weight_decay[i];
+  const float* vectors[Op::kPerTensor];
+  per_tensor_vectors<Op>(c, vectors);
+  for (size_t i = 0; i < tensors.size(); ++i) Op::set_per_tensor(tensors[i], vectors, static_cast<int>(i));
   Op::run_cpu(tensors, static_cast<const float*>(c.params[0]));
   *c.placeholder() = 0.0f;
   return 0;
@@ -285,9 +345,10 @@ template <typename Op>
 int update_cuda(const Call& c, bool has_acc, bool has_grad, void* stream) {
   std::vector<typename Op::Tensor> tensors;
   if (int rc = parse_update_tensors<Op>(c, has_acc, has_grad, &tensors)) return rc;
+  const float* vectors[Op::kPerTensor];
+  per_tensor_vectors<Op>(c, vectors);
   return with_placeholder(c, Op::run_cuda(tensors.data(), static_cast<int>(tensors.size()),
-                                          static_cast<const float*>(c.params[0]),
-                                          static_cast<const float*>(c.params[1]), stream),
+                                          static_cast<const float*>(c.params[0]), vectors, stream),
                           stream);
 }
 

@@ -5,6 +5,8 @@
 //   MsAccumAccumulate:      scale(1) or hyper(2), acc x n, grad x n, out
 //   MsAccumMomentumUpdate:  hyper(4), weight_decay(n), param x n, moment x n, grad x n, out
 //   MsAccumAdamWUpdate:     hyper(7), weight_decay(n), param x n, exp_avg x n, exp_avg_sq x n, grad x n, out
+//   MsAccumLambUpdate:      hyper(7), weight_decay(n), param x n, exp_avg x n, exp_avg_sq x n, grad x n, out
+//   MsAccumLarsUpdate:      hyper(5), weight_decay(n), lars(n), param x n, moment x n, grad x n, out
 //   MsAccumSumSquares:      x x n, out, workspace                      (out = sum of x*x)
 // MsAccumAccumulate: scale(1) adds (acc += scale * grad); hyper(2) = {scale, overwrite (0/1)}, with
 // overwrite 1: acc = scale * grad, the accumulator's old content never read (the first micro-batch
@@ -14,9 +16,13 @@
 // bias_correction1, bias_correction2}, all float32, the bias corrections precomputed by the caller
 // (1 - beta^t, or 1 without bias correction); param, moment, exp_avg and exp_avg_sq are float32,
 // weight_decay one float32 per tensor (coupled L2 for momentum, decoupled for AdamW), grad float32,
-// float16 or bfloat16. MsAccumSumSquares only reads its inputs (float32, float16 or bfloat16, any
-// mix); its `out` is one float32, and `workspace` is float64 scratch of sum_of_squares_workspace()
-// elements (the CUDA kernel's partial sums; one element on CPU). Names ending in Cuda take device
+// float16 or bfloat16. LAMB's hyper(7) is AdamW's (bias corrections always 1 - beta^t), its
+// weight decay is LAMB's lambda inside the direction u. LARS hyper(5) = {lr, momentum, grad_scale,
+// coefficient, epsilon}; lars(n) is 1 where a tensor takes the trust ratio, 0 for plain momentum
+// (no decay). Both run two passes (the per-tensor norms first, csrc/accum_math.h).
+// MsAccumSumSquares only reads its inputs (float32, float16 or bfloat16, any mix); its `out` is one
+// float32, and `workspace` is float64 scratch of sum_of_squares_workspace() elements (the CUDA
+// kernel's partial sums; one element on CPU). Names ending in Cuda take device
 // memory and run on the given stream. A bad call logs why on stderr and returns non-zero, before
 // anything is written.
 //
@@ -31,4 +37,8 @@ MSACCUM_AOT_ENTRY(MsAccumMomentumUpdate, update_cpu<MomentumUpdate>(call, false,
                   update_cuda<MomentumUpdate>(call, false, true, stream))
 MSACCUM_AOT_ENTRY(MsAccumAdamWUpdate, update_cpu<AdamWUpdate>(call, false, true),
                   update_cuda<AdamWUpdate>(call, false, true, stream))
+MSACCUM_AOT_ENTRY(MsAccumLambUpdate, update_cpu<LambUpdate>(call, false, true),
+                  update_cuda<LambUpdate>(call, false, true, stream))
+MSACCUM_AOT_ENTRY(MsAccumLarsUpdate, update_cpu<LarsUpdate>(call, false, true),
+                  update_cuda<LarsUpdate>(call, false, true, stream))
 MSACCUM_AOT_ENTRY(MsAccumSumSquares, squares_cpu(call), squares_cuda(call, stream))

@@ -29,6 +29,10 @@ using msaccum::AccumulateTensor;
 using msaccum::AdamWScalars;
 using msaccum::AdamWTensor;
 using msaccum::GradType;
+using msaccum::LambScalars;
+using msaccum::LambTensor;
+using msaccum::LarsScalars;
+using msaccum::LarsTensor;
 using msaccum::MomentumScalars;
 using msaccum::MomentumTensor;
 
@@ -623,6 +627,23 @@ double checked_real(const py::handle& obj, const char* name, double lo, bool lo_
   return v;
 }
 
+// step: an int >= 1 (Python int or NumPy integer; not a bool, not a float), as a double.
+double step_number(const py::object& step_obj) {
+  const std::string step_type = py::str(py::type::of(step_obj).attr("__name__")).cast<std::string>();
+  if (py::isinstance<py::bool_>(step_obj) || !PyIndex_Check(step_obj.ptr()))
+    throw py::type_error("step must be an int >= 1, got " + step_type);
+  const py::int_ step_int = py::reinterpret_steal<py::int_>(PyNumber_Index(step_obj.ptr()));
+  if (!step_int) throw py::error_already_set();
+  if (step_int < py::int_(1))
+    throw py::value_error("step must be an int >= 1, got " + py::str(step_int).cast<std::string>());
+  double step = PyLong_AsDouble(step_int.ptr());
+  if (step == -1.0 && PyErr_Occurred()) {  // beyond double: beta**step is 0 long before that
+    PyErr_Clear();
+    step = INFINITY;
+  }
+  return step;
+}
+
 void adamw_update(const py::object& param_obj, const py::object& exp_avg_obj, const py::object& exp_avg_sq_obj,
                  const py::object& acc_obj, const py::object& grad_obj, const py::object& lr_obj,
                  const py::object& beta1_obj, const py::object& beta2_obj, const py::object& eps_obj,
@@ -642,18 +663,7 @@ void adamw_update(const py::object& param_obj, const py::object& exp_avg_obj, co
     throw py::value_error("eps must be > 0 in float32, got " + py::str(py::float_(eps)).cast<std::string>() +
                           " (rounds to 0)");
   const double grad_scale = checked_real(grad_scale_obj, "grad_scale", -inf, true, inf, true);
-  // step: an int >= 1 (Python int or NumPy integer; not a bool, not a float).
-  const std::string step_type = py::str(py::type::of(step_obj).attr("__name__")).cast<std::string>();
-  if (py::isinstance<py::bool_>(step_obj) || !PyIndex_Check(step_obj.ptr()))
-    throw py::type_error("step must be an int >= 1, got " + step_type);
-  const py::int_ step_int = py::reinterpret_steal<py::int_>(PyNumber_Index(step_obj.ptr()));
-  if (!step_int) throw py::error_already_set();
-  if (step_int < py::int_(1)) throw py::value_error("step must be an int >= 1, got " + py::str(step_int).cast<std::string>());
-  double step = PyLong_AsDouble(step_int.ptr());
-  if (step == -1.0 && PyErr_Occurred()) {  // beyond double: beta**step is 0 long before that
-    PyErr_Clear();
-    step = INFINITY;
-  }
+  const double step = step_number(step_obj);
   const bool bias_correction = to_bool(bias_correction_obj, "bias_correction");
   const size_t n = param.tensors.size();
   const std::vector<float> weight_decay = weight_decay_list(weight_decay_obj, n, "param", true);
@@ -697,6 +707,129 @@ void adamw_update(const py::object& param_obj, const py::object& exp_avg_obj, co
     }
   }
   check_cuda(rc, "adamw_update");
+}
+
+// LAMB (accum_math.h): the checks of adamw_update (bias correction always on); returns the
+// per-tensor trust ratios r.
+std::vector<float> lamb_update(const py::object& param_obj, const py::object& exp_avg_obj,
+                               const py::object& exp_avg_sq_obj, const py::object& acc_obj,
+                               const py::object& grad_obj, const py::object& lr_obj, const py::object& beta1_obj,
+                               const py::object& beta2_obj, const py::object& eps_obj,
+                               const py::object& weight_decay_obj, const py::object& step_obj,
+                               const py::object& grad_scale_obj, const py::object& stream) {
+  ArrayList param = take_list(param_obj, "param", false);
+  ArrayList exp_avg = take_list(exp_avg_obj, "exp_avg", false);
+  ArrayList exp_avg_sq = take_list(exp_avg_sq_obj, "exp_avg_sq", false);
+  ArrayList acc = take_list(acc_obj, "acc", true);
+  ArrayList grad = take_list(grad_obj, "grad", true);
+  const double inf = INFINITY;
+  const double lr = checked_real(lr_obj, "lr", 0.0, false, inf, true);
+  const double beta1 = checked_real(beta1_obj, "beta1", 0.0, false, 1.0, true);
+  const double beta2 = checked_real(beta2_obj, "beta2", 0.0, false, 1.0, true);
+  const double eps = checked_real(eps_obj, "eps", 0.0, true, inf, true);
+  if (!(static_cast<float>(eps) > 0.0f))
+    throw py::value_error("eps must be > 0 in float32, got " + py::str(py::float_(eps)).cast<std::string>() +
+                          " (rounds to 0)");
+  const double grad_scale = checked_real(grad_scale_obj, "grad_scale", -inf, true, inf, true);
+  const double step = step_number(step_obj);
+  const size_t n = param.tensors.size();
+  const std::vector<float> weight_decay = weight_decay_list(weight_decay_obj, n, "param", true);
+
+  // CPU arrays (NumPy or DLPack): on CUDA, LAMB runs through the AOT op only (no _C launcher yet).
+  place({&param, &exp_avg, &exp_avg_sq, &acc, &grad}, stream, false);
+
+  check_matches(param, exp_avg);
+  check_matches(param, exp_avg_sq);
+  if (acc.present) check_matches(param, acc);
+  if (grad.present) check_matches(param, grad);
+  check_float32_list(param, true);
+  check_float32_list(exp_avg, true);
+  check_float32_list(exp_avg_sq, true);
+  check_float32_list(acc, true);
+  check_grad_list(grad);
+  check_no_overlap({{&param, true}, {&exp_avg, true}, {&exp_avg_sq, true}, {&acc, true}, {&grad, false}});
+
+  const LambScalars scalars{static_cast<float>(lr),
+                            static_cast<float>(beta1),
+                            static_cast<float>(beta2),
+                            static_cast<float>(eps),
+                            static_cast<float>(grad_scale),
+                            static_cast<float>(1.0 - std::pow(beta1, step)),
+                            static_cast<float>(1.0 - std::pow(beta2, step))};
+  std::vector<LambTensor> tensors(n);
+  for (size_t i = 0; i < n; ++i) {
+    LambTensor& t = tensors[i];
+    t.exp_avg = float_data(exp_avg, i);
+    t.exp_avg_sq = float_data(exp_avg_sq, i);
+    fill_update_tensor(t, i, param, acc, grad, weight_decay[i]);
+  }
+  std::vector<float> ratios(n);
+  py::gil_scoped_release release;
+  msaccum::cpu::lamb_update(tensors, scalars, ratios.data());
+  return ratios;
+}
+
+// lars: a bool for every tensor, or a list/tuple with one bool per tensor.
+std::vector<float> lars_flags(const py::object& obj, size_t n) {
+  if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj)) {
+    py::sequence seq = obj.cast<py::sequence>();
+    if (seq.size() != n)
+      throw py::value_error("lars has " + std::to_string(seq.size()) + " values but param has " + std::to_string(n) +
+                            " tensors");
+    std::vector<float> flags(n);
+    for (size_t i = 0; i < n; ++i) {
+      const std::string what = "lars[" + std::to_string(i) + "]";
+      flags[i] = to_bool(seq[i], what.c_str()) ? 1.0f : 0.0f;
+    }
+    return flags;
+  }
+  return std::vector<float>(n, to_bool(obj, "lars") ? 1.0f : 0.0f);
+}
+
+// LARS around momentum (accum_math.h); returns the per-tensor trust ratios (1 without LARS).
+std::vector<float> lars_update(const py::object& param_obj, const py::object& moment_obj, const py::object& acc_obj,
+                               const py::object& grad_obj, const py::object& lr_obj, const py::object& momentum_obj,
+                               const py::object& grad_scale_obj, const py::object& weight_decay_obj,
+                               const py::object& coefficient_obj, const py::object& epsilon_obj,
+                               const py::object& lars_obj, const py::object& stream) {
+  ArrayList param = take_list(param_obj, "param", false);
+  ArrayList moment = take_list(moment_obj, "moment", false);
+  ArrayList acc = take_list(acc_obj, "acc", true);
+  ArrayList grad = take_list(grad_obj, "grad", true);
+  const double inf = INFINITY;
+  const double lr = checked_real(lr_obj, "lr", 0.0, false, inf, true);
+  const double momentum = checked_real(momentum_obj, "momentum", 0.0, false, inf, true);
+  const double grad_scale = checked_real(grad_scale_obj, "grad_scale", -inf, true, inf, true);
+  const double coefficient = checked_real(coefficient_obj, "coefficient", 0.0, false, inf, true);
+  const double epsilon = checked_real(epsilon_obj, "epsilon", 0.0, false, inf, true);
+  const size_t n = param.tensors.size();
+  const std::vector<float> weight_decay = weight_decay_list(weight_decay_obj, n, "param", true);
+  const std::vector<float> flags = lars_flags(lars_obj, n);
+  // CPU arrays (NumPy or DLPack): on CUDA, LARS runs through the AOT op only (no _C launcher yet).
+  place({&param, &moment, &acc, &grad}, stream, false);
+
+  check_matches(param, moment);
+  if (acc.present) check_matches(param, acc);
+  if (grad.present) check_matches(param, grad);
+  check_float32_list(param, true);
+  check_float32_list(moment, true);
+  check_float32_list(acc, true);
+  check_grad_list(grad);
+  check_no_overlap({{&param, true}, {&moment, true}, {&acc, true}, {&grad, false}});
+
+  const LarsScalars scalars{static_cast<float>(lr), static_cast<float>(momentum), static_cast<float>(grad_scale),
+                            static_cast<float>(coefficient), static_cast<float>(epsilon)};
+  std::vector<LarsTensor> tensors(n);
+  for (size_t i = 0; i < n; ++i) {
+    LarsTensor& t = tensors[i];
+    t.moment = float_data(moment, i);
+    fill_update_tensor(t, i, param, acc, grad, weight_decay[i]);
+    t.lars = flags[i];
+  }
+  std::vector<float> ratios(n);
+  py::gil_scoped_release release;
+  msaccum::cpu::lars_update(tensors, scalars, ratios.data());
+  return ratios;
 }
 
 double sum_of_squares(const py::object& tensors_obj, const py::object& stream) {
@@ -796,6 +929,17 @@ PYBIND11_MODULE(_C, m) {
         py::arg("weight_decay"), py::arg("step"), py::arg("grad_scale"), py::arg("bias_correction"), py::arg("stream") = py::none(),
         "Fused end of an accumulation window: AdamW update (decoupled weight decay) of param from "
         "(acc + grad) * grad_scale, then acc = 0; bias corrections 1 - beta**step when bias_correction.");
+  m.def("lamb_update", &lamb_update, py::arg("param"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("acc"),
+        py::arg("grad"), py::kw_only(), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+        py::arg("weight_decay"), py::arg("step"), py::arg("grad_scale"), py::arg("stream") = py::none(),
+        "Fused end of an accumulation window: LAMB update (bias-corrected moments, layer-wise trust ratio "
+        "||w|| / ||u||) of param from (acc + grad) * grad_scale, then acc = 0, in two passes. Returns the ratios.");
+  m.def("lars_update", &lars_update, py::arg("param"), py::arg("moment"), py::arg("acc"), py::arg("grad"),
+        py::kw_only(), py::arg("lr"), py::arg("momentum"), py::arg("grad_scale"), py::arg("weight_decay") = 0.0,
+        py::arg("coefficient") = 0.001, py::arg("epsilon") = 1e-5, py::arg("lars") = true,
+        py::arg("stream") = py::none(),
+        "Fused end of an accumulation window: LARS (layer-wise trust ratio) around momentum SGD, of param from "
+        "(acc + grad) * grad_scale, then acc = 0, in two passes. Returns the trust ratios (1 where lars is False).");
   // The window-end kernels are updates; their 0.2 names stay as aliases of the same functions
   // for one release (deprecated).
   m.attr("momentum_flush") = m.attr("momentum_update");

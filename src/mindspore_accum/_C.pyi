@@ -1,6 +1,6 @@
 """Type stub of the compiled extension (csrc/frontends/python_bindings.cpp)."""
 
-from typing import Any, Optional, Protocol, Sequence, Tuple, TypedDict, Union
+from typing import Any, List, Optional, Protocol, Sequence, Tuple, TypedDict, Union
 
 import numpy as np
 
@@ -56,6 +56,39 @@ def adamw_update(
     bias_correction: bool,
     stream: _Stream = None,
 ) -> None: ...
+
+# LAMB and LARS: CPU arrays (NumPy or DLPack); on CUDA they run through the AOT ops only.
+def lamb_update(
+    param: Sequence[_Array],
+    exp_avg: Sequence[_Array],
+    exp_avg_sq: Sequence[_Array],
+    acc: Optional[Sequence[_Array]],
+    grad: Optional[Sequence[_Array]],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: Union[float, Sequence[float], np.ndarray],
+    step: int,
+    grad_scale: float,
+    stream: _Stream = None,
+) -> List[float]: ...
+def lars_update(
+    param: Sequence[_Array],
+    moment: Sequence[_Array],
+    acc: Optional[Sequence[_Array]],
+    grad: Optional[Sequence[_Array]],
+    *,
+    lr: float,
+    momentum: float,
+    grad_scale: float,
+    weight_decay: Union[float, Sequence[float], np.ndarray] = 0.0,
+    coefficient: float = 0.001,
+    epsilon: float = 1e-5,
+    lars: Union[bool, Sequence[bool]] = True,
+    stream: _Stream = None,
+) -> List[float]: ...
 
 # Deprecated aliases (the same functions), kept for one release: the window-end kernels are updates.
 momentum_flush = momentum_update

@@ -1,21 +1,25 @@
 """mindspore_accum: fused gradient accumulation for MindSpore 2.x.
 
 The kernels (``mindspore_accum.kernels`` / ``_C``) need only NumPy; ``GradAccumCell``,
-``FusedMomentum``, ``FusedAdamW``, ``FlushAtEpochEnd`` and the checkpoint helpers import MindSpore when first used.
+``FusedMomentum``, ``FusedAdamW``, ``FusedLAMB``, ``FusedLARS``, ``FlushAtEpochEnd``, the
+large-batch schedules and the checkpoint helpers import MindSpore when first used.
 """
 
 # The NumPy kernel API re-exported here. With a broken build (the compiled extension cannot be
 # imported) the package still imports -- `python -m mindspore_accum` reports what is wrong -- and
 # each of these names, and `_C`, raises that ImportError when used.
+# The last two are deprecated aliases of the *_update names.
 _KERNEL_NAMES = (
     "accumulate",
     "momentum_update",
     "adamw_update",
+    "lamb_update",
+    "lars_update",
     "sum_of_squares",
     "build_info",
     "momentum_flush",
     "adamw_flush",
-)  # the last two: deprecated aliases of the *_update names
+)
 
 try:
     from . import _C
@@ -38,6 +42,10 @@ _LAZY = {
     "FlushAtEpochEnd": "cell",
     "FusedMomentum": "optim",
     "FusedAdamW": "optim",
+    "FusedLAMB": "optim",
+    "FusedLARS": "optim",
+    "WarmupLinearScaling": "large_batch",
+    "linear_scaling_rule": "large_batch",
     "save_checkpoint_atomic": "checkpoint",
     "load_checkpoint_verified": "checkpoint",
 }

@@ -18,6 +18,16 @@ from typing import List, Optional
 
 DEVICES = ("CPU", "GPU", "Ascend")
 
+# The fused optimizers (mindspore_accum.optim) and the AOT entry of their window end
+# (backends/kernel.py ENTRIES; a test keeps the three in agreement). Named here because this
+# report does not import MindSpore, which optim and backends.kernel need.
+FUSED_OPTIMIZERS = (
+    ("FusedMomentum", "MsAccumMomentumUpdate"),
+    ("FusedAdamW", "MsAccumAdamWUpdate"),
+    ("FusedLAMB", "MsAccumLambUpdate"),
+    ("FusedLARS", "MsAccumLarsUpdate"),
+)
+
 
 def _package_version() -> str:
     try:
@@ -51,6 +61,19 @@ def _cpu_flags() -> Optional[set]:
 
 
 AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
+
+
+def _fused_optimizers(package: str) -> str:
+    """The fused optimizers, each marked where libmsaccum_aot.so lacks its window-end entry."""
+    import ctypes
+
+    try:
+        library = ctypes.CDLL(os.path.join(package, "libmsaccum_aot.so"))
+    except OSError as err:
+        return ", ".join(name for name, _ in FUSED_OPTIMIZERS) + f" (the AOT library cannot be loaded: {err})"
+    return ", ".join(
+        name if hasattr(library, entry) else f"{name} (MISSING {entry})" for name, entry in FUSED_OPTIMIZERS
+    )
 
 
 def report() -> List[str]:
@@ -93,6 +116,7 @@ def report() -> List[str]:
             )
             + f"; compiler {info['compiler']}"
         )
+        lines.append("Fused optimizers: " + _fused_optimizers(package))
         if info["cuda"]:
             lines.append(
                 f"CUDA kernels: compiled in for architectures {info['cuda_architectures']}"

@@ -73,9 +73,11 @@ class AccumulationState(nn.Cell):
     # ---- parts of the compiled graphs; each returns ``out`` kept after its writes
     def count_micro_batch(self, out, items, accumulation_steps, world_size):
         """After a micro-batch was accumulated: counts it and its items, and records the setting
-        the window is accumulated under."""
+        the window is accumulated under (``accumulation_steps`` None: a schedule, whose steps the
+        cell records when the window starts)."""
         out = ops.depend(out, ops.assign_add(self.items, items))
-        out = ops.depend(out, ops.assign(self.window_steps, Tensor(accumulation_steps, ms.int32)))
+        if accumulation_steps is not None:
+            out = ops.depend(out, ops.assign(self.window_steps, Tensor(accumulation_steps, ms.int32)))
         out = ops.depend(out, ops.assign(self.window_world_size, Tensor(world_size, ms.int32)))
         return ops.depend(out, ops.assign_add(self.micro_step, Tensor(1, ms.int32)))
 

@@ -59,7 +59,14 @@ class GradAccumCell(nn.Cell):
         network_with_loss: a Cell returning a scalar mean loss or ``(loss_sum, num_items)``.
         optimizer: any ``nn.Optimizer`` built with ``loss_scale=1``. With :class:`FusedMomentum`
             or :class:`FusedAdamW` the averaging, clipping scale and optimizer step are one pass.
-        accumulation_steps: micro-batches per update (>= 1).
+        accumulation_steps: micro-batches per update (>= 1), or a schedule of it -- a list of
+            ``(from_update, steps)`` pairs (the first from update 0, increasing) or a callable
+            ``update_index -> steps`` -- the batch-size ramp of large-model training, or a
+            growing batch in place of learning-rate decay (Smith et al. 2017, "Don't Decay the
+            Learning Rate, Increase the Batch Size"). ``update_index`` is the optimizer's
+            ``global_step`` (updates applied so far, checkpointed with it); the value changes
+            only at window boundaries, and a resumed job continues the schedule exactly. A
+            schedule needs the cell called from Python (not dataset sink mode).
         clip_global_norm: clip the window's gradient to this global L2 norm (after
             accumulation and unscaling, before weight decay and the optimizer).
         loss_scale: None, a float (static), or a loss-scale update cell / amp manager. Gradients
@@ -92,7 +99,12 @@ class GradAccumCell(nn.Cell):
         _check_arguments(
             network_with_loss, optimizer, accumulation_steps, clip_global_norm, nonfinite, micro_batch_weight
         )
-        self.accumulation_steps = int(accumulation_steps)
+        # A schedule: read at the start of every window (Python dispatch), see _start_window.
+        self._schedule = _steps_schedule(accumulation_steps)
+        self._scheduled = self._schedule is not None
+        self.accumulation_steps = (
+            int(accumulation_steps) if self._schedule is None else self._schedule(_update_index(optimizer))
+        )
         self.clip_global_norm = None if clip_global_norm is None else float(clip_global_norm)
         self.nonfinite = nonfinite
         self.micro_batch_weight = micro_batch_weight
@@ -151,6 +163,8 @@ class GradAccumCell(nn.Cell):
         if must_end:
             self._finish_window()
             pending = 0
+        if pending == 0 and self._scheduled:
+            self._start_window()
         if ms.get_context("mode") == ms.GRAPH_MODE:
             loss = self._micro_step_graph(*inputs)
         else:
@@ -191,7 +205,10 @@ class GradAccumCell(nn.Cell):
         (_, loss, items, weight), grads = self._grad_fn(*inputs)
         first = ops.equal(self.state.micro_step, 0)  # the first micro-batch writes its accumulator
         out = self._ops.accumulate(self.state.accumulators, grads, weight, first)
-        out = self.state.count_micro_batch(out, items, self.accumulation_steps, self.world_size)
+        # With a schedule, Python records the window's steps when it starts (_start_window): a
+        # compiled graph would keep the value it was compiled with.
+        steps = None if self._scheduled else self.accumulation_steps
+        out = self.state.count_micro_batch(out, items, steps, self.world_size)
         return ops.depend(loss, out)
 
     def _scaled_loss(self, *inputs):
@@ -323,6 +340,11 @@ class GradAccumCell(nn.Cell):
         ):  # with a dynamic scale, overflows are routine
             warnings.warn(message, RuntimeWarning, stacklevel=4)
 
+    def _start_window(self) -> None:
+        """A scheduled cell: the steps of the window that starts now, recorded in the state."""
+        self.accumulation_steps = self._schedule(_update_index(self.optimizer))
+        self.state.window_steps.set_data(Tensor(self.accumulation_steps, ms.int32))
+
     def _pending_window(self):
         """(micro-batches pending, whether that window must end before the next micro-batch).
         A window whose end was interrupted is full; one loaded from a checkpoint accumulated under
@@ -340,6 +362,8 @@ class GradAccumCell(nn.Cell):
                 "or save checkpoints at window boundaries (after flush())."
             )
         stored_steps = int(self.state.window_steps.asnumpy())
+        if self._scheduled:  # the steps the schedule gives this window (global_step is checkpointed)
+            self.accumulation_steps = self._schedule(_update_index(self.optimizer))
         if stored_steps != self.accumulation_steps:
             warnings.warn(
                 f"GradAccumCell: the pending window ({pending} micro-batches) was accumulated with "
@@ -396,18 +420,74 @@ def _check_arguments(
             "the loss scale to the cell (loss_scale=...) and build the optimizer with loss_scale=1.0, "
             "so the window is unscaled exactly once"
         )
-    if (
+    if isinstance(accumulation_steps, (list, tuple)) or callable(accumulation_steps):
+        pass  # a schedule, checked by _steps_schedule
+    elif (
         isinstance(accumulation_steps, bool)
         or not isinstance(accumulation_steps, (int, np.integer))
         or accumulation_steps < 1
     ):
-        raise ValueError(f"accumulation_steps must be an integer >= 1, got {accumulation_steps!r}")
+        raise ValueError(f"accumulation_steps must be an integer >= 1 or a schedule, got {accumulation_steps!r}")
     if nonfinite not in ("skip", "raise"):
         raise ValueError(f"nonfinite must be 'skip' or 'raise', got {nonfinite!r}")
     if micro_batch_weight not in WEIGHTS:
         raise ValueError(f"micro_batch_weight must be 'size' or 'equal', got {micro_batch_weight!r}")
     if clip_global_norm is not None and not (float(clip_global_norm) > 0.0):
         raise ValueError(f"clip_global_norm must be a positive number or None, got {clip_global_norm!r}")
+
+
+def _is_count(value, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= low
+
+
+def _steps_schedule(accumulation_steps):
+    """None for an int; else ``update_index -> steps`` from a list of (from_update, steps) pairs
+    or a callable, whose values are checked when used."""
+    if not isinstance(accumulation_steps, (list, tuple)) and not callable(accumulation_steps):
+        return None
+    if callable(accumulation_steps):
+        fn = accumulation_steps
+    else:
+        pairs = [tuple(p) if isinstance(p, (list, tuple)) else p for p in accumulation_steps]
+        if not pairs or any(not isinstance(p, tuple) or len(p) != 2 for p in pairs):
+            raise ValueError(
+                "accumulation_steps as a schedule must be a non-empty list of (from_update, steps) "
+                f"pairs, got {accumulation_steps!r}"
+            )
+        starts = [p[0] for p in pairs]
+        if (
+            starts[0] != 0
+            or any(not _is_count(a, 0) for a in starts)
+            or any(b <= a for a, b in zip(starts, starts[1:]))
+        ):
+            raise ValueError(
+                "accumulation_steps: the schedule's from_update values must be ints, the first 0, "
+                f"strictly increasing; got {starts}"
+            )
+        for _, steps in pairs:
+            if not _is_count(steps, 1):
+                raise ValueError(
+                    f"accumulation_steps: every steps value of the schedule must be an int >= 1, got {steps!r}"
+                )
+        table = [(int(a), int(b)) for a, b in pairs]
+
+        def fn(update):
+            return next(steps for start, steps in reversed(table) if update >= start)
+
+    def checked(update: int) -> int:
+        steps = fn(update)
+        if not _is_count(steps, 1):
+            raise ValueError(
+                f"accumulation_steps: the schedule gave {steps!r} for update {update}; it must give an int >= 1"
+            )
+        return int(steps)
+
+    return checked
+
+
+def _update_index(optimizer) -> int:
+    """Updates applied so far: the optimizer's global_step (checkpointed with it)."""
+    return int(np.asarray(optimizer.global_step.asnumpy()).reshape(-1)[0])
 
 
 def _data_parallel_world_size() -> int:

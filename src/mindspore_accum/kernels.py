@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from typing import Any, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -47,6 +47,8 @@ __all__ = [
     "accumulate",
     "momentum_update",
     "adamw_update",
+    "lamb_update",
+    "lars_update",
     "sum_of_squares",
     "aot_library_path",
     "build_info",
@@ -171,6 +173,99 @@ def adamw_update(
         grad_scale=grad_scale,
         bias_correction=bias_correction,
         stream=stream,
+    )
+
+
+def lamb_update(
+    param: ArrayList,
+    exp_avg: ArrayList,
+    exp_avg_sq: ArrayList,
+    acc: Optional[ArrayList],
+    grad: Optional[ArrayList],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: Union[float, Sequence[float]],
+    step: int,
+    grad_scale: float,
+) -> List[float]:
+    """The fused end of an accumulation window with LAMB (You et al. 2019), per tensor::
+
+        g = (acc + grad) * grad_scale
+        m = beta1 * m + (1 - beta1) * g                   # exp_avg
+        v = beta2 * v + (1 - beta2) * g * g               # exp_avg_sq
+        u = (m / (1 - beta1**step)) / (sqrt(v / (1 - beta2**step)) + eps) + weight_decay * param
+        r = ||param|| / ||u||   (1 if either norm is 0)
+        param -= lr * r * u
+        acc = 0                                           # when acc is given
+
+    Two passes: the first writes the moments and sums param^2 and u^2 per tensor, the second
+    recomputes u and writes param (40 bytes per element with float32 gradients). Returns the
+    ratios r, one per tensor. Arguments as :func:`adamw_update` (checked the same way, before
+    anything is written); the bias corrections are always applied.
+    """
+    return _C.lamb_update(
+        param,
+        exp_avg,
+        exp_avg_sq,
+        acc,
+        grad,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        step=step,
+        grad_scale=grad_scale,
+    )
+
+
+def lars_update(
+    param: ArrayList,
+    moment: ArrayList,
+    acc: Optional[ArrayList],
+    grad: Optional[ArrayList],
+    *,
+    lr: float,
+    momentum: float,
+    grad_scale: float,
+    weight_decay: Union[float, Sequence[float]] = 0.0,
+    coefficient: float = 0.001,
+    epsilon: float = 1e-5,
+    lars: Union[bool, Sequence[bool]] = True,
+) -> List[float]:
+    """The fused end of an accumulation window with LARS around momentum SGD (``nn.LARS`` over
+    ``nn.Momentum``; You et al. 2017), per tensor::
+
+        g = (acc + grad) * grad_scale
+        trust = coefficient * ||param|| / (||g|| + weight_decay * ||param|| + epsilon)
+                (1 if either norm is 0)
+        d = trust * (g + weight_decay * param)    where lars holds, else d = g (no decay)
+        v = momentum * v + d                      # moment
+        param -= lr * v
+        acc = 0                                   # when acc is given
+
+    Two passes: the first reads param and the gradient and sums their squares per tensor
+    (tensors without ``lars`` skip it), the second is the momentum step (28 bytes per element
+    with float32 gradients). ``lars`` and ``weight_decay`` are one value or one per tensor.
+    Returns the trust ratios (1 where ``lars`` is False). Checked before anything is written:
+    finite ``lr``, ``momentum``, ``coefficient``, ``epsilon`` >= 0, finite ``grad_scale`` and
+    weight decays, and the arrays as in :func:`momentum_update`.
+    """
+    return _C.lars_update(
+        param,
+        moment,
+        acc,
+        grad,
+        lr=lr,
+        momentum=momentum,
+        grad_scale=grad_scale,
+        weight_decay=weight_decay,
+        coefficient=coefficient,
+        epsilon=epsilon,
+        lars=lars,
     )
 
 

@@ -25,7 +25,7 @@ from ._compat import opt_init_args_register, optimizer_parameters
 from ._state import zeros_like_params
 from .backends import choose_backend
 
-__all__ = ["FusedSpec", "FusedOptimizer", "FusedMomentum", "FusedAdamW"]
+__all__ = ["FusedSpec", "FusedOptimizer", "FusedMomentum", "FusedAdamW", "FusedLAMB", "FusedLARS"]
 
 
 class FusedSpec(NamedTuple):
@@ -35,6 +35,8 @@ class FusedSpec(NamedTuple):
     hyper: Tuple[str, ...]  # the fields of _hyper()'s tuple: the kernel's hyper-parameters after lr
     states: Tuple[Tuple[str, str], ...]  # (attribute, Parameter name prefix) of each state list, in
     #                                       the kernel's order after the parameters
+    per_tensor: Tuple[str, ...] = ("weight_decay",)  # the kernel's per-tensor vectors (see
+    #                                       _per_tensor_vectors / _native_per_tensor)
 
 
 class FusedOptimizer(nn.Optimizer):
@@ -92,7 +94,12 @@ class FusedOptimizer(nn.Optimizer):
             from .backends import kernel  # needs the compiled extension: imported when used
 
             # _kernel_update stacks (lr,) + _hyper(), then passes params, the states, the sources
-            kernel.entry(spec.update, ("lr",) + spec.hyper, tensors=len(self._states) + 2)
+            found = kernel.entry(spec.update, ("lr",) + spec.hyper, tensors=len(self._states) + 2)
+            if found.per_tensor != spec.per_tensor:
+                raise ValueError(
+                    f"{found.name} reads the per-tensor vectors {found.per_tensor}; "
+                    f"{type(self).__name__} builds {spec.per_tensor}"
+                )
             self._kernel = kernel.entry_op(spec.update)
         else:
             from .backends import native
@@ -121,7 +128,7 @@ class FusedOptimizer(nn.Optimizer):
         for group, (indices, lr_index) in enumerate(self._lr_groups):
             group_lr = ops.cast(lr[lr_index] if self.is_group_lr else lr, ms.float32).reshape(())
             values = ops.stack((group_lr,) + hyper)
-            decay = self._decay_vector(group, indices)
+            per_tensor = self._per_tensor_vectors(group, indices)
             if len(self._lr_groups) == 1:
                 # Whole tuples, unpacked: building them element by element in the graph cost
                 # MindSpore 2.10 ~35 s and 2.2 GB of compile memory for ResNet50's 161 tensors.
@@ -130,14 +137,14 @@ class FusedOptimizer(nn.Optimizer):
                 tensors = tuple(self._updated[i] for i in self._group_updated[group]) + tuple(
                     sources[i] for i in indices
                 )
-            group_out = self._kernel(values, decay, *tensors)
+            group_out = self._kernel(values, *per_tensor, *tensors)
             out = group_out if out is None else ops.depend(out, group_out)
         return out
 
     def _native_update(self, lr, hyper, sources):
         # Arguments spelled out: star-unpacking inside the window end's branch trips MindSpore 2.10's
         # graph compiler ("no manager for this func graph: UnpackCall").
-        decay = self._decay_scalars()
+        decay = self._native_per_tensor()
         fn = self._native_fn
         if self.is_group_lr:
             if len(self._states) == 1:
@@ -153,6 +160,15 @@ class FusedOptimizer(nn.Optimizer):
                 ops.partial(fn, hyper, lr), decay, self.params, self._states[0], self._states[1], sources
             )
         return ops.depend(ops.zeros((1,), ms.float32), written)
+
+    # ---- the per-tensor arguments: the weight decay (a subclass may add vectors, spec.per_tensor) ----
+    def _per_tensor_vectors(self, group, indices):
+        """The kernel's per-tensor float32 vectors for the tensors ``indices`` of learning-rate group ``group``."""
+        return (self._decay_vector(group, indices),)
+
+    def _native_per_tensor(self):
+        """The native function's per-tensor argument, one scalar Tensor per parameter."""
+        return self._decay_scalars()
 
     # ---- weight decay as applied to the unscaled gradient (0 where it is off) ----
     def _decay_scalars(self):
@@ -287,6 +303,151 @@ class FusedAdamW(FusedOptimizer):
         else:
             corrections = (Tensor(1.0, ms.float32), Tensor(1.0, ms.float32))
         return self._betas + (grad_scale,) + corrections
+
+
+# ====================================================================== LAMB and LARS
+
+
+def _no_bias_layernorm(param) -> bool:
+    return "bias" not in param.name and "LayerNorm" not in param.name
+
+
+def _bias_corrections(opt: nn.Optimizer):
+    """(1 - beta1^t, 1 - beta2^t) of this update (t = global_step + 1) as -expm1(t * log(beta)):
+    accurate in float32 where 1 - pow(beta, t) is not (1 - 0.999f has a relative error of 1.3e-5)."""
+    t = ops.cast(opt.global_step + 1, ms.float32).reshape(())
+    return tuple(-ops.expm1(t * log_beta) for log_beta in opt._log_betas)
+
+
+def _check_betas(name: str, beta1, beta2, eps) -> None:
+    for arg, value in (("beta1", beta1), ("beta2", beta2)):
+        if isinstance(value, bool) or not isinstance(value, (float, int)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{name}: {arg} must be a float in [0, 1), got {value!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (float, int)) or not eps > 0.0:
+        raise ValueError(f"{name}: eps must be a positive float, got {eps!r}")
+
+
+class FusedLAMB(FusedOptimizer):
+    """LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning: Training BERT in 76
+    minutes") with ``nn.Lamb``'s arguments, schedules and parameter groups, as a fused window end.
+
+    Per tensor, at update t (from 1), g the window's mean gradient::
+
+        m = beta1 * m + (1 - beta1) * g;   v = beta2 * v + (1 - beta2) * g^2
+        u = (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps) + weight_decay * w
+        r = ||w|| / ||u||  (1 if either norm is 0);   w -= lr * r * u
+
+    Two passes over the tensors (the norms need the whole tensor): moments and norms, then the
+    step -- 40 bytes per element with float32 gradients (docs/kernels.md). Ungrouped, no weight
+    decay where the parameter's name contains ``bias`` or ``LayerNorm`` (``decay_filter``, the
+    default of the LAMB papers' reference and of older ``nn.Lamb``; MindSpore 2.10's ``nn.Lamb``
+    filters ``beta``/``gamma``); unlike ``nn.Lamb`` the ratio is not clipped to [0, 10].
+    Moments are float32, named ``lamb_m.*`` and ``lamb_v.*`` like ``nn.Lamb``'s.
+    """
+
+    spec = FusedSpec(
+        "lamb_update",
+        ("beta1", "beta2", "eps", "grad_scale", "bias_correction1", "bias_correction2"),
+        (("moments1", "lamb_m"), ("moments2", "lamb_v")),
+    )
+
+    @opt_init_args_register
+    def __init__(
+        self,
+        params,
+        learning_rate=1e-3,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-6,
+        weight_decay=0.0,
+        *,
+        decay_filter=_no_bias_layernorm,
+        backend: str = "auto",
+    ):
+        super().__init__(learning_rate, params, weight_decay)
+        _check_betas("FusedLAMB", beta1, beta2, eps)
+        if not callable(decay_filter):
+            raise TypeError(f"FusedLAMB: decay_filter must be callable, got {type(decay_filter).__name__}")
+        if not self.is_group:
+            self.decay_flags = tuple(bool(decay_filter(p)) for p in self._parameters)
+        self._setup_fused(backend)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self._betas = (Tensor(self.beta1, ms.float32), Tensor(self.beta2, ms.float32), Tensor(self.eps, ms.float32))
+        self._log_betas = (
+            Tensor(math.log(self.beta1) if self.beta1 > 0 else -math.inf, ms.float32),
+            Tensor(math.log(self.beta2) if self.beta2 > 0 else -math.inf, ms.float32),
+        )
+
+    def _hyper(self, grad_scale):
+        return self._betas + (grad_scale,) + _bias_corrections(self)
+
+
+class FusedLARS(FusedOptimizer):
+    """LARS (You et al. 2017, "Large Batch Training of Convolutional Networks") around momentum
+    SGD, with the semantics of ``nn.LARS(nn.Momentum(...))``, as a fused window end.
+
+    Per tensor, g the window's mean gradient: where ``lars_filter(param)`` holds (default: the
+    name contains neither ``bias`` nor ``LayerNorm``, as ``nn.LARS``)::
+
+        trust = coefficient * ||w|| / (||g|| + weight_decay * ||w|| + epsilon)  (1 if ||w|| or ||g|| is 0)
+        d = trust * (g + weight_decay * w)
+
+    elsewhere ``d = g`` (no decay); then ``v = momentum * v + d;  w -= lr * v``. ``weight_decay``
+    is the one of the parameter's group, and ungrouped 0 where the name contains ``beta`` or
+    ``gamma`` (``nn.Momentum``'s decay filter, which ``nn.LARS`` keeps). Two passes (the norms,
+    then the step): 28 bytes per element with float32 gradients. Moments are float32, named
+    ``moments.*`` like ``nn.Momentum``'s.
+    """
+
+    spec = FusedSpec(
+        "lars_update",
+        ("momentum", "grad_scale", "coefficient", "epsilon"),
+        (("moments", "moments"),),
+        per_tensor=("weight_decay", "lars"),
+    )
+
+    @opt_init_args_register
+    def __init__(
+        self,
+        params,
+        learning_rate,
+        momentum: float = 0.9,
+        weight_decay=0.0,
+        coefficient: float = 0.001,
+        epsilon: float = 1e-5,
+        lars_filter=_no_bias_layernorm,
+        *,
+        backend: str = "auto",
+    ):
+        super().__init__(learning_rate, params, weight_decay)
+        for arg, value in (("momentum", momentum), ("coefficient", coefficient), ("epsilon", epsilon)):
+            if isinstance(value, bool) or not isinstance(value, (float, int)) or not 0.0 <= value < math.inf:
+                raise ValueError(f"FusedLARS: {arg} must be a finite float >= 0, got {value!r}")
+        if not callable(lars_filter):
+            raise TypeError(f"FusedLARS: lars_filter must be callable, got {type(lars_filter).__name__}")
+        self.lars_flags = tuple(bool(lars_filter(p)) for p in optimizer_parameters(self))
+        self._setup_fused(backend)
+        self.momentum_value, self.coefficient, self.epsilon = float(momentum), float(coefficient), float(epsilon)
+        self._constants = (
+            Tensor(self.momentum_value, ms.float32),
+            Tensor(self.coefficient, ms.float32),
+            Tensor(self.epsilon, ms.float32),
+        )
+        self._lars_vectors = tuple(
+            Tensor(np.asarray([1.0 if self.lars_flags[i] else 0.0 for i in indices], np.float32))
+            for indices, _ in self._lr_groups
+        )
+        self._lars_scalars = tuple(Tensor(1.0 if flag else 0.0, ms.float32) for flag in self.lars_flags)
+
+    def _hyper(self, grad_scale):
+        momentum, coefficient, epsilon = self._constants
+        return momentum, grad_scale, coefficient, epsilon
+
+    def _per_tensor_vectors(self, group, indices):
+        return self._decay_vector(group, indices), self._lars_vectors[group]
+
+    def _native_per_tensor(self):
+        return tuple(ops.stack((decay, flag)) for decay, flag in zip(self._decay_scalars(), self._lars_scalars))
 
 
 # ====================================================================== helpers

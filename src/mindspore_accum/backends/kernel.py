@@ -65,6 +65,22 @@ ENTRIES = {
         ("param", "exp_avg", "exp_avg_sq", "grad"),
         "placeholder",
     ),
+    # the window end of FusedLAMB (two passes: moments and norms, then the step); bias corrections 1 - beta^t
+    "lamb_update": AotEntry(
+        "MsAccumLambUpdate",
+        ("lr", "beta1", "beta2", "eps", "grad_scale", "bias_correction1", "bias_correction2"),
+        ("weight_decay",),
+        ("param", "exp_avg", "exp_avg_sq", "grad"),
+        "placeholder",
+    ),
+    # the window end of FusedLARS (two passes: norms, then the momentum step); lars 1: trust ratio, 0: plain
+    "lars_update": AotEntry(
+        "MsAccumLarsUpdate",
+        ("lr", "momentum", "grad_scale", "coefficient", "epsilon"),
+        ("weight_decay", "lars"),
+        ("param", "moment", "grad"),
+        "placeholder",
+    ),
 }
 
 

@@ -82,6 +82,51 @@ def _adamw_one(hyper, lr, weight_decay, param, m, v, source):
     return ops.depend(written, ops.depend(ops.assign(m, m_new), ops.assign(v, v_new)))
 
 
+def _norm(x):
+    return ops.sqrt(ops.reduce_sum(ops.square(x)))
+
+
+def _ratio(numerator_norm, denominator_norm, value):
+    """``value`` where both norms are positive, else 1 (accum_math.h lamb_ratio / lars_trust)."""
+    both = ops.logical_and(numerator_norm > 0.0, denominator_norm > 0.0)
+    return ops.select(both, value, ops.ones_like(value))
+
+
+_lamb_native = ops.MultitypeFuncGraph("lamb_native")
+
+
+@_lamb_native.register("Tuple", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+def _lamb_one(hyper, lr, weight_decay, param, m, v, source):
+    """csrc/accum_math.h lamb_moments, lamb_ratio and lamb_apply, with MindSpore operators."""
+    beta1, beta2, eps, grad_scale, bias_correction1, bias_correction2 = hyper
+    g = ops.cast(source, ms.float32) * grad_scale
+    m_new = beta1 * m + (1.0 - beta1) * g
+    v_new = beta2 * v + (1.0 - beta2) * g * g
+    u = (m_new / bias_correction1) / (ops.sqrt(v_new / bias_correction2) + eps) + weight_decay * param
+    w_norm, u_norm = _norm(param), _norm(u)
+    ratio = _ratio(w_norm, u_norm, w_norm / ops.maximum(u_norm, 1e-38))
+    written = ops.assign(param, param - lr * ratio * u)
+    return ops.depend(written, ops.depend(ops.assign(m, m_new), ops.assign(v, v_new)))
+
+
+_lars_native = ops.MultitypeFuncGraph("lars_native")
+
+
+@_lars_native.register("Tuple", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+def _lars_one(hyper, lr, per_tensor, param, moment, source):
+    """csrc/accum_math.h lars_trust and lars_value, with MindSpore operators. ``per_tensor`` is
+    ``[weight_decay, lars]`` (lars 1: the trust ratio, 0: plain momentum without decay)."""
+    momentum, grad_scale, coefficient, epsilon = hyper
+    lars = per_tensor[1] > 0.0
+    weight_decay = ops.select(lars, per_tensor[0], ops.zeros_like(per_tensor[0]))
+    g = ops.cast(source, ms.float32) * grad_scale
+    w_norm, g_norm = _norm(param), _norm(g)
+    trust = _ratio(w_norm, g_norm, coefficient * w_norm / (g_norm + weight_decay * w_norm + epsilon))
+    trust = ops.select(lars, trust, ops.ones_like(trust))
+    v = momentum * moment + trust * (g + weight_decay * param)
+    return ops.depend(ops.assign(param, param - lr * v), ops.assign(moment, v))
+
+
 class NativeUpdate(NamedTuple):
     fn: ops.MultitypeFuncGraph  # fn(hyper, lr, weight_decay, param, *states, source)
     hyper: Tuple[str, ...]  # the fields of its ``hyper`` tuple, in order
@@ -93,6 +138,11 @@ UPDATES = {
     "adamw_update": NativeUpdate(
         _adamw_native, ("beta1", "beta2", "eps", "grad_scale", "bias_correction1", "bias_correction2"), 2
     ),
+    "lamb_update": NativeUpdate(
+        _lamb_native, ("beta1", "beta2", "eps", "grad_scale", "bias_correction1", "bias_correction2"), 2
+    ),
+    # its per-tensor argument is [weight_decay, lars] (FusedLARS), not the weight decay alone
+    "lars_update": NativeUpdate(_lars_native, ("momentum", "grad_scale", "coefficient", "epsilon"), 1),
 }
 
 
