@@ -66,7 +66,7 @@ class GradAccumCell(nn.Cell):
             Learning Rate, Increase the Batch Size"). ``update_index`` is the optimizer's
             ``global_step`` (updates applied so far, checkpointed with it); the value changes
             only at window boundaries, and a resumed job continues the schedule exactly. A
-            schedule needs the cell called from Python (not dataset sink mode).
+            schedule needs the cell called from Python: inside @ms.jit or dataset sink mode it raises.
         clip_global_norm: clip the window's gradient to this global L2 norm (after
             accumulation and unscaling, before weight decay and the optimizer).
         loss_scale: None, a float (static), or a loss-scale update cell / amp manager. Gradients
@@ -191,6 +191,11 @@ class GradAccumCell(nn.Cell):
 
     def construct(self, *inputs):
         """Micro-step and (every ``accumulation_steps``-th call) window end as one graph."""
+        if self._scheduled:  # a compiled graph keeps the steps it was compiled with
+            raise RuntimeError(
+                "GradAccumCell: an accumulation_steps schedule changes between windows, which a compiled graph "
+                "cannot follow; call the cell from Python (not inside @ms.jit or dataset sink mode), or pass an int"
+            )
         loss = self._micro_step(*inputs)
         if self._window_full(self.state.micro_step):
             loss = ops.depend(loss, self._window_end())

@@ -102,3 +102,17 @@ def test_bad_schedules_are_refused_by_name(schedule, match):
 def test_a_callable_giving_a_bad_value_is_named():
     with pytest.raises(ValueError, match="accumulation_steps: the schedule gave 0 for update 0"):
         make("native", lambda update: 0)
+
+
+def test_a_schedule_inside_a_compiled_graph_is_refused():
+    # A user's @ms.jit (or dataset sink mode) runs the cell's construct, compiled once: it could
+    # not follow a schedule, so it refuses rather than keep the first window's steps silently.
+    _, cell = make("native", [(0, 2), (2, 4)])
+    x, y = (Tensor(a) for a in micro_batches(1)[0])
+
+    @ms.jit
+    def step(x, y):
+        return cell(x, y)
+
+    with pytest.raises(RuntimeError, match="schedule changes between windows"):
+        step(x, y)
