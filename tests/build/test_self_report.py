@@ -11,19 +11,19 @@ import warnings
 
 import pytest
 
-AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
-AVX2 = {"avx2", "fma", "f16c"}
+from tests.conftest import ISA_CPU_FLAGS
+from tests.conftest import cpu_flags as read_cpu_flags
+
+AVX512 = ISA_CPU_FLAGS["avx512"]
+AVX2 = ISA_CPU_FLAGS["avx2"]
 
 
 def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    pytest.skip("no /proc/cpuinfo flags")
+    """This machine's flags, read independently of the report under test."""
+    flags = read_cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo flags")
+    return flags
 
 
 def run_report(prelude="", **env_changes):
