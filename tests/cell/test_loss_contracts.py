@@ -223,3 +223,23 @@ def test_a_plain_function_is_refused_saying_how_to_wrap_it():
 
     with pytest.raises(TypeError, match="got function: wrap the function in an nn.Cell whose construct calls it"):
         GradAccumCell(forward_fn, nn.SGD(net.trainable_params(), 0.1), 4)
+
+
+@pytest.mark.parametrize("form", ["aux_mean", "aux_pair"])
+def test_has_aux_inside_a_compiled_graph(mode, backend, form):
+    """construct (a user's @ms.jit around the cell, dataset sink mode) returns (loss, aux) too."""
+    w, b, x, y = problem()
+    net = Contract(w, b, form)
+    opt = FusedMomentum(net.trainable_params(), LR, MOMENTUM, weight_decay=WD, backend=backend)
+    cell = GradAccumCell(net, opt, len(SIZES), backend=backend, has_aux=True)
+
+    @ms.jit
+    def step(xb, yb):
+        return cell(xb, yb)
+
+    outs = [step(xb, yb) for i in range(WINDOWS) for xb, yb in split(x[i], y[i])]
+    assert int(opt.global_step.asnumpy().item()) == WINDOWS
+    assert_weights_close(weights(net), big_batch_reference(w, b, x, y), RTOL, f"{form} in @ms.jit")
+    x0 = split(x[0], y[0])[0][0].asnumpy()
+    logits = outs[0][1] if form == "aux_mean" else outs[0][1][0]
+    np.testing.assert_allclose(logits.asnumpy(), x0 @ w.T + b, rtol=1e-5, atol=1e-6)
