@@ -53,10 +53,18 @@ class GradAccumCell(nn.Cell):
       over the window and over all workers (token-exact for language models); the cell returns
       ``loss_sum / num_items`` of the micro-batch.
 
+    A loss of shape ``(1,)`` counts as a scalar (in both contracts); ``num_items`` must be an
+    integer tensor. Extra outputs: with ``has_aux=True`` the network returns ``(loss, aux...)`` or
+    ``((loss_sum, num_items), aux...)``; only the loss is differentiated and every call returns
+    ``(loss, aux)`` -- ``aux`` the second output when there are two, else the tuple of the outputs
+    after the first. A cell that already updates weights (``nn.TrainOneStepCell``, anything holding
+    an optimizer) is refused: pass its loss cell and optimizer instead.
+
     :meth:`flush` applies a partial window; :attr:`pending` tells how many micro-batches wait.
 
     Args:
-        network_with_loss: a Cell returning a scalar mean loss or ``(loss_sum, num_items)``.
+        network_with_loss: a Cell returning a scalar mean loss or ``(loss_sum, num_items)``
+            (e.g. ``nn.WithLossCell(network, loss_fn)``), followed by extra outputs if ``has_aux``.
         optimizer: any ``nn.Optimizer`` built with ``loss_scale=1``. With :class:`FusedMomentum`
             or :class:`FusedAdamW` the averaging, clipping scale and optimizer step are one pass.
         accumulation_steps: micro-batches per update (>= 1), or a schedule of it -- a list of
@@ -77,6 +85,8 @@ class GradAccumCell(nn.Cell):
         micro_batch_weight: ``"size"`` or ``"equal"`` (mean-loss networks only, see above).
         backend: ``"auto"``, ``"kernels"`` (our fused kernels, CPU/GPU) or ``"native"``
             (MindSpore's operators: every device, e.g. Ascend). Same math, state and checkpoints.
+        has_aux: the network returns extra outputs after the loss (see above), as in
+            ``ms.value_and_grad(..., has_aux=True)``; the cell then returns ``(loss, aux)``.
 
     All state (accumulators, micro-step and item counters, loss scale, skip counter, the
     optimizer's moments and step) lives in non-trainable Parameters: checkpoints capture it and
@@ -94,11 +104,15 @@ class GradAccumCell(nn.Cell):
         nonfinite: str = "skip",
         micro_batch_weight: str = "size",
         backend: str = "auto",
+        has_aux: bool = False,
     ):
         super().__init__(auto_prefix=False)
         _check_arguments(
             network_with_loss, optimizer, accumulation_steps, clip_global_norm, nonfinite, micro_batch_weight
         )
+        if not isinstance(has_aux, bool):
+            raise TypeError(f"has_aux must be True or False, got {has_aux!r}")
+        self.has_aux = has_aux
         # A schedule: read at the start of every window (Python dispatch), see _start_window.
         self._schedule = _steps_schedule(accumulation_steps)
         self._scheduled = self._schedule is not None
@@ -196,10 +210,12 @@ class GradAccumCell(nn.Cell):
                 "GradAccumCell: an accumulation_steps schedule changes between windows, which a compiled graph "
                 "cannot follow; call the cell from Python (not inside @ms.jit or dataset sink mode), or pass an int"
             )
-        loss = self._micro_step(*inputs)
+        out = self._micro_step(*inputs)
         if self._window_full(self.state.micro_step):
-            loss = ops.depend(loss, self._window_end())
-        return loss
+            if self.has_aux:
+                return ops.depend(out[0], self._window_end()), out[1]
+            out = ops.depend(out, self._window_end())
+        return out
 
     def _window_full(self, micro_batches):
         """Whether a window of ``micro_batches`` (an int from Python, a Tensor in a graph) is full."""
@@ -207,40 +223,44 @@ class GradAccumCell(nn.Cell):
 
     # ------------------------------------------------------------------ the micro-step
     def _micro_step(self, *inputs):
-        (_, loss, items, weight), grads = self._grad_fn(*inputs)
+        values, grads = self._grad_fn(*inputs)
+        loss, items, weight = values[1], values[2], values[3]
         first = ops.equal(self.state.micro_step, 0)  # the first micro-batch writes its accumulator
         out = self._ops.accumulate(self.state.accumulators, grads, weight, first)
         # With a schedule, Python records the window's steps when it starts (_start_window): a
         # compiled graph would keep the value it was compiled with.
         steps = None if self._scheduled else self.accumulation_steps
         out = self.state.count_micro_batch(out, items, steps, self.world_size)
+        if self.has_aux:
+            return ops.depend(loss, out), values[4]
         return ops.depend(loss, out)
 
     def _scaled_loss(self, *inputs):
         """(loss * loss_scale, the micro-batch's loss, its items, the weight of its gradient in
-        the window sum): the loss contract, checked when the graph is built."""
+        the window sum[, aux]): the loss contract, checked when the graph is built."""
         out = self.network(*inputs)
+        if self.has_aux:
+            out, aux = _split_aux(out)
+            return self._contract(out, inputs) + (aux,)
+        return self._contract(out, inputs)
+
+    def _contract(self, out, inputs):
         if isinstance(out, (tuple, list)):
             if len(out) != 2:
                 raise TypeError(
                     f"GradAccumCell: the network must return a scalar mean loss or a pair (loss_sum, "
-                    f"num_items); it returned a tuple of {len(out)}"
+                    f"num_items); it returned a tuple of {len(out)}. To return extra outputs (logits, "
+                    "metrics), build the cell with has_aux=True and return (loss, aux...) or "
+                    "((loss_sum, num_items), aux...)"
                 )
             loss_sum, items = out
-            if loss_sum.ndim != 0 or items.ndim != 0:
-                raise TypeError(
-                    f"GradAccumCell: (loss_sum, num_items) must be two scalars; got shapes "
-                    f"{loss_sum.shape} and {items.shape}"
-                )
-            items = ops.cast(items, ms.int64)
-            loss = loss_sum / ops.cast(ops.maximum(items, 1), loss_sum.dtype)
-            return loss_sum * ops.cast(self.state.loss_scale, loss_sum.dtype), loss, items, self._one
-        if out.ndim != 0:
-            raise TypeError(
-                f"GradAccumCell: the network must return a scalar mean loss or a pair (loss_sum, "
-                f"num_items); it returned a tensor of shape {out.shape}"
-            )
-        scaled = out * ops.cast(self.state.loss_scale, out.dtype)
+            _check_pair(loss_sum, items)
+            items = ops.cast(ops.reshape(items, ()), ms.int64)
+            total = ops.reshape(loss_sum, ())
+            loss = ops.reshape(total / ops.cast(ops.maximum(items, 1), total.dtype), loss_sum.shape)
+            return total * ops.cast(self.state.loss_scale, total.dtype), loss, items, self._one
+        _check_mean_loss(out)
+        scaled = ops.reshape(out, ()) * ops.cast(self.state.loss_scale, out.dtype)
         if self.micro_batch_weight == "equal":
             return scaled, out, Tensor(1, ms.int64), self._one
         if len(inputs) == 0 or inputs[0].ndim == 0:
@@ -416,7 +436,15 @@ def _check_arguments(
     network_with_loss, optimizer, accumulation_steps, clip_global_norm, nonfinite, micro_batch_weight
 ) -> None:
     if not isinstance(network_with_loss, nn.Cell):
-        raise TypeError(f"network_with_loss must be an nn.Cell, got {type(network_with_loss).__name__}")
+        how = (
+            "wrap the function in an nn.Cell whose construct calls it, e.g. class LossCell(nn.Cell) with "
+            "self.net = net and construct(self, x, y): return loss_fn(self.net(x), y) (the weights must be "
+            "Parameters of that cell or its children)"
+            if callable(network_with_loss)
+            else "pass a Cell returning the loss, e.g. nn.WithLossCell(network, loss_fn)"
+        )
+        raise TypeError(f"network_with_loss must be an nn.Cell, got {type(network_with_loss).__name__}: {how}")
+    _check_not_an_update(network_with_loss)
     if not isinstance(optimizer, nn.Optimizer):
         raise TypeError(f"optimizer must be an nn.Optimizer, got {type(optimizer).__name__}")
     if float(optimizer.loss_scale) != 1.0:
@@ -439,6 +467,87 @@ def _check_arguments(
         raise ValueError(f"micro_batch_weight must be 'size' or 'equal', got {micro_batch_weight!r}")
     if clip_global_norm is not None and not (float(clip_global_norm) > 0.0):
         raise ValueError(f"clip_global_norm must be a positive number or None, got {clip_global_norm!r}")
+
+
+# Cells that apply an update themselves: inside GradAccumCell every micro-batch would update twice.
+_UPDATERS = (nn.TrainOneStepCell, nn.Optimizer, GradAccumCell)
+try:  # mindspore.experimental.optim / mint.optim optimizers are Cells too (MindSpore >= 2.2)
+    from mindspore.experimental.optim import Optimizer as _ExperimentalOptimizer
+
+    _UPDATERS += (_ExperimentalOptimizer,)
+except ImportError:  # pragma: no cover - older MindSpore
+    pass
+
+
+def _check_not_an_update(network_with_loss) -> None:
+    for name, cell in network_with_loss.cells_and_names():
+        if isinstance(cell, _UPDATERS):
+            where = "is" if not name else f"holds at '{name}'"
+            raise TypeError(
+                f"GradAccumCell: network_with_loss {where} a {type(cell).__name__}, which updates the weights "
+                "itself (every micro-batch would then update them twice). Pass the loss cell and the optimizer "
+                "separately: GradAccumCell(nn.WithLossCell(net, loss_fn), optimizer, accumulation_steps) -- for "
+                "a TrainOneStepCell, its .network and .optimizer"
+            )
+
+
+# num_items counts items: an integer tensor (a float one is most likely another quantity, e.g. a metric)
+_INTEGER_TYPES = (ms.int8, ms.int16, ms.int32, ms.int64, ms.uint8, ms.uint16, ms.uint32, ms.uint64)
+
+
+def _is_single(x) -> bool:
+    """A scalar or a single-element tensor of shape (1,) (MindFormers' models return those)."""
+    return x.ndim == 0 or (x.ndim == 1 and x.shape[0] == 1)
+
+
+def _check_pair(loss_sum, items) -> None:
+    """The pair contract (loss_sum, num_items), checked when the graph is built."""
+    if not isinstance(loss_sum, Tensor) or not isinstance(items, Tensor):
+        raise TypeError(
+            "GradAccumCell: (loss_sum, num_items) must be two tensors; return num_items as an integer "
+            "tensor, e.g. ops.cast(mask.sum(), ms.int32)"
+        )
+    if not _is_single(loss_sum) or not _is_single(items):
+        raise TypeError(
+            f"GradAccumCell: (loss_sum, num_items) must be two scalars (or tensors of shape (1,)); got shapes "
+            f"{loss_sum.shape} and {items.shape}"
+        )
+    if items.dtype not in _INTEGER_TYPES:
+        raise TypeError(
+            f"GradAccumCell: the network returned a pair whose second output has dtype {items.dtype}; a pair is "
+            "read as (loss_sum, num_items), and num_items must be an integer tensor (the count of items "
+            "loss_sum sums over, e.g. ops.cast(mask.sum(), ms.int32)). To return a mean loss with extra "
+            "outputs (accuracy, logits), build the cell with has_aux=True and return (loss, aux...)"
+        )
+
+
+def _check_mean_loss(out) -> None:
+    """The mean-loss contract: a single-element tensor, checked when the graph is built."""
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            "GradAccumCell: the network must return a scalar mean loss or a pair (loss_sum, num_items) of "
+            "tensors; wrap the network and its loss in a Cell, e.g. nn.WithLossCell(network, loss_fn)"
+        )
+    if not _is_single(out):
+        raise TypeError(
+            f"GradAccumCell: the network must return a scalar mean loss or a pair (loss_sum, num_items); it "
+            f"returned a tensor of shape {out.shape} -- network outputs, not a loss? Pass the network with its "
+            "loss, e.g. nn.WithLossCell(network, loss_fn), or a Cell whose construct returns the loss"
+        )
+
+
+def _split_aux(out):
+    """has_aux=True: (loss part, aux) of a network returning (loss, aux...) or ((loss_sum, num_items), aux...);
+    aux is the second output alone or the tuple of the outputs after the first."""
+    if not isinstance(out, (tuple, list)) or len(out) < 2:
+        raise TypeError(
+            "GradAccumCell(has_aux=True): the network must return (loss, aux...) or ((loss_sum, num_items), "
+            "aux...); it returned a single output. Return the extra outputs after the loss, or build the cell "
+            "with has_aux=False"
+        )
+    if len(out) == 2:
+        return out[0], out[1]
+    return out[0], tuple(out[1:])
 
 
 def _is_count(value, low: int) -> bool:
