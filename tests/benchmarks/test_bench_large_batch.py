@@ -30,7 +30,8 @@ def test_quick_rows_parity_and_ratios(tmp_path):
     report = json.loads(out.read_text())
     assert report["parity_passed"]
     for errs in report["parity"].values():
-        assert errs and all(v <= 1e-5 for v in errs.values()), errs
+        # ours within 1e-5 of float64; PyTorch's sequence within 1e-4 (bench_large_batch.TORCH_TOL)
+        assert errs and all(v <= (1e-4 if k.startswith("torch") else 1e-5) for k, v in errs.items()), errs
     rows = report["results"]
     got = {(r["op"], r["set"], r["contender"].split(":")[0].split(" ")[0]) for r in rows}
     assert got == {
