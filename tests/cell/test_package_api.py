@@ -151,3 +151,18 @@ def test_fused_optimizer_specs_match_both_backends_tables():
         native.update(
             "adamw_update", ("beta2", "beta1", "eps", "grad_scale", "bias_correction1", "bias_correction2"), 2
         )
+
+
+def test_the_0_2_1_backend_module_still_imports_with_a_warning():
+    # 0.2.1's public module name stays one release, as the same functions as mindspore_accum.backends
+    code = (
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from mindspore_accum import backend, backends\n"
+        "assert backend.choose_backend is backends.choose_backend, 'not the same function'\n"
+        "assert backend.BACKENDS == ('auto', 'kernels', 'native')\n"
+        "assert any(issubclass(w.category, DeprecationWarning) and 'mindspore_accum.backends' in str(w.message)\n"
+        "           for w in caught), [str(w.message) for w in caught]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.abspath(__file__)))
