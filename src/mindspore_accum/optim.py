@@ -278,28 +278,16 @@ class FusedAdamW(FusedOptimizer):
         backend: str = "auto",
     ):
         super().__init__(learning_rate, params, weight_decay)
-        for name, value in (("beta1", beta1), ("beta2", beta2)):
-            if isinstance(value, bool) or not isinstance(value, (float, int)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"FusedAdamW: {name} must be a float in [0, 1), got {value!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (float, int)) or not eps > 0.0:
-            raise ValueError(f"FusedAdamW: eps must be a positive float, got {eps!r}")
+        _check_betas("FusedAdamW", beta1, beta2, eps)
         if not isinstance(bias_correction, bool):
             raise TypeError(f"FusedAdamW: bias_correction must be a bool, got {type(bias_correction).__name__}")
         self._setup_fused(backend)
-        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        _set_betas(self, beta1, beta2, eps)
         self.bias_correction = bias_correction
-        self._betas = (Tensor(self.beta1, ms.float32), Tensor(self.beta2, ms.float32), Tensor(self.eps, ms.float32))
-        # 1 - beta^t = -expm1(t * log(beta)): accurate in float32 where 1 - pow(beta, t) is not
-        # (1 - 0.999f has a relative error of 1.3e-5).
-        self._log_betas = (
-            Tensor(math.log(self.beta1) if self.beta1 > 0 else -math.inf, ms.float32),
-            Tensor(math.log(self.beta2) if self.beta2 > 0 else -math.inf, ms.float32),
-        )
 
     def _hyper(self, grad_scale):
         if self.bias_correction:
-            t = ops.cast(self.global_step + 1, ms.float32).reshape(())  # this update's number, from 1
-            corrections = tuple(-ops.expm1(t * log_beta) for log_beta in self._log_betas)
+            corrections = _bias_corrections(self)
         else:
             corrections = (Tensor(1.0, ms.float32), Tensor(1.0, ms.float32))
         return self._betas + (grad_scale,) + corrections
@@ -317,6 +305,13 @@ def _bias_corrections(opt: nn.Optimizer):
     accurate in float32 where 1 - pow(beta, t) is not (1 - 0.999f has a relative error of 1.3e-5)."""
     t = ops.cast(opt.global_step + 1, ms.float32).reshape(())
     return tuple(-ops.expm1(t * log_beta) for log_beta in opt._log_betas)
+
+
+def _set_betas(opt: nn.Optimizer, beta1, beta2, eps) -> None:
+    """The Adam-family constants as float32 Tensors, and log(beta) for :func:`_bias_corrections`."""
+    opt.beta1, opt.beta2, opt.eps = float(beta1), float(beta2), float(eps)
+    opt._betas = (Tensor(opt.beta1, ms.float32), Tensor(opt.beta2, ms.float32), Tensor(opt.eps, ms.float32))
+    opt._log_betas = tuple(Tensor(math.log(b) if b > 0 else -math.inf, ms.float32) for b in (opt.beta1, opt.beta2))
 
 
 def _check_betas(name: str, beta1, beta2, eps) -> None:
@@ -371,12 +366,7 @@ class FusedLAMB(FusedOptimizer):
         if not self.is_group:
             self.decay_flags = tuple(bool(decay_filter(p)) for p in self._parameters)
         self._setup_fused(backend)
-        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
-        self._betas = (Tensor(self.beta1, ms.float32), Tensor(self.beta2, ms.float32), Tensor(self.eps, ms.float32))
-        self._log_betas = (
-            Tensor(math.log(self.beta1) if self.beta1 > 0 else -math.inf, ms.float32),
-            Tensor(math.log(self.beta2) if self.beta2 > 0 else -math.inf, ms.float32),
-        )
+        _set_betas(self, beta1, beta2, eps)
 
     def _hyper(self, grad_scale):
         return self._betas + (grad_scale,) + _bias_corrections(self)
