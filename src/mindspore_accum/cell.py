@@ -22,7 +22,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 from mindspore.train.callback import Callback
 
-from . import _compat, backends
+from . import _compat, _optimizers, backends
 from ._state import AccumulationState, SkipReason
 from .backends import choose_backend
 from .optim import FusedOptimizer
@@ -117,7 +117,7 @@ class GradAccumCell(nn.Cell):
         self._schedule = _steps_schedule(accumulation_steps)
         self._scheduled = self._schedule is not None
         self.accumulation_steps = (
-            int(accumulation_steps) if self._schedule is None else self._schedule(_update_index(optimizer))
+            int(accumulation_steps) if self._schedule is None else self._schedule(_optimizers.update_index(optimizer))
         )
         self.clip_global_norm = None if clip_global_norm is None else float(clip_global_norm)
         self.nonfinite = nonfinite
@@ -129,10 +129,11 @@ class GradAccumCell(nn.Cell):
         update_cell, scale_value = _loss_scale_cell(loss_scale)
         # The state first: its Parameters then follow the weights in parameters_dict() and in
         # checkpoints, where the cell's own Parameters were before the state was one object.
-        self.state = AccumulationState(optimizer.parameters, self.accumulation_steps, self.world_size, scale_value)
+        weights = _optimizers.weights(optimizer)
+        self.state = AccumulationState(weights, self.accumulation_steps, self.world_size, scale_value)
         self.network = network_with_loss
         self.optimizer = optimizer
-        self.weights = optimizer.parameters
+        self.weights = weights
         self.scale_update_cell = update_cell
         self._ops = backends.make(self.backend)
         self._grad_fn = ms.value_and_grad(self._scaled_loss, None, self.weights, has_aux=True)
@@ -317,7 +318,7 @@ class GradAccumCell(nn.Cell):
         if self.fused:
             return self.optimizer.window_update(sources, grad_scale)
         mean_grads = tuple(ops.cast(s * grad_scale, w.dtype) for s, w in zip(sources, self.weights))
-        return ops.depend(self._done, self.optimizer(mean_grads))
+        return ops.depend(self._done, _optimizers.apply(self.optimizer, mean_grads))
 
     def _count_window(self, out, finite, items, micro_batches):
         """Feeds the loss-scale cell, then the state counts the window and starts the next one."""
@@ -367,7 +368,7 @@ class GradAccumCell(nn.Cell):
 
     def _start_window(self) -> None:
         """A scheduled cell: the steps of the window that starts now, recorded in the state."""
-        self.accumulation_steps = self._schedule(_update_index(self.optimizer))
+        self.accumulation_steps = self._schedule(_optimizers.update_index(self.optimizer))
         self.state.window_steps.set_data(Tensor(self.accumulation_steps, ms.int32))
 
     def _pending_window(self):
@@ -388,7 +389,7 @@ class GradAccumCell(nn.Cell):
             )
         stored_steps = int(self.state.window_steps.asnumpy())
         if self._scheduled:  # the steps the schedule gives this window (global_step is checkpointed)
-            self.accumulation_steps = self._schedule(_update_index(self.optimizer))
+            self.accumulation_steps = self._schedule(_optimizers.update_index(self.optimizer))
         if stored_steps != self.accumulation_steps:
             warnings.warn(
                 f"GradAccumCell: the pending window ({pending} micro-batches) was accumulated with "
@@ -445,14 +446,7 @@ def _check_arguments(
         )
         raise TypeError(f"network_with_loss must be an nn.Cell, got {type(network_with_loss).__name__}: {how}")
     _check_not_an_update(network_with_loss)
-    if not isinstance(optimizer, nn.Optimizer):
-        raise TypeError(f"optimizer must be an nn.Optimizer, got {type(optimizer).__name__}")
-    if float(optimizer.loss_scale) != 1.0:
-        raise ValueError(
-            f"optimizer was built with loss_scale={optimizer.loss_scale}; inside GradAccumCell pass "
-            "the loss scale to the cell (loss_scale=...) and build the optimizer with loss_scale=1.0, "
-            "so the window is unscaled exactly once"
-        )
+    _optimizers.check_optimizer(optimizer, owner="GradAccumCell")
     if isinstance(accumulation_steps, (list, tuple)) or callable(accumulation_steps):
         pass  # a schedule, checked by _steps_schedule
     elif (
@@ -597,11 +591,6 @@ def _steps_schedule(accumulation_steps):
         return int(steps)
 
     return checked
-
-
-def _update_index(optimizer) -> int:
-    """Updates applied so far: the optimizer's global_step (checkpointed with it)."""
-    return int(np.asarray(optimizer.global_step.asnumpy()).reshape(-1)[0])
 
 
 def _data_parallel_world_size() -> int:
