@@ -47,8 +47,12 @@ ACCUM = 2  # micro-batches per worker per update
 UPDATES = 3
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-3
 N_SAMPLES = 256
-CASES = ("fused", "momentum", "flush", "uneven", "overflow", "items", "native", "sink")
+CASES = ("fused", "momentum", "flush", "uneven", "overflow", "items", "native", "sink", "functional", "functional_jit")
 SINK_CASES = ("sink",)  # run through Model.train(dataset_sink_mode=True): no per-call AllReduce counts
+# GradAccumulator on uneven shards (as "items"): called from Python, and inside the user's @ms.jit
+FUNCTIONAL_CASES = ("functional", "functional_jit")
+# the window end runs inside this jitted train step (its one AllReduce sits in a branch of it)
+IN_GRAPH_CASES = {"functional_jit": "functional_train_step"}
 # every parallel mode GradAccumCell refuses, checked in the same msrun job
 REFUSED_MODES = ("semi_auto_parallel", "auto_parallel", "hybrid_parallel")
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
@@ -94,7 +98,7 @@ def schedule(case, rank, world):
         events = [micro(u, m) for u in range(UPDATES) for m in range(ACCUM)]
         refs = [(u * B, (u + 1) * B) for u in range(UPDATES)]
         return events, ACCUM, "fused" if case == "sink" else case, refs
-    if case == "items":
+    if case in ("items",) + FUNCTIONAL_CASES:
         # uneven shards: micro-batches of 8, 8 on worker 0 and 8, 3 on worker 1 (world 2); the
         # update is the mean over all 27 samples, as one step on them.
         sizes = [[8, 8], [8, 3]] if world == 2 else [[8, 8]]
@@ -126,6 +130,15 @@ def schedule(case, rank, world):
         events += [("snap",)] + [micro(2, m) for m in range(ACCUM)]
         return events, ACCUM, "fused", [(0, B), (2 * B, 3 * B)]
     raise ValueError(case)
+
+
+def reference_loss(case, world):
+    """The mean loss of the first reference batch at the initial weights (the window loss)."""
+    _, _, _, refs = schedule(case, 0, world)
+    x, y = make_data()
+    _, loss_net = build_loss_net()
+    lo, hi = refs[0]
+    return float(loss_net(Tensor(x[lo:hi]), Tensor(y[lo:hi])).asnumpy())
 
 
 def reference_weights(case, world):
@@ -280,8 +293,12 @@ def run_case(case, mode, rank, world):
         opt = FusedMomentum(params, LR, MOMENTUM, weight_decay=WEIGHT_DECAY, backend=backend)
     else:
         opt = nn.Momentum(params, LR, MOMENTUM, weight_decay=WEIGHT_DECAY)
-    cell = GradAccumCell(loss_net, opt, accum, backend=backend)
-    cell.set_train()
+    if case in FUNCTIONAL_CASES:
+        cell, call = _functional(case, net, loss_net, opt, accum, backend)
+    else:
+        cell = GradAccumCell(loss_net, opt, accum, backend=backend)
+        cell.set_train()
+        call = cell
     distributed = bool(getattr(cell, "distributed", False))
 
     record = {"events": [], "distributed": distributed}
@@ -307,7 +324,7 @@ def run_case(case, mode, rank, world):
             xb, yb = x[ev[1] : ev[1] + size].copy(), y[ev[1] : ev[1] + size]
             if ev[0] == "inf":
                 xb[0, 0] = np.inf
-            _ = cell(Tensor(xb), Tensor(yb)).asnumpy()
+            _ = call(Tensor(xb), Tensor(yb)).asnumpy()
         _ = params[0].asnumpy()  # the step has finished
         after = COUNTER.snapshot()
         record["events"].append(
@@ -321,9 +338,35 @@ def run_case(case, mode, rank, world):
             }
         )
     record["skipped_updates"] = int(cell.skipped_updates.asnumpy())
+    record["window_loss"] = cell.window_loss
     record["phases"] = {ph: list(v) for ph, v in COUNTER.nodes_per_phase.items()}
     snapshots.append([p.asnumpy().copy() for p in params])
     return snapshots, record
+
+
+def _functional(case, net, loss_net, opt, accum, backend):
+    """A GradAccumulator and the tutorial-style step that feeds it (returns a tensor)."""
+    from mindspore import ops
+
+    from mindspore_accum import GradAccumulator
+
+    acc = GradAccumulator(opt, accum, backend=backend)
+    grad_fn = ms.value_and_grad(loss_net, None, net.trainable_params())
+    if case == "functional_jit":
+
+        @ms.jit
+        def functional_train_step(x, y):
+            loss, grads = grad_fn(x, y)
+            return ops.depend(loss, acc(grads, x.shape[0], loss=loss))
+
+        return acc, functional_train_step
+    grads_of = ms.jit(lambda x, y: grad_fn(x, y))
+
+    def eager_step(x, y):
+        loss, grads = grads_of(x, y)
+        return acc(grads, x.shape[0], loss=loss)
+
+    return acc, eager_step
 
 
 def refused_parallel_modes():

@@ -188,7 +188,7 @@ def test_one_allreduce_per_update(dist, mode):
     for r in range(WORLD):
         record = dist[r][1]
         for case in dw.CASES:
-            if case in dw.SINK_CASES:  # one sunk graph for the whole epoch: counted by the weights test only
+            if case in dw.SINK_CASES or case in dw.IN_GRAPH_CASES:  # one graph per epoch / step: see below
                 continue
             events = record["cases"][f"{mode}/{case}"]["events"]
             launches = [e["py_allreduce"] + e["graph_allreduce"] for e in events]
@@ -202,9 +202,31 @@ def test_one_allreduce_per_update(dist, mode):
         last = [c for c in dw.CASES if c not in dw.SINK_CASES][-1]
         phases = record["cases"][f"{mode}/{last}"]["phases"]  # cumulative over the run
         reduce_nodes = [n for name, n, _ in phases.values() if name in WINDOW_END]
-        other_nodes = [n for name, n, _ in phases.values() if name not in WINDOW_END]
+        in_graph = set(dw.IN_GRAPH_CASES.values())
+        other_nodes = [n for name, n, _ in phases.values() if name not in WINDOW_END and name not in in_graph]
         assert reduce_nodes and all(n == 1 for n in reduce_nodes), phases
         assert all(n == 0 for n in other_nodes), phases
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_functional_step_in_jit_holds_one_allreduce(dist, mode):
+    """GradAccumulator inside the user's @ms.jit: the window end is part of the step's graph;
+    that graph holds exactly one AllReduce (in the branch taken once per window)."""
+    for r in range(WORLD):
+        for case, step_name in dw.IN_GRAPH_CASES.items():
+            phases = dist[r][1]["cases"][f"{mode}/{case}"]["phases"]
+            nodes = [n for name, n, _ in phases.values() if name == step_name]
+            assert nodes and all(n == 1 for n in nodes), phases
+
+
+@pytest.mark.parametrize("case", dw.FUNCTIONAL_CASES)
+@pytest.mark.parametrize("mode", MODES)
+def test_functional_window_loss_is_the_big_batch_loss(dist, mode, case):
+    """The window loss folds into the window's all-reduce: the loss of all 27 samples."""
+    expected = dw.reference_loss(case, WORLD)
+    for r in range(WORLD):
+        got = dist[r][1]["cases"][f"{mode}/{case}"]["window_loss"]
+        assert abs(got - expected) <= 1e-5 * abs(expected), f"rank {r}: {got} != {expected}"
 
 
 @pytest.mark.parametrize("mode", MODES)
