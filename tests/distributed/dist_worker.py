@@ -24,6 +24,9 @@ Counting AllReduce launches (class AllReduceCounter)
   compiled graph is read back from the executor (``get_func_graph_proto(phase, "anf_ir")``) and
   its AllReduce nodes are counted; every run of a compiled graph then adds that number. The
   window end's AllReduce sits before its only branch, so it runs exactly once per run.
+* GradAccumulator inside the user's ``@ms.jit`` (IN_GRAPH_CASES): the window end is a branch of
+  the user's step graph, so its AllReduce is counted in the step's MindIR over every function
+  graph (the anf_ir proto holds the top graph only): exactly one node, taken once per window.
 Both are read before and after every micro-step / flush(): per event,
 launches = Python-level calls + sum over graph runs of AllReduce nodes in that graph.
 """
@@ -239,13 +242,25 @@ class AllReduceCounter:
 
     def _compiled(self, executor, phase, name):
         """Reads a newly compiled phase's AllReduce nodes from the graph itself."""
-        if phase not in self.nodes_per_phase:
-            from mindspore.train import anf_ir_pb2
+        if phase in self.nodes_per_phase:
+            return
+        if name in IN_GRAPH_CASES.values():
+            # a user's step holding the window end in a branch: the anf_ir proto has the top
+            # graph only, the MindIR proto every function graph (op types "REF::AllReduce:<id>")
+            from mindspore.train import mind_ir_pb2
 
-            model = anf_ir_pb2.ModelProto()
-            model.ParseFromString(executor._graph_executor.get_func_graph_proto(phase, "anf_ir"))
-            ops_ = [node.op_type for node in model.graph.node]
-            self.nodes_per_phase[phase] = (name, ops_.count("AllReduce"), len(ops_))
+            model = mind_ir_pb2.ModelProto()
+            model.ParseFromString(executor._graph_executor.get_func_graph_proto(phase, "mind_ir"))
+            ops_ = [node.op_type for graph in [model.graph, *model.functions] for node in graph.node]
+            n_allreduce = sum(op.startswith("REF::AllReduce:") for op in ops_)
+            self.nodes_per_phase[phase] = (name, n_allreduce, len(ops_))
+            return
+        from mindspore.train import anf_ir_pb2
+
+        model = anf_ir_pb2.ModelProto()
+        model.ParseFromString(executor._graph_executor.get_func_graph_proto(phase, "anf_ir"))
+        ops_ = [node.op_type for node in model.graph.node]
+        self.nodes_per_phase[phase] = (name, ops_.count("AllReduce"), len(ops_))
 
     def _ran(self, phase):
         if phase in self.nodes_per_phase:
@@ -360,7 +375,10 @@ def _functional(case, net, loss_net, opt, accum, backend):
             return ops.depend(loss, acc(grads, x.shape[0], loss=loss))
 
         return acc, functional_train_step
-    grads_of = ms.jit(lambda x, y: grad_fn(x, y))
+
+    @ms.jit
+    def grads_of(x, y):
+        return grad_fn(x, y)
 
     def eager_step(x, y):
         loss, grads = grads_of(x, y)
