@@ -111,7 +111,7 @@ class AccumulationWindow(nn.Cell):
         workers: the loss of the large batch), read from the ``accumulation.window_loss``
         Parameter; 0 before the first window end, nan when no loss was given. Reports windows
         skipped inside a compiled graph first (see :meth:`report_skipped`)."""
-        self.report_skipped()
+        self.report_skipped(stacklevel=3)
         return float(self.state.window_loss.asnumpy())
 
     def flush(self) -> bool:
@@ -156,7 +156,7 @@ class AccumulationWindow(nn.Cell):
         if self.nonfinite == "raise":
             raise FloatingPointError(message)
         if no_items or self.scale_update_cell is None:  # with a dynamic scale, overflows are routine
-            warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+            warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
         return nonfinite + no_items
 
     # ------------------------------------------------------------------ the micro-step's end

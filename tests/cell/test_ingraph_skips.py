@@ -103,8 +103,9 @@ def test_raise_surfaces_at_the_next_host_call(mode, front_end):
 def test_skip_warns_at_the_next_host_call(mode, front_end):
     owner, step = FRONT_ENDS[front_end]("skip")
     run_in_graph(step, windows({0, 2}))
-    with pytest.warns(RuntimeWarning, match=r"2 accumulation windows were skipped .*\(2 with a non-finite"):
+    with pytest.warns(RuntimeWarning, match=r"2 accumulation windows were skipped .*\(2 with a non-finite") as caught:
         assert owner.flush() is False  # nothing pending: the report is all it does
+    assert caught[0].filename == __file__  # the warning points at the caller's line
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         assert owner.report_skipped() == 0
