@@ -20,11 +20,11 @@ from typing import Optional
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
-from mindspore.train.callback import Callback
 
 from . import _compat, _optimizers, backends
 from ._state import AccumulationState, SkipReason
 from .backends import choose_backend
+from .callbacks import FlushAtEpochEnd  # defined there; importable from here as before
 from .optim import FusedOptimizer
 
 __all__ = ["GradAccumCell", "FlushAtEpochEnd"]
@@ -641,15 +641,3 @@ def _loss_scale_cell(loss_scale):
     if not value > 0.0:
         raise ValueError(f"loss_scale must be positive, got {value}")
     return update_cell, value
-
-
-class FlushAtEpochEnd(Callback):
-    """``mindspore.train`` callback: applies a GradAccumCell's partial window at every epoch end,
-    so no micro-batch of an epoch is carried into the next one."""
-
-    def __init__(self, cell: GradAccumCell):
-        super().__init__()
-        self.cell = cell
-
-    def on_train_epoch_end(self, run_context):
-        self.cell.flush()
