@@ -169,6 +169,7 @@ MATRIX_FILES = {
     "test_distributed.py",
     "test_compat.py",
     "test_optimizer_families.py",
+    "test_mint_adamw_recipe.py",
 }
 # The long tests, left out of the development loop `pytest -m "not slow"` (CI runs them): those
 # that train in subprocesses or under msrun, build with sanitizers, or took >= 4 s a case in
