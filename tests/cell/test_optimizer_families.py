@@ -263,3 +263,62 @@ def test_what_cannot_end_a_window_is_refused_saying_what_to_do(make, error, matc
         GradAccumCell(net, make(net.trainable_params()), 4)
     message = str(info.value)
     assert "optimizer" in message and ("e.g." in message or "use" in message or "pass" in message)
+
+
+@pytest.mark.parametrize("name", ["experimental.SGD", "mint.Adam"])
+def test_inside_a_users_jit_step(name):
+    """The cell inlined into the user's @ms.jit step (its construct: micro-step and window end in
+    one graph), PYNATIVE; experimental.SGD's step counter is the one the cell gave it."""
+    before = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        windows = [data(7), data(8)]
+        ref_net, _ = big_batch_run(name, windows)
+        net = loss_cell()
+        cell = GradAccumCell(net, make_optimizer(name, net.trainable_params()), len(SIZES), backend="kernels")
+
+        @ms.jit
+        def train_step(x, y):
+            return cell(x, y)
+
+        for x, y in windows:
+            for xb, yb in split(x, y):
+                train_step(xb, yb)
+        assert_weights_close(weights(net), weights(ref_net), RTOL, f"{name} in @ms.jit vs big batch")
+        assert _optimizers.update_index(cell.optimizer) == 2
+    finally:
+        ms.set_context(mode=before)
+
+
+@pytest.mark.parametrize("name", ["experimental.AdamW", "mint.SGD"])
+def test_parameter_groups_in_another_order_than_the_network(name):
+    """Two groups, the second layer's first, each with its own lr: the gradients reach the
+    optimizer in its order (param_groups), not the network's."""
+    cls, kwargs = OPTIMIZERS[name]
+    lr = kwargs["lr"]
+
+    def grouped(net):
+        mlp = net.backbone_network
+        return cls(
+            [{"params": mlp.d2.trainable_params(), "lr": lr * 3}, {"params": mlp.d1.trainable_params()}], **kwargs
+        )
+
+    windows = [data(9), data(10)]
+    ref_net = loss_cell()
+    ref_opt = grouped(ref_net)
+    grad_fn = ms.value_and_grad(ref_net, None, ref_opt.parameters)
+
+    @ms.jit
+    def step(x, y):
+        loss, grads = grad_fn(x, y)
+        return ops.depend(loss, ref_opt(grads))
+
+    for x, y in windows:
+        step(Tensor(x), Tensor(y))
+    net = loss_cell()
+    cell = GradAccumCell(net, grouped(net), len(SIZES), backend="kernels")
+    assert [p.name for p in _optimizers.weights(cell.optimizer)][:2] == ["d2.weight", "d2.bias"]
+    for x, y in windows:
+        for xb, yb in split(x, y):
+            cell(xb, yb)
+    assert_weights_close(weights(net), weights(ref_net), RTOL, f"{name} with groups vs big batch")
