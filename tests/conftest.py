@@ -168,6 +168,8 @@ MATRIX_FILES = {
     "test_nonfinite.py",
     "test_distributed.py",
     "test_compat.py",
+    "test_optimizer_families.py",
+    "test_mint_adamw_recipe.py",
 }
 # The long tests, left out of the development loop `pytest -m "not slow"` (CI runs them): those
 # that train in subprocesses or under msrun, build with sanitizers, or took >= 4 s a case in
@@ -177,6 +179,10 @@ SLOW = {
     "cell/test_kill_resume.py::test_kill_and_resume_ten_times_is_bit_identical",
     "cell/test_guards.py::test_a_window_end_that_fails_leaves_the_state_of_before",
     "cell/test_cell.py::test_resume_mid_window_from_checkpoint_is_bit_identical",
+    "cell/test_optimizer_families.py::test_two_windows_of_8_8_8_5_equal_two_steps_on_29",
+    "cell/test_optimizer_families.py::test_checkpoint_mid_window_resumes_bit_identically",
+    "cell/test_model_train_checkpoint.py::test_resume_from_the_epoch_checkpoint_equals_the_uninterrupted_run",
+    "cell/test_default_log_level.py",
     "distributed/test_distributed.py",
     "examples/test_example.py::test_graph_two_updates",
     "examples/test_example.py::test_pynative_two_updates_via_download",

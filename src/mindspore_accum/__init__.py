@@ -40,7 +40,7 @@ else:
 _LAZY = {
     "GradAccumCell": "cell",
     "GradAccumulator": "accumulator",
-    "FlushAtEpochEnd": "cell",
+    "FlushAtEpochEnd": "callbacks",
     "FusedMomentum": "optim",
     "FusedAdamW": "optim",
     "FusedLAMB": "optim",

@@ -56,7 +56,8 @@ class GradAccumulator(AccumulationWindow):
 
     Args:
         optimizer: the optimizer whose ``parameters`` the gradients are of, in that order (any
-            ``nn.Optimizer`` built with ``loss_scale=1``); the accumulator calls it once per
+            ``nn.Optimizer`` built with ``loss_scale=1``, or a ``mint.optim`` / ``experimental.optim``
+            optimizer); the accumulator calls it once per
             window. :class:`FusedMomentum`, :class:`FusedAdamW`, :class:`FusedLAMB` and
             :class:`FusedLARS` average, clip and step in one pass.
         accumulation_steps: micro-batches per update (>= 1), or a schedule as in

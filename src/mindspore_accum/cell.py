@@ -17,10 +17,10 @@ from typing import Optional
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
-from mindspore.train.callback import Callback
 
 from . import _compat
 from ._window import AccumulationWindow
+from .callbacks import FlushAtEpochEnd  # defined there; importable from here as before
 
 __all__ = ["GradAccumCell", "FlushAtEpochEnd"]
 
@@ -59,8 +59,9 @@ class GradAccumCell(AccumulationWindow):
     Args:
         network_with_loss: a Cell returning a scalar mean loss or ``(loss_sum, num_items)``
             (e.g. ``nn.WithLossCell(network, loss_fn)``), followed by extra outputs if ``has_aux``.
-        optimizer: any ``nn.Optimizer`` built with ``loss_scale=1``. With :class:`FusedMomentum`
-            or :class:`FusedAdamW` the averaging, clipping scale and optimizer step are one pass.
+        optimizer: any ``nn.Optimizer`` built with ``loss_scale=1``, or a ``mindspore.mint.optim`` /
+            ``mindspore.experimental.optim`` optimizer. With :class:`FusedMomentum`, :class:`FusedAdamW`,
+            :class:`FusedLAMB` or :class:`FusedLARS` the averaging, clipping and step are one pass.
         accumulation_steps: micro-batches per update (>= 1), or a schedule of it -- a list of
             ``(from_update, steps)`` pairs (the first from update 0, increasing) or a callable
             ``update_index -> steps`` -- the batch-size ramp of large-model training, or a
@@ -93,7 +94,7 @@ class GradAccumCell(AccumulationWindow):
     def __init__(
         self,
         network_with_loss: nn.Cell,
-        optimizer: nn.Optimizer,
+        optimizer,
         accumulation_steps: int,
         *,
         clip_global_norm: Optional[float] = None,
@@ -330,15 +331,3 @@ def _split_aux(out):
     if len(out) == 2:
         return out[0], out[1]
     return out[0], tuple(out[1:])
-
-
-class FlushAtEpochEnd(Callback):
-    """``mindspore.train`` callback: applies a GradAccumCell's partial window at every epoch end,
-    so no micro-batch of an epoch is carried into the next one."""
-
-    def __init__(self, cell: GradAccumCell):
-        super().__init__()
-        self.cell = cell
-
-    def on_train_epoch_end(self, run_context):
-        self.cell.flush()

@@ -16,6 +16,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor, nn, ops
+from mindspore.experimental import optim as experimental_optim
 
 from mindspore_accum import FusedAdamW, FusedMomentum, GradAccumulator
 from tests.cell.accum_models import assert_weights_close, clip_by_norm_numpy
@@ -38,6 +39,10 @@ OPTIMIZERS = {
         lambda p: nn.AdamWeightDecay(p, 1e-2, weight_decay=0.01),
     ),
     "Adam": (lambda p: nn.Adam(p, 1e-2), lambda p: nn.Adam(p, 1e-2)),
+    "experimental.AdamW": (
+        lambda p: experimental_optim.AdamW(p, lr=1e-2, weight_decay=0.01),
+        lambda p: experimental_optim.AdamW(p, lr=1e-2, weight_decay=0.01),
+    ),
 }
 # (context mode, how the step runs): called from Python, or inside @ms.jit
 CALLS = [("PYNATIVE", "eager"), ("PYNATIVE", "jit"), ("GRAPH", "jit")]
@@ -239,7 +244,7 @@ def _state(acc):
     return {p.name: p.asnumpy().copy() for p in acc.get_parameters()}
 
 
-@pytest.mark.parametrize("opt_name", ["FusedAdamW", "Adam"])
+@pytest.mark.parametrize("opt_name", ["FusedAdamW", "Adam", "experimental.AdamW"])
 def test_mid_window_checkpoint_resumes_bit_identically(call, opt_name, tmp_path):
     """ms.save_checkpoint(accumulator) holds weights, optimizer state and window: a fresh
     accumulator (new network, optimizer) loaded from it continues bit-identically."""

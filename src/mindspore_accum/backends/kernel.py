@@ -147,7 +147,9 @@ def sum_of_squares_op():
     """A ``mindspore.ops.Custom`` AOT primitive: ``op(*tensors)`` returns ``(total, workspace)``,
     ``total`` of shape (1,) float32 = the sum of squares of every element (as
     :func:`mindspore_accum.kernels.sum_of_squares`), ``workspace`` float64 scratch of the GPU
-    kernel (ignore it)."""
+    kernel. In a graph, use both (e.g. ``ops.depend(total, workspace)``): the op is a memory side
+    effect (see :func:`custom_op`), and MindSpore warns at every compile when it eliminates an
+    unused output of one."""
     target = ms.get_context("device_target")
 
     def shapes(*input_shapes):
@@ -177,5 +179,7 @@ class KernelBackend(nn.Cell):
 
     def sum_of_squares(self, tensors):
         """The sum of squares of every element of ``tensors``, a float32 scalar."""
-        total, _workspace = self._squares_op(*tensors)
-        return ops.reshape(total, ())
+        total, workspace = self._squares_op(*tensors)
+        # The op is a side effect (custom_op): an output left unused is eliminated from the graph
+        # with a warning at every compile ("Some side effect nodes were eliminated by mistake").
+        return ops.reshape(ops.depend(total, workspace), ())
