@@ -77,8 +77,8 @@ PROFILES = {
     ),
     # the base-rate sweep at batch 32 (one seed, the full profile's settings, fewer epochs)
     "sweep": dict(
-        cnn=dict(batches=(32,), train_images=10000, test_images=10000, epochs=3, width=16, seeds=(0,)),
-        gpt=dict(batches=(16,), sequences=4096, micro_batch=16, seq_len=32, layers=2, d_model=64, heads=2),
+        cnn=dict(batches=(32,), train_images=10000, test_images=10000, epochs=2, width=16, seeds=(0,)),
+        gpt=dict(batches=(16,), sequences=2048, micro_batch=16, seq_len=32, layers=2, d_model=64, heads=2),
         gpt_seeds=(0,),
         extra_seeds=(),
     ),
@@ -197,21 +197,25 @@ def plan(args) -> list:
             for lr in SWEEP[m]:
                 configs.append(_gpt_config(args, prof, m, b, 0, base_lr=lr, name=f"gpt_{m}_b{b}_lr{lr:g}"))
         return configs
-    batches = prof["cnn"]["batches"]
-    seeds = list(prof["cnn"]["seeds"])
-    for seed in seeds + list(prof["extra_seeds"]):
-        for batch in batches if seed in seeds else batches[-1:]:
+
+    def cnn_seed(seed, batches):
+        for batch in batches:
             for m in METHODS:
                 if m == "scaled" and batch == 32:
                     continue  # the same run as sgd at the base batch
                 if m == "grow" and batch // 4 < 32:
                     continue  # the growing batch starts at B/4 >= one micro-batch
                 configs.append(_cnn_config(args, prof, m, batch, seed))
+
+    for seed in prof["cnn"]["seeds"]:
+        cnn_seed(seed, prof["cnn"]["batches"])
     if not args.no_gpt:
         for seed in prof["gpt_seeds"]:
             for batch in prof["gpt"]["batches"]:
                 for m in GPT_METHODS:
                     configs.append(_gpt_config(args, prof, m, batch, seed))
+    for seed in prof["extra_seeds"]:  # last: the part a short run can do without
+        cnn_seed(seed, prof["cnn"]["batches"][-1:])
     return configs
 
 
