@@ -363,10 +363,10 @@ def page_lines(results, meta, configs, pngs: Dict[str, str], sweep: Dict[str, di
             "",
             f"{c['train_images']:,} training images (random crop and flip), {c['test_images']:,} test images, "
             f"{c['epochs']} epochs for every configuration. Network: 4 conv3x3 + GroupNorm + ReLU layers "
-            f"({c['width']}-{2 * c['width']}-{4 * c['width']}-{4 * c['width']} channels, strides 1-2-2-2), global "
+            f"({c['width']}-{2 * c['width']}-{4 * c['width']}-{4 * c['width']} channels, strides 2-2-2-1), global "
             "average pooling, a dense layer. Micro-batches: 32 at batch 32, else min(128, B/4). Momentum 0.9, "
             f"weight decay {c['weight_decay']:g}; all but (d) halve the rate at 50 % and 75 % of their updates. "
-            f"Warm-up: linear from the base rate over {meta.get('warmup_epochs', 2)} epochs of updates. "
+            f"Warm-up: linear from the base rate over {meta.get('warmup_epochs', '?')} epoch(s) of updates. "
             "Base rates chosen at batch 32 (table at the end), then each method's rule applied unchanged:",
             "",
         ]

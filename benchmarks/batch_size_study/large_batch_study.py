@@ -68,10 +68,8 @@ PROFILES = {
         extra_seeds=(),
     ),
     "full": dict(
-        cnn=dict(
-            batches=(32, 256, 1024, 4096), train_images=10000, test_images=10000, epochs=10, width=16, seeds=(0, 1)
-        ),
-        gpt=dict(batches=(16, 128, 1024), sequences=16384, micro_batch=64, seq_len=32, layers=2, d_model=64, heads=2),
+        cnn=dict(batches=(32, 512, 4096), train_images=10000, test_images=10000, epochs=6, width=16, seeds=(0, 1)),
+        gpt=dict(batches=(16, 128, 1024), sequences=8192, micro_batch=64, seq_len=32, layers=2, d_model=64, heads=2),
         gpt_seeds=(0, 1),
         extra_seeds=(2,),  # a third seed for the largest batch, where the methods part
     ),
@@ -142,6 +140,7 @@ def _cnn_config(args, prof, method, batch, seed, base_lr=None, name=None):
         test_images=c["test_images"],
         train_eval_images=min(2000, c["train_images"]),
         width=c["width"],
+        arch="conv3x3-GN-ReLU x4, strides 2-2-2-1",
         augment=True,
         seed=seed,
         mode=args.mode,
@@ -301,7 +300,7 @@ def parse_args(argv=None):
     p.add_argument("--text-glob", help="the GPT's text files (default: the Python standard library's .py files)")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "docs"), help="report, PNGs and cached runs (default docs/)")
     p.add_argument("--epochs", dest="epochs_override", type=int, help="CNN epochs (overrides the profile's)")
-    p.add_argument("--warmup-epochs", type=float, default=2.0, help="CNN warm-up length in epochs (default 2)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="CNN warm-up length in epochs (default 1)")
     p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     p.add_argument("--no-gpt", action="store_true", help="the CNN part only")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configurations (others: cache)")
@@ -346,6 +345,7 @@ def main(argv=None) -> int:
             command="python -m "
             + " ".join(shlex.quote(a) for a in [MODULE] + list(sys.argv[1:] if argv is None else argv)),
             commit=git_commit(),
+            warmup_epochs=args.warmup_epochs,
             date=time.strftime("%Y-%m-%d %H:%M %Z"),
             status={},
         )

@@ -126,7 +126,7 @@ def accumulation(config: dict):
 
 
 def build_cnn(width: int, groups: int = 4):
-    """conv3x3 -> GroupNorm -> ReLU, four times (the last three with stride 2: 32->16->8->4), global
+    """conv3x3 -> GroupNorm -> ReLU, four times (the first three with stride 2: 32->16->8->4), global
     average pooling, a dense layer to the 10 classes. No BatchNorm: the accumulated update is the
     large batch's update exactly."""
     from mindspore import nn, ops
@@ -139,7 +139,7 @@ def build_cnn(width: int, groups: int = 4):
             layers = []
             for i in range(4):
                 layers += [
-                    nn.Conv2d(chans[i], chans[i + 1], 3, stride=1 if i == 0 else 2, pad_mode="same", has_bias=False),
+                    nn.Conv2d(chans[i], chans[i + 1], 3, stride=2 if i < 3 else 1, pad_mode="same", has_bias=False),
                     nn.GroupNorm(groups, chans[i + 1]),
                     nn.ReLU(),
                 ]
