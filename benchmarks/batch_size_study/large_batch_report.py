@@ -164,8 +164,56 @@ def sweep_rows(sweep: Dict[str, dict]) -> List[List[str]]:
         if r.get("diverged"):
             score = "diverged"
         budget = f"{c['epochs']} epochs" if c["study"] == "cnn" else f"{c['sequences']} sequences"
+        if c["study"] == "cnn" and "arch" not in c:
+            budget += " (earlier variant: stride 1 in the first layer)"
         rows.append([c["study"], c["method"], f"{c['base_lr']:g}", c["effective_batch"], budget, score])
     return rows
+
+
+def _diff_text(a: List[float], b: List[float], scale: float, unit: str) -> str:
+    """``mean(a) - mean(b)`` and whether it exceeds twice the seeds' spread (the larger std)."""
+    ma, sa, na = mean_std(a)
+    mb, sb, nb = mean_std(b)
+    if ma is None or mb is None:
+        return "not comparable (a run diverged or is missing)"
+    d = (ma - mb) * scale
+    spread = max(sa or 0.0, sb or 0.0) * scale
+    if na < 2 or nb < 2:
+        verdict = "one seed: spread unknown"
+    elif abs(d) > 2 * spread:
+        verdict = f"beyond twice the seed spread ({spread:.2f})"
+    else:
+        verdict = f"within twice the seed spread ({spread:.2f}): not a measured difference"
+    return f"{d:+.2f} {unit} ({verdict})"
+
+
+def summary_lines(results, configs) -> List[str]:
+    """Sentences computed from the numbers: each method at the largest batch against the base batch's
+    run, and against the scaling rule."""
+    out = []
+    cells = group_cells(results, "cnn")
+    methods, batches = _planned(configs, "cnn")
+    if len(batches) >= 2 and ("sgd", batches[0]) in cells:
+        base = [r["test_accuracy"] for r in cells[("sgd", batches[0])]]
+        for b in batches[1:]:
+            out.append(f"* CNN, batch {b}, test accuracy against batch {batches[0]} ({fmt_ms(base, 100.0)} %):")
+            for m in methods:
+                if (m, b) in cells:
+                    acc = [r["test_accuracy"] for r in cells[(m, b)]]
+                    vs = _diff_text(acc, base, 100.0, "points")
+                    line = f"    * {METHOD_LABEL[m]}: {fmt_ms(acc, 100.0)} %, {vs}"
+                    if m != "scaled" and ("scaled", b) in cells:
+                        sc = [r["test_accuracy"] for r in cells[("scaled", b)]]
+                        line += f"; against (b): {_diff_text(acc, sc, 100.0, 'points')}"
+                    out.append(line)
+    gcells = group_cells(results, "gpt")
+    _, gb = _planned(configs, "gpt")
+    for b in gb:
+        if ("adamw", b) in gcells and ("lamb", b) in gcells:
+            a = [r["eval_bits_per_byte"] for r in gcells[("adamw", b)]]
+            la = [r["eval_bits_per_byte"] for r in gcells[("lamb", b)]]
+            out.append(f"* GPT, batch {b}: LAMB - AdamW = {_diff_text(la, a, 1.0, 'bits/byte')}")
+    return out
 
 
 # ============================================================================ plots
@@ -197,8 +245,10 @@ def plot_cnn_accuracy(results, path):
     axes[0].set_ylabel("test accuracy, % (mean ± std over seeds)")
     axes[1].set_ylabel("optimizer updates in the epoch budget")
     axes[1].set_yscale("log")
+    ticks = sorted({b for (_, b) in cells})
     for ax in axes:
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(b) for b in ticks])
         ax.set_xlabel("effective batch (final batch for (d))")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -216,7 +266,7 @@ def plot_cnn_loss(results, path):
         return
     batches = sorted({r["config"]["effective_batch"] for r in runs})
     seed0 = min(r["config"]["seed"] for r in runs)
-    shown = [batches[-1]] if len(batches) == 1 else [batches[len(batches) // 2], batches[-1]]
+    shown = sorted({batches[len(batches) // 2], batches[-1]})
     fig, axes = plt.subplots(1, len(shown), figsize=(6.0 * len(shown), 4.6), dpi=DPI, squeeze=False)
     ref = [
         r
@@ -228,7 +278,7 @@ def plot_cnn_loss(results, path):
     for ax, b in zip(axes[0], shown):
         for r in ref:
             _loss_line(ax, r, "black", f"batch {batches[0]} (reference)")
-        for r in sorted(runs, key=lambda r: r["config"]["method"]):
+        for r in sorted(runs, key=lambda r: list(METHOD_LABEL).index(r["config"]["method"])):
             c = r["config"]
             if c["effective_batch"] == b and c["seed"] == seed0 and r["loss_per_update"]:
                 _loss_line(ax, r, COLORS[c["method"]], METHOD_LABEL[c["method"]])
@@ -281,6 +331,8 @@ def plot_gpt(results, path):
                 axes[1].plot(pts_[:, 0], pts_[:, 1] / math.log(2), color=COLORS[m], lw=1.0, alpha=0.8)
         axes[1].plot([], [], color=COLORS[m], label=f"{m}, batch {pts[-1][0]} (each seed)")
     axes[0].set_xscale("log", base=2)
+    ticks = sorted({b for (_, b) in cells})
+    axes[0].set_xticks(ticks, [str(b) for b in ticks])
     axes[0].set_xlabel("effective batch (sequences)")
     axes[0].set_ylabel("held-out bits per byte (mean ± std over seeds)")
     axes[1].set_xlabel("training sequences seen")
@@ -407,6 +459,9 @@ def page_lines(results, meta, configs, pngs: Dict[str, str], sweep: Dict[str, di
         out += [""]
         if "gpt" in pngs:
             out += [f"![GPT bits per byte]({pngs['gpt']})", ""]
+    summary = summary_lines(results, configs)
+    if summary:
+        out += ["## The differences, with their spread", ""] + summary + [""]
     if sweep:
         out += ["## The base-rate sweep (smallest batch, one seed, a shorter budget)", ""]
         out += _table(["study", "method", "base lr", "batch", "budget", "result"], sweep_rows(sweep))
