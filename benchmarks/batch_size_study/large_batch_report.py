@@ -360,7 +360,13 @@ def _load_sweep(out_dir: str) -> Dict[str, dict]:
                         out[f[:-5]] = json.load(fh)
                 except (OSError, ValueError):
                     pass
-    return out
+    seen, unique = set(), {}
+    for name in sorted(out):  # a result kept under two names (a copy) is one row
+        key = json.dumps(out[name].get("config"), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            unique[name] = out[name]
+    return unique
 
 
 def write_report(results: Dict[str, dict], meta: dict, out_dir: str, configs: List[dict]) -> List[str]:
@@ -427,7 +433,10 @@ def page_lines(results, meta, configs, pngs: Dict[str, str], sweep: Dict[str, di
             "",
             f"Test accuracy on the test images; train accuracy on the first {c['train_eval_images']:,} training images "
             "(no augmentation); "
-            "gap = train - test. Mean ± sample std over seeds (n = seeds); time = training seconds per run.",
+            "gap = train - test. Mean ± sample std over seeds (n = seeds); updates = optimizer steps in the "
+            "budget; peak lr = the rate after warm-up (warm-up length in updates; for (d), 1 epoch at its mean "
+            "updates per epoch); train s = training seconds per run on a shared, loaded machine (a cost, not a "
+            "speed benchmark). A run whose loss became non-finite counts as diverged.",
             "",
         ]
         out += _table(
@@ -463,7 +472,14 @@ def page_lines(results, meta, configs, pngs: Dict[str, str], sweep: Dict[str, di
     if summary:
         out += ["## The differences, with their spread", ""] + summary + [""]
     if sweep:
-        out += ["## The base-rate sweep (smallest batch, one seed, a shorter budget)", ""]
+        out += [
+            "## The base-rate sweep (smallest batch, one seed, a shorter budget)",
+            "",
+            "Each method's base rate was picked here, at the smallest batch only, and then scaled by the method's "
+            "rule. The CNN rows marked 'earlier variant' ran before the network's first layer got stride 2 "
+            "(to fit the time budget); the unmarked CNN rows, where present, are the re-check on the final network.",
+            "",
+        ]
         out += _table(["study", "method", "base lr", "batch", "budget", "result"], sweep_rows(sweep))
         out += [""]
     missing = [c["name"] for c in configs if c["name"] not in results]
