@@ -71,7 +71,7 @@ PROFILES = {
         cnn=dict(batches=(32, 512, 4096), train_images=10000, test_images=10000, epochs=6, width=16, seeds=(0, 1)),
         gpt=dict(batches=(16, 128, 1024), sequences=8192, micro_batch=64, seq_len=32, layers=2, d_model=64, heads=2),
         gpt_seeds=(0, 1),
-        extra_seeds=(2,),  # a third seed for the largest batch, where the methods part
+        extra_seeds=(2,),  # a third seed for the accumulated batches, where the methods part
     ),
     # the base-rate sweep at batch 32 (one seed, the full profile's settings, fewer epochs)
     "sweep": dict(
@@ -216,7 +216,7 @@ def plan(args) -> list:
     for seed in seeds[1:]:
         cnn_seed(seed, prof["cnn"]["batches"])
     for seed in prof["extra_seeds"]:  # last: the part a short run can do without
-        cnn_seed(seed, prof["cnn"]["batches"][-1:])
+        cnn_seed(seed, prof["cnn"]["batches"][1:])
     return configs
 
 
