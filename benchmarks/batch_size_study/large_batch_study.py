@@ -72,6 +72,9 @@ PROFILES = {
         gpt=dict(batches=(16, 128, 1024), sequences=8192, micro_batch=64, seq_len=32, layers=2, d_model=64, heads=2),
         gpt_seeds=(0, 1),
         extra_seeds=(2,),  # a third seed for the accumulated batches, where the methods part
+        # (a) and (b) again from another base rate (the re-check of the sweep preferred it): does the
+        # scaling rule's result depend on the base rate it scales?
+        sensitivity=dict(sgd_lr=0.02, batches=(32, 512, 4096), methods=("sgd", "scaled"), seed=0),
     ),
     # the base-rate sweep at batch 32 (one seed, the full profile's settings, fewer epochs)
     "sweep": dict(
@@ -217,6 +220,14 @@ def plan(args) -> list:
         cnn_seed(seed, prof["cnn"]["batches"])
     for seed in prof["extra_seeds"]:  # last: the part a short run can do without
         cnn_seed(seed, prof["cnn"]["batches"][1:])
+    sens = prof.get("sensitivity")
+    if sens:
+        lr = sens["sgd_lr"]
+        for b in sens["batches"]:
+            for m in sens["methods"]:
+                if not (m == "scaled" and b == 32):
+                    name = f"cnn_{m}_b{b}_s{sens['seed']}_lr{lr:g}"
+                    configs.append(_cnn_config(args, prof, m, b, sens["seed"], base_lr=lr, name=name))
     return configs
 
 
