@@ -150,6 +150,30 @@ def gpt_rows(results, configs) -> List[List[str]]:
     return rows
 
 
+def sensitivity_rows(results: Dict[str, dict]) -> List[List[str]]:
+    """The runs of (a) and (b) from a second base rate (names ending in ``_lr<rate>``), each beside
+    the main run of the same method, batch and seed."""
+    rows = []
+    sens = [r for r in results.values() if r["config"]["study"] == "cnn" and "_lr" in r["config"]["name"]]
+    for r in sorted(
+        sens, key=lambda r: (r["config"]["effective_batch"], list(METHOD_LABEL).index(r["config"]["method"]))
+    ):
+        c = r["config"]
+        main = results.get(c["name"].rsplit("_lr", 1)[0])
+        rows.append(
+            [
+                c["effective_batch"],
+                c["method"],
+                r["updates"],
+                f"{c['base_lr']:g} -> {_lr_text(c)}",
+                "diverged" if r.get("diverged") else f"{100 * r['test_accuracy']:.1f}",
+                f"{main['config']['base_lr']:g} -> {_lr_text(main['config'])}" if main else NA,
+                ("diverged" if main.get("diverged") else f"{100 * main['test_accuracy']:.1f}") if main else NA,
+            ]
+        )
+    return rows
+
+
 def sweep_rows(sweep: Dict[str, dict]) -> List[List[str]]:
     rows = []
     for name in sorted(
@@ -238,7 +262,11 @@ def plot_cnn_accuracy(results, path):
             continue
         xs = [b for b, _ in pts]
         for ax, key in ((axes[0], "test_accuracy"), (axes[1], "updates")):
-            stats = [mean_std([r[key] for r in rs]) for _, rs in pts]
+            # updates: the plan's (a diverged run stops early)
+            stats = [
+                mean_std([r[key] if key == "test_accuracy" else r["config"]["plan_updates"]["total"] for r in rs])
+                for _, rs in pts
+            ]
             ys = [s[0] * (100 if key == "test_accuracy" else 1) if s[0] is not None else np.nan for s in stats]
             es = [(s[1] or 0.0) * (100 if key == "test_accuracy" else 1) for s in stats]
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=COLORS[m], label=METHOD_LABEL[m])
@@ -285,7 +313,7 @@ def plot_cnn_loss(results, path):
         ax.set_title(f"effective batch {b}, seed {seed0}")
         ax.set_xlabel("epochs")
         ax.set_ylabel("training loss (mean over each update's window)")
-        ax.set_ylim(0.0, 2.6)
+        ax.set_ylim(0.0, 3.0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -298,9 +326,10 @@ def _loss_line(ax, r, color, lbl):
     pts = np.asarray(r["loss_per_update"], float)
     x = pts[:, 0] / c["train_images"]
     y = pts[:, 1]
-    if len(y) > 200:  # smooth the per-update noise of the small batches
+    if len(y) > 200:  # smooth the per-update noise of the small batches (a trailing mean)
         k = len(y) // 100
-        y = np.convolve(y, np.ones(k) / k, mode="same")
+        y = np.convolve(y, np.ones(k) / k, mode="valid")
+        x = x[k - 1 :]
     ax.plot(x, y, color=color, label=lbl, lw=1.2)
 
 
@@ -412,8 +441,9 @@ def page_lines(results, meta, configs, pngs: Dict[str, str], sweep: Dict[str, di
         f"load average {m.get('load_average_at_start', '?')} at the start), MindSpore {m.get('mindspore', '?')}, "
         f"mindspore_accum {m.get('mindspore_accum', '?')}",
         f"* wall time of the whole run: {wall / 60:.0f} min" if wall else "* wall time: (not recorded)",
-        "",
     ]
+    out += [f"* {meta['note']}"] if meta.get("note") else []
+    out += [""]
     if cnn_cfg:
         c = cnn_cfg
         out += [
@@ -468,6 +498,21 @@ def page_lines(results, meta, configs, pngs: Dict[str, str], sweep: Dict[str, di
         out += [""]
         if "gpt" in pngs:
             out += [f"![GPT bits per byte]({pngs['gpt']})", ""]
+    sens = sensitivity_rows(results)
+    if sens:
+        out += [
+            "## (a) and (b) from another base rate (seed 0)",
+            "",
+            "The sweep's re-check on the final network preferred a smaller SGD base rate at its 2-epoch budget; "
+            "these runs repeat (a) and (b) from it, to see whether the scaling rule's result depends on the rate "
+            "it scales.",
+            "",
+        ]
+        out += _table(
+            ["batch", "method", "updates", "base -> peak lr", "test acc %", "main run: base -> peak lr", "test acc %"],
+            sens,
+        )
+        out += [""]
     summary = summary_lines(results, configs)
     if summary:
         out += ["## The differences, with their spread", ""] + summary + [""]

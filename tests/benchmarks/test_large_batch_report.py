@@ -18,6 +18,7 @@ def _cnn(method, batch, seed, acc, train_acc=0.9, updates=10):
         base_lr=0.05,
         scaling={"sgd": "none", "scaled": "linear", "lars": "sqrt", "grow": "linear"}[method],
         warmup_updates=0 if method == "sgd" else 2,
+        plan_updates=dict(total=updates, decay_at=[]),
         train_images=1000,
         test_images=1000,
         train_eval_images=500,
