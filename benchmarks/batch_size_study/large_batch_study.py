@@ -75,6 +75,8 @@ PROFILES = {
         # (a) and (b) again from another base rate (the re-check of the sweep preferred it): does the
         # scaling rule's result depend on the base rate it scales?
         sensitivity=dict(sgd_lr=0.02, batches=(32, 512, 4096), methods=("sgd", "scaled"), seed=0),
+        # the largest batch with four times the epochs: how much of its loss is the number of updates?
+        longer=dict(batch=4096, epochs=24, seed=0),
     ),
     # the base-rate sweep at batch 32 (one seed, the full profile's settings, fewer epochs)
     "sweep": dict(
@@ -104,8 +106,9 @@ def cnn_updates(micro_total: int, accum: int, growth: bool, decay: bool) -> dict
     return dict(total=u1 + u2 + u3, decay_at=[], growth=[[0, k1], [u1, k2], [u1 + u2, k3]])
 
 
-def _cnn_config(args, prof, method, batch, seed, base_lr=None, name=None):
+def _cnn_config(args, prof, method, batch, seed, base_lr=None, name=None, epochs=None):
     c = prof["cnn"]
+    epochs = epochs or args.epochs_override or c["epochs"]
     # No BatchNorm: the micro-batch size does not change the update, only the speed. Batch 32 is
     # one micro-batch; larger batches accumulate >= 4 micro-batches of at most 128 images.
     micro = batch if batch <= 32 else min(128, batch // 4)
@@ -113,10 +116,9 @@ def _cnn_config(args, prof, method, batch, seed, base_lr=None, name=None):
     opt = "lars" if method == "lars" else "momentum"
     start_batch = batch // 4 if method == "grow" else batch
     scaling = {"sgd": "none", "scaled": "linear", "lars": "sqrt", "grow": "linear"}[method]
-    micro_total = args.epochs_override or c["epochs"]
-    micro_total = micro_total * (c["train_images"] // micro)
+    micro_total = epochs * (c["train_images"] // micro)
     up = cnn_updates(micro_total, accum, method == "grow", method != "grow")
-    per_epoch = up["total"] / (args.epochs_override or c["epochs"])
+    per_epoch = up["total"] / epochs
     warm = 0 if method == "sgd" else max(1, round(args.warmup_epochs * per_epoch)) if start_batch > 32 else 0
     lr = base_lr if base_lr is not None else BASE["lars_lr" if method == "lars" else "sgd_lr"]
     return dict(
@@ -138,7 +140,7 @@ def _cnn_config(args, prof, method, batch, seed, base_lr=None, name=None):
         momentum=0.9,
         weight_decay=5e-4,
         trust_coef=0.001,
-        epochs=args.epochs_override or c["epochs"],
+        epochs=epochs,
         train_images=c["train_images"],
         test_images=c["test_images"],
         train_eval_images=min(2000, c["train_images"]),
@@ -228,6 +230,11 @@ def plan(args) -> list:
                 if not (m == "scaled" and b == 32):
                     name = f"cnn_{m}_b{b}_s{sens['seed']}_lr{lr:g}"
                     configs.append(_cnn_config(args, prof, m, b, sens["seed"], base_lr=lr, name=name))
+    longer = prof.get("longer")
+    if longer:
+        b, e, seed = longer["batch"], longer["epochs"], longer["seed"]
+        for m in METHODS:
+            configs.append(_cnn_config(args, prof, m, b, seed, name=f"cnn_{m}_b{b}_s{seed}_e{e}", epochs=e))
     return configs
 
 
