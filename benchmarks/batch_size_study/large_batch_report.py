@@ -66,13 +66,24 @@ def fmt_ms(values: List[float], scale: float = 1.0, digits: int = 1) -> str:
     return text + f" (n={n}" + (f", {bad} diverged" if bad else "") + ")"
 
 
+def variant(config: dict) -> str:
+    """``""`` for a run of the main grid, ``"lr"`` for one from another base rate (``..._lr0.02``),
+    ``"epochs"`` for one with another epoch budget (``..._e24``)."""
+    tail = config["name"].rsplit("_", 1)[-1]
+    if tail.startswith("lr"):
+        return "lr"
+    if tail.startswith("e") and tail[1:].isdigit():
+        return "epochs"
+    return ""
+
+
 def group_cells(results: Dict[str, dict], study: str) -> Dict[tuple, List[dict]]:
     """(method, effective batch) -> the results of that cell over seeds. At batch 32 the ``sgd``
     run is also the ``scaled`` run (the rules coincide there)."""
     cells = defaultdict(list)
     for r in results.values():
         c = r["config"]
-        if c["study"] != study or "_lr" in c["name"]:
+        if c["study"] != study or variant(c):
             continue
         cells[(c["method"], c["effective_batch"])].append(r)
         if study == "cnn" and c["method"] == "sgd" and c["effective_batch"] == c["base_batch"]:
@@ -83,7 +94,7 @@ def group_cells(results: Dict[str, dict], study: str) -> Dict[tuple, List[dict]]
 def _planned(configs: List[dict], study: str):
     methods, batches = [], []
     for c in configs:
-        if c["study"] == study and "_lr" not in c["name"]:
+        if c["study"] == study and not variant(c):
             methods.append(c["method"]) if c["method"] not in methods else None
             batches.append(c["effective_batch"]) if c["effective_batch"] not in batches else None
     if study == "cnn" and "sgd" in methods and "scaled" not in methods:
@@ -154,7 +165,7 @@ def sensitivity_rows(results: Dict[str, dict]) -> List[List[str]]:
     """The runs of (a) and (b) from a second base rate (names ending in ``_lr<rate>``), each beside
     the main run of the same method, batch and seed."""
     rows = []
-    sens = [r for r in results.values() if r["config"]["study"] == "cnn" and "_lr" in r["config"]["name"]]
+    sens = [r for r in results.values() if r["config"]["study"] == "cnn" and variant(r["config"]) == "lr"]
     for r in sorted(
         sens, key=lambda r: (r["config"]["effective_batch"], list(METHOD_LABEL).index(r["config"]["method"]))
     ):
@@ -169,6 +180,29 @@ def sensitivity_rows(results: Dict[str, dict]) -> List[List[str]]:
                 "diverged" if r.get("diverged") else f"{100 * r['test_accuracy']:.1f}",
                 f"{main['config']['base_lr']:g} -> {_lr_text(main['config'])}" if main else NA,
                 ("diverged" if main.get("diverged") else f"{100 * main['test_accuracy']:.1f}") if main else NA,
+            ]
+        )
+    return rows
+
+
+def longer_rows(results: Dict[str, dict]) -> List[List[str]]:
+    """The runs with another epoch budget (``..._e<epochs>``), each beside the main run."""
+    rows = []
+    runs = [r for r in results.values() if r["config"]["study"] == "cnn" and variant(r["config"]) == "epochs"]
+    for r in sorted(runs, key=lambda r: list(METHOD_LABEL).index(r["config"]["method"])):
+        c = r["config"]
+        main = results.get(c["name"].rsplit("_e", 1)[0])
+
+        def acc(x):
+            return "diverged" if x.get("diverged") else f"{100 * x['test_accuracy']:.1f}"
+
+        rows.append(
+            [
+                c["effective_batch"],
+                c["method"],
+                f"{main['config']['epochs']} -> {c['epochs']}" if main else c["epochs"],
+                f"{main['updates']} -> {r['updates']}" if main else r["updates"],
+                f"{acc(main)} -> {acc(r)}" if main else acc(r),
             ]
         )
     return rows
@@ -289,7 +323,7 @@ def plot_cnn_accuracy(results, path):
 def plot_cnn_loss(results, path):
     """Training loss (window means) against epochs, per method, at the smallest and largest batch, seed 0."""
     plt = _plt()
-    runs = [r for r in results.values() if r["config"]["study"] == "cnn" and "_lr" not in r["config"]["name"]]
+    runs = [r for r in results.values() if r["config"]["study"] == "cnn" and not variant(r["config"])]
     if not runs:
         return
     batches = sorted({r["config"]["effective_batch"] for r in runs})
@@ -512,6 +546,16 @@ def page_lines(results, meta, configs, pngs: Dict[str, str], sweep: Dict[str, di
             ["batch", "method", "updates", "base -> peak lr", "test acc %", "main run: base -> peak lr", "test acc %"],
             sens,
         )
+        out += [""]
+    longer = longer_rows(results)
+    if longer:
+        out += [
+            "## The largest batch with more epochs (seed 0)",
+            "",
+            "The same configurations with four times the epoch budget: what more updates buy at the largest batch.",
+            "",
+        ]
+        out += _table(["batch", "method", "epochs", "updates", "test acc %"], longer)
         out += [""]
     summary = summary_lines(results, configs)
     if summary:

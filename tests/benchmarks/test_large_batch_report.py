@@ -83,3 +83,18 @@ def test_the_page_has_a_row_per_cell_and_the_base_run_counts_for_the_scaling_rul
     assert rows[0].split("|")[5] == rows[1].split("|")[5]  # the same accuracies
     assert "61.0 ± 1.4 (n=2)" in rows[0]
     assert "beyond twice the seed spread" in page and "not a measured difference" in page
+
+
+def test_runs_from_another_rate_or_budget_stay_out_of_the_main_table(tmp_path):
+    results = _results()
+    for tag, acc in (("lr0.02", 0.11), ("e24", 0.44)):
+        r = _cnn("sgd", 1024, 0, acc)
+        r["config"]["name"] += f"_{tag}"
+        results[r["config"]["name"]] = r
+    configs = [r["config"] for r in results.values() if not r["config"]["name"].endswith(("_lr0.02", "_e24"))]
+    rep.write_report(results, dict(machine={}), str(tmp_path), configs)
+    page = (tmp_path / rep.MD_NAME).read_text()
+    main_row = [ln for ln in page.splitlines() if ln.startswith("| 1024 | sgd | 10 | 0.05 |")]
+    assert len(main_row) == 1 and "32.0 ± 2.8 (n=2)" in main_row[0]  # 0.30 and 0.34 only
+    assert "| 1024 | sgd | 10 | 0.05 -> 0.05 | 11.0 | 0.05 -> 0.05 | 30.0 |" in page
+    assert "| 1024 | sgd | 2 -> 2 | 10 -> 10 | 30.0 -> 44.0 |" in page
