@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The large-batch study (issue 27): what goes wrong at very large effective batches, and what helps.
 
-Effective batches from 32 to 4,096 through accumulation (``GradAccumCell``, micro-batches of 32),
+Effective batches from 32 to 4,096 through accumulation (``GradAccumCell``; micro-batches of 32 at
+batch 32, else min(128, B/4): without BatchNorm the micro-batch changes the speed, not the update),
 at a fixed budget of epochs, each run in its own process, results cached as JSON:
 
 * **CIFAR-10** (the 10,000 + 10,000 image subset, ``--data``), a 4-layer GroupNorm CNN (no
@@ -20,8 +21,8 @@ at a fixed budget of epochs, each run in its own process, results cached as JSON
 * **GPT** (examples/gpt_lm, bytes of the standard library's sources), ``FusedAdamW`` vs
   ``FusedLAMB`` at a fixed number of training sequences, square-root scaling with warm-up.
 
-    python -m benchmarks.batch_size_study.large_batch_study --quick        # minutes
-    python -m benchmarks.batch_size_study.large_batch_study                # the full study
+    python -m benchmarks.batch_size_study.large_batch_study --quick        # ~2 min on 2 quiet cores
+    python -m benchmarks.batch_size_study.large_batch_study                # the full study (~90 min of runs)
     python -m benchmarks.batch_size_study.large_batch_study --sweep        # the base-rate sweep
     python -m benchmarks.batch_size_study.large_batch_study --report-only  # rewrite the report
 
