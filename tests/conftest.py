@@ -198,6 +198,7 @@ SLOW = {
     "benchmarks/test_bench_peers.py",
     "benchmarks/test_call_modes.py::test_tiny_mlp_table",
     "benchmarks/test_bench_large_batch.py",
+    "benchmarks/test_large_batch_study.py",
     "build/test_cpu_sanitizers.py",
     "build/test_cuda_build.py",
 }
