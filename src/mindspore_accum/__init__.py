@@ -1,8 +1,8 @@
 """mindspore_accum: fused gradient accumulation for MindSpore 2.x.
 
 The kernels (``mindspore_accum.kernels`` / ``_C``) need only NumPy; ``GradAccumCell``,
-``FusedMomentum``, ``FusedAdamW``, ``FusedLAMB``, ``FusedLARS``, ``FlushAtEpochEnd``, the
-large-batch schedules and the checkpoint helpers import MindSpore when first used.
+``GradAccumulator``, ``FusedMomentum``, ``FusedAdamW``, ``FusedLAMB``, ``FusedLARS``,
+``FlushAtEpochEnd``, the large-batch schedules and the checkpoint helpers import MindSpore when first used.
 """
 
 # The NumPy kernel API re-exported here. With a broken build (the compiled extension cannot be
@@ -39,6 +39,7 @@ else:
 
 _LAZY = {
     "GradAccumCell": "cell",
+    "GradAccumulator": "accumulator",
     "FlushAtEpochEnd": "cell",
     "FusedMomentum": "optim",
     "FusedAdamW": "optim",

@@ -2,9 +2,13 @@
 
 Every value lives in a non-trainable Parameter, so a checkpoint of the cell captures the window
 mid-way and a resumed job finishes it bit-identically. The Parameter names are the checkpoint
-format (unchanged since 0.2.0): ``accumulators.<weight name>``, ``accumulation.micro_step``,
-``accumulation.items``, ``accumulation.window_steps``, ``accumulation.world_size``,
-``accumulation.skipped_updates``, ``accumulation.skip_reason``, ``accumulation.loss_scale``.
+format: ``accumulators.<weight name>``, ``accumulation.micro_step``, ``accumulation.items``,
+``accumulation.window_steps``, ``accumulation.world_size``, ``accumulation.skipped_updates``,
+``accumulation.skip_reason``, ``accumulation.loss_scale`` (since 0.2.0), then
+``accumulation.loss_sum``, ``accumulation.window_loss``, ``accumulation.skips_by_reason`` and
+``accumulation.reported_skips`` (0.3.0). A checkpoint without the last four loads too: they keep
+their initial values (the window loss of a window resumed from it then counts only the
+micro-batches after the resume).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import enum
 
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
@@ -56,6 +61,16 @@ class AccumulationState(nn.Cell):
     * ``skipped_updates`` (int32): windows skipped so far; ``skip_reason`` (int32): a
       :class:`SkipReason`, of the last window end.
     * ``loss_scale`` (float32): the current loss scale.
+    * ``loss_sum`` (float32): the window's loss summed over its items, on this worker (for the
+      window loss; not scaled by the loss scale).
+    * ``window_loss`` (float32): the item-weighted mean loss of the last non-empty window end,
+      over all workers -- the loss of the large batch (0 before the first window end; nan when
+      no loss was given).
+    * ``skips_by_reason`` (int32, shape (2,)): windows skipped so far for a non-finite gradient,
+      and for zero items; ``reported_skips`` (same shape): how many of them the host has reported.
+      A window end inside a compiled graph cannot warn or raise: the next host-side call reports
+      the difference (see ``report_skipped``). Only the host writes ``reported_skips`` (a
+      compiled graph keeps the buffer of a Parameter whose data Python replaces).
     """
 
     def __init__(self, weights, accumulation_steps: int, world_size: int, loss_scale: float):
@@ -69,21 +84,28 @@ class AccumulationState(nn.Cell):
         self.skipped_updates = _counter("accumulation.skipped_updates", 0, ms.int32)
         self.skip_reason = _counter("accumulation.skip_reason", APPLIED, ms.int32)
         self.loss_scale = Parameter(Tensor(loss_scale, ms.float32), name="accumulation.loss_scale", requires_grad=False)
+        # 0.3.0: after the 0.2 Parameters, so a 0.2 checkpoint lists a prefix of them
+        self.loss_sum = _counter("accumulation.loss_sum", 0.0, ms.float32)
+        self.window_loss = _counter("accumulation.window_loss", 0.0, ms.float32)
+        self.skips_by_reason = _counter("accumulation.skips_by_reason", np.zeros(2, np.int32), ms.int32)
+        self.reported_skips = _counter("accumulation.reported_skips", np.zeros(2, np.int32), ms.int32)
 
     # ---- parts of the compiled graphs; each returns ``out`` kept after its writes
-    def count_micro_batch(self, out, items, accumulation_steps, world_size):
-        """After a micro-batch was accumulated: counts it and its items, and records the setting
-        the window is accumulated under (``accumulation_steps`` None: a schedule, whose steps the
-        cell records when the window starts)."""
+    def count_micro_batch(self, out, items, loss_sum, accumulation_steps, world_size):
+        """After a micro-batch was accumulated: counts it, its items and its loss (summed over its
+        items), and records the setting the window is accumulated under (``accumulation_steps``
+        None: a schedule, whose steps the cell records when the window starts)."""
         out = ops.depend(out, ops.assign_add(self.items, items))
+        out = ops.depend(out, ops.assign_add(self.loss_sum, ops.cast(ops.reshape(loss_sum, ()), ms.float32)))
         if accumulation_steps is not None:
             out = ops.depend(out, ops.assign(self.window_steps, Tensor(accumulation_steps, ms.int32)))
         out = ops.depend(out, ops.assign(self.window_world_size, Tensor(world_size, ms.int32)))
         return ops.depend(out, ops.assign_add(self.micro_step, Tensor(1, ms.int32)))
 
-    def close_window(self, out, finite, items, micro_batches):
-        """After a window end: records why it skipped (or not), counts a skipped window, starts the
-        next window. (The next micro-step writes the accumulators, so nothing needs zeroing.)"""
+    def close_window(self, out, finite, items, micro_batches, loss_sum):
+        """After a window end: records why it skipped (or not) and the window loss (``loss_sum``
+        over all workers / ``items``), counts a skipped window (also as not yet reported), starts
+        the next window. (The next micro-step writes the accumulators, so they need no zeroing.)"""
         reason = ops.select(
             finite,
             ops.select(items > 0, Tensor(APPLIED, ms.int32), Tensor(NO_ITEMS, ms.int32)),
@@ -93,6 +115,11 @@ class AccumulationState(nn.Cell):
         skipped = ops.cast(ops.logical_and(reason != APPLIED, reason != EMPTY), ms.int32)
         out = ops.depend(out, ops.assign(self.skip_reason, reason))
         out = ops.depend(out, ops.assign_add(self.skipped_updates, skipped))
+        by_reason = ops.cast(ops.stack([reason == NONFINITE, reason == NO_ITEMS]), ms.int32)
+        out = ops.depend(out, ops.assign_add(self.skips_by_reason, by_reason))
+        mean = ops.cast(loss_sum, ms.float32) / ops.cast(ops.maximum(items, 1), ms.float32)
+        out = ops.depend(out, ops.assign(self.window_loss, ops.select(micro_batches > 0, mean, self.window_loss)))
+        out = ops.depend(out, ops.assign(self.loss_sum, Tensor(0.0, ms.float32)))
         out = ops.depend(out, ops.assign(self.items, Tensor(0, ms.int64)))
         return ops.depend(out, ops.assign(self.micro_step, Tensor(0, ms.int32)))
 
@@ -103,3 +130,11 @@ class AccumulationState(nn.Cell):
 
     def last_skip_reason(self) -> SkipReason:
         return SkipReason(int(self.skip_reason.asnumpy()))
+
+    def take_unreported_skips(self):
+        """(non-finite, zero-item) windows skipped and not reported yet; marks them reported."""
+        skipped = self.skips_by_reason.asnumpy()
+        nonfinite, no_items = (int(v) for v in skipped - self.reported_skips.asnumpy())
+        if nonfinite or no_items:
+            self.reported_skips.set_data(Tensor(skipped.astype(np.int32)))
+        return max(nonfinite, 0), max(no_items, 0)

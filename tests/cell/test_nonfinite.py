@@ -82,12 +82,19 @@ def check_skipped_window(before, after, skipped):
             assert value.tobytes() == before[name].tobytes(), f"{name} changed in a skipped window"
 
 
+# the counters of skipped windows (the finite-windows run skipped none)
+SKIP_COUNTERS = ("accumulation.skipped_updates", "accumulation.skips_by_reason", "accumulation.reported_skips")
+
+
 def check_end_state(got, reference, skipped):
     assert int(got["accumulation.skipped_updates"]) == skipped
+    # every skip was non-finite, and every one was reported (warned or raised) by the host
+    assert got["accumulation.skips_by_reason"].tolist() == [skipped, 0]
+    assert got["accumulation.reported_skips"].tolist() == [skipped, 0]
     for name, value in got.items():
         if value.dtype.kind == "f":
             assert np.all(np.isfinite(value)), f"{name} is not finite"
-        if name != "accumulation.skipped_updates":
+        if name not in SKIP_COUNTERS:
             assert value.tobytes() == reference[name].tobytes(), f"{name} differs from the finite-windows run"
 
 
