@@ -221,16 +221,20 @@ def worker(cfg: dict) -> dict:
 
     step_counter = step.optimizer.global_step
 
+    cpu_times = []  # per window: the process's CPU seconds (all threads) of each call
+
     def window():
-        times = []
+        times, cpu = [], []
         for x, y in batches:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             loss = float(step.call(x, y).asnumpy())
             _pynative_executor.sync()  # every queued operator has run, the optimizer's writes too
             step_counter.asnumpy()  # written by the update
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             if not np.isfinite(loss):
                 raise FloatingPointError(f"{name}: loss {loss}")
+        cpu_times.append(cpu)
         return times
 
     out = dict(contender=name, available=True, build_s=build_s)
@@ -254,6 +258,11 @@ def worker(cfg: dict) -> dict:
             update_s=float(np.median([sum(w) for w in calls])),
             last_call_s=float(np.median([w[-1] for w in calls])),
             updates=int(step_counter.asnumpy().reshape(-1)[0]),
+            # CPU time: what the calls cost this process, less sensitive than wall time to the
+            # other jobs of a shared machine (it counts MindSpore's spinning threads, though)
+            cpu_call_times_s=cpu_times[1:],
+            cpu_micro_step_s=float(np.median([t for w in cpu_times[1:] for t in w[:-1]])),
+            cpu_update_s=float(np.median([sum(w) for w in cpu_times[1:]])),
         )
     out["wall_s"] = time.perf_counter() - t_start
     return out
