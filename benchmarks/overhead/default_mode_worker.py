@@ -211,8 +211,9 @@ def worker(cfg: dict) -> dict:
     t0 = time.perf_counter()
     step = CONTENDERS[name](model, cfg)
     build_s = time.perf_counter() - t0
-    if cfg.get("freeze_bn"):
-        model.net.set_train(False)
+    # training mode, as the tutorial's train loop sets it (model.set_train()) and the cells do:
+    # BatchNorm on batch statistics. Frozen (inference statistics) only for parity
+    model.net.set_train(not cfg.get("freeze_bn"))
     if name == "big":
         batches = [tuple(Tensor(a) for a in model.data)]
     else:
