@@ -54,6 +54,9 @@ def test_tiny_gpt_end_to_end(tmp_path):
             assert r["micro_step_s"] == pytest.approx(statistics.median(t for w in calls for t in w[:-1]))
             assert r["update_s"] == pytest.approx(statistics.median(sum(w) for w in calls))
             assert r["first_window_s"] == pytest.approx(sum(r["first_calls_s"]))
+            cpu = r["cpu_call_times_s"]
+            assert len(cpu) == WINDOWS and all(len(w) == N and min(w) >= 0 for w in cpu)
+            assert r["cpu_update_s"] == pytest.approx(statistics.median(sum(w) for w in cpu)) and r["cpu_update_s"] > 0
 
     # ratios: the median over rounds of the ratio inside each round
     summary = block["summary"]["contenders"]
@@ -83,6 +86,7 @@ def test_tiny_gpt_end_to_end(tmp_path):
     # the table: a header row, a row per contender with its median micro-step, parity rows
     text = p.stdout
     assert "| contender | micro-step (ms) | × tutorial | update: 3 micro-batches (ms) |" in text
+    assert "| contender | micro-step CPU (ms) | × tutorial | update CPU: 3 micro-batches (ms) | × tutorial |" in text
     assert (
         "### GPT (examples/gpt_lm: 1 layers, d_model 32, 2 heads, context 16), micro-batch 4 sequences, N = 3" in text
     )
