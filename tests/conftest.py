@@ -199,6 +199,7 @@ SLOW = {
     "benchmarks/test_call_modes.py::test_tiny_mlp_table",
     "benchmarks/test_bench_large_batch.py",
     "benchmarks/test_large_batch_study.py",
+    "benchmarks/test_bench_default_mode.py::test_tiny_gpt_end_to_end",
     "build/test_cpu_sanitizers.py",
     "build/test_cuda_build.py",
 }
