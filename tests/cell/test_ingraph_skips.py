@@ -143,3 +143,36 @@ def test_an_unreported_skip_survives_a_checkpoint(mode, tmp_path):
     ms.load_checkpoint(path, net=resumed)
     with pytest.warns(RuntimeWarning, match="non-finite"):
         assert resumed.report_skipped() == 1
+
+
+class _SinkGraph(nn.Cell):
+    """What dataset sink mode runs on GPU/Ascend: one compiled graph whose construct calls the
+    training cell, so MindSpore inlines the cell's construct (on CPU, Model's sink mode falls back
+    to calls from Python, so the graph is built here directly)."""
+
+    def __init__(self, cell):
+        super().__init__(auto_prefix=False)  # the cell's Parameter names stay as they are
+        self.cell = cell
+
+    def construct(self, x, y):
+        return self.cell(x, y)
+
+
+@pytest.mark.parametrize("nonfinite", ["raise", "skip"])
+def test_a_skip_inside_an_outer_graph_cell_is_reported_as_in_sink_mode(nonfinite):
+    before = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        cell, _ = cell_and_step(nonfinite)
+        graph = _SinkGraph(cell)
+        graph.set_train()
+        run_in_graph(graph, windows({1}))
+        assert int(cell.skipped_updates.asnumpy()) == 1
+        if nonfinite == "raise":
+            with pytest.raises(FloatingPointError, match="non-finite"):
+                cell.flush()  # what FlushAtEpochEnd calls at the epoch's end
+        else:
+            with pytest.warns(RuntimeWarning, match="non-finite"):
+                cell.flush()
+    finally:
+        ms.set_context(mode=before)
