@@ -37,13 +37,12 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 
+from benchmarks.common.cached_runs import load_results, run_configuration
 from benchmarks.common.proc_memory import import_mindspore, peak_rss_mib, reset_peak_rss, rss_mib
 from benchmarks.common.rounds import REPO as ROOT
-from benchmarks.common.rounds import module_command, worker_env
 
 MODULE = "benchmarks.batch_size_study.batch_size_study"
 DEFAULT_DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "cifar10-subset", "cifar-10-batches-bin"))
@@ -453,48 +452,6 @@ def machine_info() -> dict:
     return info
 
 
-def _same_config(cached: dict, config: dict) -> bool:
-    return cached.get("config") == config
-
-
-def run_configuration(config: dict, path: str, force: bool, timeout: float | None) -> tuple[dict | None, str]:
-    """Runs one configuration in a child process unless a matching cached result exists."""
-    if not force and os.path.isfile(path):
-        try:
-            with open(path) as f:
-                cached = json.load(f)
-            if _same_config(cached, config):
-                return cached, "cached"
-        except (OSError, ValueError):
-            pass
-    cmd = module_command(MODULE, "--worker", json.dumps(config), "--worker-out", path)
-    env = worker_env()
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    try:
-        proc = subprocess.run(cmd, env=env, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {timeout:.0f} s"
-    if proc.returncode != 0:
-        return None, f"failed (exit code {proc.returncode})"
-    with open(path) as f:
-        return json.load(f), "ran"
-
-
-def load_results(configs: list, run_dir: str) -> dict:
-    results = {}
-    for c in configs:
-        p = os.path.join(run_dir, c["name"] + ".json")
-        if os.path.isfile(p):
-            try:
-                with open(p) as f:
-                    r = json.load(f)
-            except (OSError, ValueError):
-                continue
-            if _same_config(r, c):
-                results[c["name"]] = r
-    return results
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -592,7 +549,9 @@ def main(argv=None) -> int:
                 continue
             print(f"[{i}/{len(configs)}] {c['name']}: {_describe(c)}", flush=True)
             t = time.perf_counter()
-            result, how = run_configuration(c, os.path.join(run_dir, c["name"] + ".json"), args.force, args.timeout)
+            result, how = run_configuration(
+                MODULE, c, os.path.join(run_dir, c["name"] + ".json"), args.force, args.timeout
+            )
             status[c["name"]] = how
             print(f"[{i}/{len(configs)}] {c['name']}: {how} ({time.perf_counter() - t:.0f} s)", flush=True)
         meta = {

@@ -42,8 +42,8 @@ import sys
 import time
 
 from benchmarks.batch_size_study.batch_size_study import machine_info
+from benchmarks.common.cached_runs import load_results, run_configuration
 from benchmarks.common.rounds import REPO as ROOT
-from benchmarks.common.rounds import module_command, worker_env
 
 MODULE = "benchmarks.batch_size_study.large_batch_study"
 DEFAULT_DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "cifar10-subset", "cifar-10-batches-bin"))
@@ -253,43 +253,6 @@ def worker_main(config_json: str, out_path: str) -> None:
     os.replace(tmp, out_path)
 
 
-def run_configuration(config: dict, path: str, force: bool, timeout) -> tuple:
-    """Runs one configuration in a child process unless a matching cached result exists."""
-    if not force and os.path.isfile(path):
-        try:
-            with open(path) as f:
-                cached = json.load(f)
-            if cached.get("config") == config:
-                return cached, "cached"
-        except (OSError, ValueError):
-            pass
-    cmd = module_command(MODULE, "--worker", json.dumps(config), "--worker-out", path)
-    env = worker_env()
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    try:
-        proc = subprocess.run(cmd, env=env, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {timeout:.0f} s"
-    if proc.returncode != 0:
-        return None, f"failed (exit code {proc.returncode})"
-    with open(path) as f:
-        return json.load(f), "ran"
-
-
-def load_results(configs: list, run_dir: str) -> dict:
-    results = {}
-    for c in configs:
-        p = os.path.join(run_dir, c["name"] + ".json")
-        try:
-            with open(p) as f:
-                r = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if r.get("config") == c:
-            results[c["name"]] = r
-    return results
-
-
 def git_commit() -> str:
     try:
         out = subprocess.run(
@@ -376,7 +339,7 @@ def main(argv=None) -> int:
                 continue
             t = time.perf_counter()
             print(f"[{i}/{len(configs)}] {c['name']}", flush=True)
-            _, how = run_configuration(c, os.path.join(run_dir, c["name"] + ".json"), args.force, args.timeout)
+            _, how = run_configuration(MODULE, c, os.path.join(run_dir, c["name"] + ".json"), args.force, args.timeout)
             meta["status"][c["name"]] = how
             print(f"[{i}/{len(configs)}] {c['name']}: {how} ({time.perf_counter() - t:.0f} s)", flush=True)
         meta["study_wall_s"] = time.perf_counter() - t0
