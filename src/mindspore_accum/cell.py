@@ -8,9 +8,9 @@ functional front end (accumulator.GradAccumulator).
 Called from Python in GRAPH mode, the micro-step runs as one compiled graph (a top-level Cell),
 then the window end as another when the window is full. In PYNATIVE, each call runs ``construct``
 -- the micro-step and the conditional window end composed -- as one ``ms.jit`` graph (one
-compile, as inside a user's ``@ms.jit`` or dataset sink mode); with ``jit_micro_step=False`` or an
-``accumulation_steps`` schedule, the micro-step runs on its own (eager, or compiled) and the
-window end as a second graph.
+compile, as inside a user's ``@ms.jit`` or dataset sink mode); with ``jit_micro_step=False``, an
+``accumulation_steps`` schedule or data parallelism, the micro-step runs on its own (eager, or
+compiled) and the window end as a second graph.
 """
 
 from __future__ import annotations
@@ -84,8 +84,9 @@ class GradAccumCell(AccumulationWindow):
             (MindSpore's operators: every device, e.g. Ascend). Same math, state and checkpoints.
         has_aux: the network returns extra outputs after the loss (see above), as in
             ``ms.value_and_grad(..., has_aux=True)``; the cell then returns ``(loss, aux)``.
-        jit_micro_step: in PYNATIVE mode, run each micro-step called from Python as one compiled
-            graph (``ms.jit``; the default) -- the speed of a ``@ms.jit`` train step. False runs it
+        jit_micro_step: in PYNATIVE mode, run each call from Python -- the micro-step and, every
+            ``accumulation_steps``-th call, the window end -- as one compiled graph (``ms.jit``;
+            the default) -- the speed of a ``@ms.jit`` train step. False runs the micro-step
             eagerly (e.g. to debug the network with prints). GRAPH mode always compiles it.
 
     All state (accumulators, micro-step, item and loss counters, loss scale, skip counters, the
@@ -139,11 +140,12 @@ class GradAccumCell(AccumulationWindow):
         # and, when the window is full, the window end as two (see the module's docstring).
         pending = self._before_micro_step()
         graph_mode = ms.get_context("mode") == ms.GRAPH_MODE
-        if self.jit_micro_step and not graph_mode and not self._scheduled:
+        if self.jit_micro_step and not graph_mode and not self._scheduled and not self.distributed:
             # PYNATIVE: micro-step and conditional window end as ONE compiled graph (as in a
             # user's @ms.jit): one compile instead of two. Its window end writes only after
             # every stage that can fail, so a failure there leaves this micro-batch in a full,
-            # pending window, which the next call ends first (_before_micro_step).
+            # pending window, which the next call ends first (_before_micro_step). Data parallel
+            # keeps the window's AllReduce in a graph of its own, out of control flow.
             out = self._graph_step(*inputs)
             if self._window_full(pending + 1):
                 self.report_skipped(stacklevel=3)  # the window ended in the graph
