@@ -5,10 +5,12 @@ contract: a mean loss, or ``(loss_sum, num_items)``) followed by the window's ac
 window itself -- state, window end, reporting -- is _window.AccumulationWindow, shared with the
 functional front end (accumulator.GradAccumulator).
 
-Called from Python, the micro-step runs as one compiled graph (a top-level Cell in GRAPH mode, an
-``ms.jit`` method in PYNATIVE; eagerly with ``jit_micro_step=False``), then the window end as
-another when the window is full; ``construct`` composes both into one graph when MindSpore
-inlines the cell (a user's ``@ms.jit``, dataset sink mode).
+Called from Python in GRAPH mode, the micro-step runs as one compiled graph (a top-level Cell),
+then the window end as another when the window is full. In PYNATIVE, each call runs ``construct``
+-- the micro-step and the conditional window end composed -- as one ``ms.jit`` graph (one
+compile, as inside a user's ``@ms.jit`` or dataset sink mode); with ``jit_micro_step=False``, an
+``accumulation_steps`` schedule or data parallelism, the micro-step runs on its own (eager, or
+compiled) and the window end as a second graph.
 """
 
 from __future__ import annotations
@@ -82,8 +84,9 @@ class GradAccumCell(AccumulationWindow):
             (MindSpore's operators: every device, e.g. Ascend). Same math, state and checkpoints.
         has_aux: the network returns extra outputs after the loss (see above), as in
             ``ms.value_and_grad(..., has_aux=True)``; the cell then returns ``(loss, aux)``.
-        jit_micro_step: in PYNATIVE mode, run each micro-step called from Python as one compiled
-            graph (``ms.jit``; the default) -- the speed of a ``@ms.jit`` train step. False runs it
+        jit_micro_step: in PYNATIVE mode, run each call from Python -- the micro-step and, every
+            ``accumulation_steps``-th call, the window end -- as one compiled graph (``ms.jit``;
+            the default) -- the speed of a ``@ms.jit`` train step. False runs the micro-step
             eagerly (e.g. to debug the network with prints). GRAPH mode always compiles it.
 
     All state (accumulators, micro-step, item and loss counters, loss scale, skip counters, the
@@ -133,13 +136,23 @@ class GradAccumCell(AccumulationWindow):
 
     # ------------------------------------------------------------------ calls
     def __call__(self, *inputs):
-        # Calls from Python run the micro-step as one graph (or eagerly: jit_micro_step=False in
-        # PYNATIVE), then the window end as one graph when the window is full. `construct` is the
-        # in-graph composition, used when MindSpore inlines this cell (e.g. dataset sink mode).
+        # Calls from Python: the host-side checks, then one graph (PYNATIVE) or the micro-step
+        # and, when the window is full, the window end as two (see the module's docstring).
         pending = self._before_micro_step()
-        if ms.get_context("mode") == ms.GRAPH_MODE:
+        graph_mode = ms.get_context("mode") == ms.GRAPH_MODE
+        if self.jit_micro_step and not graph_mode and not self._scheduled and not self.distributed:
+            # PYNATIVE: micro-step and conditional window end as ONE compiled graph (as in a
+            # user's @ms.jit): one compile instead of two. Its window end writes only after
+            # every stage that can fail, so a failure there leaves this micro-batch in a full,
+            # pending window, which the next call ends first (_before_micro_step). Data parallel
+            # keeps the window's AllReduce in a graph of its own, out of control flow.
+            out = self._graph_step(*inputs)
+            if self._window_full(pending + 1):
+                self.report_skipped(stacklevel=3)  # the window ended in the graph
+            return out
+        if graph_mode:
             loss = self._micro_step_graph(*inputs)
-        elif self.jit_micro_step:
+        elif self.jit_micro_step:  # with a schedule: the steps change between windows
             loss = self._graph_micro_step(*inputs)
         else:
             try:
@@ -162,6 +175,10 @@ class GradAccumCell(AccumulationWindow):
                 return ops.depend(out[0], self._window_end()), out[1]
             out = ops.depend(out, self._window_end())
         return out
+
+    @ms.jit
+    def _graph_step(self, *inputs):  # PYNATIVE: construct's composition, compiled once
+        return self.construct(*inputs)
 
     @ms.jit
     def _graph_micro_step(self, *inputs):  # PYNATIVE (a Cell would run eagerly there)

@@ -114,6 +114,7 @@ def test_skip_warns_counts_and_continues(mode, opt_name):
             skipped += 1
             assert len(ours) == 1, [str(c.message) for c in caught]
             assert f"{skipped} window(s) skipped" in str(ours[0].message)
+            assert ours[0].filename == __file__  # the warning points at the caller's line
             check_skipped_window(before, state(cell), skipped)
         else:
             assert not ours, [str(c.message) for c in ours]

@@ -1,5 +1,6 @@
-"""PYNATIVE at compiled speed (issue 24): a GradAccumCell called from Python in PYNATIVE runs its
-micro-step as one compiled graph by default; ``jit_micro_step=False`` runs it eagerly.
+"""PYNATIVE at compiled speed (issue 24): a GradAccumCell called from Python in PYNATIVE runs each
+call -- its micro-step and, when the window is full, the window end -- as one compiled graph by
+default; ``jit_micro_step=False`` runs the micro-step eagerly.
 
 Whether the micro-step runs compiled is observed at MindSpore's JIT executor (the class that
 runs ``ms.jit`` functions, patched here to count runs by function name). Both ways give the big
@@ -104,9 +105,11 @@ def test_micro_step_compiled_by_default_and_exact_both_ways(pynative, jit_runs, 
     assert cell.pending == 0
     got = {p.name: p.asnumpy() for p in loss.trainable_params()}
     assert_weights_close(got, expected, 1e-5, f"jit_micro_step={jit_micro_step}")
-    # every micro-step ran as one compiled graph, or none did; the window end is compiled either way
-    assert jit_runs.get("_graph_micro_step", 0) == (len(SIZES) if jit_micro_step else 0), jit_runs
-    assert jit_runs.get("_graph_window_end", 0) == 1, jit_runs
+    # compiled: every call ran ONE graph, micro-step and (at the N-th call) window end together,
+    # and nothing else; eager: no micro-step graph, the window end compiled on its own
+    assert jit_runs.get("_graph_step", 0) == (len(SIZES) if jit_micro_step else 0), jit_runs
+    assert jit_runs.get("_graph_micro_step", 0) == 0, jit_runs
+    assert jit_runs.get("_graph_window_end", 0) == (0 if jit_micro_step else 1), jit_runs
 
 
 def test_jit_micro_step_must_be_a_bool():
