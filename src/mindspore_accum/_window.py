@@ -123,6 +123,8 @@ class AccumulationWindow(nn.Cell):
         pending, _ = self._pending_window()
         if pending == 0 and not self.distributed:
             return False
+        if pending == 0:  # its accumulators still hold the last window's sums: it must add zeros
+            self._graph_zero_accumulators()
         return self._finish_window()
 
     def report_skipped(self, stacklevel: int = 2) -> int:
@@ -244,6 +246,15 @@ class AccumulationWindow(nn.Cell):
     @ms.jit
     def _graph_window_end(self):  # PYNATIVE (a Cell would run eagerly there)
         return self._window_end()
+
+    @ms.jit
+    def _graph_zero_accumulators(self):
+        """Zeroes the accumulators in a compiled graph (a host-side set_data would replace the
+        buffers that the compiled graphs keep writing)."""
+        out = self._one
+        for acc in self.state.accumulators:
+            out = ops.depend(out, ops.assign(acc, ops.zeros_like(acc)))
+        return out
 
     def _finish_window(self) -> bool:
         """Runs the window end, reports a skipped window; True when an update was applied."""

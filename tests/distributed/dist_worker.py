@@ -50,7 +50,19 @@ ACCUM = 2  # micro-batches per worker per update
 UPDATES = 3
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-3
 N_SAMPLES = 256
-CASES = ("fused", "momentum", "flush", "uneven", "overflow", "items", "native", "sink", "functional", "functional_jit")
+CASES = (
+    "fused",
+    "momentum",
+    "flush",
+    "uneven",
+    "flush_empty",
+    "overflow",
+    "items",
+    "native",
+    "sink",
+    "functional",
+    "functional_jit",
+)
 SINK_CASES = ("sink",)  # run through Model.train(dataset_sink_mode=True): no per-call AllReduce counts
 # GradAccumulator on uneven shards (as "items"): called from Python, and inside the user's @ms.jit
 FUNCTIONAL_CASES = ("functional", "functional_jit")
@@ -123,6 +135,11 @@ def schedule(case, rank, world):
         events = [("micro", start + i * MICRO) for i in range(rank + 1)] + [("flush",)]
         total = MICRO * world * (world + 1) // 2
         return events, 3, "fused", [(0, total)]
+    if case == "flush_empty":
+        # one full update, then only worker 0 runs a micro-batch and every worker flushes: a worker
+        # with nothing pending joins the all-reduce with zeros, not with its last window's sums.
+        events = [micro(0, m) for m in range(ACCUM)] + ([("micro", B)] if rank == 0 else []) + [("flush",)]
+        return events, ACCUM, "fused", [(0, B), (B, B + MICRO)]
     if case == "overflow":
         # update 0 normal; update 1: the last worker's last micro-batch has an inf in its input
         # (only on that worker); update 2 normal. The reference makes updates 0 and 2 only.

@@ -167,14 +167,15 @@ def test_weights_equal_single_process(dist, mode, case):
 
 def _expected_launches(case, rank):
     """1 for every event that ends a window (the accumulation_steps-th micro-batch since the last
-    update, or a flush of a non-empty window), 0 for micro-steps that only accumulate."""
+    update, or a flush: every worker joins its all-reduce, also with nothing pending), 0 for
+    micro-steps that only accumulate."""
     events, accum, _, _ = dw.schedule(case, rank, WORLD)
     expected, pending = [], 0
     for ev in events:
         if ev[0] == "snap":
             continue
         if ev[0] == "flush":
-            expected.append(1 if pending else 0)
+            expected.append(1)
             pending = 0
         else:
             pending += 1
@@ -250,7 +251,7 @@ def test_overflow_on_one_worker_skips_on_all(dist, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_flush_applies_on_every_worker(dist, mode):
     for r in range(WORLD):
-        for case in ("flush", "uneven"):
+        for case in ("flush", "uneven", "flush_empty"):
             events = dist[r][1]["cases"][f"{mode}/{case}"]["events"]
             flushes = [e for e in events if e["kind"] == "flush"]
             assert [e["result"] for e in flushes] == [True], f"{case} rank {r}"
