@@ -40,7 +40,7 @@ import shlex
 import sys
 import time
 
-from benchmarks.common.cached_runs import load_results, run_configuration
+from benchmarks.common.cached_runs import add_runner_arguments, load_results, run_configuration
 from benchmarks.common.proc_memory import import_mindspore, peak_rss_mib, reset_peak_rss, rss_mib
 from benchmarks.common.rounds import REPO as ROOT
 
@@ -496,13 +496,7 @@ def parse_args(argv=None):
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configurations (others: cache)")
-    p.add_argument("--force", action="store_true", help="rerun configurations that have a cached result")
-    p.add_argument("--report-only", action="store_true", help="only rewrite the report from cached results")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per configuration (default: none)")
-    p.add_argument("--list", action="store_true", help="print the planned configurations and exit")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    add_runner_arguments(p)
     args = p.parse_args(argv)
     args.profile = "quick" if args.quick else "full"
     return args

@@ -42,7 +42,7 @@ import sys
 import time
 
 from benchmarks.batch_size_study.batch_size_study import machine_info
-from benchmarks.common.cached_runs import load_results, run_configuration
+from benchmarks.common.cached_runs import add_runner_arguments, load_results, run_configuration
 from benchmarks.common.rounds import REPO as ROOT
 
 MODULE = "benchmarks.batch_size_study.large_batch_study"
@@ -287,13 +287,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="CNN warm-up length in epochs (default 1)")
     p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     p.add_argument("--no-gpt", action="store_true", help="the CNN part only")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configurations (others: cache)")
-    p.add_argument("--force", action="store_true", help="rerun configurations that have a cached result")
-    p.add_argument("--report-only", action="store_true", help="only rewrite the report from cached results")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per configuration (default: none)")
-    p.add_argument("--list", action="store_true", help="print the planned configurations and exit")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    add_runner_arguments(p)
     args = p.parse_args(argv)
     args.profile = "quick" if args.quick else "smoke" if args.smoke else "sweep" if args.sweep else "full"
     return args

@@ -4,6 +4,7 @@ configurations whose cached result was made with the same settings."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -49,3 +50,14 @@ def load_results(configs: list, run_dir: str) -> dict:
         if r.get("config") == c:
             results[c["name"]] = r
     return results
+
+
+def add_runner_arguments(p: argparse.ArgumentParser) -> None:
+    """The runner's command-line flags, the same in every study."""
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configurations (others: cache)")
+    p.add_argument("--force", action="store_true", help="rerun configurations that have a cached result")
+    p.add_argument("--report-only", action="store_true", help="only rewrite the report from cached results")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per configuration (default: none)")
+    p.add_argument("--list", action="store_true", help="print the planned configurations and exit")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)
