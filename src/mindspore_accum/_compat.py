@@ -16,6 +16,7 @@ import functools
 import inspect
 import os
 import re
+import threading
 from typing import Callable, Optional, Tuple
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "CKPT_CRC_BYTES",
     "checkpoint_crc_trailer",
     "checkpoint_payload_crc",
+    "mem_available_bytes",
+    "load_checkpoint",
     "pynative_sync",
     "reset_pynative_grad",
     "jit_executor_class",
@@ -141,6 +144,75 @@ def checkpoint_payload_crc(path: str) -> int:
             crc = binascii.crc32(chunk, crc)
             left -= len(chunk)
     return crc
+
+
+# ---- checkpoints: MindSpore's memory check before reading a .ckpt ----
+
+# MindSpore 2.10 (not 2.7) refuses a .ckpt larger than "available memory", which
+# ``serialization._get_available_memory`` computes as SC_AVPHYS_PAGES x page size: MemFree, which
+# counts the page cache as used, so a machine with a large page cache refuses files it can load
+# (a 282 MB checkpoint on a 24 GiB machine, "available memory 227328000 bytes"). The memory the
+# kernel can actually give is MemAvailable.
+_SIZE_ERROR = "_CheckpointProtobufSizeError"  # mindspore.train.serialization, 2.10
+# Serialises the retries: each patches a module global of MindSpore's for its one call.
+_ESTIMATE_LOCK = threading.Lock()
+
+
+def mem_available_bytes(meminfo: str = "/proc/meminfo") -> Optional[int]:
+    """The kernel's estimate of the memory available to start new work without swapping
+    (``MemAvailable`` in ``/proc/meminfo``, Linux >= 3.14), in bytes; None when it cannot be read."""
+    try:
+        with open(meminfo, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):  # "MemAvailable:   12345678 kB"
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def load_checkpoint(ckpt_file_name, **kwargs):
+    """``mindspore.load_checkpoint(ckpt_file_name, **kwargs)``, without MindSpore 2.10's false
+    "exceeds current available memory" refusals (see the comment above).
+
+    When MindSpore refuses the file for its size, and the file is smaller than ``MemAvailable``,
+    the load is retried once with MindSpore's estimate replaced by ``MemAvailable`` for that call.
+    A file larger than ``MemAvailable`` (or a refusal when ``MemAvailable`` cannot be read)
+    raises MindSpore's error, with what to do in its message.
+
+    2.10: ``mindspore.train.serialization._CheckpointProtobufSizeError`` and
+    ``_get_available_memory`` (private). 2.7 has neither, and no check: a plain load."""
+    import mindspore as ms
+    from mindspore.train import serialization
+
+    size_error = getattr(serialization, _SIZE_ERROR, None)
+    if size_error is None or not hasattr(serialization, "_get_available_memory"):
+        return ms.load_checkpoint(ckpt_file_name, **kwargs)
+    try:
+        return ms.load_checkpoint(ckpt_file_name, **kwargs)
+    except size_error as refusal:
+        path = os.fspath(ckpt_file_name)
+        available = mem_available_bytes()
+        if available is None:
+            raise
+        size = os.path.getsize(path)
+        if size >= available:
+            raise size_error(
+                f"checkpoint {path!r} ({size} bytes) is larger than the memory available "
+                f"(MemAvailable: {available} bytes), and the .ckpt format is read whole into memory: "
+                "load it on a machine with more free memory, or save checkpoints as safetensors "
+                "(format='safetensors'), which are not read whole"
+            ) from refusal
+        # The patch replaces a module global, so a load in another thread during this call sees
+        # the MemAvailable estimate too (the better one); the lock keeps two retries from
+        # restoring each other's patch.
+        with _ESTIMATE_LOCK:
+            original = serialization._get_available_memory
+            serialization._get_available_memory = lambda: available
+            try:
+                return ms.load_checkpoint(ckpt_file_name, **kwargs)
+            finally:
+                serialization._get_available_memory = original
 
 
 # ---- PyNative: wait for queued operators ----

@@ -95,7 +95,11 @@ def load_checkpoint_verified(ckpt_file_name: str, net=None, **kwargs) -> dict:
     """``mindspore.load_checkpoint`` that accepts only complete, undamaged files written with a
     CRC (as :func:`save_checkpoint_atomic` writes them): a file without the CRC trailer (e.g.
     truncated) or whose CRC does not match raises ``ValueError``; ``FileNotFoundError`` if absent.
-    Other arguments as ``mindspore.load_checkpoint``."""
+    Other arguments as ``mindspore.load_checkpoint``.
+
+    Unlike ``mindspore.load_checkpoint`` in MindSpore 2.10, it does not refuse a file smaller than
+    the memory the system can give (``MemAvailable``) because the page cache fills the rest;
+    a file larger than that raises ``ValueError`` saying what to do."""
     path = os.fspath(ckpt_file_name)
     size, stored_crc = _compat.checkpoint_crc_trailer(path)
     if stored_crc is None:
@@ -104,4 +108,5 @@ def load_checkpoint_verified(ckpt_file_name: str, net=None, **kwargs) -> dict:
             "written with crc_check=True (save_checkpoint_atomic writes it)"
         )
     kwargs["crc_check"] = True
-    return ms.load_checkpoint(path, net=net, **kwargs)
+    # Not ms.load_checkpoint: MindSpore 2.10 refuses files it could load when the page cache is full.
+    return _compat.load_checkpoint(path, net=net, **kwargs)
