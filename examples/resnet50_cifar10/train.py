@@ -335,30 +335,28 @@ def save_checkpoint(train_cell, args, state, run_cfg, written, writer=True):
     """Writes the checkpoint; returns its path. ``writer=False`` (ranks > 0 under --distributed)
     only returns the path rank 0 writes: the weights, moments and step are identical on every
     rank, and the script saves there only at window boundaries (empty accumulators)."""
-    import mindspore as ms
+    from mindspore_accum import save_checkpoint_atomic
 
     path = os.path.join(args.ckpt_dir, common.ckpt_name(CKPT_PREFIX, state["updates"], state["micro_total"]))
     if not writer:
         return path
-    os.makedirs(args.ckpt_dir, exist_ok=True)
-    tmp = os.path.join(args.ckpt_dir, f".partial-{os.getpid()}.ckpt")
     extra = {f"run.{k}": v for k, v in state.items()}
     extra["run.config"] = json.dumps(run_cfg, sort_keys=True)
-    ms.save_checkpoint(train_cell, tmp, append_dict=extra)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated *.ckpt behind
+    # temporary name + rename, with a CRC: a crash mid-write never leaves a truncated *.ckpt behind
+    save_checkpoint_atomic(train_cell, path, append_dict=extra)
     common.rotate_checkpoints(written, path, args.keep_ckpt)
-    return path
+    return path  # as given (relative to the working directory), the name every rank computes
 
 
 def load_resume(train_cell, path, run_cfg):
-    import mindspore as ms
+    from mindspore_accum import load_checkpoint_verified
 
     return common.load_resume(
         train_cell,
         path,
         run_cfg,
         RUN_KEYS,
-        load=ms.load_checkpoint,
+        load=load_checkpoint_verified,
         error=cd.DataError,
         hint=". Resume with the same settings, or start a new run in another --ckpt-dir.",
     )
@@ -372,9 +370,11 @@ def evaluate_checkpoint(path, args, test):
     import mindspore as ms
 
     from examples.resnet50_cifar10.model import ResNet50, fold_batchnorm
+    from mindspore_accum import load_checkpoint_verified
 
     net = ResNet50(num_classes=cd.NUM_CLASSES, stem=args.stem)
-    pd = ms.load_checkpoint(path)
+    # checks the CRC, and is not refused for memory the page cache holds (MindSpore 2.10)
+    pd = load_checkpoint_verified(path)
     not_loaded, _ = ms.load_param_into_net(net, pd)
     if not_loaded:
         raise RuntimeError(f"{path} lacks network parameters: {not_loaded[:5]}")
