@@ -181,7 +181,8 @@ def load_checkpoint(ckpt_file_name, **kwargs):
     raises MindSpore's error, with what to do in its message.
 
     2.10: ``mindspore.train.serialization._CheckpointProtobufSizeError`` and
-    ``_get_available_memory`` (private). 2.7 has neither, and no check: a plain load."""
+    ``_get_available_memory`` (private). 2.7 has neither, and no check: a plain load.
+    ``tests/cell/test_checkpoint_memory.py`` checks it against the installed MindSpore."""
     import mindspore as ms
     from mindspore.train import serialization
 
