@@ -168,6 +168,7 @@ MATRIX_FILES = {
     "test_nonfinite.py",
     "test_distributed.py",
     "test_compat.py",
+    "test_checkpoint_memory.py",
     "test_optimizer_families.py",
     "test_mint_adamw_recipe.py",
 }
