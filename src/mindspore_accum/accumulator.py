@@ -86,6 +86,7 @@ class GradAccumulator(AccumulationWindow):
         loss_scale=None,
         nonfinite: str = "skip",
         backend: str = "auto",
+        shard: Optional[str] = None,
     ):
         super().__init__()
         weights, update_cell = self._init_window(
@@ -95,6 +96,7 @@ class GradAccumulator(AccumulationWindow):
             loss_scale=loss_scale,
             nonfinite=nonfinite,
             backend=backend,
+            shard=shard,
         )
         self._attach_optimizer(optimizer, weights, update_cell)
         self._false = Tensor(False, ms.bool_)

@@ -105,6 +105,7 @@ class GradAccumCell(AccumulationWindow):
         nonfinite: str = "skip",
         micro_batch_weight: str = "size",
         backend: str = "auto",
+        shard: Optional[str] = None,
         has_aux: bool = False,
         jit_micro_step: bool = True,
     ):
@@ -127,6 +128,7 @@ class GradAccumCell(AccumulationWindow):
             loss_scale=loss_scale,
             nonfinite=nonfinite,
             backend=backend,
+            shard=shard,
         )
         self.network = network_with_loss
         self._attach_optimizer(optimizer, weights, update_cell)

@@ -1,0 +1,205 @@
+"""Worker script for tests/distributed/test_sharded.py (shard="optimizer" / "gradients" under msrun).
+
+    msrun --worker_num=2 --local_worker_num=2 --master_port=P --join=True \
+        tests/distributed/shard_worker.py --out DIR [--modes graph,pynative] [--cases ...]
+
+Every worker runs each case (optimizer x shard mode x backend) in each requested MindSpore mode
+on uneven shards -- per update, worker 0 micro-batches of 8 and 8 samples, worker 1 of 8 and 3:
+27 samples -- for 3 updates, and writes ``DIR/rank<r>.npz`` (final weights per case) and
+``DIR/rank<r>.json`` (per micro-step the collectives its compiled graphs launched, with their
+sizes; the cell's Parameter bytes).
+
+Collectives are read from the compiled graphs (``dist_worker.AllReduceCounter``'s patches of
+MindSpore's executors): every node of a communication op in a compiled phase, with its output's
+element count, is added to the event's launches each time that phase runs. The sharded window
+end holds its collectives outside its one branch (the update), so they sit in the top graph the
+``anf_ir`` proto holds and run once per run.
+
+Importing this module needs no distributed set-up: the test imports the schedule and the
+single-process reference (nn.AdamWeightDecay with clip_by_global_norm / nn.Momentum on each
+batch of 27 samples) from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")  # before mindspore is imported
+
+import mindspore as ms  # noqa: E402
+import numpy as np  # noqa: E402
+from mindspore import Tensor, nn, ops  # noqa: E402
+
+from tests.distributed import dist_worker as dw  # noqa: E402
+
+UPDATES = 3
+SIZES = ((8, 8), (8, 3))  # micro-batch sizes of worker 0 and worker 1 in every window
+BATCH = sum(map(sum, SIZES))  # 27
+ADAM_LR, ADAM_DECAY, CLIP = 0.02, 0.01, 0.3
+OPTIMIZERS = ("adamw", "momentum")  # adamw: FusedAdamW with clip_global_norm=CLIP
+SHARDS = ("optimizer", "gradients")
+BACKENDS = ("kernels", "native")
+CASES = tuple(f"{o}-{s}-{b}" for o in OPTIMIZERS for s in SHARDS for b in BACKENDS)
+COMM_OPS = ("AllReduce", "AllGather", "ReduceScatter", "Broadcast")
+
+
+def schedule(rank):
+    """[(first sample, size)] of worker ``rank``'s micro-batches, window after window."""
+    out = []
+    for u in range(UPDATES):
+        start = u * BATCH + sum(map(sum, SIZES[:rank]))
+        for size in SIZES[rank]:
+            out.append((start, size))
+            start += size
+    return out
+
+
+def reference(optimizer):
+    """Single process, no accumulation: one step per batch of 27 samples. Returns (weights,
+    the global norms of the mean gradients)."""
+    x, y = dw.make_data()
+    net, loss_net = dw.build_loss_net()
+    params = net.trainable_params()
+    if optimizer == "adamw":
+        opt = nn.AdamWeightDecay(params, ADAM_LR, weight_decay=ADAM_DECAY)
+    else:
+        opt = nn.Momentum(params, dw.LR, dw.MOMENTUM, weight_decay=dw.WEIGHT_DECAY)
+    grad_fn = ms.value_and_grad(loss_net, None, opt.parameters)
+    norms = []
+    for u in range(UPDATES):
+        lo, hi = u * BATCH, (u + 1) * BATCH
+        _, grads = grad_fn(Tensor(x[lo:hi]), Tensor(y[lo:hi]))
+        norms.append(float(np.sqrt(sum(float((g.asnumpy().astype(np.float64) ** 2).sum()) for g in grads))))
+        if optimizer == "adamw":
+            grads = ops.clip_by_global_norm(grads, CLIP)
+        opt(grads)
+    return [p.asnumpy().copy() for p in params], norms
+
+
+class CollectiveCounter(dw.AllReduceCounter):
+    """dw.AllReduceCounter, recording every communication node of a compiled phase with its size."""
+
+    def __init__(self):
+        super().__init__()
+        self.launched = []  # (op, elements) per launch, in run order
+
+    def _compiled(self, executor, phase, name):
+        if phase in self.nodes_per_phase:
+            return
+        from mindspore.train import anf_ir_pb2
+
+        model = anf_ir_pb2.ModelProto()
+        model.ParseFromString(executor._graph_executor.get_func_graph_proto(phase, "anf_ir"))
+        comm = [
+            (node.op_type, int(np.prod([d.size for d in node.output_type.tensor_type.shape.dim])))
+            for node in model.graph.node
+            if node.op_type in COMM_OPS
+        ]
+        self.nodes_per_phase[phase] = (name, comm, len(model.graph.node))
+
+    def _ran(self, phase):
+        if phase in self.nodes_per_phase:
+            name, comm, _ = self.nodes_per_phase[phase]
+            self.graph_runs[name] = self.graph_runs.get(name, 0) + 1
+            self.launched.extend(comm)
+
+
+COUNTER = CollectiveCounter()
+
+
+def parameter_bytes(cell):
+    """Bytes of the cell's Parameters (each once), by role."""
+    out = {"weights": 0, "accumulators": 0, "state": 0, "other": 0}
+    weights = {id(w) for w in cell.weights}
+    for p in cell.get_parameters():
+        name = p.name
+        nbytes = int(np.prod(p.shape)) * p.data.itemsize if p.shape else p.data.itemsize
+        if id(p) in weights:
+            out["weights"] += nbytes
+        elif name.startswith("accumulators."):
+            out["accumulators"] += nbytes
+        elif name.startswith(("adam_m.", "adam_v.", "moments.")):
+            out["state"] += nbytes
+        else:
+            out["other"] += nbytes
+    return out
+
+
+def run_case(case, mode, rank):
+    from mindspore_accum import FusedAdamW, FusedMomentum, GradAccumCell
+
+    COUNTER.install()
+    ms.set_context(mode=dw.MODES[mode])
+    optimizer, shard, backend = case.split("-")
+    x, y = dw.make_data()
+    net, loss_net = dw.build_loss_net()
+    params = net.trainable_params()
+    if optimizer == "adamw":
+        opt = FusedAdamW(params, ADAM_LR, weight_decay=ADAM_DECAY, backend=backend)
+        cell = GradAccumCell(loss_net, opt, 2, clip_global_norm=CLIP, backend=backend, shard=shard)
+    else:
+        opt = FusedMomentum(params, dw.LR, dw.MOMENTUM, weight_decay=dw.WEIGHT_DECAY, backend=backend)
+        cell = GradAccumCell(loss_net, opt, 2, backend=backend, shard=shard)
+    cell.set_train()
+    record = {"shard_mode": cell.shard_mode, "bytes": parameter_bytes(cell), "events": []}
+    for start, size in schedule(rank):
+        before = len(COUNTER.launched)
+        cell(Tensor(x[start : start + size]), Tensor(y[start : start + size])).asnumpy()
+        _ = params[0].asnumpy()
+        record["events"].append({"launched": COUNTER.launched[before:], "pending_after": cell.pending})
+    record["skipped_updates"] = int(cell.skipped_updates.asnumpy())
+    record["phases"] = {ph: [v[0], v[1]] for ph, v in COUNTER.nodes_per_phase.items()}
+    return [p.asnumpy().copy() for p in params], record
+
+
+def refusals():
+    """{what: the error a sharded cell raised for it, or None}: optimizers that cannot shard."""
+    from mindspore_accum import FusedLAMB, GradAccumCell
+
+    out = {}
+    for name, make in (
+        ("nn.Momentum", lambda p: nn.Momentum(p, dw.LR, dw.MOMENTUM)),
+        ("FusedLAMB", lambda p: FusedLAMB(p, 1e-3)),
+    ):
+        net, loss_net = dw.build_loss_net()
+        try:
+            GradAccumCell(loss_net, make(net.trainable_params()), 2, shard="optimizer")
+            out[name] = None
+        except (TypeError, ValueError) as err:
+            out[name] = f"{type(err).__name__}: {err}"
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--modes", default="graph,pynative")
+    ap.add_argument("--cases", default=",".join(CASES))
+    args = ap.parse_args(argv)
+
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+    rank, world = get_rank(), get_group_size()
+    arrays, records = {}, {"rank": rank, "world": world, "cases": {}}
+    for mode in args.modes.split(","):
+        for case in args.cases.split(","):
+            weights, record = run_case(case, mode, rank)
+            records["cases"][f"{mode}/{case}"] = record
+            for i, w in enumerate(weights):
+                arrays[f"{mode}/{case}/{i}"] = w
+            print(f"rank {rank}: {mode}/{case} done", flush=True)
+    records["refusals"] = refusals()
+    os.makedirs(args.out, exist_ok=True)
+    np.savez(os.path.join(args.out, f"rank{rank}.npz"), **arrays)
+    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
+        json.dump(records, f, indent=1)
+    print(f"rank {rank} of {world}: all done", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
