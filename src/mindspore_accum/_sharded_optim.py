@@ -2,9 +2,10 @@
 
 :class:`~.optim.FusedOptimizer` inherits :class:`ShardedStateMixin`. A sharded window calls
 :meth:`~ShardedStateMixin._shard_state` once, before training: the optimizer then keeps its state
-(moments) only for the worker's pieces (``_sharding.Piece``), as Parameters named
-``<state prefix>.<weight name>.shard`` -- the piece of the flattened weight, or the weight's shape
-when the piece is the whole weight -- and the window end calls
+(moments) only for the worker's pieces (``_sharding.Piece``), under the replicated names
+(``adam_m.<weight name>``, ...) with the piece's shape -- the flattened piece, or the weight's
+shape when the piece is the whole weight, so loading a checkpoint of another layout fails on
+the shapes instead of loading part of it -- and the window end calls
 :meth:`~ShardedStateMixin._shard_update` with the pieces of the weights. The same kernels and
 native functions as the replicated update run on those pieces, each with its weight's
 per-tensor arguments (weight decay, learning-rate group).
@@ -51,7 +52,7 @@ class ShardedStateMixin:
                 ms.ParameterTuple(
                     Parameter(
                         initializer("zeros", shape, ms.float32),
-                        name=f"{prefix}.{weight_names[i]}.shard",
+                        name=f"{prefix}.{weight_names[i]}",
                         requires_grad=False,
                     )
                     for i, shape in zip(indices, shapes)

@@ -49,8 +49,9 @@ class ShardedWindow(nn.Cell):
         self.gradients = mode == "gradients"
         self.layout = layout = ShardLayout([int(np.prod(w.shape)) for w in weights], world, rank)
         # [mode, world, rank]: a loaded checkpoint of another layout is refused, naming both
+        self.expected_info = (MODES[mode], int(world), int(rank))
         self.info = Parameter(
-            Tensor(np.asarray([MODES[mode], world, rank], np.int32)), name="accumulation.shard", requires_grad=False
+            Tensor(np.asarray(self.expected_info, np.int32)), name="accumulation.shard", requires_grad=False
         )
         self._whole = tuple(layout.whole(p) for p in layout.pieces)
         # plain ints for the compiled graphs: (weight index, start, stop, offset in the shard)
@@ -71,6 +72,20 @@ class ShardedWindow(nn.Cell):
         self._pad = _zeros(layout.padded - layout.total)  # after the flat weights
         self._own_pad = _zeros(layout.shard_size - layout.owned)  # after this worker's pieces
         self._one = Tensor(1.0, ms.float32)
+
+    def check_loaded(self, owner: str) -> None:
+        """From Python: raises when a checkpoint of another rank or setting was loaded into this
+        window (``ms.load_checkpoint`` loads whatever matches in shape)."""
+        found = tuple(int(v) for v in self.info.asnumpy())
+        if found != self.expected_info:
+            from .sharded_checkpoint import _describe
+
+            raise ValueError(
+                f"{owner}: the loaded state was written by {_describe(found)}; this window is "
+                f"{_describe(self.expected_info)}. Load a checkpoint of this rank and setting, or merge "
+                "the ranks' checkpoints (mindspore_accum.consolidate_checkpoint) and load the result "
+                "with mindspore_accum.load_window_checkpoint"
+            )
 
     def make_accumulators(self):
         """The window's accumulators of "gradients": this worker's range of the flat sum."""

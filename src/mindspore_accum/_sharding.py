@@ -15,10 +15,13 @@ from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["MODES", "Piece", "ShardLayout", "merge_pieces", "check_mode"]
+__all__ = ["MODES", "STATE_PREFIXES", "Piece", "ShardLayout", "merge_pieces", "check_mode"]
 
 # shard= values; their codes in the ``accumulation.shard`` Parameter of a sharded cell
 MODES = {"optimizer": 1, "gradients": 2}
+# the Parameter name prefixes of the state of the optimizers that can shard (FusedMomentum,
+# FusedAdamW: optim.FusedSpec.states); a checkpoint's pieces of state are found by them
+STATE_PREFIXES = ("moments", "adam_m", "adam_v")
 
 
 def check_mode(shard, owner: str) -> None:

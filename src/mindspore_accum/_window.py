@@ -317,10 +317,12 @@ class AccumulationWindow(nn.Cell):
         A window whose end was interrupted is full; one loaded from a checkpoint accumulated under
         another ``accumulation_steps`` ends early, as a flush (with a warning); one from another
         world size cannot be finished correctly and raises."""
+        owner = type(self).__name__
+        if self._sharding is not None:
+            self._sharding.check_loaded(owner)
         pending = self.pending
         if pending == 0:
             return 0, False
-        owner = type(self).__name__
         stored_world = int(self.state.window_world_size.asnumpy())
         if stored_world != self.world_size:
             raise ValueError(

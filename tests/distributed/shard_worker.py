@@ -155,6 +155,61 @@ def run_case(case, mode, rank):
     return [p.asnumpy().copy() for p in params], record
 
 
+def _train(cell, rank, updates):
+    x, y = dw.make_data()
+    for start, size in schedule(rank)[2 * updates[0] : 2 * updates[1]]:
+        cell(Tensor(x[start : start + size]), Tensor(y[start : start + size]))
+
+
+def _adamw_cell(shard):
+    from mindspore_accum import FusedAdamW, GradAccumCell
+
+    net, loss_net = dw.build_loss_net()
+    opt = FusedAdamW(net.trainable_params(), ADAM_LR, weight_decay=ADAM_DECAY, backend="kernels")
+    cell = GradAccumCell(loss_net, opt, 2, clip_global_norm=CLIP, backend="kernels", shard=shard)
+    cell.set_train()
+    return cell
+
+
+def checkpoint_cases(out, rank):
+    """GRAPH mode, FusedAdamW: (1) each shard mode saves its rank checkpoint after 2 updates and
+    makes the 3rd (the test consolidates the files and resumes on 1 worker); (2) a replicated
+    cell's checkpoint after 2 updates, loaded into sharded cells that make the 3rd; (3) loading a
+    checkpoint of another setting raises. Returns (weights by name, record)."""
+    import mindspore_accum as ma
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    os.makedirs(out, exist_ok=True)
+    weights, record = {}, {}
+    for shard in SHARDS:
+        cell = _adamw_cell(shard)
+        _train(cell, rank, (0, 2))
+        ma.save_checkpoint_atomic(cell, os.path.join(out, f"{shard}-rank{rank}.ckpt"))
+        _train(cell, rank, (2, 3))
+        weights[f"saved-{shard}"] = [w.asnumpy() for w in cell.weights]
+    replicated = _adamw_cell(None)
+    _train(replicated, rank, (0, 2))
+    path = ma.save_checkpoint_atomic(replicated, os.path.join(out, f"replicated-rank{rank}.ckpt"))
+    for shard in SHARDS:
+        cell = _adamw_cell(shard)
+        ma.load_window_checkpoint(cell, path)
+        _train(cell, rank, (2, 3))
+        weights[f"from-replicated-{shard}"] = [w.asnumpy() for w in cell.weights]
+    errors = {}
+    cell = _adamw_cell("gradients")
+    try:
+        ma.load_window_checkpoint(cell, os.path.join(out, f"optimizer-rank{rank}.ckpt"))
+    except ValueError as err:
+        errors["load_window_checkpoint"] = str(err)
+    ms.load_checkpoint(os.path.join(out, f"optimizer-rank{rank}.ckpt"), net=cell)  # same shapes, other mode
+    try:
+        _train(cell, rank, (2, 3))
+    except ValueError as err:
+        errors["next_call"] = str(err)
+    record["errors"] = errors
+    return weights, record
+
+
 def refusals():
     """{what: the error a sharded cell raised for it, or None}: optimizers that cannot shard."""
     from mindspore_accum import FusedLAMB, GradAccumCell
@@ -178,6 +233,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--modes", default="graph,pynative")
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--checkpoints", type=int, default=1, help="run checkpoint_cases (0: no)")
     args = ap.parse_args(argv)
 
     from mindspore.communication import get_group_size, get_rank, init
@@ -194,6 +250,11 @@ def main(argv=None):
                 arrays[f"{mode}/{case}/{i}"] = w
             print(f"rank {rank}: {mode}/{case} done", flush=True)
     records["refusals"] = refusals()
+    if args.checkpoints:
+        ckpt_weights, records["checkpoints"] = checkpoint_cases(os.path.join(args.out, "ckpt"), rank)
+        for key, ws in ckpt_weights.items():
+            for i, w in enumerate(ws):
+                arrays[f"ckpt/{key}/{i}"] = w
     os.makedirs(args.out, exist_ok=True)
     np.savez(os.path.join(args.out, f"rank{rank}.npz"), **arrays)
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:

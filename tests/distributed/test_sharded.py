@@ -33,8 +33,15 @@ SHARD = -(-PSI // WORLD)
 
 
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory):
-    return msrun.launch(sw.__file__, tmp_path_factory.mktemp("shard"), WORLD)
+def dist_dir(tmp_path_factory):
+    """The msrun job's directory (its checkpoints are under out/ckpt) and results."""
+    tmp = tmp_path_factory.mktemp("shard")
+    return tmp, msrun.launch(sw.__file__, tmp, WORLD)
+
+
+@pytest.fixture(scope="module")
+def dist(dist_dir):
+    return dist_dir[1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -156,9 +163,117 @@ def test_sharded_state_replaces_the_full_state():
     names = [p.name for p in net.trainable_params()]
     opt._shard_state([0], [(90,)])  # rank 0 of 2 in the layout of test_sharding_layout
     state = {p.name: p.shape for p in opt.get_parameters() if p.name.startswith(("adam_m", "adam_v"))}
-    assert state == {f"adam_m.{names[0]}.shard": (90,), f"adam_v.{names[0]}.shard": (90,)}
+    assert state == {f"adam_m.{names[0]}": (90,), f"adam_v.{names[0]}": (90,)}
     with pytest.raises(ValueError, match="already sharded"):
         opt._shard_state([0], [(90,)])
     net, _ = sw.dw.build_loss_net()
     with pytest.raises(ValueError, match="FusedLAMB cannot shard its state: its update takes norms of whole"):
         FusedLAMB(net.trainable_params(), 1e-3)._shard_state([0], [(90,)])
+
+
+# ---------------------------------------------------------------------- checkpoints
+
+
+def _ckpt_weights(dist, key, rank=0):
+    arrays = dist[rank][0]
+    return [arrays[f"ckpt/{key}/{i}"] for i in range(4)]
+
+
+def _close(weights, ref, what):
+    scale = max(float(np.abs(w).max()) for w in ref)
+    err = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(weights, ref))
+    print(f"{what}: max|dw| = {err:.3g}, max|w| = {scale:.3g}")
+    assert err <= RTOL * scale, f"{what}: max|dw| {err:.3g} > {RTOL:g} * {scale:.3g}"
+
+
+@pytest.mark.parametrize("shard", sw.SHARDS)
+def test_replicated_checkpoint_resumes_on_sharded_workers(dist, shard):
+    """2 updates replicated, saved, loaded into sharded cells (each worker takes its pieces of the
+    moments), 1 more update: the single-process run of 3 updates."""
+    ref, _ = _reference("adamw")
+    for r in range(WORLD):
+        _close(_ckpt_weights(dist, f"from-replicated-{shard}", r), ref, f"rank {r} from replicated, {shard}")
+
+
+def test_loading_another_setting_raises_naming_both(dist):
+    for r in range(WORLD):
+        errors = dist[r][1]["checkpoints"]["errors"]
+        for how in ("load_window_checkpoint", "next_call"):
+            message = errors.get(how)
+            assert message, f"rank {r}: {how} accepted a checkpoint of shard='optimizer' in a 'gradients' cell"
+            assert f"rank {r} of 2 workers with shard='optimizer'" in message, message
+            assert f"rank {r} of 2 workers with shard='gradients'" in message, message
+            assert "consolidate_checkpoint" in message
+
+
+def _resume_on_one_worker(path):
+    """A replicated cell on 1 worker, loaded from ``path``, makes the 3rd update on all 27 samples."""
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from mindspore_accum import FusedAdamW, GradAccumCell
+
+    x, y = sw.dw.make_data()
+    net, loss_net = sw.dw.build_loss_net()
+    opt = FusedAdamW(net.trainable_params(), sw.ADAM_LR, weight_decay=sw.ADAM_DECAY)
+    cell = GradAccumCell(loss_net, opt, 4, clip_global_norm=sw.CLIP)
+    names = {p.name: p.shape for p in cell.get_parameters()}
+    loaded = ms.load_checkpoint(str(path))
+    assert {n: tuple(p.shape) for n, p in loaded.items()} == {n: tuple(s) for n, s in names.items()}
+    ms.load_param_into_net(cell, loaded, strict_load=True)
+    assert int(opt.global_step.asnumpy().reshape(-1)[0]) == 2
+    start = 2 * sw.BATCH
+    for size in (8, 8, 8, 3):
+        cell(Tensor(x[start : start + size]), Tensor(y[start : start + size]))
+        start += size
+    return [p.asnumpy() for p in net.trainable_params()]
+
+
+@pytest.mark.parametrize("shard", sw.SHARDS)
+def test_consolidated_checkpoint_resumes_on_one_worker(dist_dir, shard, tmp_path):
+    """Rank checkpoints after 2 updates, consolidated (given in any order) into the replicated
+    format -- the names and shapes a shard=None cell has -- and resumed on 1 worker: its 3rd
+    update equals the 2-worker run's."""
+    import mindspore as ms
+
+    from mindspore_accum import consolidate_checkpoint
+
+    tmp, dist = dist_dir
+    shards = [tmp / "out" / "ckpt" / f"{shard}-rank{r}.ckpt" for r in reversed(range(WORLD))]
+    before = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        out = consolidate_checkpoint([str(p) for p in shards], str(tmp_path / "merged.ckpt"))
+        weights = _resume_on_one_worker(out)
+    finally:
+        ms.set_context(mode=before)
+    _close(weights, _ckpt_weights(dist, f"saved-{shard}"), f"consolidated {shard}, resumed on 1 worker")
+
+
+def test_consolidate_refuses_missing_ranks_and_command_line(dist_dir, tmp_path):
+    import subprocess
+    import sys
+
+    import mindspore as ms
+
+    from mindspore_accum import consolidate_checkpoint
+
+    tmp, _ = dist_dir
+    ckpt = tmp / "out" / "ckpt"
+    with pytest.raises(ValueError, match=r"2 workers; the checkpoints of ranks \[1\] are missing"):
+        consolidate_checkpoint([str(ckpt / "optimizer-rank0.ckpt")], str(tmp_path / "x.ckpt"))
+    with pytest.raises(ValueError, match="different settings"):
+        consolidate_checkpoint([str(ckpt / "optimizer-rank0.ckpt"), str(ckpt / "gradients-rank1.ckpt")], "y")
+    with pytest.raises(ValueError, match="not the checkpoint of a sharded window"):
+        consolidate_checkpoint([str(ckpt / "replicated-rank0.ckpt")], "z")
+    out = tmp_path / "cli.ckpt"
+    shards = [str(ckpt / f"gradients-rank{r}.ckpt") for r in range(WORLD)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mindspore_accum", "consolidate", str(out), *shards], capture_output=True
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    by_function = ms.load_checkpoint(consolidate_checkpoint(shards, str(tmp_path / "fn.ckpt")))
+    by_cli = ms.load_checkpoint(str(out))
+    assert list(by_cli) == list(by_function)
+    for name in by_cli:
+        assert np.array_equal(by_cli[name].asnumpy(), by_function[name].asnumpy()), name
