@@ -43,6 +43,8 @@ OPTIMIZERS = ("adamw", "momentum")  # adamw: FusedAdamW with clip_global_norm=CL
 SHARDS = ("optimizer", "gradients")
 BACKENDS = ("kernels", "native")
 CASES = tuple(f"{o}-{s}-{b}" for o in OPTIMIZERS for s in SHARDS for b in BACKENDS)
+# GradAccumulator inside the user's @ms.jit step (the window end is a branch of that graph)
+FUNCTIONAL_CASES = tuple(f"adamw-{s}-functional" for s in SHARDS)
 COMM_OPS = ("AllReduce", "AllGather", "ReduceScatter", "Broadcast")
 
 
@@ -85,9 +87,22 @@ class CollectiveCounter(dw.AllReduceCounter):
     def __init__(self):
         super().__init__()
         self.launched = []  # (op, elements) per launch, in run order
+        self.step_nodes = None  # the communication nodes of the last sharded_train_step compiled
 
     def _compiled(self, executor, phase, name):
         if phase in self.nodes_per_phase:
+            return
+        if name == "sharded_train_step":
+            # the window end is a branch of the user's step: the anf_ir proto holds the top graph
+            # only, the MindIR proto every function graph (op types "REF::<op>:<id>"); no sizes
+            from mindspore.train import mind_ir_pb2
+
+            model = mind_ir_pb2.ModelProto()
+            model.ParseFromString(executor._graph_executor.get_func_graph_proto(phase, "mind_ir"))
+            types = [node.op_type for graph in [model.graph, *model.functions] for node in graph.node]
+            comm = [(op, -1) for op in COMM_OPS for t in types if t.startswith(f"REF::{op}:")]
+            self.nodes_per_phase[phase] = (name, comm, len(types))
+            self.step_nodes = comm
             return
         from mindspore.train import anf_ir_pb2
 
@@ -132,27 +147,49 @@ def run_case(case, mode, rank):
     from mindspore_accum import FusedAdamW, FusedMomentum, GradAccumCell
 
     COUNTER.install()
+    COUNTER.step_nodes = None
     ms.set_context(mode=dw.MODES[mode])
     optimizer, shard, backend = case.split("-")
     x, y = dw.make_data()
     net, loss_net = dw.build_loss_net()
     params = net.trainable_params()
-    if optimizer == "adamw":
+    if backend == "functional":
+        cell, call = _functional(net, loss_net, shard)
+    elif optimizer == "adamw":
         opt = FusedAdamW(params, ADAM_LR, weight_decay=ADAM_DECAY, backend=backend)
         cell = GradAccumCell(loss_net, opt, 2, clip_global_norm=CLIP, backend=backend, shard=shard)
     else:
         opt = FusedMomentum(params, dw.LR, dw.MOMENTUM, weight_decay=dw.WEIGHT_DECAY, backend=backend)
         cell = GradAccumCell(loss_net, opt, 2, backend=backend, shard=shard)
-    cell.set_train()
+    if backend != "functional":
+        cell.set_train()
+        call = cell
     record = {"shard_mode": cell.shard_mode, "bytes": parameter_bytes(cell), "events": []}
     for start, size in schedule(rank):
         before = len(COUNTER.launched)
-        cell(Tensor(x[start : start + size]), Tensor(y[start : start + size])).asnumpy()
+        call(Tensor(x[start : start + size]), Tensor(y[start : start + size])).asnumpy()
         _ = params[0].asnumpy()
         record["events"].append({"launched": COUNTER.launched[before:], "pending_after": cell.pending})
     record["skipped_updates"] = int(cell.skipped_updates.asnumpy())
     record["phases"] = {ph: [v[0], v[1]] for ph, v in COUNTER.nodes_per_phase.items()}
+    record["step_nodes"] = COUNTER.step_nodes
     return [p.asnumpy().copy() for p in params], record
+
+
+def _functional(net, loss_net, shard):
+    """A GradAccumulator (FusedAdamW, kernels, clip) fed by a tutorial-style @ms.jit step."""
+    from mindspore_accum import FusedAdamW, GradAccumulator
+
+    opt = FusedAdamW(net.trainable_params(), ADAM_LR, weight_decay=ADAM_DECAY, backend="kernels")
+    acc = GradAccumulator(opt, 2, clip_global_norm=CLIP, backend="kernels", shard=shard)
+    grad_fn = ms.value_and_grad(loss_net, None, opt.parameters)
+
+    @ms.jit
+    def sharded_train_step(x, y):
+        loss, grads = grad_fn(x, y)
+        return ops.depend(loss, acc(grads, x.shape[0], loss=loss))
+
+    return acc, sharded_train_step
 
 
 def _train(cell, rank, updates):
@@ -232,7 +269,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--modes", default="graph,pynative")
-    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--cases", default=",".join(CASES + FUNCTIONAL_CASES))
     ap.add_argument("--checkpoints", type=int, default=1, help="run checkpoint_cases (0: no)")
     args = ap.parse_args(argv)
 

@@ -2,7 +2,8 @@
 
 One msrun launch runs tests/distributed/shard_worker.py: every case (FusedAdamW with
 clip_global_norm, FusedMomentum) x (shard "optimizer", "gradients") x (backend kernels, native),
-in GRAPH and in PYNATIVE mode, on uneven shards (per window worker 0 holds micro-batches of 8 and
+and GradAccumulator (FusedAdamW, clip) inside the user's @ms.jit step, in GRAPH and in PYNATIVE
+mode, on uneven shards (per window worker 0 holds micro-batches of 8 and
 8 samples, worker 1 of 8 and 3), for 3 updates. Checked against what the test computes itself:
 
 * weights: every worker equals a single-process nn.AdamWeightDecay + clip_by_global_norm /
@@ -49,7 +50,7 @@ def _reference(optimizer):
     return sw.reference(optimizer)
 
 
-@pytest.mark.parametrize("case", sw.CASES)
+@pytest.mark.parametrize("case", sw.CASES + sw.FUNCTIONAL_CASES)
 @pytest.mark.parametrize("mode", MODES)
 def test_sharded_weights_equal_single_process(dist, mode, case):
     ref, norms = _reference(case.split("-")[0])
@@ -96,6 +97,17 @@ def test_collectives_per_micro_step_and_window(dist, mode, case):
             print(f"{mode}/{case} rank {r} event {k}: {launched}")
             assert big == _expected(shard, ends), f"{mode}/{case} rank {r} event {k}: {launched}"
             assert event["pending_after"] == (0 if ends else 1)
+
+
+@pytest.mark.parametrize("case", sw.FUNCTIONAL_CASES)
+@pytest.mark.parametrize("mode", MODES)
+def test_functional_step_in_jit_holds_the_sharded_collectives(dist, mode, case):
+    """GradAccumulator inside the user's @ms.jit: the step's graph holds the window end in a
+    branch; over all its function graphs: 2 AllReduce ("optimizer": the window's full-size one
+    and the small one; "gradients": the micro-step's and the small one) and 1 AllGather."""
+    for r in range(WORLD):
+        nodes = [tuple(x) for x in dist[r][1]["cases"][f"{mode}/{case}"]["step_nodes"]]
+        assert sorted(nodes) == [("AllGather", -1), ("AllReduce", -1), ("AllReduce", -1)], nodes
 
 
 @pytest.mark.parametrize("case", sw.CASES)
