@@ -95,12 +95,11 @@ class ShardedWindow(nn.Cell):
         )
 
     # ------------------------------------------------------------------ in the compiled graphs
-    def _flat(self, tensors, scale=None):
+    def _flat(self, tensors):
         parts = [ops.reshape(ops.cast(t, ms.float32), (-1,)) for t in tensors]
         if self._pad is not None:
             parts.append(self._pad)
-        flat = ops.concat(parts)
-        return flat if scale is None else flat * scale
+        return ops.concat(parts)
 
     def _to_own(self, flat):
         """The sum over workers of ``flat``, this worker's range of it."""
@@ -112,22 +111,24 @@ class ShardedWindow(nn.Cell):
     def accumulate(self, backend_ops, accumulators, grads, weight, first):
         """ "gradients": adds this micro-batch's ``weight * grads``, summed over workers, to the
         own range (every worker must run the same number of micro-steps)."""
-        own = self._to_own(self._flat(grads, ops.cast(weight, ms.float32)))
+        own = self._to_own(self._flat(grads) * ops.cast(weight, ms.float32))
         return backend_ops.accumulate(accumulators, (own,), self._one, first)
 
     def window_sum(self, state, backend_ops):
         """(sources: the own pieces of the window's sum, items, micro-batches, loss sum, sum of
         squares), all but the sources summed over workers in one small AllReduce."""
-        local = ops.cast(state.micro_step > 0, ms.float32)  # a worker with nothing pending adds 0
+        pending = state.micro_step > 0
         if self.gradients:
             own = state.accumulators[0]
         else:
-            own = self._to_own(self._flat(state.accumulators, local))
+            # A worker with nothing pending (a flush) adds zeros, not its last window's sums (a
+            # select, not a product: those may hold the inf of a skipped window).
+            own = self._to_own(ops.where(pending, self._flat(state.accumulators), 0.0))
         squares = backend_ops.sum_of_squares((own,))
         items = state.items
         hi = ops.cast(items // _ITEMS_SPLIT, ms.float32)
         lo = ops.cast(items % _ITEMS_SPLIT, ms.float32)
-        counts = ops.stack([squares, hi, lo, local * ops.cast(state.micro_step, ms.float32), state.loss_sum])
+        counts = ops.stack([squares, hi, lo, ops.cast(state.micro_step, ms.float32), state.loss_sum])
         counts = self._small_allreduce(counts)
         items = ops.cast(counts[1], ms.int64) * _ITEMS_SPLIT + ops.cast(counts[2], ms.int64)
         sources = tuple(

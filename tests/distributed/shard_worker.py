@@ -247,6 +247,41 @@ def checkpoint_cases(out, rank):
     return weights, record
 
 
+FLUSH_SAMPLES = (100, 108)  # worker 1's one micro-batch of the flushed window
+
+
+def flush_case(rank):
+    """shard="optimizer", GRAPH: a window skipped for an inf in worker 0's input (its
+    accumulators keep the inf), then worker 1 alone accumulates one micro-batch and both flush:
+    the update is of that micro-batch only (worker 0 adds zeros, not its stale sums)."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    x, y = dw.make_data()
+    cell = _adamw_cell("optimizer")
+    for start, size in schedule(rank)[:2]:
+        xb = x[start : start + size].copy()
+        if rank == 0:
+            xb[0, 0] = np.inf
+        cell(Tensor(xb), Tensor(y[start : start + size]))
+    if rank == 1:
+        lo, hi = FLUSH_SAMPLES
+        cell(Tensor(x[lo:hi]), Tensor(y[lo:hi]))
+    applied = bool(cell.flush())
+    record = {"applied": applied, "skipped_updates": int(cell.skipped_updates.asnumpy())}
+    return [w.asnumpy() for w in cell.weights], record
+
+
+def reference_flush():
+    """One nn.AdamWeightDecay step (clipped) on FLUSH_SAMPLES."""
+    x, y = dw.make_data()
+    net, loss_net = dw.build_loss_net()
+    opt = nn.AdamWeightDecay(net.trainable_params(), ADAM_LR, weight_decay=ADAM_DECAY)
+    _, grads = ms.value_and_grad(loss_net, None, opt.parameters)(
+        Tensor(x[slice(*FLUSH_SAMPLES)]), Tensor(y[slice(*FLUSH_SAMPLES)])
+    )
+    opt(ops.clip_by_global_norm(grads, CLIP))
+    return [p.asnumpy().copy() for p in net.trainable_params()]
+
+
 def refusals():
     """{what: the error a sharded cell raised for it, or None}: optimizers that cannot shard."""
     from mindspore_accum import FusedLAMB, GradAccumCell
@@ -280,13 +315,16 @@ def main(argv=None):
     rank, world = get_rank(), get_group_size()
     arrays, records = {}, {"rank": rank, "world": world, "cases": {}}
     for mode in args.modes.split(","):
-        for case in args.cases.split(","):
+        for case in [c for c in args.cases.split(",") if c]:
             weights, record = run_case(case, mode, rank)
             records["cases"][f"{mode}/{case}"] = record
             for i, w in enumerate(weights):
                 arrays[f"{mode}/{case}/{i}"] = w
             print(f"rank {rank}: {mode}/{case} done", flush=True)
     records["refusals"] = refusals()
+    flushed, records["flush"] = flush_case(rank)
+    for i, w in enumerate(flushed):
+        arrays[f"flush/{i}"] = w
     if args.checkpoints:
         ckpt_weights, records["checkpoints"] = checkpoint_cases(os.path.join(args.out, "ckpt"), rank)
         for key, ws in ckpt_weights.items():

@@ -183,6 +183,17 @@ def test_sharded_state_replaces_the_full_state():
         FusedLAMB(net.trainable_params(), 1e-3)._shard_state([0], [(90,)])
 
 
+def test_flush_with_nothing_pending_on_one_worker_adds_zeros(dist):
+    """shard="optimizer": after a window skipped for an inf on worker 0, worker 1 alone holds a
+    micro-batch when both flush; the update is that micro-batch's (worker 0's accumulators still
+    hold the inf: summed, or multiplied by 0, they would skip or corrupt the window)."""
+    ref = sw.reference_flush()
+    for r in range(WORLD):
+        arrays, record = dist[r]
+        assert record["flush"] == {"applied": True, "skipped_updates": 1}, record["flush"]
+        _close([arrays[f"flush/{i}"] for i in range(len(ref))], ref, f"rank {r} flush")
+
+
 # ---------------------------------------------------------------------- checkpoints
 
 
