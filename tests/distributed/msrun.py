@@ -31,32 +31,13 @@ def _tail(path, n=60):
         return f"<{e}>"
 
 
-def launch(worker, tmp, world=2, args=()):
-    """Runs ``worker`` (a path) under msrun with ``world`` workers and ``--out DIR`` plus ``args``;
-    fails the test with the logs' tails unless every rank wrote DIR/rank<r>.{json,npz}. Returns
-    {rank: (arrays, record)}."""
-    bindir = os.path.dirname(sys.executable)
-    env = dict(os.environ)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # msrun starts workers with `python`
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")  # workers import tests.distributed
-    env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
-    env.setdefault("GLOG_v", "3")
-    env.pop("MS_CUSTOM_AOT_WHITE_LIST", None)
-    msrun = shutil.which("msrun", path=env["PATH"])
-    if msrun is None:
-        pytest.fail("msrun (installed with MindSpore) not found next to the Python interpreter", pytrace=False)
-    out, logs = tmp / "out", tmp / "logs"
-    cmd = [msrun, f"--worker_num={world}", f"--local_worker_num={world}", "--master_addr=127.0.0.1"]
-    cmd += [f"--master_port={_free_port()}", "--join=True", f"--log_dir={logs}", worker, "--out", str(out), *args]
-    t0 = time.time()
-    try:
-        proc = subprocess.run(
-            cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT_S
-        )
-        rc, console = proc.returncode, proc.stdout.decode(errors="replace")
-    except subprocess.TimeoutExpired as e:
-        rc, console = "timeout", (e.stdout or b"").decode(errors="replace")
-    elapsed = time.time() - t0
+def launch(worker, tmp, world=2, args=(), out="out"):
+    """Runs ``worker`` (a path) under msrun with ``world`` workers and ``--out tmp/<out>`` plus
+    ``args``; fails the test with the logs' tails unless every rank wrote
+    ``rank<r>.{json,npz}`` there. Returns {rank: (arrays, record)}."""
+    rc, console, elapsed = run(worker, tmp, world, args, out)
+    out = tmp / out
+    logs = tmp / f"logs_{out.name}"
     missing = [r for r in range(world) if not (out / f"rank{r}.json").exists()]
     if rc != 0 or missing:
         report = [
@@ -77,3 +58,29 @@ def launch(worker, tmp, world=2, args=()):
         assert record["rank"] == r and record["world"] == world
         results[r] = (arrays, record)
     return results
+
+
+def run(worker, tmp, world=2, args=(), out="out"):
+    """msrun of ``worker --out tmp/<out> args...`` (logs in tmp/logs_<out>): (exit code, console, seconds)."""
+    bindir = os.path.dirname(sys.executable)
+    env = dict(os.environ)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # msrun starts workers with `python`
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")  # workers import tests.distributed
+    env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    env.setdefault("GLOG_v", "3")
+    env.pop("MS_CUSTOM_AOT_WHITE_LIST", None)
+    msrun = shutil.which("msrun", path=env["PATH"])
+    if msrun is None:
+        pytest.fail("msrun (installed with MindSpore) not found next to the Python interpreter", pytrace=False)
+    out, logs = tmp / out, tmp / f"logs_{out}"
+    cmd = [msrun, f"--worker_num={world}", f"--local_worker_num={world}", "--master_addr=127.0.0.1"]
+    cmd += [f"--master_port={_free_port()}", "--join=True", f"--log_dir={logs}", worker, "--out", str(out), *args]
+    t0 = time.time()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT_S
+        )
+        rc, console = proc.returncode, proc.stdout.decode(errors="replace")
+    except subprocess.TimeoutExpired as e:
+        rc, console = "timeout", (e.stdout or b"").decode(errors="replace")
+    return rc, console, time.time() - t0
