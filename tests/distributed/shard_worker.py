@@ -43,9 +43,19 @@ OPTIMIZERS = ("adamw", "momentum")  # adamw: FusedAdamW with clip_global_norm=CL
 SHARDS = ("optimizer", "gradients")
 BACKENDS = ("kernels", "native")
 CASES = tuple(f"{o}-{s}-{b}" for o in OPTIMIZERS for s in SHARDS for b in BACKENDS)
+# parameter groups: per-group learning rate and weight decay, on pieces of the weights
+CASES += tuple(f"adamwgroups-optimizer-{b}" for b in BACKENDS)
 # GradAccumulator inside the user's @ms.jit step (the window end is a branch of that graph)
 FUNCTIONAL_CASES = tuple(f"adamw-{s}-functional" for s in SHARDS)
 COMM_OPS = ("AllReduce", "AllGather", "ReduceScatter", "Broadcast")
+
+
+def groups(params):
+    """Weights (lr ADAM_LR, decay ADAM_DECAY) and biases (lr ADAM_LR / 2, no decay)."""
+    return [
+        {"params": [p for p in params if "weight" in p.name], "lr": ADAM_LR, "weight_decay": ADAM_DECAY},
+        {"params": [p for p in params if "weight" not in p.name], "lr": ADAM_LR / 2, "weight_decay": 0.0},
+    ]
 
 
 def schedule(rank):
@@ -67,6 +77,8 @@ def reference(optimizer):
     params = net.trainable_params()
     if optimizer == "adamw":
         opt = nn.AdamWeightDecay(params, ADAM_LR, weight_decay=ADAM_DECAY)
+    elif optimizer == "adamwgroups":
+        opt = nn.AdamWeightDecay(groups(params), ADAM_LR)
     else:
         opt = nn.Momentum(params, dw.LR, dw.MOMENTUM, weight_decay=dw.WEIGHT_DECAY)
     grad_fn = ms.value_and_grad(loss_net, None, opt.parameters)
@@ -75,7 +87,7 @@ def reference(optimizer):
         lo, hi = u * BATCH, (u + 1) * BATCH
         _, grads = grad_fn(Tensor(x[lo:hi]), Tensor(y[lo:hi]))
         norms.append(float(np.sqrt(sum(float((g.asnumpy().astype(np.float64) ** 2).sum()) for g in grads))))
-        if optimizer == "adamw":
+        if optimizer.startswith("adamw"):
             grads = ops.clip_by_global_norm(grads, CLIP)
         opt(grads)
     return [p.asnumpy().copy() for p in params], norms
@@ -155,8 +167,11 @@ def run_case(case, mode, rank):
     params = net.trainable_params()
     if backend == "functional":
         cell, call = _functional(net, loss_net, shard)
-    elif optimizer == "adamw":
-        opt = FusedAdamW(params, ADAM_LR, weight_decay=ADAM_DECAY, backend=backend)
+    elif optimizer.startswith("adamw"):
+        if optimizer == "adamw":
+            opt = FusedAdamW(params, ADAM_LR, weight_decay=ADAM_DECAY, backend=backend)
+        else:
+            opt = FusedAdamW(groups(params), ADAM_LR, backend=backend)
         cell = GradAccumCell(loss_net, opt, 2, clip_global_norm=CLIP, backend=backend, shard=shard)
     else:
         opt = FusedMomentum(params, dw.LR, dw.MOMENTUM, weight_decay=dw.WEIGHT_DECAY, backend=backend)
