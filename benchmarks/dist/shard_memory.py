@@ -89,9 +89,11 @@ def _worker(args) -> None:
             else "other"
         )
         roles[role] += nbytes
+    trace = []  # (RSS, peak RSS) - baseline after each call: calls 2 and 4 end a window
     for step in range(4):
         cell(Tensor(np.float32(1.0 + 0.1 * rank + 0.01 * step)))
-    _ = net.params[0].asnumpy()
+        _ = net.params[0].asnumpy()
+        trace.append((rss_mib() - baseline, peak_rss_mib() - baseline))
     result = {
         "rank": rank,
         "world": world,
@@ -103,6 +105,7 @@ def _worker(args) -> None:
         "rss_built_mib": built,
         "rss_after_mib": rss_mib(),
         "peak_rss_mib": peak_rss_mib(),
+        "trace_mib": trace,
     }
     with open(os.path.join(args.out, f"{args.setting}_rank{rank}.json"), "w") as f:
         json.dump(result, f)
@@ -149,6 +152,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--run-as-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--setting", help=argparse.SUPPRESS)
@@ -157,7 +161,7 @@ def main() -> None:
         _worker(args)
         return
     tmp = tempfile.mkdtemp(prefix="shard_memory_")
-    runs = {s: _launch(args, s, tmp) for s in SETTINGS}
+    runs = {s: _launch(args, s, tmp) for s in args.settings.split(",")}
     shutil.rmtree(tmp, ignore_errors=True)
     mib = 2.0**20
     print(f"\nFusedAdamW, Psi = {PSI:,} parameters, {args.workers} CPU workers (msrun), GRAPH mode, per worker:\n")

@@ -101,12 +101,19 @@ class ShardedWindow(nn.Cell):
             parts.append(self._pad)
         return ops.concat(parts)
 
+    def _reduce(self, flat):
+        """The sum over workers of ``flat``: (a tensor holding this worker's range of it, where
+        that range starts in the tensor)."""
+        if self._reduce_scatter is not None:
+            return self._reduce_scatter(flat), 0
+        return self._allreduce(flat), self._own_range[0]  # slices are taken by the reader
+
     def _to_own(self, flat):
         """The sum over workers of ``flat``, this worker's range of it."""
+        summed, start = self._reduce(flat)
         if self._reduce_scatter is not None:
-            return self._reduce_scatter(flat)
-        start, stop = self._own_range
-        return self._allreduce(flat)[start:stop]
+            return summed
+        return summed[start : start + self.layout.shard_size]
 
     def accumulate(self, backend_ops, accumulators, grads, weight, first):
         """ "gradients": adds this micro-batch's ``weight * grads``, summed over workers, to the
@@ -117,24 +124,22 @@ class ShardedWindow(nn.Cell):
     def window_sum(self, state, backend_ops):
         """(sources: the own pieces of the window's sum, items, micro-batches, loss sum, sum of
         squares), all but the sources summed over workers in one small AllReduce."""
-        pending = state.micro_step > 0
         if self.gradients:
-            own = state.accumulators[0]
-        else:
-            # A worker with nothing pending (a flush) adds zeros, not its last window's sums (a
-            # select, not a product: those may hold the inf of a skipped window).
-            own = self._to_own(ops.where(pending, self._flat(state.accumulators), 0.0))
-        squares = backend_ops.sum_of_squares((own,))
+            summed, start = state.accumulators[0], 0
+        else:  # (a worker with nothing pending has zeroed its accumulators: flush)
+            summed, start = self._reduce(self._flat(state.accumulators))
+        # the pieces, sliced from the reduced sum directly (one copy, not two)
+        sources = tuple(
+            ops.reshape(summed[start + offset : start + offset + stop - begin], shape)
+            for (_, begin, stop, offset), shape in zip(self._pieces, self._piece_shapes)
+        )
+        squares = backend_ops.sum_of_squares(sources) if sources else ops.zeros((), ms.float32)
         items = state.items
         hi = ops.cast(items // _ITEMS_SPLIT, ms.float32)
         lo = ops.cast(items % _ITEMS_SPLIT, ms.float32)
         counts = ops.stack([squares, hi, lo, ops.cast(state.micro_step, ms.float32), state.loss_sum])
         counts = self._small_allreduce(counts)
         items = ops.cast(counts[1], ms.int64) * _ITEMS_SPLIT + ops.cast(counts[2], ms.int64)
-        sources = tuple(
-            ops.reshape(own[offset : offset + stop - start], shape)
-            for (_, start, stop, offset), shape in zip(self._pieces, self._piece_shapes)
-        )
         return sources, items, counts[3], counts[4], counts[0]
 
     def weight_pieces(self, weights):

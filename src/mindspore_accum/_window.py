@@ -138,7 +138,9 @@ class AccumulationWindow(nn.Cell):
         pending, _ = self._pending_window()
         if pending == 0 and not self.distributed:
             return False
-        if pending == 0:  # its accumulators still hold the last window's sums: it must add zeros
+        # Its accumulators still hold the last window's sums, and it must add zeros ("gradients"
+        # holds sums already reduced over every worker: they are this window's).
+        if pending == 0 and self.shard_mode != "gradients":
             self._graph_zero_accumulators()
         return self._finish_window()
 
