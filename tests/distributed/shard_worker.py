@@ -47,6 +47,9 @@ CASES = tuple(f"{o}-{s}-{b}" for o in OPTIMIZERS for s in SHARDS for b in BACKEN
 CASES += tuple(f"adamwgroups-optimizer-{b}" for b in BACKENDS)
 # GradAccumulator inside the user's @ms.jit step (the window end is a branch of that graph)
 FUNCTIONAL_CASES = tuple(f"adamw-{s}-functional" for s in SHARDS)
+# GradAccumCell(jit_micro_step=False): in PYNATIVE the micro-step, its reduction included
+# ("gradients"), runs eagerly (launched from Python: not in the graph counts)
+EAGER_CASES = tuple(f"adamw-{s}-eager" for s in SHARDS)
 COMM_OPS = ("AllReduce", "AllGather", "ReduceScatter", "Broadcast")
 
 
@@ -168,11 +171,15 @@ def run_case(case, mode, rank):
     if backend == "functional":
         cell, call = _functional(net, loss_net, shard)
     elif optimizer.startswith("adamw"):
+        eager = backend == "eager"
+        backend = "kernels" if eager else backend
         if optimizer == "adamw":
             opt = FusedAdamW(params, ADAM_LR, weight_decay=ADAM_DECAY, backend=backend)
         else:
             opt = FusedAdamW(groups(params), ADAM_LR, backend=backend)
-        cell = GradAccumCell(loss_net, opt, 2, clip_global_norm=CLIP, backend=backend, shard=shard)
+        cell = GradAccumCell(
+            loss_net, opt, 2, clip_global_norm=CLIP, backend=backend, shard=shard, jit_micro_step=not eager
+        )
     else:
         opt = FusedMomentum(params, dw.LR, dw.MOMENTUM, weight_decay=dw.WEIGHT_DECAY, backend=backend)
         cell = GradAccumCell(loss_net, opt, 2, backend=backend, shard=shard)
@@ -319,7 +326,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--modes", default="graph,pynative")
-    ap.add_argument("--cases", default=",".join(CASES + FUNCTIONAL_CASES))
+    ap.add_argument("--cases", default=",".join(CASES + FUNCTIONAL_CASES + EAGER_CASES))
     ap.add_argument("--checkpoints", type=int, default=1, help="run checkpoint_cases (0: no)")
     args = ap.parse_args(argv)
 

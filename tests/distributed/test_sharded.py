@@ -3,9 +3,10 @@
 One msrun launch runs tests/distributed/shard_worker.py: every case (FusedAdamW with
 clip_global_norm, FusedMomentum) x (shard "optimizer", "gradients") x (backend kernels, native),
 FusedAdamW with parameter groups (learning rate and weight decay per group; "optimizer"),
-and GradAccumulator (FusedAdamW, clip) inside the user's @ms.jit step, in GRAPH and in PYNATIVE
-mode, on uneven shards (per window worker 0 holds micro-batches of 8 and
-8 samples, worker 1 of 8 and 3), for 3 updates. Checked against what the test computes itself:
+GradAccumulator (FusedAdamW, clip) inside the user's @ms.jit step, and GradAccumCell with
+jit_micro_step=False (eager micro-steps in PYNATIVE), in GRAPH and in PYNATIVE mode, on uneven
+shards (per window worker 0 holds micro-batches of 8 and 8 samples, worker 1 of 8 and 3), for 3
+updates. Checked against what the test computes itself:
 
 * weights: every worker equals a single-process nn.AdamWeightDecay + clip_by_global_norm /
   nn.Momentum step on each batch of 27 samples (max|dw| <= 1e-5 * max|w|), workers bit-identical;
@@ -51,7 +52,7 @@ def _reference(optimizer):
     return sw.reference(optimizer)
 
 
-@pytest.mark.parametrize("case", sw.CASES + sw.FUNCTIONAL_CASES)
+@pytest.mark.parametrize("case", sw.CASES + sw.FUNCTIONAL_CASES + sw.EAGER_CASES)
 @pytest.mark.parametrize("mode", MODES)
 def test_sharded_weights_equal_single_process(dist, mode, case):
     ref, norms = _reference(case.split("-")[0])
