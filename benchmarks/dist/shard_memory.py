@@ -3,6 +3,7 @@
     python -m benchmarks.dist.shard_memory [--workers 2] [--rows 5000,10000] [--json out.json]
     python -m benchmarks.dist.shard_memory --from-json out.json     # the tables again, no run
     python -m benchmarks.dist.shard_memory --formula-only           # W = 8, 64 and a 7B model
+    python -m benchmarks.dist.shard_memory --collectives            # one AllReduce / AllGather alone
 
 Each (setting, size) runs in its own msrun launch (CPU workers, GRAPH mode, accumulation 2, 2
 windows) on a synthetic network: a (rows x 5000) matrix and two small tensors, float32, so
@@ -20,7 +21,8 @@ Constant terms (the runtime, the compiled graphs, their small tensors) cancel in
 between two sizes, in bytes per parameter. Measured (W = 2, see POOL_EXTENT_W2): built = 4 (only
 the weights are resident then: the accumulators and moments are zero-filled Parameters whose pages
 become resident when a graph first writes them); at the end = Parameters + pool extent + 4 (the
-AllReduce's buffers outside the pool); the peak adds the collectives' receive buffers.
+collectives' buffers outside the pool, on most workers); the peak adds the collectives' receive
+buffers for a moment.
 """
 
 from __future__ import annotations
@@ -73,17 +75,20 @@ def formula_per_param(setting: str, world: int) -> float:
 #   None: in use, the three full-size kernel outputs of the window end (concat, AllReduce output,
 #   weight slices: its compiled graph, MS_DEV_SAVE_GRAPHS) together (12); the extent adds
 #   the micro-step's gradient (the p0-sized Tile output) at an address of its own.
-# * 4 for the full-size AllReduce of the CPU collective library (mccl), outside the pool: one
-#   AllReduce of N float32 alone leaves 4N bytes resident besides its output and raises the peak by
-#   another 4N for a moment (its receive buffers), measured with W = 2.
+# * 4 outside the pool, held by the CPU collective library (mccl) once a full-size collective has
+#   run, and not given back by malloc_trim: on most workers (11 of the 12 of two runs; 0 on the
+#   others). ``--collectives``: one AllReduce of N float32 (or AllGather into N) alone leaves 4N
+#   bytes on one of the 2 workers, and raises every worker's peak by 4N-6N for a moment (the ring's
+#   receive buffers, chunks of 4N/W bytes).
 POOL_EXTENT_W2 = {"none": 16.0, "optimizer": 12.0, "gradients": 12.0}
 COLLECTIVE_RETAINED = 4.0
 
 
 def steady_per_param(setting: str, world: int):
     """Resident bytes per parameter above the baseline once every buffer has been used (the RSS at
-    the end of the run): Parameters + pool extent + the AllReduce's retained buffers. Measured at
-    W = 2 on the CPU backend only: None for another W."""
+    the end of the run): Parameters + pool extent + the collectives' retained buffers (on most
+    workers; 4 less on the others). Measured at W = 2 on the CPU backend only: None for another W.
+    The peak adds 1 to 3 ring chunks of 4/W for a moment."""
     if world != 2:
         return None
     return formula_per_param(setting, world) + POOL_EXTENT_W2[setting] + COLLECTIVE_RETAINED
@@ -152,6 +157,8 @@ def _worker(args) -> None:
         cell(Tensor(np.float32(1.0 + 0.1 * rank + 0.01 * step)))
         _ = net.params[1].asnumpy()  # (synchronises)
         trace.append((rss_mib() - baseline, peak_rss_mib() - baseline))
+    after = rss_mib()
+    _trim_heap()  # the C heap's free memory back to the OS: what stays is in use (or the pool's)
     result = {
         "rank": rank,
         "world": world,
@@ -162,7 +169,8 @@ def _worker(args) -> None:
         "parameter_bytes": sum(roles.values()),
         "rss_baseline_mib": baseline,
         "rss_built_mib": built,
-        "rss_after_mib": rss_mib(),
+        "rss_after_mib": after,
+        "rss_trimmed_mib": rss_mib(),
         "peak_rss_mib": peak_rss_mib(),
         "peak_reset": peak_reset,
         "trace_mib": trace,
@@ -209,31 +217,102 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args, setting: str, rows: int, tmp: str):
+def _launch(args, tag: str, worker_args, tmp: str):
+    """One msrun launch of ``--run-as-worker worker_args``; the ranks' results (``tag``_rank<r>.json)
+    with their memory pool's report."""
     env = worker_env()
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env.setdefault("MS_SUBMODULE_LOG_v", "{PRE_ACT:1}")  # the pool's report at exit (_POOL_LINE)
     msrun = shutil.which("msrun", path=env["PATH"])
     if msrun is None:
         sys.exit("msrun not found next to the Python interpreter (it comes with MindSpore)")
-    logs = os.path.join(tmp, f"logs_{setting}_{rows}")
+    logs = os.path.join(tmp, f"logs_{tag}")
     cmd = [msrun, f"--worker_num={args.workers}", f"--local_worker_num={args.workers}", "--master_addr=127.0.0.1"]
     cmd += [f"--master_port={_free_port()}", "--join=True", f"--log_dir={logs}"]
-    cmd += ["python", "-m", "benchmarks.dist.shard_memory", "--run-as-worker", "--out", tmp]
-    cmd += ["--setting", setting, "--rows", str(rows)]
+    cmd += ["python", "-m", "benchmarks.dist.shard_memory", "--run-as-worker", "--out", tmp, *worker_args]
     proc = subprocess.run(cmd, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1800)
     out = []
     for r in range(args.workers):
-        path = os.path.join(tmp, f"{setting}_{rows}_rank{r}.json")
+        path = os.path.join(tmp, f"{tag}_rank{r}.json")
         if proc.returncode != 0 or not os.path.exists(path):
             for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
                 with open(os.path.join(logs, name), errors="replace") as f:
                     sys.stderr.write(f"---- {name} ----\n" + "".join(f.readlines()[-40:]))
-            sys.exit(f"msrun failed for {setting}, rows {rows} (exit {proc.returncode})")
+            sys.exit(f"msrun failed for {tag} (exit {proc.returncode})")
         with open(path) as f:
             out.append(json.load(f))
         out[-1]["pool_mib"] = _pool_stats(os.path.join(logs, f"worker_{r}.log"))
     return out
+
+
+# ---------------------------------------------------------------------- the collectives alone
+
+
+def _probe_worker(args) -> None:
+    """One collective on a float32 Parameter, 3 times: AllReduce of ``n`` elements, or AllGather of
+    ``n / W`` (the window end's two, with outputs of n elements)."""
+    from benchmarks.common.proc_memory import import_mindspore, peak_rss_mib, reset_peak_rss, rss_mib
+
+    import_mindspore("graph")
+    import numpy as np
+    from mindspore import Parameter, Tensor, nn, ops
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    rank, world = get_rank(), get_group_size()
+    size = args.n if args.op == "allreduce" else args.n // world
+    baseline = rss_mib()
+
+    class Collective(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.x = Parameter(Tensor(np.full(size, 1.0, np.float32)), name="x")
+            self.op = ops.AllReduce(ops.ReduceOp.SUM) if args.op == "allreduce" else ops.AllGather()
+
+        def construct(self):
+            return self.op(self.x).sum()
+
+    net = Collective()
+    gc.collect()
+    _trim_heap()
+    built = rss_mib()
+    reset_peak_rss()
+    for _ in range(3):
+        net()
+    after = rss_mib()
+    _trim_heap()
+    result = {"rank": rank, "world": world, "op": args.op, "n": args.n, "rss_baseline_mib": baseline}
+    result.update(rss_built_mib=built, rss_after_mib=after, rss_trimmed_mib=rss_mib(), peak_rss_mib=peak_rss_mib())
+    with open(os.path.join(args.out, f"probe_{args.op}_{args.n}_rank{rank}.json"), "w") as f:
+        json.dump(result, f)
+
+
+def probe_report(runs: dict, world: int) -> str:
+    """Bytes per element of n (slopes between the two sizes) of one collective: its output in the
+    pool (extent), what stays resident outside the pool, and what the peak adds for a moment."""
+    lines = [
+        f"One collective alone, {world} CPU workers, output n float32 elements; bytes per element of n "
+        "(slopes between the two sizes):",
+        "",
+        "| collective | rank | pool extent | retained outside the pool | after malloc_trim | peak - end |",
+        "|---|---|---|---|---|---|",
+    ]
+    for op, by_n in runs.items():
+        ns = sorted(by_n)
+        for small, large in zip(by_n[ns[0]], by_n[ns[-1]]):
+
+            def slope(key, a=small, b=large):
+                return (key(b) - key(a)) * MIB / (b["n"] - a["n"])
+
+            extent = slope(lambda r: (r["pool_mib"] or {}).get("actual_peak", float("nan")))
+            end = slope(lambda r: r["rss_after_mib"] - r["rss_built_mib"])
+            trimmed = slope(lambda r: r["rss_trimmed_mib"] - r["rss_built_mib"])
+            peak = slope(lambda r: r["peak_rss_mib"] - r["rss_built_mib"])
+            lines.append(
+                f"| {op} | {small['rank']} | {extent:.2f} | {end - extent:.2f} | {trimmed - extent:.2f} "
+                f"| {peak - end:.2f} |"
+            )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- reports
@@ -247,6 +326,7 @@ def _measures(r) -> dict:
         "parameters": r["parameter_bytes"] / MIB,
         "built": r["rss_built_mib"] - r["rss_baseline_mib"],
         "end": trace[-1][0],
+        "trimmed": r.get("rss_trimmed_mib", float("nan")) - r["rss_baseline_mib"],
         "peak": r["peak_rss_mib"] - r["rss_baseline_mib"],
         "pool used": pool.get("peak_used", float("nan")),
         "pool extent": pool.get("actual_peak", float("nan")),
@@ -287,13 +367,14 @@ def report(runs: dict, world: int) -> str:
     lines += [
         "",
         "Slopes between the two sizes, bytes per parameter (the constants cancel). Model of the RSS once "
-        "every buffer has been used: Parameters + pool extent + 4 (the AllReduce's buffers outside the "
+        "every buffer has been used: Parameters + pool extent + 4 (the collectives' buffers outside the "
         "pool), with the pool extent measured (P + pool + 4) and as the formula of steady_per_param; the "
         f"peak adds the collectives' receive buffers for a moment (ring chunks of 4/W = {4 / world:g}):",
         "",
         "| shard | rank | Parameters | formula | RSS built (weights: 4) | pool in use | pool extent "
-        "| RSS at the end | P + pool + 4 | ratio | steady formula | ratio | peak RSS | peak - end (chunks) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| RSS at the end | P + pool + 4 | ratio | steady formula | ratio | after malloc_trim | peak RSS "
+        "| peak - end (chunks) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for setting, by_size in runs.items():
         sizes = sorted(by_size)
@@ -305,7 +386,7 @@ def report(runs: dict, world: int) -> str:
             lines.append(
                 f"| {setting} | {small['rank']} | {s['parameters']:.3f} | {formula_per_param(setting, world):g} "
                 f"| {s['built']:.2f} | {s['pool used']:.2f} | {s['pool extent']:.2f} | {s['end']:.2f} "
-                f"| {model:.2f} | {s['end'] / model:.3f} | {steady_cells} | {s['peak']:.2f} "
+                f"| {model:.2f} | {s['end'] / model:.3f} | {steady_cells} | {s['trimmed']:.2f} | {s['peak']:.2f} "
                 f"| {s['peak'] - s['end']:.2f} ({(s['peak'] - s['end']) / (4 / world):.1f}) |"
             )
     return "\n".join(lines)
@@ -337,13 +418,23 @@ def main() -> None:
     ap.add_argument("--json", metavar="PATH", help="write the workers' results there")
     ap.add_argument("--from-json", metavar="PATH", help="print the tables of an earlier --json, run nothing")
     ap.add_argument("--formula-only", action="store_true", help="print the formula for W = 8, 64 and Psi = 7e9")
+    ap.add_argument(
+        "--collectives",
+        action="store_true",
+        help="instead: the memory of one AllReduce and one AllGather alone, outputs of Psi(rows) elements",
+    )
     ap.add_argument("--run-as-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--setting", help=argparse.SUPPRESS)
+    ap.add_argument("--op", help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.run_as_worker:
-        args.rows = int(args.rows)
-        _worker(args)
+        if args.op:
+            _probe_worker(args)
+        else:
+            args.rows = int(args.rows)
+            _worker(args)
         return
     if args.formula_only:
         print(formula_table())
@@ -361,7 +452,20 @@ def main() -> None:
         if not rows or rows[0] < 1:
             sys.exit(f"--rows: positive integers separated by commas, e.g. 5000,10000; got {args.rows!r}")
         tmp = tempfile.mkdtemp(prefix="shard_memory_")
-        runs = {s: {r: _launch(args, s, r, tmp) for r in rows} for s in settings}
+        if args.collectives:
+            probes = {
+                op: {n: _launch(args, f"probe_{op}_{n}", ["--op", op, "--n", str(n)], tmp) for n in map(psi_of, rows)}
+                for op in ("allreduce", "allgather")
+            }
+            shutil.rmtree(tmp, ignore_errors=True)
+            print(probe_report(probes, args.workers))
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(probes, f, indent=1)
+            return
+        runs = {
+            s: {r: _launch(args, f"{s}_{r}", ["--setting", s, "--rows", str(r)], tmp) for r in rows} for s in settings
+        }
         shutil.rmtree(tmp, ignore_errors=True)
         world = args.workers
         if args.json:
