@@ -120,27 +120,6 @@ def _refuse_strings(save_obj, append_dict, path) -> None:
         )
 
 
-def load_checkpoint_verified(ckpt_file_name: str, net=None, **kwargs) -> dict:
-    """``mindspore.load_checkpoint`` that accepts only complete, undamaged files written with a
-    CRC, as :func:`save_checkpoint_atomic` writes them. The format follows the extension: a
-    ``.safetensors`` file must carry the CRC that ``crc_check=True`` stores in its header's
-    metadata (``crc_num``), which MindSpore then checks; any other file, the .ckpt CRC trailer.
-    A file without its CRC (e.g.
-    truncated) or whose CRC does not match raises ``ValueError``; ``FileNotFoundError`` if absent.
-    Other arguments as ``mindspore.load_checkpoint``."""
-    path = os.fspath(ckpt_file_name)
-    if path.endswith(".safetensors"):
-        return _load_safetensors_verified(path, net, kwargs)
-    size, stored_crc = _compat.checkpoint_crc_trailer(path)
-    if stored_crc is None:
-        raise ValueError(
-            f"checkpoint {path!r} ({size} bytes) has no CRC trailer: it is truncated or was not "
-            "written with crc_check=True (save_checkpoint_atomic writes it)"
-        )
-    kwargs["crc_check"] = True
-    return ms.load_checkpoint(path, net=net, **kwargs)
-
-
 def _safetensors_metadata(path: str) -> Optional[dict]:
     """The ``__metadata__`` of a safetensors file's header (None when it has none); ValueError
     when the header cannot be read (a file cut inside its header, or not safetensors)."""
@@ -171,5 +150,26 @@ def _load_safetensors_verified(path: str, net, kwargs: dict) -> dict:
         )
     if kwargs.setdefault("format", "safetensors") != "safetensors":
         raise ValueError(f"checkpoint {path!r} is safetensors (by its extension) but format={kwargs['format']!r}")
+    kwargs["crc_check"] = True
+    return ms.load_checkpoint(path, net=net, **kwargs)
+
+
+def load_checkpoint_verified(ckpt_file_name: str, net=None, **kwargs) -> dict:
+    """``mindspore.load_checkpoint`` that accepts only complete, undamaged files written with a
+    CRC, as :func:`save_checkpoint_atomic` writes them. The format follows the extension: a
+    ``.safetensors`` file must carry the CRC that ``crc_check=True`` stores in its header's
+    metadata (``crc_num``), which MindSpore then checks; any other file, the .ckpt CRC trailer.
+    A file without its CRC (e.g.
+    truncated) or whose CRC does not match raises ``ValueError``; ``FileNotFoundError`` if absent.
+    Other arguments as ``mindspore.load_checkpoint``."""
+    path = os.fspath(ckpt_file_name)
+    if path.endswith(".safetensors"):
+        return _load_safetensors_verified(path, net, kwargs)
+    size, stored_crc = _compat.checkpoint_crc_trailer(path)
+    if stored_crc is None:
+        raise ValueError(
+            f"checkpoint {path!r} ({size} bytes) has no CRC trailer: it is truncated or was not "
+            "written with crc_check=True (save_checkpoint_atomic writes it)"
+        )
     kwargs["crc_check"] = True
     return ms.load_checkpoint(path, net=net, **kwargs)
