@@ -152,9 +152,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _consolidate(args: List[str]) -> int:
-    """``consolidate OUT SHARD...``: the replicated checkpoint of a sharded run's rank checkpoints."""
+    """``consolidate OUT SHARD...``: the replicated checkpoint of a sharded run's rank checkpoints
+    (each file .ckpt or .safetensors by its extension)."""
     if len(args) < 2:
-        print("usage: python -m mindspore_accum consolidate OUT SHARD [SHARD...]", file=sys.stderr)
+        print(
+            "usage: python -m mindspore_accum consolidate OUT SHARD [SHARD...]\n"
+            "  OUT ending in .safetensors writes safetensors, otherwise a .ckpt; "
+            "each SHARD is read in the format of its extension",
+            file=sys.stderr,
+        )
         return 2
     from .sharded_checkpoint import consolidate_checkpoint
 

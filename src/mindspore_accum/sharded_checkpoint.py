@@ -16,6 +16,10 @@ window's counters and ``accumulation.shard`` = [mode, world size, rank] (mode 1:
   sharded one into the same rank of the same setting; anything else raises, naming both settings.
 
 ``python -m mindspore_accum consolidate OUT SHARD...`` runs :func:`consolidate_checkpoint`.
+
+Every path is read and written in the format of its extension: ``.safetensors`` (for large
+models: MindSpore reads it tensor by tensor, while a protobuf ``.ckpt`` is parsed whole in memory
+and MindSpore 2.10 refuses one larger than the free memory it estimates), anything else ``.ckpt``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,16 @@ def _describe(info) -> str:
     return f"rank {rank} of {world} workers with shard={_MODE_NAMES.get(mode, mode)!r}"
 
 
+def _format(path) -> str:
+    return "safetensors" if os.fspath(path).endswith(".safetensors") else "ckpt"
+
+
+def _load(path) -> Dict:
+    import mindspore as ms
+
+    return ms.load_checkpoint(os.fspath(path), format=_format(path))
+
+
 def _state_names(params: Dict, weights: Sequence[str]):
     """(name, weight) of every optimizer-state entry of ``params`` over ``weights``."""
     return [(f"{p}.{w}", w) for p in STATE_PREFIXES for w in weights if f"{p}.{w}" in params]
@@ -50,9 +64,11 @@ def consolidate_checkpoint(shard_paths: Sequence[str], out_path: str) -> str:
     """Merges the checkpoints of every rank of a sharded run (any order) into the replicated
     checkpoint ``out_path`` (written atomically, with a CRC). Returns the path written.
 
-    Raises ``ValueError`` when a file is not of a sharded window, the files are of different
-    settings or ranks are missing or repeated, or a window is pending in one of them."""
-    import mindspore as ms
+    The shard files may be ``.ckpt`` or ``.safetensors`` (by extension, mixed if need be);
+    ``out_path`` ending in ``.safetensors`` writes safetensors (with the CRC in its header),
+    otherwise a ``.ckpt``. Raises ``ValueError`` when a file is not of a sharded window, the files
+    are of different settings or ranks are missing or repeated, a window is pending in one of
+    them, or (safetensors out) an entry is a string, which safetensors cannot hold."""
     from mindspore import Tensor
 
     from .checkpoint import save_checkpoint_atomic
@@ -61,7 +77,7 @@ def consolidate_checkpoint(shard_paths: Sequence[str], out_path: str) -> str:
         raise ValueError("shard_paths must be a non-empty list of the checkpoint paths of every rank")
     by_rank, settings = {}, set()
     for path in shard_paths:
-        params = ms.load_checkpoint(os.fspath(path))
+        params = _load(path)
         if _INFO not in params:
             raise ValueError(
                 f"{path} is not the checkpoint of a sharded window (it has no {_INFO!r}); "
@@ -106,7 +122,16 @@ def consolidate_checkpoint(shard_paths: Sequence[str], out_path: str) -> str:
             continue
         out.append({"name": name, "data": param})
     out += [{"name": name, "data": Tensor(array)} for name, array in merged.items()]
-    return save_checkpoint_atomic(out, out_path)
+    # strings (from append_dict of the rank checkpoints) go back the way they came: a list of
+    # entries takes Parameters only; safetensors holds no strings at all
+    strings = {e["name"]: e["data"] for e in out if isinstance(e["data"], str)}
+    if strings and _format(out_path) == "safetensors":
+        raise ValueError(
+            f"the entries {sorted(strings)} of the rank checkpoints are strings, which safetensors cannot hold: "
+            f"consolidate into a .ckpt instead of {os.fspath(out_path)!r}"
+        )
+    out = [e for e in out if e["name"] not in strings]
+    return save_checkpoint_atomic(out, out_path, append_dict=strings or None)
 
 
 def load_window_checkpoint(window, ckpt, *, strict: bool = True):
@@ -115,11 +140,12 @@ def load_window_checkpoint(window, ckpt, *, strict: bool = True):
     each worker takes its pieces of the optimizer state. A sharded checkpoint loads only into
     the rank and setting that wrote it (else ValueError naming both: consolidate it first).
     ``strict``: every Parameter of ``window`` must be in the checkpoint (ValueError naming the
-    missing ones). Returns the names of the checkpoint's entries the window has no Parameter for."""
+    missing ones). A path ending in ``.safetensors`` is read as safetensors, any other as a .ckpt.
+    Returns the names of the checkpoint's entries the window has no Parameter for."""
     import mindspore as ms
     from mindspore import Parameter, Tensor
 
-    source = ckpt if isinstance(ckpt, dict) else ms.load_checkpoint(os.fspath(ckpt))
+    source = ckpt if isinstance(ckpt, dict) else _load(ckpt)
     what = "the checkpoint" if isinstance(ckpt, dict) else repr(os.fspath(ckpt))
     owner = type(window).__name__
     sharding = getattr(window, "_sharding", None)

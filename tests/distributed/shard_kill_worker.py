@@ -1,16 +1,18 @@
-"""Worker for tests/distributed/test_sharded_kill_resume.py: a sharded run that checkpoints every
-micro-step on every rank, can kill itself, and resumes from the last step every rank saved.
+"""Worker for tests/distributed/test_sharded_kill_resume.py: sharded runs that checkpoint every
+micro-step on every rank, can kill themselves, and resume from the last step every rank saved.
 
     msrun --worker_num=2 ... tests/distributed/shard_kill_worker.py --out DIR --dir CKPT \
-        --shard optimizer [--kill-rank R --kill-at K]
+        --run optimizer:whole-optimizer --run optimizer:optimizer:1@3 ...
 
-GradAccumCell + FusedAdamW (clip) with shard=..., GRAPH mode, the uneven micro-batches of
-shard_worker (3 windows of 2 micro-steps). After micro-step k (1-based) rank r writes
-``CKPT/r<r>-s<k>.ckpt`` (save_checkpoint_atomic). At start every rank loads its own checkpoint
-of the last step for which every rank has one (a killed rank may lag its peer by a step), and
-continues from there. ``--kill-rank R --kill-at K``: rank R kills itself (SIGKILL) right after
-writing step K -- mid-window when K is odd. Writes ``DIR/rank<r>.npz`` (final weights and the
-optimizer state) and ``DIR/rank<r>.json``.
+Each ``--run SHARD:NAME[:R@K]`` (in order, in one process: one msrun launch serves several runs)
+is a GradAccumCell + FusedAdamW (clip) with shard=SHARD, GRAPH mode, the uneven micro-batches of
+shard_worker (3 windows of 2 micro-steps), checkpointing into ``CKPT/NAME``: after micro-step k
+(1-based) rank r writes ``CKPT/NAME/r<r>-s<k>.ckpt`` (save_checkpoint_atomic). At its start every
+rank loads its own checkpoint of the last step for which every rank has one (a killed rank may
+lag its peer by a step), and continues from there. ``R@K``: rank R kills itself (SIGKILL) right
+after writing step K -- mid-window when K is odd -- which takes the whole job down. After each
+completed run, ``DIR/rank<r>.npz`` (final weights and optimizer state of every completed run,
+as ``NAME/<parameter>``) and ``DIR/rank<r>.json`` (``runs``: NAME -> resumed_from) are rewritten.
 """
 
 from __future__ import annotations
@@ -42,41 +44,49 @@ def last_common_step(directory, world):
     return max(common, default=0)
 
 
+def _run(shard, directory, rank, world, kill_rank=-1, kill_at=-1):
+    """One run (resumed from ``directory`` if it holds checkpoints): (final state, resumed_from)."""
+    import mindspore_accum as ma
+
+    cell = sw._adamw_cell(shard)
+    start = last_common_step(directory, world)
+    if start:
+        ms.load_checkpoint(os.path.join(directory, f"r{rank}-s{start}.ckpt"), net=cell)
+    x, y = sw.dw.make_data()
+    os.makedirs(directory, exist_ok=True)
+    steps = sw.schedule(rank)
+    for k in range(start, len(steps)):
+        first, size = steps[k]
+        cell(Tensor(x[first : first + size]), Tensor(y[first : first + size]))
+        ma.save_checkpoint_atomic(cell, os.path.join(directory, f"r{rank}-s{k + 1}.ckpt"))
+        if rank == kill_rank and k + 1 == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return {p.name: p.asnumpy() for p in cell.get_parameters()}, start
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--dir", required=True)
-    ap.add_argument("--shard", default="optimizer")
-    ap.add_argument("--kill-rank", type=int, default=-1)
-    ap.add_argument("--kill-at", type=int, default=-1)
+    ap.add_argument("--run", action="append", required=True, help="SHARD:NAME[:KILL_RANK@KILL_AT]")
     args = ap.parse_args(argv)
 
     from mindspore.communication import get_group_size, get_rank, init
-
-    import mindspore_accum as ma
 
     init()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
     rank, world = get_rank(), get_group_size()
     ms.set_context(mode=ms.GRAPH_MODE)
-    cell = sw._adamw_cell(args.shard)
-    start = last_common_step(args.dir, world)
-    if start:
-        ms.load_checkpoint(os.path.join(args.dir, f"r{rank}-s{start}.ckpt"), net=cell)
-    x, y = sw.dw.make_data()
-    os.makedirs(args.dir, exist_ok=True)
-    steps = sw.schedule(rank)
-    for k in range(start, len(steps)):
-        first, size = steps[k]
-        cell(Tensor(x[first : first + size]), Tensor(y[first : first + size]))
-        ma.save_checkpoint_atomic(cell, os.path.join(args.dir, f"r{rank}-s{k + 1}.ckpt"))
-        if rank == args.kill_rank and k + 1 == args.kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-    state = {p.name: p.asnumpy() for p in cell.get_parameters()}
     os.makedirs(args.out, exist_ok=True)
-    np.savez(os.path.join(args.out, f"rank{rank}.npz"), **state)
-    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
-        json.dump({"rank": rank, "world": world, "resumed_from": start}, f)
+    arrays, runs = {}, {}
+    for spec in args.run:
+        shard, name, *kill = spec.split(":")
+        kill_rank, kill_at = (int(v) for v in kill[0].split("@")) if kill else (-1, -1)
+        state, runs[name] = _run(shard, os.path.join(args.dir, name), rank, world, kill_rank, kill_at)
+        arrays.update({f"{name}/{k}": v for k, v in state.items()})
+        np.savez(os.path.join(args.out, f"rank{rank}.npz"), **arrays)
+        with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
+            json.dump({"rank": rank, "world": world, "runs": runs}, f)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ BATCH = sum(map(sum, SIZES))  # 27
 ADAM_LR, ADAM_DECAY, CLIP = 0.02, 0.01, 0.3
 OPTIMIZERS = ("adamw", "momentum")  # adamw: FusedAdamW with clip_global_norm=CLIP
 SHARDS = ("optimizer", "gradients")
+# The format of the replicated checkpoint each shard mode's cells load in checkpoint_cases: both
+# formats read by load_window_checkpoint without a second set of cells to train.
+REPLICATED_FORMAT = {"optimizer": "ckpt", "gradients": "safetensors"}
 BACKENDS = ("kernels", "native")
 CASES = tuple(f"{o}-{s}-{b}" for o in OPTIMIZERS for s in SHARDS for b in BACKENDS)
 # parameter groups: per-group learning rate and weight decay, on pieces of the weights
@@ -231,10 +234,11 @@ def _adamw_cell(shard):
 
 
 def checkpoint_cases(out, rank):
-    """GRAPH mode, FusedAdamW: (1) each shard mode saves its rank checkpoint after 2 updates and
-    makes the 3rd (the test consolidates the files and resumes on 1 worker); (2) a replicated
-    cell's checkpoint after 2 updates, loaded into sharded cells that make the 3rd; (3) loading a
-    checkpoint of another setting raises. Returns (weights by name, record)."""
+    """GRAPH mode, FusedAdamW: (1) each shard mode saves its rank checkpoint after 2 updates
+    (as .ckpt and as .safetensors) and makes the 3rd (the test consolidates the files and resumes
+    on 1 worker); (2) a replicated cell's checkpoint after 2 updates (.ckpt and .safetensors),
+    loaded into sharded cells (in the format REPLICATED_FORMAT gives) that make the 3rd; (3)
+    loading a checkpoint of another setting raises. Returns (weights by name, record)."""
     import mindspore_accum as ma
 
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -243,15 +247,17 @@ def checkpoint_cases(out, rank):
     for shard in SHARDS:
         cell = _adamw_cell(shard)
         _train(cell, rank, (0, 2))
-        ma.save_checkpoint_atomic(cell, os.path.join(out, f"{shard}-rank{rank}.ckpt"))
+        for ext in ("ckpt", "safetensors"):
+            ma.save_checkpoint_atomic(cell, os.path.join(out, f"{shard}-rank{rank}.{ext}"))
         _train(cell, rank, (2, 3))
         weights[f"saved-{shard}"] = [w.asnumpy() for w in cell.weights]
     replicated = _adamw_cell(None)
     _train(replicated, rank, (0, 2))
-    path = ma.save_checkpoint_atomic(replicated, os.path.join(out, f"replicated-rank{rank}.ckpt"))
+    for ext in ("ckpt", "safetensors"):
+        ma.save_checkpoint_atomic(replicated, os.path.join(out, f"replicated-rank{rank}.{ext}"))
     for shard in SHARDS:
         cell = _adamw_cell(shard)
-        ma.load_window_checkpoint(cell, path)
+        ma.load_window_checkpoint(cell, os.path.join(out, f"replicated-rank{rank}.{REPLICATED_FORMAT[shard]}"))
         _train(cell, rank, (2, 3))
         weights[f"from-replicated-{shard}"] = [w.asnumpy() for w in cell.weights]
     errors = {}

@@ -21,6 +21,7 @@ updates. Checked against what the test computes itself:
 """
 
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -162,7 +163,9 @@ def _close(weights, ref, what):
 @pytest.mark.parametrize("shard", sw.SHARDS)
 def test_replicated_checkpoint_resumes_on_sharded_workers(dist, shard):
     """2 updates replicated, saved, loaded into sharded cells (each worker takes its pieces of the
-    moments), 1 more update: the single-process run of 3 updates."""
+    moments; "optimizer" from a .ckpt, "gradients" from a .safetensors), 1 more update: the
+    single-process run of 3 updates."""
+    assert sorted(sw.REPLICATED_FORMAT.values()) == ["ckpt", "safetensors"]
     ref, _ = _reference("adamw")
     for r in range(WORLD):
         _close(_ckpt_weights(dist, f"from-replicated-{shard}", r), ref, f"rank {r} from replicated, {shard}")
@@ -179,8 +182,9 @@ def test_loading_another_setting_raises_naming_both(dist):
             assert "consolidate_checkpoint" in message
 
 
-def _resume_on_one_worker(path):
-    """A replicated cell on 1 worker, loaded from ``path``, makes the 3rd update on all 27 samples."""
+def _resume_on_one_worker(path, fmt):
+    """A replicated cell on 1 worker, loaded from ``path`` (format ``fmt``), makes the 3rd update
+    on all 27 samples."""
     import mindspore as ms
     from mindspore import Tensor
 
@@ -191,9 +195,9 @@ def _resume_on_one_worker(path):
     opt = FusedAdamW(net.trainable_params(), sw.ADAM_LR, weight_decay=sw.ADAM_DECAY)
     cell = GradAccumCell(loss_net, opt, 4, clip_global_norm=sw.CLIP)
     names = {p.name: p.shape for p in cell.get_parameters()}
-    loaded = ms.load_checkpoint(str(path))
+    loaded = ms.load_checkpoint(str(path), format=fmt)
     assert {n: tuple(p.shape) for n, p in loaded.items()} == {n: tuple(s) for n, s in names.items()}
-    ms.load_param_into_net(cell, loaded, strict_load=True)
+    ms.load_checkpoint(str(path), net=cell, strict_load=True, format=fmt)
     assert int(opt.global_step.asnumpy().reshape(-1)[0]) == 2
     start = 2 * sw.BATCH
     for size in (8, 8, 8, 3):
@@ -202,25 +206,52 @@ def _resume_on_one_worker(path):
     return [p.asnumpy() for p in net.trainable_params()]
 
 
+# (format of the merged file, formats of the rank files by rank)
+FORMATS = [("ckpt", ("ckpt", "ckpt")), ("safetensors", ("safetensors", "ckpt"))]
+
+
+@pytest.mark.parametrize("fmt, shard_formats", FORMATS, ids=[f for f, _ in FORMATS])
 @pytest.mark.parametrize("shard", sw.SHARDS)
-def test_consolidated_checkpoint_resumes_on_one_worker(dist_dir, shard, tmp_path):
-    """Rank checkpoints after 2 updates, consolidated (given in any order) into the replicated
-    format -- the names and shapes a shard=None cell has -- and resumed on 1 worker: its 3rd
-    update equals the 2-worker run's."""
+def test_consolidated_checkpoint_resumes_on_one_worker(dist_dir, shard, fmt, shard_formats, tmp_path):
+    """Rank checkpoints after 2 updates, consolidated (given in any order; .safetensors: from a
+    .safetensors and a .ckpt) into the replicated format -- the names and shapes a shard=None cell
+    has -- and resumed on 1 worker: its 3rd update equals the 2-worker run's. The merged file is
+    in the format of its extension, with its CRC (load_checkpoint_verified accepts it)."""
+    import mindspore as ms
+
+    from mindspore_accum import consolidate_checkpoint, load_checkpoint_verified
+
+    tmp, dist = dist_dir
+    shards = [tmp / "out" / "ckpt" / f"{shard}-rank{r}.{shard_formats[r]}" for r in reversed(range(WORLD))]
+    before = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        out = consolidate_checkpoint([str(p) for p in shards], str(tmp_path / f"merged.{fmt}"))
+        assert out.endswith(f"merged.{fmt}")
+        load_checkpoint_verified(out)
+        weights = _resume_on_one_worker(out, fmt)
+    finally:
+        ms.set_context(mode=before)
+    _close(weights, _ckpt_weights(dist, f"saved-{shard}"), f"consolidated {shard} ({fmt}), resumed on 1 worker")
+
+
+def test_consolidate_to_safetensors_refuses_string_entries(dist_dir, tmp_path):
+    """A string entry of the rank checkpoints (e.g. saved with append_dict) cannot go into
+    safetensors: a ValueError naming it, before anything is written; a .ckpt takes it."""
     import mindspore as ms
 
     from mindspore_accum import consolidate_checkpoint
 
-    tmp, dist = dist_dir
-    shards = [tmp / "out" / "ckpt" / f"{shard}-rank{r}.ckpt" for r in reversed(range(WORLD))]
-    before = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    try:
-        out = consolidate_checkpoint([str(p) for p in shards], str(tmp_path / "merged.ckpt"))
-        weights = _resume_on_one_worker(out)
-    finally:
-        ms.set_context(mode=before)
-    _close(weights, _ckpt_weights(dist, f"saved-{shard}"), f"consolidated {shard}, resumed on 1 worker")
+    tmp, _ = dist_dir
+    shards = []
+    for r in range(WORLD):
+        params = ms.load_checkpoint(str(tmp / "out" / "ckpt" / f"optimizer-rank{r}.ckpt"))
+        shards.append(str(tmp_path / f"rank{r}.ckpt"))
+        ms.save_checkpoint(list(params.values()), shards[-1], append_dict={"run_name": "a"})
+    with pytest.raises(ValueError, match=r"\['run_name'\] .*strings.*consolidate into a \.ckpt"):
+        consolidate_checkpoint(shards, str(tmp_path / "merged.safetensors"))
+    assert not [p for p in os.listdir(tmp_path) if "safetensors" in p]
+    assert ms.load_checkpoint(consolidate_checkpoint(shards, str(tmp_path / "merged.ckpt")))["run_name"] == "a"
 
 
 def test_consolidate_refuses_missing_ranks_and_command_line(dist_dir, tmp_path):
@@ -239,14 +270,14 @@ def test_consolidate_refuses_missing_ranks_and_command_line(dist_dir, tmp_path):
         consolidate_checkpoint([str(ckpt / "optimizer-rank0.ckpt"), str(ckpt / "gradients-rank1.ckpt")], "y")
     with pytest.raises(ValueError, match="not the checkpoint of a sharded window"):
         consolidate_checkpoint([str(ckpt / "replicated-rank0.ckpt")], "z")
-    out = tmp_path / "cli.ckpt"
-    shards = [str(ckpt / f"gradients-rank{r}.ckpt") for r in range(WORLD)]
+    out = tmp_path / "cli.safetensors"  # the command line writes the format of OUT's extension
+    shards = [str(ckpt / f"gradients-rank{r}.{ext}") for r, ext in enumerate(("safetensors", "ckpt"))]
     proc = subprocess.run(
         [sys.executable, "-m", "mindspore_accum", "consolidate", str(out), *shards], capture_output=True
     )
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     by_function = ms.load_checkpoint(consolidate_checkpoint(shards, str(tmp_path / "fn.ckpt")))
-    by_cli = ms.load_checkpoint(str(out))
-    assert list(by_cli) == list(by_function)
+    by_cli = ms.load_checkpoint(str(out), format="safetensors")
+    assert sorted(by_cli) == sorted(by_function)
     for name in by_cli:
         assert np.array_equal(by_cli[name].asnumpy(), by_function[name].asnumpy()), name
