@@ -185,6 +185,8 @@ SLOW = {
     "cell/test_model_train_checkpoint.py::test_resume_from_the_epoch_checkpoint_equals_the_uninterrupted_run",
     "cell/test_default_log_level.py",
     "distributed/test_distributed.py",
+    "distributed/test_sharded.py",
+    "distributed/test_sharded_kill_resume.py",
     "examples/test_example.py::test_graph_two_updates",
     "examples/test_example.py::test_pynative_two_updates_via_download",
     "examples/test_example.py::test_resume_mid_epoch_and_mid_window",

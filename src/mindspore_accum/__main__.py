@@ -143,8 +143,28 @@ def report() -> List[str]:
     return lines
 
 
-def main() -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["consolidate"]:
+        return _consolidate(argv[1:])
     print("\n".join(report()))
+    return 0
+
+
+def _consolidate(args: List[str]) -> int:
+    """``consolidate OUT SHARD...``: the replicated checkpoint of a sharded run's rank checkpoints
+    (each file .ckpt or .safetensors by its extension)."""
+    if len(args) < 2:
+        print(
+            "usage: python -m mindspore_accum consolidate OUT SHARD [SHARD...]\n"
+            "  OUT ending in .safetensors writes safetensors, otherwise a .ckpt; "
+            "each SHARD is read in the format of its extension",
+            file=sys.stderr,
+        )
+        return 2
+    from .sharded_checkpoint import consolidate_checkpoint
+
+    print(consolidate_checkpoint(args[1:], args[0]))
     return 0
 
 

@@ -73,10 +73,11 @@ class AccumulationState(nn.Cell):
       compiled graph keeps the buffer of a Parameter whose data Python replaces).
     """
 
-    def __init__(self, weights, accumulation_steps: int, world_size: int, loss_scale: float):
+    def __init__(self, weights, accumulation_steps: int, world_size: int, loss_scale: float, accumulators=None):
         super().__init__()
         # Created in this order: a checkpoint lists them so (as before the state was one object).
-        self.accumulators = zeros_like_params(weights, "accumulators")
+        # ``accumulators``: given by a window that shards them (shard="gradients").
+        self.accumulators = zeros_like_params(weights, "accumulators") if accumulators is None else accumulators
         self.micro_step = _counter("accumulation.micro_step", 0, ms.int32)
         self.items = _counter("accumulation.items", 0, ms.int64)
         self.window_steps = _counter("accumulation.window_steps", accumulation_steps, ms.int32)

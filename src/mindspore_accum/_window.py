@@ -21,6 +21,8 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from . import _optimizers, backends
+from ._sharded_window import ShardedWindow
+from ._sharding import check_mode
 from ._state import APPLIED, AccumulationState, SkipReason
 from .backends import choose_backend
 from .optim import FusedOptimizer
@@ -44,12 +46,15 @@ class AccumulationWindow(nn.Cell):
         super().__init__(auto_prefix=False)  # the weights' and the state's names stay as they are
 
     # ------------------------------------------------------------------ construction
-    def _init_window(self, optimizer, accumulation_steps, *, clip_global_norm, loss_scale, nonfinite, backend):
+    def _init_window(
+        self, optimizer, accumulation_steps, *, clip_global_norm, loss_scale, nonfinite, backend, shard=None
+    ):
         """Checks the window's arguments and creates its state (the Parameters' place in
         ``parameters_dict()`` follows the order of assignment: the state first)."""
         owner = type(self).__name__
         _optimizers.check_optimizer(optimizer, owner=owner)
         _check_window_arguments(accumulation_steps, clip_global_norm, nonfinite)
+        check_mode(shard, owner)
         # A schedule: read at the start of every window (Python dispatch), see _start_window.
         self._schedule = _steps_schedule(accumulation_steps)
         self._scheduled = self._schedule is not None
@@ -64,7 +69,17 @@ class AccumulationWindow(nn.Cell):
         self.distributed = self.world_size > 1
         update_cell, scale_value = _loss_scale_cell(loss_scale, owner)
         weights = _optimizers.weights(optimizer)
-        self.state = AccumulationState(weights, self.accumulation_steps, self.world_size, scale_value)
+        # One worker holds everything: sharding is then the replicated window (same checkpoints).
+        self.shard_mode = shard if self.distributed else None
+        self._sharding = None
+        accumulators = None
+        if self.shard_mode is not None:  # before the state: the optimizer's full state is released first
+            from mindspore.communication import get_rank
+
+            self._sharding = ShardedWindow(shard, optimizer, weights, self.world_size, get_rank(), owner)
+            if shard == "gradients":
+                accumulators = self._sharding.make_accumulators()
+        self.state = AccumulationState(weights, self.accumulation_steps, self.world_size, scale_value, accumulators)
         return weights, update_cell
 
     def _attach_optimizer(self, optimizer, weights, update_cell) -> None:
@@ -123,7 +138,9 @@ class AccumulationWindow(nn.Cell):
         pending, _ = self._pending_window()
         if pending == 0 and not self.distributed:
             return False
-        if pending == 0:  # its accumulators still hold the last window's sums: it must add zeros
+        # Its accumulators still hold the last window's sums, and it must add zeros ("gradients"
+        # holds sums already reduced over every worker: they are this window's).
+        if pending == 0 and self.shard_mode != "gradients":
             self._graph_zero_accumulators()
         return self._finish_window()
 
@@ -166,7 +183,10 @@ class AccumulationWindow(nn.Cell):
         """Adds ``weight * grads`` to the window (the first micro-batch writes) and counts the
         micro-batch, its ``items`` (int64) and ``loss_sum`` (its loss summed over its items)."""
         first = ops.equal(self.state.micro_step, 0)  # the first micro-batch writes its accumulator
-        out = self._ops.accumulate(self.state.accumulators, grads, weight, first)
+        if self.shard_mode == "gradients":  # reduced into this worker's range first
+            out = self._sharding.accumulate(self._ops, self.state.accumulators, grads, weight, first)
+        else:
+            out = self._ops.accumulate(self.state.accumulators, grads, weight, first)
         # With a schedule, Python records the window's steps when it starts (_start_window): a
         # compiled graph would keep the value it was compiled with.
         steps = None if self._scheduled else self.accumulation_steps
@@ -187,16 +207,27 @@ class AccumulationWindow(nn.Cell):
     def _window_end(self):
         """One window end: every write comes after every step that can fail, so an error leaves
         the state of before the window end (see docs/design.md)."""
-        sources, items, micro_batches, loss_sum = self._window_sum()
-        squares = self._ops.sum_of_squares(sources)
+        if self.shard_mode is None:
+            sources, items, micro_batches, loss_sum = self._window_sum()
+            squares = self._ops.sum_of_squares(sources)
+        else:  # this worker's pieces of the sum; squares over all workers
+            sources, items, micro_batches, loss_sum, squares = self._sharding.window_sum(self.state, self._ops)
         finite = ops.isfinite(squares)
         # the scale the window was computed with, read before the loss-scale cell may change it
         grad_scale = self._normalise(items, squares)
         proceed = ops.logical_and(finite, items > 0)
-        if proceed:
-            out = self._update(sources, grad_scale)
+        if self.shard_mode is None:
+            if proceed:
+                out = self._update(sources, grad_scale)
+            else:
+                out = self._done
         else:
-            out = self._done
+            pieces = self._sharding.weight_pieces(self.weights)
+            if proceed:
+                pieces, out = self.optimizer._shard_update(pieces, sources, grad_scale)
+            else:
+                out = self._done
+            out = self._sharding.gather(self.weights, pieces, out)
         if self.scale_update_cell is not None:
             out = ops.depend(out, self.scale_update_cell(self.state.loss_scale, ops.logical_not(finite)))
         return self.state.close_window(out, finite, items, micro_batches, loss_sum)
@@ -288,10 +319,12 @@ class AccumulationWindow(nn.Cell):
         A window whose end was interrupted is full; one loaded from a checkpoint accumulated under
         another ``accumulation_steps`` ends early, as a flush (with a warning); one from another
         world size cannot be finished correctly and raises."""
+        owner = type(self).__name__
+        if self._sharding is not None:
+            self._sharding.check_loaded(owner)
         pending = self.pending
         if pending == 0:
             return 0, False
-        owner = type(self).__name__
         stored_world = int(self.state.window_world_size.asnumpy())
         if stored_world != self.world_size:
             raise ValueError(

@@ -70,6 +70,8 @@ class GradAccumulator(AccumulationWindow):
         nonfinite: ``"skip"`` (warn, unless a dynamic loss scale expects overflows) or ``"raise"``
             (``FloatingPointError``) for a skipped window.
         backend: ``"auto"``, ``"kernels"`` or ``"native"`` (as :class:`GradAccumCell`).
+        shard: ``None``, ``"optimizer"`` or ``"gradients"``: the optimizer state (and the
+            accumulators) split over data-parallel workers, as :class:`GradAccumCell`.
 
     Checkpoints: ``ms.save_checkpoint(accumulator, path)`` holds the weights the optimizer
     updates, the optimizer's state and the window (accumulators and counters, the loss scale);
@@ -86,6 +88,7 @@ class GradAccumulator(AccumulationWindow):
         loss_scale=None,
         nonfinite: str = "skip",
         backend: str = "auto",
+        shard: Optional[str] = None,
     ):
         super().__init__()
         weights, update_cell = self._init_window(
@@ -95,6 +98,7 @@ class GradAccumulator(AccumulationWindow):
             loss_scale=loss_scale,
             nonfinite=nonfinite,
             backend=backend,
+            shard=shard,
         )
         self._attach_optimizer(optimizer, weights, update_cell)
         self._false = Tensor(False, ms.bool_)

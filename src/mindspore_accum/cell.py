@@ -84,6 +84,13 @@ class GradAccumCell(AccumulationWindow):
             (MindSpore's operators: every device, e.g. Ascend). Same math, state and checkpoints.
         has_aux: the network returns extra outputs after the loss (see above), as in
             ``ms.value_and_grad(..., has_aux=True)``; the cell then returns ``(loss, aux)``.
+        shard: ``None`` (every worker holds all state), ``"optimizer"`` (ZeRO-1: each of the W
+            data-parallel workers keeps the optimizer state for its 1/W of the flattened weights;
+            micro-steps unchanged; per window one full-size reduction, one small all-reduce and
+            one all-gather of the weights) or ``"gradients"`` (ZeRO-2: also the accumulators;
+            one full-size reduction per micro-step, and every worker must run the same number
+            of micro-steps per window). With FusedAdamW or FusedMomentum only; no-op on one
+            worker. Checkpoints: see :mod:`mindspore_accum.sharded_checkpoint`.
         jit_micro_step: in PYNATIVE mode, run each call from Python -- the micro-step and, every
             ``accumulation_steps``-th call, the window end -- as one compiled graph (``ms.jit``;
             the default) -- the speed of a ``@ms.jit`` train step. False runs the micro-step
@@ -105,6 +112,7 @@ class GradAccumCell(AccumulationWindow):
         nonfinite: str = "skip",
         micro_batch_weight: str = "size",
         backend: str = "auto",
+        shard: Optional[str] = None,
         has_aux: bool = False,
         jit_micro_step: bool = True,
     ):
@@ -127,6 +135,7 @@ class GradAccumCell(AccumulationWindow):
             loss_scale=loss_scale,
             nonfinite=nonfinite,
             backend=backend,
+            shard=shard,
         )
         self.network = network_with_loss
         self._attach_optimizer(optimizer, weights, update_cell)

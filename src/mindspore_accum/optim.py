@@ -22,6 +22,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ._compat import opt_init_args_register, optimizer_parameters
+from ._sharded_optim import ShardedStateMixin
 from ._state import zeros_like_params
 from .backends import choose_backend
 
@@ -39,7 +40,7 @@ class FusedSpec(NamedTuple):
     #                                       _per_tensor_vectors / _native_per_tensor)
 
 
-class FusedOptimizer(nn.Optimizer):
+class FusedOptimizer(ShardedStateMixin, nn.Optimizer):
     """Base of the fused optimizers: the update of a whole window is :meth:`window_update`.
 
     A subclass sets ``spec`` (a :class:`FusedSpec`), calls :meth:`_setup_fused` in its

@@ -14,7 +14,7 @@ from typing import NamedTuple, Sequence, Tuple
 import mindspore as ms
 from mindspore import nn, ops
 
-__all__ = ["NativeBackend", "NativeUpdate", "UPDATES", "update"]
+__all__ = ["NativeBackend", "NativeUpdate", "UPDATES", "update", "update_values"]
 
 _accumulate_native = ops.MultitypeFuncGraph("accumulate_native")
 _square_sum = ops.MultitypeFuncGraph("square_sum")
@@ -57,29 +57,57 @@ class NativeBackend(nn.Cell):
 _momentum_native = ops.MultitypeFuncGraph("momentum_native")
 
 
-@_momentum_native.register("Tuple", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
-def _momentum_one(hyper, lr, weight_decay, param, moment, source):
-    """csrc/accum_math.h momentum_value, with MindSpore operators."""
+def _momentum_math(hyper, lr, weight_decay, param, moment, source):
+    """csrc/accum_math.h momentum_value, with MindSpore operators: (new param, new moment)."""
     momentum, grad_scale, nesterov = hyper
     g = ops.cast(source, ms.float32) * grad_scale + weight_decay * param
     v = momentum * moment + g
     step = g + momentum * v if nesterov else v
-    return ops.depend(ops.assign(param, param - lr * step), ops.assign(moment, v))
+    return param - lr * step, v
+
+
+@_momentum_native.register("Tuple", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+def _momentum_one(hyper, lr, weight_decay, param, moment, source):
+    new_param, v = _momentum_math(hyper, lr, weight_decay, param, moment, source)
+    return ops.depend(ops.assign(param, new_param), ops.assign(moment, v))
 
 
 _adamw_native = ops.MultitypeFuncGraph("adamw_native")
 
 
-@_adamw_native.register("Tuple", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
-def _adamw_one(hyper, lr, weight_decay, param, m, v, source):
-    """csrc/accum_math.h adamw_value, with MindSpore operators."""
+def _adamw_math(hyper, lr, weight_decay, param, m, v, source):
+    """csrc/accum_math.h adamw_value, with MindSpore operators: (new param, new m, new v)."""
     beta1, beta2, eps, grad_scale, bias_correction1, bias_correction2 = hyper
     g = ops.cast(source, ms.float32) * grad_scale
     m_new = beta1 * m + (1.0 - beta1) * g
     v_new = beta2 * v + (1.0 - beta2) * g * g
     u = (m_new / bias_correction1) / (ops.sqrt(v_new) / ops.sqrt(bias_correction2) + eps)
-    written = ops.assign(param, param - lr * weight_decay * param - lr * u)
+    return param - lr * weight_decay * param - lr * u, m_new, v_new
+
+
+@_adamw_native.register("Tuple", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+def _adamw_one(hyper, lr, weight_decay, param, m, v, source):
+    new_param, m_new, v_new = _adamw_math(hyper, lr, weight_decay, param, m, v, source)
+    written = ops.assign(param, new_param)
     return ops.depend(written, ops.depend(ops.assign(m, m_new), ops.assign(v, v_new)))
+
+
+# The same updates for a piece of a weight (shard=...): the piece is not a Parameter, so the
+# function returns its new value (the state, whole Parameters of piece size, is assigned).
+_momentum_value = ops.MultitypeFuncGraph("momentum_value")
+_adamw_value = ops.MultitypeFuncGraph("adamw_value")
+
+
+@_momentum_value.register("Tuple", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+def _momentum_value_one(hyper, lr, weight_decay, param, moment, source):
+    new_param, v = _momentum_math(hyper, lr, weight_decay, param, moment, source)
+    return ops.depend(new_param, ops.assign(moment, v))
+
+
+@_adamw_value.register("Tuple", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+def _adamw_value_one(hyper, lr, weight_decay, param, m, v, source):
+    new_param, m_new, v_new = _adamw_math(hyper, lr, weight_decay, param, m, v, source)
+    return ops.depend(new_param, ops.depend(ops.assign(m, m_new), ops.assign(v, v_new)))
 
 
 def _norm(x):
@@ -144,6 +172,17 @@ UPDATES = {
     # its per-tensor argument is [weight_decay, lars] (FusedLARS), not the weight decay alone
     "lars_update": NativeUpdate(_lars_native, ("momentum", "grad_scale", "coefficient", "epsilon"), 1),
 }
+
+
+VALUES = {"momentum_update": _momentum_value, "adamw_update": _adamw_value}
+
+
+def update_values(operation: str, hyper: Sequence[str], states: int) -> ops.MultitypeFuncGraph:
+    """As :func:`update`, the variant returning the new parameter instead of assigning it."""
+    update(operation, hyper, states)  # the same checks
+    if operation not in VALUES:
+        raise ValueError(f"the native {operation} has no variant on pieces of weights (shard=...)")
+    return VALUES[operation]
 
 
 def update(operation: str, hyper: Sequence[str], states: int) -> ops.MultitypeFuncGraph:
