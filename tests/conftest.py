@@ -169,6 +169,9 @@ MATRIX_FILES = {
     "test_distributed.py",
     "test_compat.py",
     "test_checkpoint_memory.py",
+    "test_sharded_checkpoint_safetensors.py",
+    "test_sharded_single_process.py",
+    "test_sharding_layout.py",
     "test_optimizer_families.py",
     "test_mint_adamw_recipe.py",
 }

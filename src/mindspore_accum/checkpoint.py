@@ -159,8 +159,8 @@ def load_checkpoint_verified(ckpt_file_name: str, net=None, **kwargs) -> dict:
     CRC, as :func:`save_checkpoint_atomic` writes them. The format follows the extension: a
     ``.safetensors`` file must carry the CRC that ``crc_check=True`` stores in its header's
     metadata (``crc_num``), which MindSpore then checks; any other file, the .ckpt CRC trailer.
-    A file without its CRC (e.g.
-    truncated) or whose CRC does not match raises ``ValueError``; ``FileNotFoundError`` if absent.
+    A file without its CRC (e.g. truncated) or whose CRC does not match raises ``ValueError``;
+    ``FileNotFoundError`` if absent.
     Other arguments as ``mindspore.load_checkpoint``.
 
     Unlike ``mindspore.load_checkpoint`` in MindSpore 2.10, it does not refuse a file smaller than

@@ -29,6 +29,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 
+from . import _compat
 from ._sharding import MODES, STATE_PREFIXES, merge_pieces
 
 __all__ = ["consolidate_checkpoint", "load_window_checkpoint"]
@@ -52,7 +53,10 @@ def _format(path) -> str:
 def _load(path) -> Dict:
     import mindspore as ms
 
-    return ms.load_checkpoint(os.fspath(path), format=_format(path))
+    fmt = _format(path)
+    if fmt == "ckpt":  # not refused for memory the page cache holds (MindSpore 2.10)
+        return _compat.load_checkpoint(os.fspath(path), format=fmt)
+    return ms.load_checkpoint(os.fspath(path), format=fmt)
 
 
 def _state_names(params: Dict, weights: Sequence[str]):
