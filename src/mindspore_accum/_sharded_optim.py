@@ -8,7 +8,9 @@ shape when the piece is the whole weight, so loading a checkpoint of another lay
 the shapes instead of loading part of it -- and the window end calls
 :meth:`~ShardedStateMixin._shard_update` with the pieces of the weights. The same kernels and
 native functions as the replicated update run on those pieces, each with its weight's
-per-tensor arguments (weight decay, learning-rate group).
+per-tensor arguments (weight decay, learning-rate group, FusedLARS's trust-ratio flag).
+FusedLAMB and FusedLARS are given whole weights only (WHOLE_TENSOR_UPDATES): their kernels then
+compute each trust ratio from the whole tensor, exactly as replicated.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ import numpy as np
 from mindspore import Parameter, Tensor, ops
 from mindspore.common.initializer import initializer
 
-__all__ = ["ShardedStateMixin", "SHARDABLE"]
+__all__ = ["ShardedStateMixin", "SHARDABLE", "WHOLE_TENSOR_UPDATES"]
 
-# The updates whose per-element math needs nothing beyond the piece. LAMB and LARS take norms of
-# whole tensors (their trust ratios), which a piece cannot give without another reduction.
-SHARDABLE = ("momentum_update", "adamw_update")
+SHARDABLE = ("momentum_update", "adamw_update", "lamb_update", "lars_update")
+# LAMB and LARS take norms of whole tensors (their trust ratios), which a piece cut from a tensor
+# cannot give without another reduction: they shard on the layout whose pieces are whole weights
+WHOLE_TENSOR_UPDATES = ("lamb_update", "lars_update")
+# the per-tensor vectors the sharded update knows how to build for pieces (optim.FusedSpec.per_tensor)
+_PER_TENSOR = (("weight_decay",), ("weight_decay", "lars"))
 
 
 class ShardedStateMixin:
@@ -34,12 +39,15 @@ class ShardedStateMixin:
         """Keeps the state of ``spec.states`` only for pieces of the weights ``indices`` (one
         piece per weight at most), shaped ``shapes``; the full state is released."""
         name = type(self).__name__
-        if self.spec.update not in SHARDABLE:
-            raise ValueError(
-                f"{name} cannot shard its state: its update takes norms of whole tensors (trust "
-                "ratios), which a worker holding a slice of a tensor does not have. Use shard=None "
-                "with it, or FusedAdamW / FusedMomentum with shard"
-            )
+        if self.spec.update not in SHARDABLE or self.spec.per_tensor not in _PER_TENSOR:
+            raise ValueError(f"{name} cannot shard its state (update {self.spec.update}); use shard=None with it")
+        if self.spec.update in WHOLE_TENSOR_UPDATES:
+            cut = [self.params[i].name for i, s in zip(indices, shapes) if tuple(s) != tuple(self.params[i].shape)]
+            if cut:
+                raise ValueError(
+                    f"{name} shards whole tensors only (its trust ratios take norms of whole tensors); "
+                    f"given pieces of {cut}: use the whole-tensor layout (ShardLayout(whole_tensors=True))"
+                )
         if self._sharded:
             raise ValueError(f"{name} is already sharded by another accumulation window; build one per window")
         weight_names = [p.name for p in self.params]
@@ -69,6 +77,11 @@ class ShardedStateMixin:
             if pieces:
                 groups.append((pieces, lr_index))
         self._piece_groups = tuple(groups)
+        if "lars" in self.spec.per_tensor:  # FusedLARS: 1 where the trust ratio applies
+            self._piece_lars_vectors = tuple(
+                Tensor(np.asarray([float(self.lars_flags[self._piece_weights[k]]) for k in pieces], np.float32))
+                for pieces, _ in groups
+            )
         if self._static_decay is not None:
             self._piece_decay_vectors = tuple(
                 Tensor(np.asarray([self._static_decay[self._piece_weights[k]] for k in pieces], np.float32))
@@ -77,7 +90,10 @@ class ShardedStateMixin:
         if self.backend == "native":
             from .backends import native
 
-            self._native_value_fn = native.update_values(self.spec.update, self.spec.hyper, len(self._states))
+            if self.spec.update in WHOLE_TENSOR_UPDATES:  # the pieces are the weights: assigned in place
+                self._native_value_fn = native.update(self.spec.update, self.spec.hyper, len(self._states))
+            else:  # a cut piece is a temporary: the function returns its new value
+                self._native_value_fn = native.update_values(self.spec.update, self.spec.hyper, len(self._states))
 
     def _shard_update(self, params, sources, grad_scale):
         """Updates the pieces ``params`` (Parameters, or slices of weights) and this worker's state
@@ -110,14 +126,19 @@ class ShardedStateMixin:
         return out
 
     def _piece_per_tensor(self, group, pieces):
+        """The kernel's per-tensor vectors (spec.per_tensor) for the pieces ``pieces`` of ``group``."""
         if self._static_decay is not None:
-            return (self._piece_decay_vectors[group],)
-        scalars = self._decay_scalars()
-        return (ops.stack(tuple(scalars[self._piece_weights[k]] for k in pieces)),)
+            decay = self._piece_decay_vectors[group]
+        else:
+            scalars = self._decay_scalars()
+            decay = ops.stack(tuple(scalars[self._piece_weights[k]] for k in pieces))
+        if "lars" in self.spec.per_tensor:
+            return decay, self._piece_lars_vectors[group]
+        return (decay,)
 
     def _piece_native_update(self, lr, hyper, params, sources):
-        scalars = self._decay_scalars()
-        decay = tuple(scalars[i] for i in self._piece_weights)
+        per_tensor = self._native_per_tensor()  # one per weight: decay, or (decay, lars) for FusedLARS
+        decay = tuple(per_tensor[i] for i in self._piece_weights)
         fn = self._native_value_fn
         if self.is_group_lr:
             lrs = tuple(lr[i] for i in self._piece_weights)

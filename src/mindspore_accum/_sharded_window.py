@@ -1,7 +1,8 @@
 """The sharded window (``shard="optimizer"`` / ``"gradients"``): ZeRO-1/2 with one reduction per window.
 
 Each of the W data-parallel workers owns a contiguous 1/W of the flattened weights
-(:class:`._sharding.ShardLayout`) and keeps the optimizer state only for it::
+(:class:`._sharding.ShardLayout`; FusedLAMB/FusedLARS: a block holding whole weights only, the
+largest block setting the size) and keeps the optimizer state only for it::
 
     "optimizer" (ZeRO-1)
       micro-step:  accumulate locally (full accumulators), no collective -- as shard=None
@@ -27,6 +28,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
+from ._sharded_optim import WHOLE_TENSOR_UPDATES
 from ._sharding import MODES, ShardLayout
 from .optim import FusedOptimizer
 
@@ -42,14 +44,19 @@ class ShardedWindow(nn.Cell):
         super().__init__(auto_prefix=False)  # the Parameters' names are the checkpoint format
         if not isinstance(optimizer, FusedOptimizer):
             raise TypeError(
-                f"{owner}(shard={mode!r}) needs a fused optimizer (FusedAdamW or FusedMomentum), which "
+                f"{owner}(shard={mode!r}) needs a fused optimizer (FusedAdamW, FusedMomentum, FusedLAMB or "
+                f"FusedLARS), which "
                 f"can update a slice of the weights; got {type(optimizer).__name__}. Use shard=None with it"
             )
         self.mode = mode
         self.gradients = mode == "gradients"
-        self.layout = layout = ShardLayout([int(np.prod(w.shape)) for w in weights], world, rank)
-        # [mode, world, rank]: a loaded checkpoint of another layout is refused, naming both
-        self.expected_info = (MODES[mode], int(world), int(rank))
+        # LAMB/LARS: pieces must be whole tensors (trust ratios); the layout cuts between weights
+        whole_tensors = optimizer.spec.update in WHOLE_TENSOR_UPDATES
+        sizes = [int(np.prod(w.shape)) for w in weights]
+        self.layout = layout = ShardLayout(sizes, world, rank, whole_tensors=whole_tensors)
+        # [mode, world, rank] (+ [1] for the whole-tensor layout): a loaded checkpoint of another
+        # layout is refused, naming both
+        self.expected_info = (MODES[mode], int(world), int(rank)) + ((1,) if whole_tensors else ())
         self.info = Parameter(
             Tensor(np.asarray(self.expected_info, np.int32)), name="accumulation.shard", requires_grad=False
         )
@@ -69,7 +76,11 @@ class ShardedWindow(nn.Cell):
         self._allreduce = ops.AllReduce(ops.ReduceOp.SUM)
         self._small_allreduce = ops.AllReduce(ops.ReduceOp.SUM)
         self._allgather = ops.AllGather()
-        self._pad = _zeros(layout.padded - layout.total)  # after the flat weights
+        # zeros before each weight (the whole-tensor layout's gaps at block starts) and after the last
+        ends = [o + n for o, n in zip(layout.offsets, layout.sizes)]
+        self._gaps = tuple(o - e for o, e in zip(layout.offsets, [0] + ends[:-1]))
+        self._has_gaps = any(self._gaps)
+        self._pad = _zeros(layout.padded - (ends[-1] if ends else 0))
         self._own_pad = _zeros(layout.shard_size - layout.owned)  # after this worker's pieces
         self._one = Tensor(1.0, ms.float32)
 
@@ -96,7 +107,15 @@ class ShardedWindow(nn.Cell):
 
     # ------------------------------------------------------------------ in the compiled graphs
     def _flat(self, tensors):
-        parts = [ops.reshape(ops.cast(t, ms.float32), (-1,)) for t in tensors]
+        """``tensors`` (one per weight) as the padded flat vector of the layout."""
+        if self._has_gaps:
+            parts = []
+            for t, gap in zip(tensors, self._gaps):
+                if gap > 0:
+                    parts.append(ops.zeros((gap,), ms.float32))
+                parts.append(ops.reshape(ops.cast(t, ms.float32), (-1,)))
+        else:
+            parts = [ops.reshape(ops.cast(t, ms.float32), (-1,)) for t in tensors]
         if self._pad is not None:
             parts.append(self._pad)
         return ops.concat(parts)

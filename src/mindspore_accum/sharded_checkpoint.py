@@ -4,7 +4,8 @@ A sharded worker saves its cell as any cell (:func:`~.checkpoint.save_checkpoint
 weights (whole: every worker holds them), its pieces of the optimizer state under the replicated
 names (``adam_m.<weight>``, ``adam_v.<weight>``, ``moments.<weight>``, shaped as the piece), the
 window's counters and ``accumulation.shard`` = [mode, world size, rank] (mode 1: "optimizer",
-2: "gradients", whose accumulators are ``accumulators.shard``, the worker's range of the sum).
+2: "gradients", whose accumulators are ``accumulators.shard``, the worker's range of the sum),
+followed by 1 for the whole-tensor layout of FusedLAMB/FusedLARS (``_sharding.ShardLayout``).
 
 * :func:`consolidate_checkpoint` merges the checkpoints of every rank into the checkpoint a
   replicated (``shard=None``) cell writes: same names and shapes, loadable with
@@ -42,8 +43,9 @@ _FLAT_ACCUMULATORS = "accumulators.shard"
 def _describe(info) -> str:
     if info is None:
         return "not sharded (shard=None)"
-    mode, world, rank = (int(v) for v in info)
-    return f"rank {rank} of {world} workers with shard={_MODE_NAMES.get(mode, mode)!r}"
+    mode, world, rank = (int(v) for v in info[:3])
+    layout = " (whole-tensor layout: FusedLAMB/FusedLARS)" if len(info) > 3 else ""
+    return f"rank {rank} of {world} workers with shard={_MODE_NAMES.get(mode, mode)!r}{layout}"
 
 
 def _format(path) -> str:
@@ -87,21 +89,24 @@ def consolidate_checkpoint(shard_paths: Sequence[str], out_path: str) -> str:
                 f"{path} is not the checkpoint of a sharded window (it has no {_INFO!r}); "
                 "a replicated checkpoint needs no consolidation"
             )
-        mode, world, rank = (int(v) for v in params[_INFO].asnumpy())
+        info = tuple(int(v) for v in params[_INFO].asnumpy())
+        mode, world, rank = info[:3]
         pending = int(params["accumulation.micro_step"].asnumpy())
         if pending:
             raise ValueError(
-                f"{path} ({_describe((mode, world, rank))}) holds a pending window ({pending} micro-batches); "
+                f"{path} ({_describe(info)}) holds a pending window ({pending} micro-batches); "
                 "a window's sums cannot be moved to another layout. Save at a window boundary "
                 "(after the update, or after flush()) to consolidate"
             )
         if rank in by_rank:
             raise ValueError(f"{path} and another file are both of rank {rank}")
         by_rank[rank] = params
-        settings.add((mode, world))
+        settings.add((mode, world) + info[3:])
     if len(settings) != 1:
-        raise ValueError(f"the checkpoints are of different settings: {sorted(settings)} (mode, world size)")
-    mode, world = settings.pop()
+        raise ValueError(
+            f"the checkpoints are of different settings: {sorted(settings)} (mode, world size[, whole-tensor layout])"
+        )
+    mode, world = settings.pop()[:2]
     if sorted(by_rank) != list(range(world)):
         missing = sorted(set(range(world)) - set(by_rank))
         raise ValueError(f"the run had {world} workers; the checkpoints of ranks {missing} are missing")

@@ -17,7 +17,8 @@ end holds its collectives outside its one branch (the update), so they sit in th
 
 Importing this module needs no distributed set-up: the test imports the schedule and the
 single-process reference (nn.AdamWeightDecay with clip_by_global_norm / nn.Momentum on each
-batch of 27 samples) from it.
+batch of 27 samples; FusedLAMB's / FusedLARS's formulas in NumPy on MindSpore's gradients of
+each batch) from it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ FUNCTIONAL_CASES = tuple(f"adamw-{s}-functional" for s in SHARDS)
 # ("gradients"), runs eagerly (launched from Python: not in the graph counts)
 EAGER_CASES = tuple(f"adamw-{s}-eager" for s in SHARDS)
 COMM_OPS = ("AllReduce", "AllGather", "ReduceScatter", "Broadcast")
+# FusedLAMB / FusedLARS on the whole-tensor layout, by MindSpore mode (a few cases: launch time)
+LARGE_BATCH_CASES = {
+    "graph": tuple(f"{o}-{s}-kernels" for o in ("lamb", "lars") for s in SHARDS)
+    + ("lamb-gradients-native", "lars-optimizer-native"),
+    "pynative": ("lamb-optimizer-native", "lars-gradients-kernels"),
+}
+LAMB_LR, LAMB_DECAY = 0.02, 0.01
+LARS_LR, LARS_DECAY, LARS_COEFFICIENT = 0.1, 0.01, 0.5  # a large coefficient: steps the test sees
+BETA1, BETA2, LAMB_EPS, LARS_EPS = 0.9, 0.999, 1e-6, 1e-5  # the optimizers' defaults
 
 
 def groups(params):
@@ -81,6 +91,8 @@ def reference(optimizer):
     x, y = dw.make_data()
     net, loss_net = dw.build_loss_net()
     params = net.trainable_params()
+    if optimizer in ("lamb", "lars"):
+        return _large_batch_reference(optimizer, x, y, loss_net, params)
     if optimizer == "adamw":
         opt = nn.AdamWeightDecay(params, ADAM_LR, weight_decay=ADAM_DECAY)
     elif optimizer == "adamwgroups":
@@ -97,6 +109,50 @@ def reference(optimizer):
             grads = ops.clip_by_global_norm(grads, CLIP)
         opt(grads)
     return [p.asnumpy().copy() for p in params], norms
+
+
+LARGE_BATCH_MOMENTS = {}  # {optimizer: {state name prefix: moments}} of the last reference()
+
+
+def _large_batch_reference(optimizer, x, y, loss_net, params):
+    """LAMB (FusedLAMB's formula) or LARS (nn.LARS(nn.Momentum)'s) in float64 NumPy, one step per
+    batch of 27 samples on MindSpore's gradients; no decay and no trust ratio (LARS) for biases.
+    The final moments are left in LARGE_BATCH_MOMENTS."""
+    grad_fn = ms.value_and_grad(loss_net, None, params)
+    # the betas as the optimizer holds them (float32: 1 - float32(0.999) is 1.3e-5 off 0.001)
+    beta1, beta2 = float(np.float32(BETA1)), float(np.float32(BETA2))
+    w = [p.asnumpy().astype(np.float64) for p in params]
+    m = [np.zeros_like(a) for a in w]
+    v = [np.zeros_like(a) for a in w]
+    norms = []
+    for u in range(UPDATES):
+        for p, a in zip(params, w):
+            p.set_data(Tensor(a.astype(np.float32)))
+        lo, hi = u * BATCH, (u + 1) * BATCH
+        _, grads = grad_fn(Tensor(x[lo:hi]), Tensor(y[lo:hi]))
+        grads = [g.asnumpy().astype(np.float64) for g in grads]
+        norms.append(float(np.sqrt(sum((g**2).sum() for g in grads))))
+        t = u + 1
+        for k, (p, g) in enumerate(zip(params, grads)):
+            bias = "bias" in p.name
+            wn = np.linalg.norm(w[k])
+            if optimizer == "lamb":
+                m[k] = beta1 * m[k] + (1 - beta1) * g
+                v[k] = beta2 * v[k] + (1 - beta2) * g * g
+                step = (m[k] / (1 - beta1**t)) / (np.sqrt(v[k] / (1 - beta2**t)) + LAMB_EPS)
+                step = step + (0.0 if bias else LAMB_DECAY) * w[k]
+                un = np.linalg.norm(step)
+                w[k] = w[k] - LAMB_LR * (wn / un if wn > 0 and un > 0 else 1.0) * step
+            else:
+                d = g
+                if not bias:
+                    gn = np.linalg.norm(g)
+                    trust = LARS_COEFFICIENT * wn / (gn + LARS_DECAY * wn + LARS_EPS) if wn > 0 and gn > 0 else 1.0
+                    d = trust * (g + LARS_DECAY * w[k])
+                m[k] = dw.MOMENTUM * m[k] + d
+                w[k] = w[k] - LARS_LR * m[k]
+    LARGE_BATCH_MOMENTS[optimizer] = {"lamb_m": m, "lamb_v": v} if optimizer == "lamb" else {"moments": m}
+    return w, norms
 
 
 class CollectiveCounter(dw.AllReduceCounter):
@@ -154,15 +210,15 @@ def parameter_bytes(cell):
             out["weights"] += nbytes
         elif name.startswith("accumulators."):
             out["accumulators"] += nbytes
-        elif name.startswith(("adam_m.", "adam_v.", "moments.")):
+        elif name.startswith(("adam_m.", "adam_v.", "moments.", "lamb_m.", "lamb_v.")):
             out["state"] += nbytes
         else:
             out["other"] += nbytes
     return out
 
 
-def run_case(case, mode, rank):
-    from mindspore_accum import FusedAdamW, FusedMomentum, GradAccumCell
+def run_case(case, mode, rank, save=None):
+    from mindspore_accum import FusedAdamW, FusedLAMB, FusedLARS, FusedMomentum, GradAccumCell
 
     COUNTER.install()
     COUNTER.step_nodes = None
@@ -184,7 +240,14 @@ def run_case(case, mode, rank):
             loss_net, opt, 2, clip_global_norm=CLIP, backend=backend, shard=shard, jit_micro_step=not eager
         )
     else:
-        opt = FusedMomentum(params, dw.LR, dw.MOMENTUM, weight_decay=dw.WEIGHT_DECAY, backend=backend)
+        if optimizer == "lamb":
+            opt = FusedLAMB(params, LAMB_LR, weight_decay=LAMB_DECAY, backend=backend)
+        elif optimizer == "lars":
+            opt = FusedLARS(
+                params, LARS_LR, dw.MOMENTUM, weight_decay=LARS_DECAY, coefficient=LARS_COEFFICIENT, backend=backend
+            )
+        else:
+            opt = FusedMomentum(params, dw.LR, dw.MOMENTUM, weight_decay=dw.WEIGHT_DECAY, backend=backend)
         cell = GradAccumCell(loss_net, opt, 2, backend=backend, shard=shard)
     if backend != "functional":
         cell.set_train()
@@ -196,6 +259,11 @@ def run_case(case, mode, rank):
         _ = params[0].asnumpy()
         record["events"].append({"launched": COUNTER.launched[before:], "pending_after": cell.pending})
     record["skipped_updates"] = int(cell.skipped_updates.asnumpy())
+    if save:  # the rank checkpoint after the last update (the test consolidates it)
+        from mindspore_accum import save_checkpoint_atomic
+
+        os.makedirs(os.path.dirname(save), exist_ok=True)
+        save_checkpoint_atomic(cell, save)
     record["phases"] = {ph: [v[0], v[1]] for ph, v in COUNTER.nodes_per_phase.items()}
     record["step_nodes"] = COUNTER.step_nodes
     return [p.asnumpy().copy() for p in params], record
@@ -312,13 +380,10 @@ def reference_flush():
 
 def refusals():
     """{what: the error a sharded cell raised for it, or None}: optimizers that cannot shard."""
-    from mindspore_accum import FusedLAMB, GradAccumCell
+    from mindspore_accum import GradAccumCell
 
     out = {}
-    for name, make in (
-        ("nn.Momentum", lambda p: nn.Momentum(p, dw.LR, dw.MOMENTUM)),
-        ("FusedLAMB", lambda p: FusedLAMB(p, 1e-3)),
-    ):
+    for name, make in (("nn.Momentum", lambda p: nn.Momentum(p, dw.LR, dw.MOMENTUM)),):
         net, loss_net = dw.build_loss_net()
         try:
             GradAccumCell(loss_net, make(net.trainable_params()), 2, shard="optimizer")
@@ -334,6 +399,7 @@ def main(argv=None):
     ap.add_argument("--modes", default="graph,pynative")
     ap.add_argument("--cases", default=",".join(CASES + FUNCTIONAL_CASES + EAGER_CASES))
     ap.add_argument("--checkpoints", type=int, default=1, help="run checkpoint_cases (0: no)")
+    ap.add_argument("--large-batch", type=int, default=1, help="run LARGE_BATCH_CASES (0: no)")
     args = ap.parse_args(argv)
 
     from mindspore.communication import get_group_size, get_rank, init
@@ -345,6 +411,13 @@ def main(argv=None):
     for mode in args.modes.split(","):
         for case in [c for c in args.cases.split(",") if c]:
             weights, record = run_case(case, mode, rank)
+            records["cases"][f"{mode}/{case}"] = record
+            for i, w in enumerate(weights):
+                arrays[f"{mode}/{case}/{i}"] = w
+            print(f"rank {rank}: {mode}/{case} done", flush=True)
+        for case in LARGE_BATCH_CASES.get(mode, ()) if args.large_batch else ():
+            save = os.path.join(args.out, "ckpt", f"{case}-rank{rank}.ckpt") if mode == "graph" else None
+            weights, record = run_case(case, mode, rank, save)
             records["cases"][f"{mode}/{case}"] = record
             for i, w in enumerate(weights):
                 arrays[f"{mode}/{case}/{i}"] = w

@@ -2,6 +2,8 @@
 
 One msrun launch runs tests/distributed/shard_worker.py: every case (FusedAdamW with
 clip_global_norm, FusedMomentum) x (shard "optimizer", "gradients") x (backend kernels, native),
+FusedLAMB and FusedLARS on the whole-tensor layout (a few cases: sw.LARGE_BATCH_CASES; against
+their formulas in NumPy),
 FusedAdamW with parameter groups (learning rate and weight decay per group; "optimizer"),
 GradAccumulator (FusedAdamW, clip) inside the user's @ms.jit step, and GradAccumCell with
 jit_micro_step=False (eager micro-steps in PYNATIVE), in GRAPH and in PYNATIVE mode, on uneven
@@ -32,8 +34,21 @@ from tests.distributed import shard_worker as sw
 WORLD = 2
 MODES = ("graph", "pynative")
 RTOL = 1e-5
-PSI = sum(w.size for w in sw.dw.initial_weights())  # 180
+SIZES = [w.size for w in sw.dw.initial_weights()]  # [96, 16, 64, 4]
+PSI = sum(SIZES)  # 180
 SHARD = -(-PSI // WORLD)
+
+
+def _whole_tensor_split():
+    """FusedLAMB/FusedLARS's layout on 2 workers, by brute force over the cut between weights:
+    (elements rank 0 owns, elements rank 1 owns), the split whose larger part is least."""
+    assert WORLD == 2
+    return min(((sum(SIZES[:c]), sum(SIZES[c:])) for c in range(len(SIZES) + 1)), key=max)
+
+
+WHOLE_OWNED = _whole_tensor_split()  # (96, 84)
+WHOLE_SHARD = max(WHOLE_OWNED)
+LARGE_BATCH = [(mode, case) for mode in MODES for case in sw.LARGE_BATCH_CASES[mode]]
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +71,17 @@ def _reference(optimizer):
 @pytest.mark.parametrize("case", sw.CASES + sw.FUNCTIONAL_CASES + sw.EAGER_CASES)
 @pytest.mark.parametrize("mode", MODES)
 def test_sharded_weights_equal_single_process(dist, mode, case):
+    _check_weights(dist, mode, case)
+
+
+@pytest.mark.parametrize("mode, case", LARGE_BATCH)
+def test_lamb_lars_sharded_weights_equal_numpy_formula(dist, mode, case):
+    """FusedLAMB / FusedLARS on the whole-tensor layout: each worker's trust ratios are of whole
+    tensors; the weights equal the NumPy formula's single-process steps on 27 samples."""
+    _check_weights(dist, mode, case)
+
+
+def _check_weights(dist, mode, case):
     ref, norms = _reference(case.split("-")[0])
     if case.startswith("adamw"):  # clipped
         assert max(norms) > sw.CLIP, "the clip never acts: the test would not see a wrong clip norm"
@@ -75,18 +101,28 @@ def test_sharded_weights_equal_single_process(dist, mode, case):
             assert np.array_equal(a, b), f"weights differ between rank 0 and rank {r} (tensor {i})"
 
 
-def _expected(shard, ends_window):
-    full = [("AllReduce", SHARD * WORLD)]  # the padded flat vector
+def _expected(shard, ends_window, padded=SHARD * WORLD):
+    full = [("AllReduce", padded)]  # the padded flat vector
     micro = full if shard == "gradients" else []
     if not ends_window:
         return sorted(micro)
-    window_end = [("AllGather", SHARD * WORLD)] + ([] if shard == "gradients" else full)
+    window_end = [("AllGather", padded)] + ([] if shard == "gradients" else full)
     return sorted(micro + window_end)
 
 
 @pytest.mark.parametrize("case", sw.CASES)
 @pytest.mark.parametrize("mode", MODES)
 def test_collectives_per_micro_step_and_window(dist, mode, case):
+    _check_collectives(dist, mode, case, SHARD * WORLD)
+
+
+@pytest.mark.parametrize("mode, case", LARGE_BATCH)
+def test_lamb_lars_collectives_as_adamw(dist, mode, case):
+    """The same collectives as FusedAdamW's, on the whole-tensor layout's padded vector."""
+    _check_collectives(dist, mode, case, WHOLE_SHARD * WORLD)
+
+
+def _check_collectives(dist, mode, case, padded):
     shard = case.split("-")[1]
     for r in range(WORLD):
         events = dist[r][1]["cases"][f"{mode}/{case}"]["events"]
@@ -98,7 +134,7 @@ def test_collectives_per_micro_step_and_window(dist, mode, case):
             assert len(small) == (1 if ends else 0), f"{mode}/{case} rank {r} event {k}: {launched}"
             big = sorted(x for x in launched if x not in small)
             print(f"{mode}/{case} rank {r} event {k}: {launched}")
-            assert big == _expected(shard, ends), f"{mode}/{case} rank {r} event {k}: {launched}"
+            assert big == _expected(shard, ends, padded), f"{mode}/{case} rank {r} event {k}: {launched}"
             assert event["pending_after"] == (0 if ends else 1)
 
 
@@ -125,13 +161,47 @@ def test_parameter_bytes_per_worker(dist, case):
         assert got["state"] == per_element * owned, f"rank {r}: {got}"
 
 
+@pytest.mark.parametrize("mode, case", [x for x in LARGE_BATCH if x[0] == "graph"])
+def test_lamb_lars_parameter_bytes_per_worker(dist, mode, case):
+    """State of the whole weights a worker owns (the largest run of weights sets the padded size)."""
+    optimizer, shard, _ = case.split("-")
+    per_element = 8 if optimizer == "lamb" else 4
+    for r in range(WORLD):
+        got = dist[r][1]["cases"][f"{mode}/{case}"]["bytes"]
+        assert got["weights"] == 4 * PSI
+        assert got["accumulators"] == (4 * PSI if shard == "optimizer" else 4 * WHOLE_SHARD)
+        assert got["state"] == per_element * WHOLE_OWNED[r], f"rank {r}: {got}"
+
+
+def test_lamb_rank_checkpoints_consolidate_to_the_formula_state(dist_dir, tmp_path):
+    """FusedLAMB's rank checkpoints (whole-tensor layout) merge into the replicated names and
+    shapes: weights and lamb_m/lamb_v equal the NumPy formula's after 3 updates."""
+    import mindspore as ms
+
+    from mindspore_accum import consolidate_checkpoint
+
+    tmp, _ = dist_dir
+    case = "lamb-optimizer-kernels"
+    shards = [str(tmp / "out" / "ckpt" / f"{case}-rank{r}.ckpt") for r in range(WORLD)]
+    before = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        ref, _ = sw.reference("lamb")  # fills sw.LARGE_BATCH_MOMENTS
+        merged = ms.load_checkpoint(consolidate_checkpoint(shards, str(tmp_path / "lamb.ckpt")))
+        names = [p.name for p in sw.dw.build_loss_net()[0].trainable_params()]
+    finally:
+        ms.set_context(mode=before)
+    assert "accumulation.shard" not in merged
+    _close([merged[n].asnumpy() for n in names], ref, "consolidated FusedLAMB weights")
+    for prefix, moments in sw.LARGE_BATCH_MOMENTS["lamb"].items():
+        _close([merged[f"{prefix}.{n}"].asnumpy() for n in names], moments, f"consolidated {prefix}")
+
+
 def test_optimizers_that_cannot_shard_are_refused(dist):
     for r in range(WORLD):
         refused = dist[r][1]["refusals"]
         assert refused["nn.Momentum"] and "TypeError" in refused["nn.Momentum"]
-        assert "FusedAdamW or FusedMomentum" in refused["nn.Momentum"]
-        assert refused["FusedLAMB"] and "ValueError" in refused["FusedLAMB"]
-        assert "norms of whole tensors" in refused["FusedLAMB"]
+        assert "FusedAdamW, FusedMomentum, FusedLAMB or FusedLARS" in refused["nn.Momentum"]
 
 
 def test_flush_with_nothing_pending_on_one_worker_adds_zeros(dist):

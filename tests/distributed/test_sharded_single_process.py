@@ -43,7 +43,7 @@ def test_bad_shard_value_is_refused():
 
 def test_sharded_state_replaces_the_full_state():
     """The optimizer keeps state only for the pieces it is given, and holds no full state any more."""
-    from mindspore_accum import FusedAdamW, FusedLAMB
+    from mindspore_accum import FusedAdamW
 
     net, _ = sw.dw.build_loss_net()
     opt = FusedAdamW(net.trainable_params(), 1e-3)
@@ -53,6 +53,42 @@ def test_sharded_state_replaces_the_full_state():
     assert state == {f"adam_m.{names[0]}": (90,), f"adam_v.{names[0]}": (90,)}
     with pytest.raises(ValueError, match="already sharded"):
         opt._shard_state([0], [(90,)])
+
+
+@pytest.mark.parametrize("name", ["FusedLAMB", "FusedLARS"])
+def test_trust_ratio_optimizers_shard_whole_tensors_only(name):
+    """A piece cut from a tensor would give a wrong trust ratio: refused; whole tensors are kept."""
+    import mindspore_accum as ma
+
+    make = {"FusedLAMB": lambda p: ma.FusedLAMB(p, 1e-3), "FusedLARS": lambda p: ma.FusedLARS(p, 0.1)}[name]
     net, _ = sw.dw.build_loss_net()
-    with pytest.raises(ValueError, match="FusedLAMB cannot shard its state: its update takes norms of whole"):
-        FusedLAMB(net.trainable_params(), 1e-3)._shard_state([0], [(90,)])
+    with pytest.raises(ValueError, match=f"{name} shards whole tensors only .* given pieces of \\['0.weight'\\]"):
+        make(net.trainable_params())._shard_state([0], [(90,)])
+    net, _ = sw.dw.build_loss_net()
+    params = net.trainable_params()
+    opt = make(params)
+    opt._shard_state([1, 2, 3], [(16,), (4, 16), (4,)])  # rank 1's run of the whole-tensor layout
+    prefixes = ("lamb_m", "lamb_v") if name == "FusedLAMB" else ("moments",)
+    state = {p.name: p.shape for p in opt.get_parameters() if p.name.startswith(prefixes)}
+    assert state == {f"{s}.{params[i].name}": params[i].shape for s in prefixes for i in (1, 2, 3)}
+
+
+def test_consolidate_refuses_mixing_the_whole_tensor_and_flat_layouts(tmp_path):
+    """accumulation.shard ends with 1 for the whole-tensor layout (FusedLAMB/FusedLARS): rank
+    checkpoints of the two layouts, same mode and world size otherwise, are not merged."""
+    from mindspore import Tensor
+
+    from mindspore_accum import consolidate_checkpoint, save_checkpoint_atomic
+
+    paths = []
+    for rank, info in enumerate(([1, 2, 0, 1], [1, 2, 1])):
+        entries = {
+            "w": np.zeros(4, np.float32),
+            "moments.w": np.zeros(4 if rank == 0 else 1, np.float32),
+            "accumulation.shard": np.asarray(info, np.int32),
+            "accumulation.micro_step": np.array(0, np.int32),
+        }
+        paths.append(str(tmp_path / f"rank{rank}.ckpt"))
+        save_checkpoint_atomic([{"name": k, "data": Tensor(v)} for k, v in entries.items()], paths[-1])
+    with pytest.raises(ValueError, match=r"different settings: \[\(1, 2\), \(1, 2, 1\)\]"):
+        consolidate_checkpoint(paths, str(tmp_path / "merged.ckpt"))

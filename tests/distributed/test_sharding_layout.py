@@ -3,6 +3,8 @@
 No collectives and no MindSpore: the reference is NumPy indexing of one flat, padded vector.
 """
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -93,3 +95,89 @@ def test_bad_arguments():
         ShardLayout([4], 2, 2)
     with pytest.raises(ValueError, match="expected 1 arrays of sizes"):
         ShardLayout([4], 2, 0).take_pieces([np.zeros(3)])
+
+
+# ---------------------------------------------------------------------- whole-tensor layout (LAMB, LARS)
+
+
+def _least_largest_run(sizes, world):
+    """Brute force: the least largest run over every way of cutting ``sizes`` into ``world``
+    contiguous runs (cut positions non-decreasing, empty runs allowed)."""
+    n = len(sizes)
+    best = None
+    for cuts in itertools.combinations_with_replacement(range(n + 1), world - 1):
+        bounds = (0,) + cuts + (n,)
+        largest = max(sum(sizes[a:b]) for a, b in zip(bounds, bounds[1:]))
+        best = largest if best is None else min(best, largest)
+    return best
+
+
+def _check_whole_layout(sizes, world):
+    arrays = _arrays(sizes)
+    layouts = [ShardLayout(sizes, world, rank, whole_tensors=True) for rank in range(world)]
+    shard = layouts[0].shard_size
+    assert shard == max(1, _least_largest_run(sizes, world))
+    owner = {}
+    blocks = []
+    for rank, layout in enumerate(layouts):
+        assert (layout.shard_size, layout.padded, layout.offsets) == (shard, shard * world, layouts[0].offsets)
+        assert (layout.start, layout.stop) == (rank * shard, (rank + 1) * shard)
+        # every piece is a whole weight, packed from the start of the worker's block
+        at = 0
+        for piece in layout.pieces:
+            assert layout.whole(piece) and (piece.start, piece.stop) == (0, sizes[piece.index])
+            assert piece.offset == at
+            at += piece.size
+            owner[piece.index] = rank
+        assert layout.owned == at <= shard
+        blocks.append(np.concatenate([arrays[p.index] for p in layout.pieces] + [np.zeros(shard - at, np.float32)]))
+    # every non-empty weight belongs to one worker, and the workers' runs are contiguous, in order
+    assert sorted(owner) == [i for i, n in enumerate(sizes) if n]
+    assert [owner[i] for i in sorted(owner)] == sorted(owner.values())
+    # the padded flat vector is the blocks, in rank order
+    for layout in layouts:
+        assert np.array_equal(layout.flatten(arrays), np.concatenate(blocks))
+    names = [f"w{i}" for i in range(len(sizes))]
+    by_rank = [{names[p.index]: v for p, v in zip(lay.pieces, lay.take_pieces(arrays))} for lay in layouts]
+    merged = merge_pieces(by_rank, {n: (s,) for n, s in zip(names, sizes) if s})
+    for n, a in zip(names, arrays):
+        if a.size:
+            assert np.array_equal(merged[n], a)
+
+
+@pytest.mark.parametrize(
+    "sizes, world",
+    [
+        ([96, 16, 64, 4], 2),  # the distributed tests' MLP: [96] | [16, 64, 4] + 12 zeros
+        ([96, 16, 64, 4], 3),
+        ([10], 4),  # one weight: one worker holds it, the others padding only
+        ([3, 2], 8),
+        ([5, 0, 7], 2),
+        ([1, 1, 1, 1, 100], 2),  # the largest weight sets the shard size
+    ],
+)
+def test_whole_tensor_layout_examples(sizes, world):
+    _check_whole_layout(sizes, world)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=7), st.integers(1, 6))
+def test_whole_tensor_layout_properties(sizes, world):
+    _check_whole_layout(sizes, world)
+
+
+def test_whole_tensor_layout_of_the_mlp():
+    r0, r1 = (ShardLayout([96, 16, 64, 4], 2, r, whole_tensors=True) for r in (0, 1))
+    assert r0.shard_size == 96 and r0.offsets == (0, 96, 112, 176)
+    assert [tuple(p) for p in r0.pieces] == [(0, 0, 96, 0)]
+    assert [tuple(p) for p in r1.pieces] == [(1, 0, 16, 0), (2, 0, 64, 16), (3, 0, 4, 80)]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=7), st.integers(1, 6))
+def test_flat_layout_is_the_default_and_unchanged(sizes, world):
+    """The flat layout (the format of existing checkpoints): offsets the running sum, as before."""
+    for rank in range(world):
+        default, flat = ShardLayout(sizes, world, rank), ShardLayout(sizes, world, rank, whole_tensors=False)
+        assert default.offsets == flat.offsets == tuple(int(o) for o in np.cumsum([0] + sizes)[:-1])
+        assert default.pieces == flat.pieces and default.shard_size == flat.shard_size
