@@ -39,15 +39,21 @@ PSI = sum(SIZES)  # 180
 SHARD = -(-PSI // WORLD)
 
 
-def _whole_tensor_split():
+def _whole_tensor_split(sizes):
     """FusedLAMB/FusedLARS's layout on 2 workers, by brute force over the cut between weights:
     (elements rank 0 owns, elements rank 1 owns), the split whose larger part is least."""
     assert WORLD == 2
-    return min(((sum(SIZES[:c]), sum(SIZES[c:])) for c in range(len(SIZES) + 1)), key=max)
+    return min(((sum(sizes[:c]), sum(sizes[c:])) for c in range(len(sizes) + 1)), key=max)
 
 
-WHOLE_OWNED = _whole_tensor_split()  # (96, 84)
-WHOLE_SHARD = max(WHOLE_OWNED)
+def _whole_owned(case):
+    """(96, 84); the "groups" cases' order [64, 4, 16, 96]: (84, 96)."""
+    grouped = case.split("-")[0].endswith("groups")
+    return _whole_tensor_split([SIZES[i] for i in sw.GROUPS_ORDER] if grouped else SIZES)
+
+
+WHOLE_SHARD = max(_whole_owned("lamb-optimizer-kernels"))
+assert WHOLE_SHARD == max(_whole_owned("lambgroups-optimizer-kernels"))
 LARGE_BATCH = [(mode, case) for mode in MODES for case in sw.LARGE_BATCH_CASES[mode]]
 
 
@@ -165,12 +171,12 @@ def test_parameter_bytes_per_worker(dist, case):
 def test_lamb_lars_parameter_bytes_per_worker(dist, mode, case):
     """State of the whole weights a worker owns (the largest run of weights sets the padded size)."""
     optimizer, shard, _ = case.split("-")
-    per_element = 8 if optimizer == "lamb" else 4
+    per_element = 8 if optimizer.startswith("lamb") else 4
     for r in range(WORLD):
         got = dist[r][1]["cases"][f"{mode}/{case}"]["bytes"]
         assert got["weights"] == 4 * PSI
         assert got["accumulators"] == (4 * PSI if shard == "optimizer" else 4 * WHOLE_SHARD)
-        assert got["state"] == per_element * WHOLE_OWNED[r], f"rank {r}: {got}"
+        assert got["state"] == per_element * _whole_owned(case)[r], f"rank {r}: {got}"
 
 
 def test_lamb_rank_checkpoints_consolidate_to_the_formula_state(dist_dir, tmp_path):
