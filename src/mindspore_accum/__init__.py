@@ -49,8 +49,8 @@ _LAZY = {
     "linear_scaling_rule": "large_batch",
     "save_checkpoint_atomic": "checkpoint",
     "load_checkpoint_verified": "checkpoint",
-    "consolidate_checkpoint": "sharded_checkpoint",
-    "load_window_checkpoint": "sharded_checkpoint",
+    "consolidate_checkpoint": "sharding.checkpoint",
+    "load_window_checkpoint": "sharding.checkpoint",
 }
 
 __all__ = [*_LAZY, *_KERNEL_NAMES, "__version__"]

@@ -162,7 +162,7 @@ def _consolidate(args: List[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    from .sharded_checkpoint import consolidate_checkpoint
+    from .sharding.checkpoint import consolidate_checkpoint
 
     print(consolidate_checkpoint(args[1:], args[0]))
     return 0

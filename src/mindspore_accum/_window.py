@@ -21,11 +21,11 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from . import _optimizers, backends
-from ._sharded_window import ShardedWindow
-from ._sharding import check_mode
 from ._state import APPLIED, AccumulationState, SkipReason
 from .backends import choose_backend
 from .optim import FusedOptimizer
+from .sharding.layout import check_mode
+from .sharding.window import ShardedWindow
 
 __all__ = ["AccumulationWindow"]
 

@@ -91,7 +91,7 @@ class GradAccumCell(AccumulationWindow):
             one full-size reduction per micro-step, and every worker must run the same number
             of micro-steps per window). With FusedAdamW, FusedMomentum, FusedLAMB or FusedLARS
             (the last two own whole tensors: docs/sharding.md) only; no-op on one worker.
-            Checkpoints: see :mod:`mindspore_accum.sharded_checkpoint`.
+            Checkpoints: see :mod:`mindspore_accum.sharding.checkpoint`.
         jit_micro_step: in PYNATIVE mode, run each call from Python -- the micro-step and, every
             ``accumulation_steps``-th call, the window end -- as one compiled graph (``ms.jit``;
             the default) -- the speed of a ``@ms.jit`` train step. False runs the micro-step

@@ -22,9 +22,9 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ._compat import opt_init_args_register, optimizer_parameters
-from ._sharded_optim import ShardedStateMixin
 from ._state import zeros_like_params
 from .backends import choose_backend
+from .sharding.optimizer_state import ShardedStateMixin
 
 __all__ = ["FusedSpec", "FusedOptimizer", "FusedMomentum", "FusedAdamW", "FusedLAMB", "FusedLARS"]
 

@@ -1,4 +1,4 @@
-"""The shard layout (mindspore_accum._sharding), against a slicing of the flat vector written here.
+"""The shard layout (mindspore_accum.sharding.layout), against a slicing of the flat vector written here.
 
 No collectives and no MindSpore: the reference is NumPy indexing of one flat, padded vector.
 """
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mindspore_accum._sharding import ShardLayout, merge_pieces
+from mindspore_accum.sharding.layout import ShardLayout, merge_pieces
 
 
 def _arrays(sizes, seed=0):

@@ -2,7 +2,7 @@
 
 :class:`~.optim.FusedOptimizer` inherits :class:`ShardedStateMixin`. A sharded window calls
 :meth:`~ShardedStateMixin._shard_state` once, before training: the optimizer then keeps its state
-(moments) only for the worker's pieces (``_sharding.Piece``), under the replicated names
+(moments) only for the worker's pieces (``sharding.layout.Piece``), under the replicated names
 (``adam_m.<weight name>``, ...) with the piece's shape -- the flattened piece, or the weight's
 shape when the piece is the whole weight, so loading a checkpoint of another layout fails on
 the shapes instead of loading part of it -- and the window end calls
@@ -88,7 +88,7 @@ class ShardedStateMixin:
                 for pieces, _ in groups
             )
         if self.backend == "native":
-            from .backends import native
+            from ..backends import native
 
             if self.spec.update in WHOLE_TENSOR_UPDATES:  # the pieces are the weights: assigned in place
                 self._native_value_fn = native.update(self.spec.update, self.spec.hyper, len(self._states))

@@ -1,7 +1,7 @@
 """The sharded window (``shard="optimizer"`` / ``"gradients"``): ZeRO-1/2 with one reduction per window.
 
 Each of the W data-parallel workers owns a contiguous 1/W of the flattened weights
-(:class:`._sharding.ShardLayout`; FusedLAMB/FusedLARS: a block holding whole weights only, the
+(:class:`.layout.ShardLayout`; FusedLAMB/FusedLARS: a block holding whole weights only, the
 largest block setting the size) and keeps the optimizer state only for it::
 
     "optimizer" (ZeRO-1)
@@ -28,9 +28,9 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
-from ._sharded_optim import WHOLE_TENSOR_UPDATES
-from ._sharding import MODES, ShardLayout
-from .optim import FusedOptimizer
+from ..optim import FusedOptimizer
+from .layout import MODES, ShardLayout
+from .optimizer_state import WHOLE_TENSOR_UPDATES
 
 __all__ = ["ShardedWindow"]
 
@@ -89,7 +89,7 @@ class ShardedWindow(nn.Cell):
         window (``ms.load_checkpoint`` loads whatever matches in shape)."""
         found = tuple(int(v) for v in self.info.asnumpy())
         if found != self.expected_info:
-            from .sharded_checkpoint import _describe
+            from .checkpoint import _describe
 
             raise ValueError(
                 f"{owner}: the loaded state was written by {_describe(found)}; this window is "

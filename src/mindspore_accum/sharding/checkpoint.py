@@ -5,7 +5,7 @@ weights (whole: every worker holds them), its pieces of the optimizer state unde
 names (``adam_m.<weight>``, ``adam_v.<weight>``, ``moments.<weight>``, shaped as the piece), the
 window's counters and ``accumulation.shard`` = [mode, world size, rank] (mode 1: "optimizer",
 2: "gradients", whose accumulators are ``accumulators.shard``, the worker's range of the sum),
-followed by 1 for the whole-tensor layout of FusedLAMB/FusedLARS (``_sharding.ShardLayout``).
+followed by 1 for the whole-tensor layout of FusedLAMB/FusedLARS (``sharding.layout.ShardLayout``).
 
 * :func:`consolidate_checkpoint` merges the checkpoints of every rank into the checkpoint a
   replicated (``shard=None``) cell writes: same names and shapes, loadable with
@@ -30,8 +30,8 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from . import _compat
-from ._sharding import MODES, STATE_PREFIXES, merge_pieces
+from .. import _compat
+from .layout import MODES, STATE_PREFIXES, merge_pieces
 
 __all__ = ["consolidate_checkpoint", "load_window_checkpoint"]
 
@@ -77,7 +77,7 @@ def consolidate_checkpoint(shard_paths: Sequence[str], out_path: str) -> str:
     them, or (safetensors out) an entry is a string, which safetensors cannot hold."""
     from mindspore import Tensor
 
-    from .checkpoint import save_checkpoint_atomic
+    from ..checkpoint import save_checkpoint_atomic
 
     if isinstance(shard_paths, (str, os.PathLike)) or not shard_paths:
         raise ValueError("shard_paths must be a non-empty list of the checkpoint paths of every rank")
