@@ -34,7 +34,6 @@ launches = Python-level calls + sum over graph runs of AllReduce nodes in that g
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -43,6 +42,8 @@ os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")  # before mindspore is impor
 import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
 from mindspore import Tensor, nn  # noqa: E402
+
+from tests.distributed import msrun  # noqa: E402
 
 IN, HIDDEN, OUT = 6, 16, 4
 MICRO = 8  # samples per micro-batch
@@ -429,11 +430,7 @@ def main(argv=None):
     ap.add_argument("--cases", default=",".join(CASES))
     args = ap.parse_args(argv)
 
-    from mindspore.communication import get_group_size, get_rank, init
-
-    init()
-    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
-    rank, world = get_rank(), get_group_size()
+    rank, world = msrun.init_data_parallel()
     arrays, records = {}, {"rank": rank, "world": world, "cases": {}}
     for mode in args.modes.split(","):
         for case in args.cases.split(","):
@@ -444,10 +441,7 @@ def main(argv=None):
                     arrays[f"{mode}/{case}/{s}/{i}"] = w
             print(f"rank {rank}: {mode}/{case} done", flush=True)
     records["refused_modes"] = refused_parallel_modes()
-    os.makedirs(args.out, exist_ok=True)
-    np.savez(os.path.join(args.out, f"rank{rank}.npz"), **arrays)
-    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
-        json.dump(records, f, indent=1)
+    msrun.write_results(args.out, arrays, records)
     print(f"rank {rank} of {world}: all done", flush=True)
 
 

@@ -1,4 +1,5 @@
-"""Launching a worker script on 2 CPU workers with msrun, for the distributed tests."""
+"""Launching a worker script on 2 CPU workers with msrun, for the distributed tests; and, for the
+worker scripts, the data-parallel set-up and the result files :func:`launch` reads."""
 
 import json
 import os
@@ -84,3 +85,25 @@ def run(worker, tmp, world=2, args=(), out="out"):
     except subprocess.TimeoutExpired as e:
         rc, console = "timeout", (e.stdout or b"").decode(errors="replace")
     return rc, console, time.time() - t0
+
+
+# ---- in a worker script
+
+
+def init_data_parallel():
+    """``init()`` and MindSpore's data-parallel mode, as every worker script starts; (rank, world)."""
+    import mindspore as ms
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+    return get_rank(), get_group_size()
+
+
+def write_results(out, arrays, record):
+    """Writes ``out/rank<r>.npz`` (``arrays``) and ``out/rank<r>.json`` (``record``, holding its
+    "rank" and "world"): what :func:`launch` reads back."""
+    os.makedirs(out, exist_ok=True)
+    np.savez(os.path.join(out, f"rank{record['rank']}.npz"), **arrays)
+    with open(os.path.join(out, f"rank{record['rank']}.json"), "w") as f:
+        json.dump(record, f, indent=1)

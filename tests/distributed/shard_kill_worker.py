@@ -18,7 +18,6 @@ as ``NAME/<parameter>``) and ``DIR/rank<r>.json`` (``runs``: NAME -> resumed_fro
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -27,9 +26,9 @@ import sys
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")  # before mindspore is imported
 
 import mindspore as ms  # noqa: E402
-import numpy as np  # noqa: E402
 from mindspore import Tensor  # noqa: E402
 
+from tests.distributed import msrun  # noqa: E402
 from tests.distributed import shard_worker as sw  # noqa: E402
 
 
@@ -71,11 +70,7 @@ def main(argv=None):
     ap.add_argument("--run", action="append", required=True, help="SHARD:NAME[:KILL_RANK@KILL_AT]")
     args = ap.parse_args(argv)
 
-    from mindspore.communication import get_group_size, get_rank, init
-
-    init()
-    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
-    rank, world = get_rank(), get_group_size()
+    rank, world = msrun.init_data_parallel()
     ms.set_context(mode=ms.GRAPH_MODE)
     os.makedirs(args.out, exist_ok=True)
     arrays, runs = {}, {}
@@ -84,9 +79,7 @@ def main(argv=None):
         kill_rank, kill_at = (int(v) for v in kill[0].split("@")) if kill else (-1, -1)
         state, runs[name] = _run(shard, os.path.join(args.dir, name), rank, world, kill_rank, kill_at)
         arrays.update({f"{name}/{k}": v for k, v in state.items()})
-        np.savez(os.path.join(args.out, f"rank{rank}.npz"), **arrays)
-        with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
-            json.dump({"rank": rank, "world": world, "runs": runs}, f)
+        msrun.write_results(args.out, arrays, {"rank": rank, "world": world, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ each batch) from it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -35,6 +34,7 @@ import numpy as np  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
 
 from tests.distributed import dist_worker as dw  # noqa: E402
+from tests.distributed import msrun  # noqa: E402
 
 UPDATES = 3
 SIZES = ((8, 8), (8, 3))  # micro-batch sizes of worker 0 and worker 1 in every window
@@ -422,23 +422,14 @@ def main(argv=None):
     ap.add_argument("--large-batch", type=int, default=1, help="run LARGE_BATCH_CASES (0: no)")
     args = ap.parse_args(argv)
 
-    from mindspore.communication import get_group_size, get_rank, init
-
-    init()
-    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
-    rank, world = get_rank(), get_group_size()
+    rank, world = msrun.init_data_parallel()
     arrays, records = {}, {"rank": rank, "world": world, "cases": {}}
     for mode in args.modes.split(","):
-        for case in [c for c in args.cases.split(",") if c]:
-            weights, record = run_case(case, mode, rank)
-            records["cases"][f"{mode}/{case}"] = record
-            for i, w in enumerate(weights):
-                arrays[f"{mode}/{case}/{i}"] = w
-            print(f"rank {rank}: {mode}/{case} done", flush=True)
+        cases = [(c, None) for c in args.cases.split(",") if c]
         for case in LARGE_BATCH_CASES.get(mode, ()) if args.large_batch else ():
-            save = os.path.join(args.out, "ckpt", f"{case}-rank{rank}.ckpt") if mode == "graph" else None
-            weights, record = run_case(case, mode, rank, save)
-            records["cases"][f"{mode}/{case}"] = record
+            cases.append((case, os.path.join(args.out, "ckpt", f"{case}-rank{rank}.ckpt") if mode == "graph" else None))
+        for case, save in cases:
+            weights, records["cases"][f"{mode}/{case}"] = run_case(case, mode, rank, save)
             for i, w in enumerate(weights):
                 arrays[f"{mode}/{case}/{i}"] = w
             print(f"rank {rank}: {mode}/{case} done", flush=True)
@@ -451,10 +442,7 @@ def main(argv=None):
         for key, ws in ckpt_weights.items():
             for i, w in enumerate(ws):
                 arrays[f"ckpt/{key}/{i}"] = w
-    os.makedirs(args.out, exist_ok=True)
-    np.savez(os.path.join(args.out, f"rank{rank}.npz"), **arrays)
-    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
-        json.dump(records, f, indent=1)
+    msrun.write_results(args.out, arrays, records)
     print(f"rank {rank} of {world}: all done", flush=True)
 
 

@@ -34,18 +34,13 @@ one AllReduce sits in the window-end phase (1 node; ``_WindowEndGraph`` in GRAPH
 """
 
 import functools
-import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 from tests.distributed import dist_worker as dw
+from tests.distributed import msrun
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "dist_worker.py")
@@ -54,79 +49,12 @@ MODES = ("graph", "pynative")
 RTOL = 1e-5
 # the window end's compiled phase: a top-level Cell in GRAPH mode, an ms.jit method in PYNATIVE
 WINDOW_END = ("_WindowEndGraph", "_graph_window_end")
-TIMEOUT_S = 900  # msrun start-up alone takes 10-40 s on a loaded 2-core machine
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path, n=60):
-    try:
-        with open(path, errors="replace") as f:
-            lines = [ln for ln in f if not ln.startswith("[INFO]")]
-        return "".join(lines[-n:])
-    except OSError as e:
-        return f"<{e}>"
 
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory):
     """Launches the 2-worker job once; returns {rank: (arrays, record)}."""
-    bindir = os.path.dirname(sys.executable)
-    env = dict(os.environ)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # msrun starts workers with `python`
-    env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
-    env.setdefault("GLOG_v", "3")
-    env.pop("MS_CUSTOM_AOT_WHITE_LIST", None)
-    msrun = shutil.which("msrun", path=env["PATH"])
-    if msrun is None:
-        pytest.skip("msrun (installed with MindSpore) not found next to the Python interpreter")
-    tmp = tmp_path_factory.mktemp("dist")
-    out, logs = tmp / "out", tmp / "logs"
-    cmd = [
-        msrun,
-        f"--worker_num={WORLD}",
-        f"--local_worker_num={WORLD}",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
-        "--join=True",
-        f"--log_dir={logs}",
-        WORKER,
-        "--out",
-        str(out),
-    ]
-    t0 = time.time()
-    try:
-        proc = subprocess.run(
-            cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=TIMEOUT_S
-        )
-        rc, console = proc.returncode, proc.stdout.decode(errors="replace")
-    except subprocess.TimeoutExpired as e:
-        rc, console = "timeout", (e.stdout or b"").decode(errors="replace")
-    elapsed = time.time() - t0
-    missing = [r for r in range(WORLD) if not (out / f"rank{r}.json").exists()]
-    if rc != 0 or missing:
-        report = [
-            f"msrun exit {rc} after {elapsed:.0f} s; results missing for ranks {missing}",
-            "---- msrun console (tail) ----",
-            "\n".join(ln for ln in console.splitlines()[-40:] if not ln.startswith("[INFO]")),
-        ]
-        for name in sorted(os.listdir(logs)) if logs.exists() else []:
-            report += [f"---- {name} (tail) ----", _tail(logs / name)]
-        pytest.fail("\n".join(report), pytrace=False)
-    print(f"\nmsrun job: {elapsed:.1f} s")
-    results = {}
-    for r in range(WORLD):
-        with np.load(out / f"rank{r}.npz") as f:
-            arrays = {k: f[k] for k in f.files}
-        with open(out / f"rank{r}.json") as f:
-            record = json.load(f)
-        assert record["rank"] == r and record["world"] == WORLD
-        results[r] = (arrays, record)
-    return results
+    return msrun.launch(WORKER, tmp_path_factory.mktemp("dist"), WORLD)
 
 
 def _weights(arrays, mode, case, snap=-1):
