@@ -1,4 +1,4 @@
-"""Small models, data and references shared by test_cell.py and test_fused_momentum.py.
+"""Small models, data and references shared by the cell tests.
 
 Nothing here calls `mindspore_accum`: the references are MindSpore's own cells (nn.TrainOneStepCell
 with nn.Momentum / nn.Adam on the large batch) or NumPy written from the formulas.
@@ -14,6 +14,20 @@ from mindspore import Tensor, nn  # noqa: E402
 
 MODES = {"GRAPH": ms.GRAPH_MODE, "PYNATIVE": ms.PYNATIVE_MODE}
 BACKENDS = ["kernels", "native"]
+
+
+# ---------------------------------------------------------------- a tiny MLP (6 -> 8 -> 3)
+
+
+class Mlp(nn.Cell):
+    def __init__(self, n_in=6, hidden=8, n_out=3):
+        super().__init__()
+        self.d1 = nn.Dense(n_in, hidden)
+        self.d2 = nn.Dense(hidden, n_out)
+        self.relu = nn.ReLU()
+
+    def construct(self, x):
+        return self.d2(self.relu(self.d1(x)))
 
 
 # ---------------------------------------------------------------- a tiny BatchNorm-free CNN

@@ -19,7 +19,7 @@ from mindspore import Tensor, nn, ops
 from mindspore.experimental import optim as experimental_optim
 
 from mindspore_accum import FusedAdamW, FusedMomentum, GradAccumulator
-from tests.cell.accum_models import assert_weights_close, clip_by_norm_numpy
+from tests.cell.accum_models import Mlp, assert_weights_close, clip_by_norm_numpy
 
 IN, HIDDEN, OUT = 6, 8, 3
 SIZES = (8, 8, 8, 5)  # one window: a big batch of 29
@@ -56,19 +56,8 @@ def call(request):
     ms.set_context(mode=before)
 
 
-class Mlp(nn.Cell):
-    def __init__(self):
-        super().__init__()
-        self.d1 = nn.Dense(IN, HIDDEN)
-        self.d2 = nn.Dense(HIDDEN, OUT)
-        self.relu = nn.ReLU()
-
-    def construct(self, x):
-        return self.d2(self.relu(self.d1(x)))
-
-
 def make_net(seed=0):
-    net = Mlp()
+    net = Mlp(IN, HIDDEN, OUT)
     rng = np.random.default_rng(seed)
     for p in net.trainable_params():
         p.set_data(Tensor((rng.standard_normal(p.shape) * 0.5).astype(np.float32)))

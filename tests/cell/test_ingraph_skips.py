@@ -15,19 +15,9 @@ import pytest
 from mindspore import Tensor, nn, ops
 
 from mindspore_accum import FusedMomentum, GradAccumCell, GradAccumulator
+from tests.cell.accum_models import Mlp
 
 STEPS = 2
-
-
-class Mlp(nn.Cell):
-    def __init__(self):
-        super().__init__()
-        self.d1 = nn.Dense(6, 8)
-        self.d2 = nn.Dense(8, 3)
-        self.relu = nn.ReLU()
-
-    def construct(self, x):
-        return self.d2(self.relu(self.d1(x)))
 
 
 def micro(seed, poison=False):

@@ -17,21 +17,11 @@ import pytest
 from mindspore import Tensor, nn
 
 from mindspore_accum import FusedMomentum, GradAccumCell
+from tests.cell.accum_models import Mlp
 
 STEPS = 3
 WINDOWS = 5
 POISON = {1: (1, np.nan), 3: (2, np.inf)}  # window: (micro-batch, value)
-
-
-class Mlp(nn.Cell):
-    def __init__(self):
-        super().__init__()
-        self.d1 = nn.Dense(6, 8)
-        self.d2 = nn.Dense(8, 3)
-        self.relu = nn.ReLU()
-
-    def construct(self, x):
-        return self.d2(self.relu(self.d1(x)))
 
 
 def make_cell(opt_name, nonfinite):
