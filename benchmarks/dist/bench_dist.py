@@ -34,6 +34,7 @@ with anything else running): MindSpore's CPU AllReduce goes over TCP on 127.0.0.
 figures show the cost of moving 94 MB per AllReduce through the loopback and the CPUs, not a
 network; on real multi-machine clusters communication is usually relatively more expensive.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,26 +43,23 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
+from benchmarks.common import msrun_jobs
 from benchmarks.common.rounds import worker_env
 
 
 # ---------------------------------------------------------------- the worker (under msrun)
 def _worker(args) -> None:
     os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-    import numpy as np
     import mindspore as ms
+    import numpy as np
     from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
     from mindspore.communication import get_group_size, get_rank, init
 
     from benchmarks.common.resnet50_cifar_shapes import NUM_TENSORS, NUM_VALUES, RESNET50_CIFAR_SHAPES
-
     from mindspore_accum import FusedMomentum, GradAccumCell
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
@@ -78,7 +76,8 @@ def _worker(args) -> None:
             rs = np.random.RandomState(0)
             self.params = ParameterTuple(
                 Parameter(Tensor((rs.standard_normal(shape) * 0.01).astype(np.float32)), name=name.replace(".", "_"))
-                for name, shape in RESNET50_CIFAR_SHAPES)
+                for name, shape in RESNET50_CIFAR_SHAPES
+            )
 
         def construct(self, x):
             total = ops.zeros((), ms.float32)
@@ -87,24 +86,23 @@ def _worker(args) -> None:
             return total * x
 
     class ReduceEveryMicroStep(GradAccumCell):
-        """Baseline: one flat AllReduce of each micro-batch's gradients, then local accumulation
-        of the reduced gradients; the window end is the cell's own without its all-reduce (same
-        kernels as GradAccumCell)."""
+        """Baseline: one flat AllReduce of each micro-batch's gradients, then the cell's own
+        accumulation of the reduced gradients; the window end is the cell's own without its
+        all-reduce (same kernels as GradAccumCell)."""
 
-        def _micro_step(self, *inputs):
-            (_, loss, items, weight), grads = self._grad_fn(*inputs)
+        def _accumulate(self, grads, weight, items, loss_sum):
             flat = self._allreduce(ops.concat([ops.reshape(g, (-1,)) for g in grads]))
-            # slices, as GradAccumCell._window_sum does (ops.split of 161 sections exceeds
+            # slices, as the window's _window_sum does (ops.split of 161 sections exceeds
             # MindSpore's call-depth limit in GRAPH mode)
-            reduced = tuple(ops.reshape(flat[o:o + n], w.shape)
-                            for o, n, w in zip(self._offsets, self._sizes, self.weights))
-            out = self._ops.accumulate(self.state.accumulators, reduced, weight, ops.equal(self.state.micro_step, 0))
-            out = ops.depend(out, ops.assign_add(self.state.items, items * self.world_size))
-            out = ops.depend(out, ops.assign_add(self.state.micro_step, Tensor(1, ms.int32)))
-            return ops.depend(loss, out)
+            reduced = tuple(
+                ops.reshape(flat[o : o + n], w.shape) for o, n, w in zip(self._offsets, self._sizes, self.weights)
+            )
+            # every worker holds as many items as this one
+            return super()._accumulate(reduced, weight, items * self.world_size, loss_sum * self.world_size)
 
         def _window_sum(self):  # the accumulators already hold the sum over workers
-            return self.state.accumulators, self.state.items, ops.cast(self.state.micro_step, ms.float32)
+            state = self.state
+            return state.accumulators, state.items, ops.cast(state.micro_step, ms.float32), state.loss_sum
 
     allreduce = ops.AllReduce()
 
@@ -124,7 +122,7 @@ def _worker(args) -> None:
         # micro-batch inputs: a different scalar per worker and micro-step
         xs = [Tensor(np.float32(1.0 + 0.1 * rank + 0.01 * m)) for m in range(args.accum)]
         times = []
-        for u in range(args.warmup + args.updates):
+        for _ in range(args.warmup + args.updates):
             t0 = time.perf_counter()
             for m in range(args.accum):
                 loss = cell(xs[m])
@@ -135,11 +133,17 @@ def _worker(args) -> None:
         weights = [p.asnumpy().copy() for p in net.trainable_params()]
         del cell, opt, net
         gc.collect()
-        return times[args.warmup:], weights
+        return times[args.warmup :], weights
 
     variant = args.variant
-    results = {"rank": rank, "world": world, "accum": args.accum, "tensors": NUM_TENSORS, "values": NUM_VALUES,
-               "variant": variant}
+    results = {
+        "rank": rank,
+        "world": world,
+        "accum": args.accum,
+        "tensors": NUM_TENSORS,
+        "values": NUM_VALUES,
+        "variant": variant,
+    }
     if variant == "reduce-once":
         # one flat AllReduce of the whole gradient, alone (what every-micro pays accum times)
         flat = Tensor(np.ones(NUM_VALUES + 1, np.float32))
@@ -148,7 +152,7 @@ def _worker(args) -> None:
             t0 = time.perf_counter()
             _ = flat_allreduce(flat).asnumpy()
             t.append(time.perf_counter() - t0)
-        results["allreduce_s"] = t[args.warmup:]
+        results["allreduce_s"] = t[args.warmup :]
         del flat
     results["times_s"], weights = run(variant)
     print(f"rank {rank}: {variant} done", flush=True)
@@ -159,41 +163,16 @@ def _worker(args) -> None:
 
 
 # ---------------------------------------------------------------- the driver
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(args, variant, tmp) -> list[dict]:
-    bindir = os.path.dirname(sys.executable)
     env = worker_env(cpu_isa_fix=False)  # the repository root on PYTHONPATH: the workers run from tmp
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # msrun starts the workers with `python`
     env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
     env.setdefault("GLOG_v", "3")
-    msrun = shutil.which("msrun", path=env["PATH"])
-    if msrun is None:
-        sys.exit("msrun not found next to the Python interpreter (it comes with MindSpore)")
-    logs = os.path.join(tmp, f"logs_{variant}")
-    cmd = [msrun, f"--worker_num={args.workers}", f"--local_worker_num={args.workers}",
-           "--master_addr=127.0.0.1", f"--master_port={args.port or _free_port()}", "--join=True",
-           f"--log_dir={logs}", "python", "-m", "benchmarks.dist.bench_dist", "--run-as-worker", "--out", tmp,
-           "--variant", variant, "--accum", str(args.accum), "--updates", str(args.updates), "--warmup", str(args.warmup)]
-    print(f"{variant}: launching {args.workers} workers with msrun (logs: {logs}) ...", flush=True)
-    proc = subprocess.run(cmd, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          timeout=args.timeout)
-    out = []
-    for r in range(args.workers):
-        path = os.path.join(tmp, f"{variant}_rank{r}.json")
-        if proc.returncode != 0 or not os.path.exists(path):
-            for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
-                with open(os.path.join(logs, name), errors="replace") as f:
-                    lines = [ln for ln in f if not ln.startswith("[INFO]")]
-                sys.stderr.write(f"---- {name} ----\n{''.join(lines[-40:])}")
-            sys.stderr.write(proc.stdout.decode(errors="replace")[-3000:])
-            sys.exit(f"msrun failed (exit {proc.returncode})")
-        with open(path) as f:
-            out.append(json.load(f))
+    worker_args = ["--variant", variant, "--accum", str(args.accum), "--updates", str(args.updates)]
+    worker_args += ["--warmup", str(args.warmup)]
+    print(f"{variant}: launching {args.workers} workers with msrun (logs: {tmp}/logs_{variant}) ...", flush=True)
+    out, _ = msrun_jobs.launch(
+        "benchmarks.dist.bench_dist", variant, worker_args, tmp, args.workers, env, port=args.port, timeout=args.timeout
+    )
     return out
 
 
@@ -224,11 +203,17 @@ def main() -> None:
     def slowest(variant, key):
         return [max(r[key][i] for r in runs[variant]) for i in range(args.updates)]
 
-    once, every, ar = slowest("reduce-once", "times_s"), slowest("every-micro", "times_s"), \
-        slowest("reduce-once", "allreduce_s")
+    once, every, ar = (
+        slowest("reduce-once", "times_s"),
+        slowest("every-micro", "times_s"),
+        slowest("reduce-once", "allreduce_s"),
+    )
     import numpy as np
-    with np.load(os.path.join(tmp, "weights_reduce-once.npz")) as a, \
-            np.load(os.path.join(tmp, "weights_every-micro.npz")) as b:
+
+    with (
+        np.load(os.path.join(tmp, "weights_reduce-once.npz")) as a,
+        np.load(os.path.join(tmp, "weights_every-micro.npz")) as b,
+    ):
         max_diff = max(float(np.abs(a[k] - b[k]).max()) for k in a.files)
         max_w = max(float(np.abs(a[k]).max()) for k in a.files)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -236,33 +221,54 @@ def main() -> None:
     med_once, med_every, med_ar = statistics.median(once), statistics.median(every), statistics.median(ar)
     r0 = per_rank[0]
     summary = {
-        "workers": args.workers, "accumulation": args.accum, "tensors": r0["tensors"], "values": r0["values"],
-        "gradient_mb": r0["values"] * 4 / 1e6, "updates_timed": args.updates, "warmup": args.warmup,
-        "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-        "reduce_once_s": once, "every_micro_s": every, "flat_allreduce_s": ar,
-        "median_reduce_once_s": med_once, "median_every_micro_s": med_every, "median_flat_allreduce_s": med_ar,
+        "workers": args.workers,
+        "accumulation": args.accum,
+        "tensors": r0["tensors"],
+        "values": r0["values"],
+        "gradient_mb": r0["values"] * 4 / 1e6,
+        "updates_timed": args.updates,
+        "warmup": args.warmup,
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "reduce_once_s": once,
+        "every_micro_s": every,
+        "flat_allreduce_s": ar,
+        "median_reduce_once_s": med_once,
+        "median_every_micro_s": med_every,
+        "median_flat_allreduce_s": med_ar,
         "ratio_every_over_once": med_every / med_once,
-        "max_weight_diff": max_diff, "max_weight": max_w,
+        "max_weight_diff": max_diff,
+        "max_weight": max_w,
     }
     mb = summary["gradient_mb"]
     print()
-    print(f"Data-parallel accumulation, {args.workers} CPU workers (msrun, 127.0.0.1), accumulation {args.accum}, "
-          f"GRAPH mode")
-    print(f"gradients: {r0['tensors']} float32 tensors, {r0['values']:,} values ({mb:.1f} MB) = ResNet50/CIFAR; "
-          f"synthetic loss x*sum(p): compute negligible")
-    print(f"NOTE: both workers share this machine's {os.cpu_count()} CPU cores (and the loopback); "
-          f"other load on the machine shows up in the figures.")
+    print(
+        f"Data-parallel accumulation, {args.workers} CPU workers (msrun, 127.0.0.1), accumulation {args.accum}, "
+        f"GRAPH mode"
+    )
+    print(
+        f"gradients: {r0['tensors']} float32 tensors, {r0['values']:,} values ({mb:.1f} MB) = ResNet50/CIFAR; "
+        f"synthetic loss x*sum(p): compute negligible"
+    )
+    print(
+        f"NOTE: both workers share this machine's {os.cpu_count()} CPU cores (and the loopback); "
+        f"other load on the machine shows up in the figures."
+    )
     print()
     print(f"| variant | AllReduce per update | per update, median of {args.updates} (s) | min (s) | max (s) |")
     print("|---|---|---|---|---|")
     print(f"| reduce once per window (GradAccumCell) | 1 | {med_once:.3f} | {min(once):.3f} | {max(once):.3f} |")
-    print(f"| reduce every micro-batch (baseline) | {args.accum} | {med_every:.3f} | {min(every):.3f} | "
-          f"{max(every):.3f} |")
+    print(
+        f"| reduce every micro-batch (baseline) | {args.accum} | {med_every:.3f} | {min(every):.3f} | "
+        f"{max(every):.3f} |"
+    )
     print()
     print(f"ratio (every micro-batch / once per window): {summary['ratio_every_over_once']:.2f}x")
     print(f"one flat AllReduce of {mb:.0f} MB alone: median {med_ar * 1e3:.0f} ms")
-    print(f"weights of the two variants after {args.warmup + args.updates} updates: max|diff| = "
-          f"{summary['max_weight_diff']:.3g} (max|w| = {summary['max_weight']:.3g})")
+    print(
+        f"weights of the two variants after {args.warmup + args.updates} updates: max|diff| = "
+        f"{summary['max_weight_diff']:.3g} (max|w| = {summary['max_weight']:.3g})"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=1)

@@ -33,11 +33,10 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 
+from benchmarks.common import msrun_jobs
 from benchmarks.common.rounds import worker_env
 
 COLUMNS = 5000
@@ -211,37 +210,14 @@ def _pool_stats(log_path: str):
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(args, tag: str, worker_args, tmp: str):
     """One msrun launch of ``--run-as-worker worker_args``; the ranks' results (``tag``_rank<r>.json)
     with their memory pool's report."""
     env = worker_env()
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env.setdefault("MS_SUBMODULE_LOG_v", "{PRE_ACT:1}")  # the pool's report at exit (_POOL_LINE)
-    msrun = shutil.which("msrun", path=env["PATH"])
-    if msrun is None:
-        sys.exit("msrun not found next to the Python interpreter (it comes with MindSpore)")
-    logs = os.path.join(tmp, f"logs_{tag}")
-    cmd = [msrun, f"--worker_num={args.workers}", f"--local_worker_num={args.workers}", "--master_addr=127.0.0.1"]
-    cmd += [f"--master_port={_free_port()}", "--join=True", f"--log_dir={logs}"]
-    cmd += ["python", "-m", "benchmarks.dist.shard_memory", "--run-as-worker", "--out", tmp, *worker_args]
-    proc = subprocess.run(cmd, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1800)
-    out = []
-    for r in range(args.workers):
-        path = os.path.join(tmp, f"{tag}_rank{r}.json")
-        if proc.returncode != 0 or not os.path.exists(path):
-            for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
-                with open(os.path.join(logs, name), errors="replace") as f:
-                    sys.stderr.write(f"---- {name} ----\n" + "".join(f.readlines()[-40:]))
-            sys.exit(f"msrun failed for {tag} (exit {proc.returncode})")
-        with open(path) as f:
-            out.append(json.load(f))
-        out[-1]["pool_mib"] = _pool_stats(os.path.join(logs, f"worker_{r}.log"))
+    out, logs = msrun_jobs.launch("benchmarks.dist.shard_memory", tag, worker_args, tmp, args.workers, env)
+    for r, record in enumerate(out):
+        record["pool_mib"] = _pool_stats(os.path.join(logs, f"worker_{r}.log"))
     return out
 
 
